@@ -1,0 +1,43 @@
+"""gunicorn settings (stdlib only): one gevent worker unless REDIS_URL, hooks that start and stop the relay."""
+
+import os
+import signal
+
+_redis = bool(os.environ.get("REDIS_URL"))
+_requested = os.environ.get("WEB_CONCURRENCY", "1")
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+worker_class = "gevent"
+workers = int(_requested) if _redis and _requested.isdigit() else 1
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
+graceful_timeout = int(float(os.environ.get("GRACEFUL_TIMEOUT_S", "10")))
+timeout = 30
+keepalive = 5
+control_socket_disable = True  # gunicorn 27 would otherwise open a shared control socket
+preload_app = False  # background greenlets must start in each worker, never in the master
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):
+    if not _redis and _requested not in ("", "1"):
+        server.log.warning("WEB_CONCURRENCY=%s ignored: several workers need REDIS_URL (one upstream "
+                           "connection, one seq space); running one worker", _requested)
+
+
+def post_worker_init(worker):
+    import wsgi  # the app module; importing it again is free
+
+    wsgi.start_runtime()
+    handle_exit = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        # gunicorn's handler only flips worker.alive; clients must hear why first
+        import gevent
+
+        gevent.spawn(wsgi.stop_runtime)
+        if callable(handle_exit):
+            handle_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -1,0 +1,1 @@
+"""Pure, I/O-free core of relayhouse: frames to events, topics, cache, resume, wire formats."""

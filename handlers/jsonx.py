@@ -1,0 +1,87 @@
+"""JSON in and out: orjson on the fast path, the stdlib for what orjson refuses."""
+
+import json
+import math
+from typing import Any
+
+import orjson
+
+MAX_DEPTH = 512
+"""Deepest nesting `loads` accepts: anything deeper could not be serialized again."""
+
+# One C pass over the text: digits -> "0", "[" and "{" -> "[", the rest -> " ".
+_MASK = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x5B if b in (0x5B, 0x7B) else 0x20 for b in range(256)
+)
+# orjson silently turns an integer outside int64/uint64 into a float; such an
+# integer has at least 19 digits, so a run that long sends the text to the stdlib.
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+class NotJSON(ValueError):
+    """The text is not a JSON document this relay can carry."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise NotJSON(f"non-standard JSON constant {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise NotJSON(f"number out of range: {text[:40]}")
+    return value
+
+
+def loads(text: bytes | str) -> Any:
+    """Parse JSON; integers of any size stay exact; NaN/Infinity, numbers that
+    overflow a double and nesting beyond MAX_DEPTH are refused."""
+    blob = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    masked = blob.translate(_MASK)
+    if _LONG_DIGIT_RUN in masked:
+        value = _loads_exact(text)
+    else:
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            # a str with lone surrogates (which the stdlib keeps) or nesting
+            # beyond 1024; everything else orjson refuses, the stdlib does too
+            value = _loads_exact(text)
+    if masked.count(b"[") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise NotJSON(f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _loads_exact(text: bytes | str) -> Any:
+    try:
+        if isinstance(text, bytes):
+            # strictly UTF-8: the stdlib alone would guess UTF-16/32 and skip a BOM
+            text = text.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        raise NotJSON(str(exc)) from None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    try:
+        orjson.dumps(value)  # fast proof of depth <= 254 in the common case
+        return False
+    except orjson.JSONEncodeError:
+        pass  # deep, or a big integer or lone surrogate: measure
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize to compact UTF-8 JSON bytes."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        # big integers, lone surrogates or nesting beyond orjson's 254 levels
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()

@@ -1,0 +1,63 @@
+"""Request parameters parsed and checked as data; each error names its parameter."""
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from handlers.topics import PatternError, parse_patterns
+
+
+class ParamError(ValueError):
+    """A malformed or out-of-range request parameter (→ HTTP 400)."""
+
+
+def int_param(args: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParamError(f"'{name}' must be an integer, got {raw[:40]!r}") from None
+    if not lo <= value <= hi:
+        raise ParamError(f"'{name}' must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def topics_param(args: Mapping[str, str], name: str = "topics") -> tuple[str, ...]:
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return ("*",)
+    try:
+        return parse_patterns(raw)
+    except PatternError as exc:
+        raise ParamError(f"'{name}': {exc}") from None
+
+
+MAX_SEQ = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """What a /ws or /sse client asked for."""
+
+    topics: tuple[str, ...]
+    since: int | None
+    epoch: str | None
+    snapshot: int
+
+
+def stream_params(args: Mapping[str, str], last_event_id: str | None,
+                  snapshot_default: int, snapshot_max: int) -> StreamParams:
+    """`since` from the query, else from a Last-Event-ID header (SSE)."""
+    since = int_param(args, "since", None, 0, MAX_SEQ)
+    if since is None and last_event_id:
+        since = int_param({"Last-Event-ID": last_event_id.strip()}, "Last-Event-ID", None, 0, MAX_SEQ)
+    epoch = args.get("epoch") or None
+    if epoch is not None and len(epoch) > 128:
+        raise ParamError("'epoch' is longer than 128 characters")
+    return StreamParams(
+        topics=topics_param(args),
+        since=since,
+        epoch=epoch,
+        snapshot=int_param(args, "snapshot", snapshot_default, 0, snapshot_max),
+    )

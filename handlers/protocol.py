@@ -1,0 +1,135 @@
+"""The /ws and /sse wire formats as data: client actions in, server messages out."""
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from handlers import jsonx
+from handlers.events import Event
+from handlers.topics import PatternError, parse_patterns
+
+# -- client -> server ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A usable client frame: subscribe, unsubscribe (with patterns) or ping."""
+
+    kind: str
+    topics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BadFrame:
+    """A client frame that cannot be used; `message` goes back in an error frame."""
+
+    message: str
+
+
+def parse_client_message(text: str | bytes) -> Action | BadFrame:
+    """Interpret one client frame; never raises."""
+    try:
+        msg = jsonx.loads(text)
+    except jsonx.NotJSON:
+        return BadFrame("frame is not JSON")
+    if not isinstance(msg, dict):
+        return BadFrame("frame must be a JSON object")
+    action = msg.get("action")
+    if action == "ping":
+        return Action("ping")
+    if action in ("subscribe", "unsubscribe"):
+        topics = msg.get("topics")
+        if isinstance(topics, str):
+            topics = [topics]
+        if not isinstance(topics, list):
+            return BadFrame(f"{action}: 'topics' must be a list of patterns")
+        try:
+            return Action(action, parse_patterns(topics))
+        except PatternError as exc:
+            return BadFrame(f"{action}: {exc}")
+    if action is None:
+        return BadFrame("missing 'action'")
+    return BadFrame(f"unknown action {str(action)[:64]!r}; expected subscribe, unsubscribe or ping")
+
+
+# -- server -> client ---------------------------------------------------------
+
+
+def _join(events: Iterable[Event]) -> bytes:
+    return b"[" + b",".join(ev.json for ev in events) + b"]"
+
+
+def events_message(events: Iterable[Event]) -> bytes:
+    """{"type":"events","events":[...]} from the events' prebuilt JSON."""
+    return b'{"type":"events","events":' + _join(events) + b"}"
+
+
+def snapshot_message(epoch: str, last_seq: int, recovered: bool, events: Iterable[Event],
+                     missing: tuple[int, int] | None = None) -> bytes:
+    head: dict[str, Any] = {"type": "snapshot", "epoch": epoch, "last_seq": last_seq, "recovered": recovered}
+    if missing is not None:
+        head["missing"] = list(missing)
+    return jsonx.dumps(head)[:-1] + b',"events":' + _join(events) + b"}"
+
+
+def subscribed_message(topics: tuple[str, ...]) -> bytes:
+    return jsonx.dumps({"type": "subscribed", "topics": list(topics)})
+
+
+PONG_MESSAGE = b'{"type":"pong"}'
+
+
+def error_message(message: str) -> bytes:
+    return jsonx.dumps({"type": "error", "message": message})
+
+
+def closing_message(reason: str) -> bytes:
+    return jsonx.dumps({"type": "closing", "reason": reason})
+
+
+# -- RFC 6455 framing (server side: never masked, never compressed) -----------
+
+OP_TEXT = 0x1
+OP_CLOSE = 0x8
+
+
+def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One complete, final, unmasked frame."""
+    n = len(payload)
+    first = 0x80 | opcode
+    if n < 126:
+        head = struct.pack("!BB", first, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", first, 126, n)
+    else:
+        head = struct.pack("!BBQ", first, 127, n)
+    return head + payload
+
+
+def ws_close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame; the reason is cut to fit the 125-byte control payload."""
+    # cut on a character boundary: a close reason must be valid UTF-8
+    cut = reason.encode()[:123].decode("utf-8", "ignore").encode()
+    return ws_frame(struct.pack("!H", code) + cut, OP_CLOSE)
+
+
+# -- Server-Sent Events ---------------------------------------------------------
+
+
+def sse_event(ev: Event) -> bytes:
+    return b"id: %d\nevent: event\ndata: %s\n\n" % (ev.seq, ev.json)
+
+
+def sse_events(events: Iterable[Event]) -> bytes:
+    return b"".join(sse_event(ev) for ev in events)
+
+
+def sse_gap(missing: tuple[int, int]) -> bytes:
+    return b"event: gap\ndata: " + jsonx.dumps({"missing": list(missing)}) + b"\n\n"
+
+
+def sse_closing(reason: str) -> bytes:
+    return b"event: closing\ndata: " + closing_message(reason) + b"\n\n"
+
+
+SSE_KEEPALIVE = b": keep-alive\n\n"

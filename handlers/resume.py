@@ -1,0 +1,38 @@
+"""What a resuming client is owed: which seqs to send and which are gone for good."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """Send every matching event with seq > `after_seq` (up to last_seq).
+
+    `missing` is the inclusive seq range that cannot be served; `recovered`
+    is False when anything is missing or the client's epoch is not ours.
+    """
+
+    after_seq: int
+    recovered: bool
+    missing: tuple[int, int] | None = None
+
+
+def plan_resume(since: int, epoch: str | None, current_epoch: str, last_seq: int,
+                available_from: int | None) -> ResumePlan:
+    """Plan a resume after `since`.
+
+    `available_from` is the lowest seq from which every event up to
+    `last_seq` can still be served (cache, or store), None when none can.
+    A different epoch, or a `since` beyond anything this relay has numbered,
+    means the client's seq belongs to another seq space: it gets everything
+    still available in ours, flagged as not recovered.
+    """
+    foreign = (epoch is not None and epoch != current_epoch) or since > last_seq
+    after = 0 if foreign else since
+    missing = None
+    if after < last_seq:
+        first_needed = after + 1
+        if available_from is None or available_from > last_seq:
+            missing = (first_needed, last_seq)
+        elif available_from > first_needed:
+            missing = (first_needed, available_from - 1)
+    return ResumePlan(after_seq=after, recovered=not foreign and missing is None, missing=missing)

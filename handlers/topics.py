@@ -1,0 +1,91 @@
+"""Event topics: derive one from an event's data, and match topic patterns."""
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+DEFAULT_TOPIC = "default"
+MAX_PATTERN_LENGTH = 256
+MAX_PATTERNS = 1000
+
+
+def topic_of(data: Any, fields: tuple[str, ...]) -> str:
+    """Join the values of `fields` present in `data` with '.'; 'default' if none is."""
+    if not isinstance(data, dict):
+        return DEFAULT_TOPIC
+    parts = [_topic_part(data[f]) for f in fields if f in data]
+    return ".".join(parts) if parts else DEFAULT_TOPIC
+
+
+def _topic_part(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class PatternError(ValueError):
+    """A topic pattern that is not an exact topic, a prefix ending in '*', or '*'."""
+
+
+def parse_patterns(raw: str | Iterable[Any]) -> tuple[str, ...]:
+    """Validate patterns from a comma-separated string or a list; order kept, duplicates dropped."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    if len(items) > MAX_PATTERNS:
+        raise PatternError(f"at most {MAX_PATTERNS} topic patterns")
+    seen: dict[str, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise PatternError(f"topic pattern must be a string, got {type(item).__name__}")
+        pattern = item.strip()
+        if not pattern:
+            raise PatternError("empty topic pattern")
+        if len(pattern) > MAX_PATTERN_LENGTH:
+            raise PatternError(f"topic pattern longer than {MAX_PATTERN_LENGTH} characters")
+        if "*" in pattern[:-1]:
+            raise PatternError(f"'*' may only end a topic pattern: {pattern!r}")
+        seen[pattern] = None
+    if not seen:
+        raise PatternError("no topic patterns")
+    return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """A compiled set of patterns; call it with a topic."""
+
+    patterns: tuple[str, ...]
+    everything: bool
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def __call__(self, topic: str) -> bool:
+        return self.everything or topic in self.exact or topic.startswith(self.prefixes)
+
+
+def compile_patterns(patterns: Iterable[str]) -> Matcher:
+    """Build a matcher; `patterns` must already be valid (see parse_patterns)."""
+    pats = tuple(dict.fromkeys(patterns))
+    prefixes = tuple(p[:-1] for p in pats if p.endswith("*"))
+    return Matcher(
+        patterns=pats,
+        everything="" in prefixes,
+        exact=frozenset(p for p in pats if not p.endswith("*")),
+        prefixes=prefixes,
+    )
+
+
+MATCH_ALL = compile_patterns(("*",))
+
+
+def merge_patterns(current: tuple[str, ...], added: Iterable[str]) -> tuple[str, ...]:
+    """The subscription after a subscribe: current patterns then new ones, no duplicates."""
+    return tuple(dict.fromkeys((*current, *added)))
+
+
+def remove_patterns(current: tuple[str, ...], removed: Iterable[str]) -> tuple[str, ...]:
+    """The subscription after an unsubscribe (may become empty)."""
+    gone = set(removed)
+    return tuple(p for p in current if p not in gone)

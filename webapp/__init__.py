@@ -1,0 +1,56 @@
+"""relayhouse's web shell: `create_app(settings, services=None)` builds the Flask app and connects nothing."""
+
+import logging
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from handlers.params import ParamError
+from webapp.auth import CLIENT, refusal
+from webapp.responses import json_error
+from webapp.routes import cache, publish, sse, status, ws
+from webapp.runtime import Runtime
+from webapp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
+    """The app for one worker. `services` (a Runtime) is built from settings when not given."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "ping_interval": settings.ws_ping_interval_s,
+        "max_message_size": settings.ws_max_message_bytes,
+    }
+    app.extensions["relayhouse"] = services or Runtime(settings)
+    for module in (status, cache, publish, ws, sse):
+        app.register_blueprint(module.bp)
+
+    @app.before_request
+    def check_access():
+        view = app.view_functions.get(request.endpoint or "")
+        if view is None:
+            return None  # 404/405 are answered by the error handler
+        refused = refusal(getattr(view, "access", CLIENT), request, settings.api_tokens, settings.admin_token)
+        if refused is not None:
+            return json_error(*refused)
+        return None
+
+    @app.errorhandler(ParamError)
+    def bad_parameter(exc: ParamError):
+        return json_error(400, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        response = json_error(exc.code or 500, exc.description or exc.name)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal error")
+
+    return app

@@ -1,0 +1,45 @@
+"""The built-in demo feed: Polygon-style trades and quotes served over a real local WebSocket."""
+
+import time
+
+import gevent
+import orjson
+
+from handlers.demo import DemoMarket
+from webapp.feedserver import FeedServer
+
+
+class DemoFeed:
+    """A FeedServer on loopback plus a greenlet emitting market events at `rate_per_s`."""
+
+    def __init__(self, rate_per_s: float, port: int = 0, seed: int | None = None):
+        self.rate_per_s = rate_per_s
+        self.server = FeedServer(port=port)
+        self.market = DemoMarket(seed=seed if seed is not None else int(time.time()))
+        self._greenlet: gevent.Greenlet | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+        self._greenlet = gevent.spawn(self._emit)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        self.server.stop()
+
+    def _emit(self) -> None:
+        # Ticks of 100 ms (or slower for low rates) carry bursts of several events
+        # in one array frame, as Polygon sends them.
+        interval_s = max(0.1, 1.0 / self.rate_per_s) if self.rate_per_s > 0 else 1.0
+        owed = 0.0
+        while True:
+            gevent.sleep(interval_s)
+            owed += self.rate_per_s * interval_s
+            n, owed = int(owed), owed - int(owed)
+            if n and self.server.peer_count:
+                now_ms = int(time.time() * 1000)
+                self.server.broadcast(orjson.dumps(self.market.tick(now_ms, n)).decode())

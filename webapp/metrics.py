@@ -1,0 +1,46 @@
+"""Prometheus metrics, one registry per app so tests can build many apps."""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the route)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# *_created series double the output and nobody graphs them
+disable_created_metrics()
+
+
+class Metrics:
+    """Every metric the relay exports; names are prefixed relayhouse_."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events_in = Counter("relayhouse_events_in", "Events numbered by this relay", ["source"], registry=r)
+        self.frames_in = Counter("relayhouse_upstream_frames", "Frames received from the upstream", registry=r)
+        self.parse_errors = Counter("relayhouse_upstream_parse_errors", "Upstream frames that were not JSON (kept as raw events)", registry=r)
+        self.oversize_frames = Counter("relayhouse_upstream_oversize_frames", "Upstream frames skipped for exceeding UPSTREAM_MAX_FRAME_BYTES", registry=r)
+        self.upstream_connected = Gauge("relayhouse_upstream_connected", "1 while the upstream connection is up", registry=r)
+        self.upstream_reconnects = Counter("relayhouse_upstream_reconnects", "Upstream reconnect attempts", registry=r)
+        self.events_out = Counter("relayhouse_events_out", "Event deliveries to clients", ["transport"], registry=r)
+        self.frames_out = Counter("relayhouse_frames_out", "Frames written to clients", ["transport"], registry=r)
+        self.clients = Gauge("relayhouse_clients", "Connected clients", ["transport"], registry=r)
+        self.queue_drops = Counter("relayhouse_queue_drops", "Events dropped from a slow client's backlog", ["transport"], registry=r)
+        self.slow_consumers = Counter("relayhouse_slow_consumer_closes", "Clients closed for falling behind", ["transport"], registry=r)
+        self.client_errors = Counter("relayhouse_client_frame_errors", "Client frames that could not be used", registry=r)
+        self.cache_items = Gauge("relayhouse_cache_items", "Events held in the cache", registry=r)
+        self.last_seq = Gauge("relayhouse_last_seq", "Last seq assigned", registry=r)
+        self.flush_seconds = Histogram(
+            "relayhouse_hub_flush_seconds", "Time to hand one batch to every client", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+
+    def delivered(self, transport: str, frames: int, events: int) -> None:
+        self.frames_out.labels(transport).inc(frames)
+        self.events_out.labels(transport).inc(events)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,192 @@
+"""Settings: one frozen object built once from an environment mapping, every problem reported together."""
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+
+class SettingsError(Exception):
+    """One or more bad variables; `problems` names each one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside {lo}..{hi}")
+        return value
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside {lo}..{hi}")
+        return value
+    return parse
+
+
+def _ws_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"expected a ws:// or wss:// URL, got {text!r}")
+    return text.strip()
+
+
+def _json_list(text: str) -> tuple[Any, ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"malformed JSON ({exc})") from None
+    if not isinstance(value, list):
+        raise ValueError("expected a JSON array of messages")
+    return tuple(value)
+
+
+def _json_headers(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"malformed JSON ({exc})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+        raise ValueError("expected a JSON object of header names to string values")
+    return tuple((str(k), str(v)) for k, v in value.items())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise ValueError("expected at least one comma-separated name")
+    return names
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _clickhouse_url(text: str) -> str:
+    text = text.strip()
+    if text == "none":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("clickhouse", "clickhouses") or not parts.hostname:
+        raise ValueError(f"expected clickhouse://user:password@host:9000/database or 'none', got a {parts.scheme or 'scheme-less'} URL")
+    return text
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis:// or rediss:// URL")
+    return text.strip()
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def env(name: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    """Declare a setting read from environment variable `name`."""
+    return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the relay. Build with `Settings.from_env(mapping)`."""
+
+    port: int = env("PORT", 8000, _int(1, 65535), "HTTP port")
+    web_concurrency: int = env("WEB_CONCURRENCY", 1, _int(1, 64), "gunicorn workers; above 1 only with REDIS_URL")
+    upstream_url: str | None = env("UPSTREAM_URL", None, _ws_url, "ws:// or wss:// upstream; unset = built-in demo feed")
+    upstream_init: tuple = env("UPSTREAM_INIT", (), _json_list, "JSON array of messages sent after every (re)connect")
+    upstream_headers: tuple = env("UPSTREAM_HEADERS", (), _json_headers, "JSON object of extra handshake headers")
+    upstream_max_frame_bytes: int = env("UPSTREAM_MAX_FRAME_BYTES", 4 * 1024 * 1024, _int(1024, 1 << 30), "larger upstream frames are counted and skipped")
+    upstream_ping_interval_s: float = env("UPSTREAM_PING_INTERVAL_S", 20.0, _float(0.1, 3600), "ping the upstream this often")
+    upstream_ping_timeout_s: float = env("UPSTREAM_PING_TIMEOUT_S", 10.0, _float(0.1, 3600), "reconnect when nothing arrived for ping interval + this")
+    upstream_connect_timeout_s: float = env("UPSTREAM_CONNECT_TIMEOUT_S", 10.0, _float(0.1, 600), "upstream handshake time-out")
+    upstream_backoff_min_ms: int = env("UPSTREAM_BACKOFF_MIN_MS", 50, _int(1, 600_000), "first reconnect delay")
+    upstream_backoff_max_ms: int = env("UPSTREAM_BACKOFF_MAX_MS", 1000, _int(1, 600_000), "reconnect delay cap (jittered)")
+    upstream_healthy_after_s: float = env("UPSTREAM_HEALTHY_AFTER_S", 5.0, _float(0, 3600), "a connection up this long resets the backoff")
+    topic_fields: tuple = env("TOPIC_FIELDS", ("ev", "sym"), _names, "fields joined with '.' to form the topic")
+    cache_max_items: int = env("CACHE_MAX_ITEMS", 10_000, _int(1, 10_000_000), "cache size bound")
+    cache_ttl_seconds: int = env("CACHE_TTL_SECONDS", 3600, _int(1, 31_536_000), "cache age bound")
+    clickhouse_url: str | None = env("CLICKHOUSE_URL", None, _clickhouse_url, "ClickHouse server URL; unset = embedded chDB; none = no store")
+    data_dir: str = env("DATA_DIR", "./data", _str, "embedded store and write spool")
+    redis_url: str | None = env("REDIS_URL", None, _redis_url, "enables several workers / instances")
+    api_tokens: tuple = env("API_TOKENS", (), _tokens, "comma-separated tokens for client routes; unset = open")
+    admin_token: str | None = env("ADMIN_TOKEN", None, _str, "token for admin routes; unset = loopback only")
+    ws_queue_max_events: int = env("WS_QUEUE_MAX_EVENTS", 10_000, _int(1, 10_000_000), "a client's outbound bound in events")
+    ws_queue_max_bytes: int = env("WS_QUEUE_MAX_BYTES", 8 * 1024 * 1024, _int(1024, 1 << 31), "a client's outbound bound in bytes")
+    ws_ping_interval_s: float = env("WS_PING_INTERVAL_S", 25.0, _float(0.1, 3600), "server pings to /ws clients")
+    ws_max_message_bytes: int = env("WS_MAX_MESSAGE_BYTES", 65536, _int(125, 1 << 24), "larger client frames close with 1009")
+    hub_flush_interval_ms: float = env("HUB_FLUSH_INTERVAL_MS", 10.0, _float(0, 1000), "how long the hub gathers events into one frame")
+    slow_close_timeout_s: float = env("SLOW_CLOSE_TIMEOUT_S", 5.0, _float(0.1, 600), "how long a slow consumer gets to take its close frame")
+    sse_keepalive_s: float = env("SSE_KEEPALIVE_S", 15.0, _float(0.1, 3600), "SSE keep-alive comment interval")
+    snapshot_default: int = env("SNAPSHOT_DEFAULT", 50, _int(0, 10_000), "recent events sent first when a client gives no since")
+    snapshot_max: int = env("SNAPSHOT_MAX", 10_000, _int(0, 10_000_000), "most events a snapshot= may ask for")
+    query_timeout_s: float = env("QUERY_TIMEOUT_S", 10.0, _float(0.1, 3600), "/query time limit")
+    query_max_rows: int = env("QUERY_MAX_ROWS", 10_000, _int(1, 10_000_000), "/query row limit")
+    enrich_sql: str | None = env("ENRICH_SQL", None, _str, "parameterised SELECT run for an event's topic")
+    startup_grace_s: float = env("STARTUP_GRACE_S", 10.0, _float(0, 3600), "/health is not degraded by a disconnected upstream before this")
+    graceful_timeout_s: float = env("GRACEFUL_TIMEOUT_S", 10.0, _float(1, 3600), "gunicorn graceful time-out on SIGTERM")
+    max_body_bytes: int = env("MAX_BODY_BYTES", 4 * 1024 * 1024, _int(1024, 1 << 30), "largest accepted request body")
+    demo_rate: float = env("DEMO_RATE", 50.0, _float(0, 1_000_000), "demo feed events per second")
+    demo_port: int = env("DEMO_PORT", 0, _int(0, 65535), "demo feed port on 127.0.0.1 (0 = any free port)")
+    log_level: str = env("LOG_LEVEL", "INFO", _log_level, "logging level")
+
+    @classmethod
+    def from_env(cls, mapping: Mapping[str, str]) -> "Settings":
+        """Parse every known variable of `mapping`; raise SettingsError naming all bad ones."""
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = mapping.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        settings = None
+        if not problems:
+            settings = cls(**values)
+            problems.extend(settings._cross_checks())
+        if problems:
+            raise SettingsError(problems)
+        return settings
+
+    def _cross_checks(self) -> list[str]:
+        problems = []
+        if self.upstream_backoff_min_ms > self.upstream_backoff_max_ms:
+            problems.append("UPSTREAM_BACKOFF_MIN_MS: larger than UPSTREAM_BACKOFF_MAX_MS")
+        return problems
+
+    @property
+    def store_backend(self) -> str:
+        if self.clickhouse_url == "none":
+            return "none"
+        return "clickhouse" if self.clickhouse_url else "chdb"
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for the README's configuration table."""
+        return [(f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in fields(cls)]

@@ -1,0 +1,102 @@
+"""The one write path to a client socket: whole frames, in order, never blocking the caller.
+
+simple-websocket writes with `sock.send` (which may write part of a frame) from
+two greenlets (the handler and its reader, which answers pings and closes).
+Giving it a `WireSocket` in place of the raw socket routes every byte through
+`write`: it tries one non-blocking send and, only if the socket is full, queues
+the rest for a writer greenlet that lives while the backlog does. No greenlet
+switch happens between checking the backlog and writing, so frames can never
+interleave.
+"""
+
+from collections import deque
+
+import gevent
+from gevent.event import Event as Signal
+
+
+class WireSocket:
+    """A socket stand-in whose writes are whole, ordered and non-blocking for the caller."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._backlog: deque[tuple[memoryview | bytes, int]] = deque()
+        self.backlog_bytes = 0
+        self.backlog_weight = 0  # events held in the backlog (the hub's bound)
+        self._writer: gevent.Greenlet | None = None
+        self._drained = Signal()
+        self._drained.set()
+        self.broken = False
+
+    # -- the socket interface simple-websocket uses --------------------------
+
+    def send(self, data: bytes) -> int:
+        self.write(data)
+        return len(data)
+
+    sendall = send
+
+    def recv(self, bufsize: int) -> bytes:
+        return self.sock.recv(bufsize)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        """Called by simple-websocket's reader when it stops: give the backlog a moment, then close."""
+        self.wait_drained(timeout=1.0)
+        self.sock.close()
+
+    # -- the relay's interface ---------------------------------------------------
+
+    def write(self, data: bytes, weight: int = 0) -> None:
+        """Queue `data` (whole frames) after everything written before it."""
+        if self.broken:
+            return
+        if self._writer is None:  # nothing queued or in flight: try to write now
+            try:
+                sent = self.sock.send(data, 0, 0.0)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.broken = True
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self._drained.clear()
+            self._writer = gevent.spawn(self._drain)
+        self._backlog.append((data, weight))
+        self.backlog_bytes += len(data)
+        self.backlog_weight += weight
+
+    def discard_backlog(self) -> None:
+        """Drop queued frames; the one being written (if any) is finished, keeping framing whole."""
+        for chunk, weight in self._backlog:
+            self.backlog_bytes -= len(chunk)
+            self.backlog_weight -= weight
+        self._backlog.clear()
+
+    def wait_drained(self, timeout: float) -> bool:
+        return self._drained.wait(timeout)
+
+    def _drain(self) -> None:
+        try:
+            while self._backlog and not self.broken:
+                chunk, weight = self._backlog.popleft()
+                view = memoryview(chunk)
+                try:
+                    while view:
+                        sent = self.sock.send(view)  # waits (this greenlet only) for room
+                        self.backlog_bytes -= sent
+                        view = view[sent:]
+                finally:
+                    self.backlog_bytes -= len(view)
+                    self.backlog_weight -= weight
+        except OSError:
+            self.broken = True
+        finally:
+            if self.broken:
+                self.discard_backlog()
+            self._writer = None
+            self._drained.set()
