@@ -1,6 +1,7 @@
 """gunicorn settings (stdlib only): one gevent worker unless REDIS_URL, hooks that start and stop the relay."""
 
 import os
+import resource
 import signal
 
 _redis = bool(os.environ.get("REDIS_URL"))
@@ -9,7 +10,10 @@ _requested = os.environ.get("WEB_CONCURRENCY", "1")
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 worker_class = "gevent"
 workers = int(_requested) if _redis and _requested.isdigit() else 1
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
+# gunicorn's default of 1000 would cap clients; stay under the open-file limit (sockets + spare)
+_nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+_nofile_hard = 1 << 20 if _nofile_hard == resource.RLIM_INFINITY else _nofile_hard
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", str(max(1000, min(20000, _nofile_hard - 256)))))
 graceful_timeout = int(float(os.environ.get("GRACEFUL_TIMEOUT_S", "10")))
 timeout = 30
 keepalive = 5
@@ -21,6 +25,13 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
 def on_starting(server):
+    # every client is a file descriptor: lift the soft limit to the hard one
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < worker_connections + 64:
+        server.log.warning("open-file limit %d is below worker_connections=%d: raise it (ulimit -n)",
+                           resource.getrlimit(resource.RLIMIT_NOFILE)[0], worker_connections)
     if not _redis and _requested not in ("", "1"):
         server.log.warning("WEB_CONCURRENCY=%s ignored: several workers need REDIS_URL (one upstream "
                            "connection, one seq space); running one worker", _requested)

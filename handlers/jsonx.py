@@ -33,10 +33,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def loads(text: bytes | str) -> Any:
+def loads(text: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON; integers of any size stay exact; NaN/Infinity, numbers that
     overflow a double and nesting beyond MAX_DEPTH are refused."""
-    blob = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    blob = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     masked = blob.translate(_MASK)
     if _LONG_DIGIT_RUN in masked:
         value = _loads_exact(text)
@@ -52,11 +52,11 @@ def loads(text: bytes | str) -> Any:
     return value
 
 
-def _loads_exact(text: bytes | str) -> Any:
+def _loads_exact(text: bytes | bytearray | memoryview | str) -> Any:
     try:
-        if isinstance(text, bytes):
+        if not isinstance(text, str):
             # strictly UTF-8: the stdlib alone would guess UTF-16/32 and skip a BOM
-            text = text.decode("utf-8")
+            text = bytes(text).decode("utf-8")
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise NotJSON(str(exc)) from None

@@ -4,11 +4,12 @@ import logging
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import WebsocketMismatch
 
 from handlers.params import ParamError
 from webapp.auth import CLIENT, refusal
 from webapp.responses import json_error
-from webapp.routes import cache, publish, sse, status, ws
+from webapp.routes import cache, monitor, publish, sse, status, ws
 from webapp.runtime import Runtime
 from webapp.settings import Settings
 
@@ -24,7 +25,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         "max_message_size": settings.ws_max_message_bytes,
     }
     app.extensions["relayhouse"] = services or Runtime(settings)
-    for module in (status, cache, publish, ws, sse):
+    for module in (status, cache, publish, ws, sse, monitor):
         app.register_blueprint(module.bp)
 
     @app.before_request
@@ -40,6 +41,10 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     @app.errorhandler(ParamError)
     def bad_parameter(exc: ParamError):
         return json_error(400, str(exc))
+
+    @app.errorhandler(WebsocketMismatch)
+    def not_an_upgrade(exc: WebsocketMismatch):
+        return json_error(400, "this route needs a WebSocket upgrade request")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

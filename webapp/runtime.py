@@ -34,7 +34,8 @@ class Runtime:
         self.epoch = new_epoch()
         self.metrics = Metrics()
         self.cache = EventCache(settings.cache_max_items, settings.cache_ttl_seconds)
-        self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self.metrics.delivered,
+        self.delivered = 0  # event deliveries to clients, for /health and the monitor
+        self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
                        on_flush=self.metrics.flush_seconds.observe)
         self.ingest = Ingest(self.cache, self.hub, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes)
@@ -89,7 +90,11 @@ class Runtime:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
 
-    # -- upstream callbacks ------------------------------------------------------
+    # -- callbacks ---------------------------------------------------------------
+
+    def _on_delivered(self, transport: str, frames: int, events: int) -> None:
+        self.delivered += events
+        self.metrics.delivered(transport, frames, events)
 
     def _on_frame(self, payload: bytes, binary: bool, recv_ms: int) -> None:
         self.metrics.frames_in.inc()
@@ -144,6 +149,7 @@ class Runtime:
             "store": {"backend": self.store_backend, "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0},
             "clients": self.hub.client_count,
             "clients_by_transport": dict(self.hub.clients_by_kind),
+            "delivered": self.delivered,
             "cache": {"items": len(self.cache)},
         }
 

@@ -71,6 +71,8 @@ class Upstream:
             try:
                 self._session()
             except (OSError, websocket.WebSocketException) as exc:
+                if self._stopping:
+                    break
                 self.state.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("upstream %s: %s", self.url, self.state.last_error)
             self._mark_disconnected()
@@ -88,6 +90,10 @@ class Upstream:
         self._stopping = True
         ws = self._ws
         if ws is not None:
+            try:
+                ws.send_close()  # a clean goodbye; the reader then ends on the closed socket
+            except (OSError, websocket.WebSocketException):
+                pass
             ws.shutdown()
 
     def _session(self) -> None:

@@ -142,8 +142,7 @@ def sse() -> Iterator[Callable[..., SseClient]]:
     streams: list[SseClient] = []
 
     def open_stream(relay: Relay, *, headers: dict[str, str] | None = None, **params: Any) -> SseClient:
-        target = relay.ws_url("/sse", **params).split(str(relay.port), 1)[1]
-        stream = SseClient("127.0.0.1", relay.port, target, headers=headers)
+        stream = SseClient("127.0.0.1", relay.port, relay.target("/sse", **params), headers=headers)
         streams.append(stream)
         return stream
 

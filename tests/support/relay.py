@@ -33,7 +33,7 @@ RELAY_VARIABLES = frozenset(
         "QUERY_MAX_ROWS", "HUB_FLUSH_INTERVAL_MS", "WS_PING_INTERVAL_S", "SSE_KEEPALIVE_S",
         "UPSTREAM_BACKOFF_MIN_MS", "UPSTREAM_BACKOFF_MAX_MS", "UPSTREAM_PING_INTERVAL_S",
         "UPSTREAM_MAX_FRAME_BYTES", "GRACEFUL_TIMEOUT_S", "STARTUP_GRACE_S", "GUNICORN_CMD_ARGS",
-        "FLASK_APP", "FLASK_DEBUG",
+        "FLASK_APP", "FLASK_DEBUG", "ACCESS_LOG", "LOG_LEVEL", "WORKER_CONNECTIONS",
     }
 )
 
@@ -227,9 +227,14 @@ class Relay:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ws_url(self, path: str = "/ws", **params: Any) -> str:
+    @staticmethod
+    def target(path: str, **params: Any) -> str:
+        """`path` with `params` (None values left out) as its query string."""
         query = urlencode({k: v for k, v in params.items() if v is not None})
-        return f"ws://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
+        return path + (f"?{query}" if query else "")
+
+    def ws_url(self, path: str = "/ws", **params: Any) -> str:
+        return f"ws://127.0.0.1:{self.port}" + self.target(path, **params)
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", 10)

@@ -1,9 +1,10 @@
-"""/health, /metrics and the / redirect: open to everyone."""
+"""/health, /metrics, /openapi.json and the / redirect: open to everyone."""
 
 from flask import Blueprint, Response, redirect, request
 
 from webapp.auth import OPEN, access
 from webapp.metrics import CONTENT_TYPE_LATEST
+from webapp.openapi import openapi_document
 from webapp.responses import json_response
 from webapp.routes import runtime
 
@@ -30,3 +31,9 @@ def metrics():
 @access(OPEN)
 def index():
     return redirect("/monitor", code=302)
+
+
+@bp.get("/openapi.json")
+@access(OPEN)
+def openapi():
+    return json_response(openapi_document())

@@ -1,0 +1,1 @@
+"""Integration tests: the relay under real gunicorn, driven over the network."""

@@ -1,0 +1,127 @@
+"""The upstream connection: handshake headers, init messages, oversized frames, and reconnecting
+after the upstream dies or closes (contract §1, §2, §6 /health, §10)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from support.events import feed, seqs_of, trades, unique_sym
+from support.waiting import wait_until
+
+UPSTREAM_INIT = [
+    {"action": "auth", "params": "upstream-key-123"},
+    {"action": "subscribe", "params": "T.*,Q.*"},
+]
+UPSTREAM_HEADERS = {"X-Api-Key": "upstream-key-123", "X-Feed-Client": "relayhouse-tests"}
+MAX_FRAME_BYTES = 64 * 1024
+
+RELAY_ENV = {
+    "UPSTREAM_INIT": json.dumps(UPSTREAM_INIT),
+    "UPSTREAM_HEADERS": json.dumps(UPSTREAM_HEADERS),
+    "UPSTREAM_MAX_FRAME_BYTES": str(MAX_FRAME_BYTES),
+    "UPSTREAM_BACKOFF_MIN_MS": "20",
+    "UPSTREAM_BACKOFF_MAX_MS": "200",
+    "STARTUP_GRACE_S": "0",
+}
+
+
+def assert_handshake_and_init(upstream, record) -> None:
+    """The relay identified itself with UPSTREAM_HEADERS and sent UPSTREAM_INIT, in order."""
+    for name, value in UPSTREAM_HEADERS.items():
+        assert record.headers.get(name.lower()) == value, (name, record.headers)
+    upstream.wait_for_received(record, len(UPSTREAM_INIT))
+    assert record.received_json() == UPSTREAM_INIT
+
+
+def test_health_describes_the_connected_upstream(relay, upstream):
+    health = relay.health()
+    assert health["status"] == "ok"
+    assert health["upstream"]["url"] == upstream.url
+    assert health["upstream"]["connected"] is True
+    assert relay.get("/health?strict=1").status_code == 200
+
+
+def test_the_first_connection_carries_the_headers_and_the_init_messages(relay, upstream):
+    record = upstream.wait_for_connections(1)
+    assert record.index == 1
+    assert_handshake_and_init(upstream, record)
+
+
+def test_a_frame_over_the_size_limit_is_skipped_and_the_feed_goes_on(relay, upstream, ws):
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    connections = upstream.connection_count
+    last_seq = relay.health()["last_seq"]
+    oversized = json.dumps({"ev": "T", "sym": sym, "n": -1, "blob": "x" * MAX_FRAME_BYTES})
+
+    assert upstream.send(oversized) == 1
+    (seq,) = feed(relay, upstream, trades(0, 1, sym), batch=None)
+
+    assert seq == last_seq + 1, "the oversized frame must not have become an event"
+    (event,) = client.wait_for_events(1)
+    assert event["data"]["n"] == 0
+    assert upstream.connection_count == connections
+    assert relay.health()["upstream"]["connected"] is True
+
+
+@pytest.mark.parametrize("how", ["reset", "eof", "clean", "reset"])
+def test_the_relay_reconnects_after_the_upstream_goes_away_and_clients_see_no_gap(relay, upstream, ws, how):
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    before = feed(relay, upstream, trades(0, 3, sym))
+    client.wait_for_events(3)
+    reconnects = relay.health()["upstream"]["reconnects"]
+    connections = upstream.connection_count
+
+    upstream.stop(how)
+    wait_until(lambda: relay.health()["upstream"]["connected"] is False, 10, "the relay to notice the loss")
+    degraded = relay.get("/health?strict=1")
+    assert degraded.status_code == 503
+    assert degraded.json()["status"] == "degraded"
+    assert relay.health()["status"] == "degraded"  # and plain /health still answers 200
+
+    upstream.start()
+    record = upstream.wait_for_connections(connections + 1)
+    wait_until(lambda: relay.health()["upstream"]["connected"] is True, 10, "the relay to reconnect")
+    assert relay.health()["upstream"]["reconnects"] > reconnects
+    assert_handshake_and_init(upstream, record)
+    assert relay.get("/health?strict=1").status_code == 200
+
+    after = feed(relay, upstream, trades(3, 6, sym))
+    assert after[0] == before[-1] + 1
+    assert seqs_of(client.wait_for_events(6)) == before + after
+    assert [e["data"]["n"] for e in client.events] == list(range(6))
+    assert not client.closed
+
+
+def test_the_relay_keeps_retrying_while_the_upstream_stays_down(relay, upstream, ws):
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    connections = upstream.connection_count
+
+    upstream.stop("eof")
+    wait_until(lambda: relay.health()["upstream"]["connected"] is False, 10, "the relay to notice the loss")
+    # Keep the port closed long enough for several refused attempts at the
+    # configured backoff (20..200 ms); health must say degraded throughout.
+    hold_outage(relay, 1.5)
+
+    upstream.start()
+    record = upstream.wait_for_connections(connections + 1, timeout_s=10)
+    assert_handshake_and_init(upstream, record)
+    seqs = feed(relay, upstream, trades(0, 2, sym))
+    assert seqs_of(client.wait_for_events(2)) == seqs
+
+
+def hold_outage(relay, seconds: float) -> None:
+    """Poll /health for `seconds` while the upstream is down: it must say degraded every time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        health = relay.health()
+        assert health["upstream"]["connected"] is False
+        assert health["status"] == "degraded"
+        time.sleep(0.1)

@@ -1,0 +1,61 @@
+"""Settings are built from a plain mapping; every bad variable is reported at once."""
+
+import pytest
+
+from webapp.settings import Settings, SettingsError
+
+
+def test_an_empty_environment_gives_the_contract_defaults():
+    s = Settings.from_env({})
+    assert (s.port, s.web_concurrency, s.upstream_url, s.topic_fields) == (8000, 1, None, ("ev", "sym"))
+    assert (s.cache_max_items, s.cache_ttl_seconds, s.data_dir) == (10_000, 3600, "./data")
+    assert (s.ws_queue_max_events, s.ws_queue_max_bytes) == (10_000, 8_388_608)
+    assert (s.query_timeout_s, s.query_max_rows) == (10, 10_000)
+    assert s.api_tokens == () and s.admin_token is None and s.store_backend == "chdb"
+
+
+def test_values_are_parsed_into_their_types():
+    s = Settings.from_env({
+        "PORT": "9001", "UPSTREAM_URL": "wss://socket.polygon.io/stocks",
+        "UPSTREAM_INIT": '[{"action":"auth","params":"K"},{"action":"subscribe","params":"T.*"}]',
+        "UPSTREAM_HEADERS": '{"X-Key": "abc"}', "TOPIC_FIELDS": "ev, sym ,x",
+        "API_TOKENS": "a, b,,", "CLICKHOUSE_URL": "none",
+    })
+    assert s.port == 9001
+    assert s.upstream_init == ({"action": "auth", "params": "K"}, {"action": "subscribe", "params": "T.*"})
+    assert s.upstream_headers == (("X-Key", "abc"),)
+    assert s.topic_fields == ("ev", "sym", "x")
+    assert s.api_tokens == ("a", "b")
+    assert s.store_backend == "none"
+
+
+def test_a_clickhouse_url_selects_the_server_backend():
+    assert Settings.from_env({"CLICKHOUSE_URL": "clickhouse://u:p@db:9000/relay"}).store_backend == "clickhouse"
+
+
+def test_every_bad_variable_is_named_in_one_error():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({
+            "PORT": "eighty", "UPSTREAM_URL": "http://example/feed", "UPSTREAM_INIT": "[not json",
+            "UPSTREAM_HEADERS": "[1]", "CACHE_MAX_ITEMS": "0", "CLICKHOUSE_URL": "mysql://x",
+            "REDIS_URL": "http://x", "LOG_LEVEL": "loud",
+        })
+    named = [p.split(":")[0] for p in caught.value.problems]
+    assert named == ["PORT", "UPSTREAM_URL", "UPSTREAM_INIT", "UPSTREAM_HEADERS", "CACHE_MAX_ITEMS",
+                     "CLICKHOUSE_URL", "REDIS_URL", "LOG_LEVEL"]
+    assert str(caught.value).startswith("invalid configuration:")
+
+
+def test_inconsistent_backoff_bounds_are_refused():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"UPSTREAM_BACKOFF_MIN_MS": "5000", "UPSTREAM_BACKOFF_MAX_MS": "100"})
+    assert caught.value.problems == ["UPSTREAM_BACKOFF_MIN_MS: larger than UPSTREAM_BACKOFF_MAX_MS"]
+
+
+def test_blank_values_mean_unset():
+    assert Settings.from_env({"PORT": " ", "UPSTREAM_URL": ""}).port == 8000
+
+
+def test_every_setting_is_documented_with_its_variable():
+    names = [name for name, _default, doc in Settings.documentation() if doc]
+    assert len(names) == len(set(names)) == len(Settings.documentation())
