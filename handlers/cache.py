@@ -33,10 +33,12 @@ class EventCache:
         """Append events (ascending seq, newer than anything held)."""
         with self._lock:
             for ev in events:
+                if self._events and ev.seq <= self._events[-1].seq:
+                    continue  # already held (warm-up overlap, a replayed bus message)
                 self._events.append(ev)
                 self._by_seq[ev.seq] = ev
                 self._bytes += len(ev.json)
-            self.added += len(events)
+                self.added += 1
             self._expire(now_ms)
             while len(self._events) > self.max_items:
                 self._pop_oldest()

@@ -65,9 +65,13 @@ def _loads_exact(text: bytes | bytearray | memoryview | str) -> Any:
 def _deeper_than(value: Any, limit: int) -> bool:
     try:
         orjson.dumps(value)  # fast proof of depth <= 254 in the common case
-        return False
     except orjson.JSONEncodeError:
-        pass  # deep, or a big integer or lone surrogate: measure
+        # too deep for orjson, or a big integer or lone surrogate: measure
+        return _measured_deeper_than(value, limit)
+    return False
+
+
+def _measured_deeper_than(value: Any, limit: int) -> bool:
     stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         node, depth = stack.pop()

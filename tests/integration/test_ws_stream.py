@@ -9,6 +9,7 @@ import time
 
 from support.clients import WsClient
 from support.events import data_of, feed, seqs_of, trades, unique_sym
+from support.upstream import frames_of
 
 RELAY_ENV: dict[str, str] = {}  # the defaults: TOPIC_FIELDS=ev,sym, CACHE_MAX_ITEMS=10000, ...
 
@@ -273,11 +274,23 @@ def test_fifty_clients_each_get_all_5000_events_once_in_seq_order(relay, upstrea
         except AssertionError as exc:
             failures.append(str(exc))
 
+    flowing, late_joined = threading.Event(), threading.Event()
+
     def publish() -> None:
+        # Paced (a few ms per 50-event frame) until the late clients have
+        # joined, so they join while batches are in flight; then full speed.
         try:
-            upstream.emit(trades(0, total, sym), batch=50)
+            for index, frame in enumerate(frames_of(trades(0, total, sym), batch=50)):
+                if upstream.send(frame) != 1:
+                    raise AssertionError("the relay is not connected to the upstream exactly once")
+                if index == 5:
+                    flowing.set()
+                if not late_joined.is_set():
+                    time.sleep(0.004)
         except AssertionError as exc:
             failures.append(f"publisher: {exc}")
+        finally:
+            flowing.set()
 
     publisher = threading.Thread(target=publish)
     collectors = [threading.Thread(target=collect, args=(client,)) for client in early]
@@ -287,11 +300,15 @@ def test_fifty_clients_each_get_all_5000_events_once_in_seq_order(relay, upstrea
     publisher.start()
     # Ten more join while the feed is flowing, resuming from before its start:
     # their snapshot and live frames must dovetail exactly.
-    late = [ws(relay, topics=topic, since=base, epoch=epoch) for _ in range(10)]
-    for client in late:
+    assert flowing.wait(30)
+    late = []
+    for _ in range(10):
+        client = ws(relay, topics=topic, since=base, epoch=epoch)
+        late.append(client)
         late_collector = threading.Thread(target=collect, args=(client,))
         collectors.append(late_collector)
         late_collector.start()
+    late_joined.set()
     publisher.join(60)
     for thread in collectors:
         thread.join(130)
@@ -307,4 +324,6 @@ def test_fifty_clients_each_get_all_5000_events_once_in_seq_order(relay, upstrea
         assert len(client.events) == total, (index, len(client.events))
         assert seqs_of(client.events) == list(range(first, first + total)), index
         assert data_of(client.events) == expected_data, index
+    joined_mid_feed = [len(c.snapshot["events"]) for c in late if 0 < len(c.snapshot["events"]) < total]
+    assert joined_mid_feed, "no late client joined while the feed was flowing: the test proved nothing"
     print(f"50 clients x {total} events in {elapsed:.1f}s")

@@ -252,6 +252,16 @@ class RawWsClient:
         """Read every frame until the close frame (or the end of the stream)."""
         deadline = time.monotonic() + timeout_s
         result = RawClose()
+        try:
+            return self._read_frames(result, deadline)
+        except TimeoutError:
+            last = result.texts[-1][:200] if result.texts else None
+            raise AssertionError(
+                f"no close from the relay within {timeout_s}s: read {len(result.texts)} messages, "
+                f"the last one starting {last!r}"
+            ) from None
+
+    def _read_frames(self, result: RawClose, deadline: float) -> RawClose:
         message = bytearray()
         while True:
             try:

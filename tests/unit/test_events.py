@@ -6,7 +6,7 @@ from dataclasses import FrozenInstanceError
 import pytest
 
 from handlers import jsonx
-from handlers.events import Event, event_from_json, make_event, number_elements
+from handlers.events import Event, event_from_json, event_from_row, make_event, number_elements
 from handlers.frames import Element, parse_frame
 
 EV_SYM = ("ev", "sym")
@@ -139,3 +139,29 @@ def test_an_event_is_immutable():
 def test_the_envelope_json_is_what_jsonx_writes():
     event = make_event(3, TS, "T.AAPL", {"p": 191.2})
     assert event.json == jsonx.dumps(event.as_dict())
+
+
+def test_data_json_is_the_data_as_it_sits_in_the_envelope():
+    event = make_event(1, TS, "T.AAPL", {"sym": "AAPL", "n": 2**70}, raw=False,
+                       enrichment={"avg": 1.5})
+    assert event.data_json == b'{"sym":"AAPL","n":1180591620717411303424}'
+    assert event.data_json in event.json
+
+
+def test_an_event_rebuilt_from_a_stored_row_is_the_event_that_was_stored():
+    for event in (
+        make_event(1042, TS, "T.AAPL", {"ev": "T", "sym": "AAPL", "p": 191.2}),
+        make_event(1043, TS, "default", "raw text", raw=True),
+        make_event(1044, TS, "Q.MSFT", {"ev": "Q"}, enrichment={"avg": 1.5}),
+        make_event(1045, TS, "default", {"big": 2**70}),
+    ):
+        enrichment = jsonx.dumps(event.enrichment) if event.enrichment else ""
+        again = event_from_row(event.seq, event.ts, event.topic, event.data_json.decode(),
+                               enrichment, event.raw)
+        assert again == event
+        assert again.json == event.json
+
+
+def test_a_corrupt_stored_row_is_not_json():
+    with pytest.raises(jsonx.NotJSON):
+        event_from_row(1, TS, "default", '{"truncated":', "")

@@ -140,3 +140,11 @@ def test_dumps_escapes_a_lone_surrogate_so_the_output_is_valid_utf8():
     out = jsonx.dumps({"sym": "A\ud800"})
     assert out == b'{"sym":"A\\ud800"}'
     assert jsonx.loads(out) == {"sym": "A\ud800"}
+
+
+def test_loads_reads_any_bytes_like_value():
+    text = f'{{"ev":"T","n":{2**70}}}'.encode()
+    for blob in (bytearray(text), memoryview(text)):
+        assert jsonx.loads(blob) == {"ev": "T", "n": 2**70}
+    with pytest.raises(NotJSON):
+        jsonx.loads(bytearray(b"\xff"))

@@ -1,0 +1,67 @@
+"""Persistence: the backend chosen by CLICKHOUSE_URL, the spool, the writer, and the local seq state."""
+
+import json
+import logging
+import os
+
+from webapp.settings import Settings
+from webapp.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def make_store(settings: Settings) -> Store | None:
+    """The configured backend, built but not connected; None for CLICKHOUSE_URL=none."""
+    if settings.store_backend == "none":
+        return None
+    if settings.store_backend == "clickhouse":
+        from webapp.store.clickhouse import ClickHouseStore
+
+        return ClickHouseStore(settings.clickhouse_url, max_rows_to_read=settings.query_max_rows_to_read,
+                               max_memory_bytes=settings.query_max_memory_bytes)
+    from webapp.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.data_dir, max_rows_to_read=settings.query_max_rows_to_read,
+                         max_memory_bytes=settings.query_max_memory_bytes)
+
+
+class SeqState:
+    """DATA_DIR/relay-state.json: the epoch and a seq reservation, so no seq is ever reused.
+
+    Seqs are reserved in blocks before they are handed out; after a crash the
+    relay continues above the reservation (the events numbered and lost in the
+    crash leave a gap that resuming clients see as `missing`, never a reuse).
+    A clean shutdown records the exact last seq.
+    """
+
+    def __init__(self, data_dir: str, block: int):
+        self.path = os.path.join(data_dir, "relay-state.json")
+        self.block = block
+        self.epoch: str | None = None
+        self.reserved = 0
+
+    def load(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                state = json.loads(f.read())
+            self.epoch = str(state["epoch"])
+            self.reserved = int(state["reserved"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring unreadable %s: %s", self.path, exc)
+
+    def save(self, epoch: str, reserved: int) -> None:
+        self.epoch, self.reserved = epoch, reserved
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"epoch": epoch, "reserved": reserved}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def ensure(self, epoch: str, last_seq: int) -> None:
+        """Called as seqs are handed out: extend the reservation before it runs out."""
+        if last_seq >= self.reserved:
+            self.save(epoch, last_seq + self.block)

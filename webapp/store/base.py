@@ -1,0 +1,122 @@
+"""The store interface, its errors, and the SQL every backend runs (ClickHouse 18.16 through current)."""
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from handlers.events import Event, event_from_row
+
+DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (→ spool on write, 503 on read)."""
+
+
+class QueryRefused(StoreError):
+    """ClickHouse refused or failed the query (→ 400 with its message)."""
+
+
+class QueryTimedOut(StoreError):
+    """The query ran past its time limit (→ 504)."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[tuple[str, str]]
+    rows: list[list[Any]]  # JSON-safe already
+    truncated: bool
+    elapsed_ms: float
+
+
+class Store(Protocol):
+    """What the relay needs of a backend. Every method may block only its own greenlet."""
+
+    backend: str
+
+    def ensure_schema(self) -> None: ...
+    def insert(self, events: list[Event]) -> None: ...
+    def max_seq(self) -> int: ...
+    def min_seq(self) -> int: ...
+    def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]: ...
+    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def close(self) -> None: ...
+
+
+# -- schema ---------------------------------------------------------------------
+# One row per event. ORDER BY seq: the resume and history paths are seq ranges,
+# answered from the primary index; daily partitions make time ranges prune and
+# retention a DROP PARTITION. `date` is MATERIALIZED so SELECT * shows the
+# contract's columns only. No TTL clause, no DateTime64: 18.16 has neither.
+
+def schema_statements(db: str) -> list[str]:
+    if not DATABASE_NAME.match(db):
+        raise StoreError(f"bad database name {db!r}")
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""CREATE TABLE IF NOT EXISTS {db}.events (
+            seq UInt64,
+            ts UInt64,
+            topic String,
+            data String,
+            enrichment String,
+            raw UInt8,
+            date Date MATERIALIZED toDate(intDiv(ts, 1000))
+        ) ENGINE = MergeTree() PARTITION BY toYYYYMMDD(date) ORDER BY seq""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.relay_meta (
+            key String,
+            value String,
+            version UInt64
+        ) ENGINE = ReplacingMergeTree(version) ORDER BY key""",
+    ]
+
+
+EVENT_COLUMNS = ("seq", "ts", "topic", "data", "enrichment", "raw")
+
+
+def event_columns(events: list[Event]) -> list[list]:
+    """Column-major data for a native insert, in EVENT_COLUMNS order."""
+    return [
+        [e.seq for e in events],
+        [e.ts for e in events],
+        [e.topic for e in events],
+        [e.data_json.decode() for e in events],
+        [_enrichment_text(e) for e in events],
+        [1 if e.raw else 0 for e in events],
+    ]
+
+
+def _enrichment_text(event: Event) -> str:
+    if not event.enrichment:
+        return ""
+    start = event.json.rfind(b',"enrichment":')
+    return event.json[start + 14:-1].decode()
+
+
+def rows_to_events(rows: list[tuple]) -> list[Event]:
+    return [event_from_row(*row) for row in rows]
+
+
+SELECT_EVENTS = "SELECT seq, ts, topic, data, enrichment, raw FROM {db}.events"
+
+
+def topic_condition(patterns: tuple[str, ...], params: dict[str, Any]) -> str:
+    """SQL for 'topic matches any pattern', values in `params` (never in the text)."""
+    if not patterns or "*" in patterns:
+        return "1"
+    parts = []
+    exact = [p for p in patterns if not p.endswith("*")]
+    if exact:
+        params["topics_exact"] = exact
+        parts.append("has(%(topics_exact)s, topic)")
+    for i, prefix in enumerate(p[:-1] for p in patterns if p.endswith("*")):
+        params[f"topic_prefix_{i}"] = prefix
+        # startsWith() is newer than 18.16
+        parts.append(f"substring(topic, 1, length(%(topic_prefix_{i})s)) = %(topic_prefix_{i})s")
+    return "(" + " OR ".join(parts) + ")"

@@ -1,0 +1,161 @@
+"""The ClickHouse server backend (clickhouse-driver, native protocol): the only importer of clickhouse_driver."""
+
+import logging
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import gevent
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from handlers.events import Event
+from handlers.sql import json_safe_rows
+from webapp.store.base import (DATABASE_NAME, EVENT_COLUMNS, QueryRefused, QueryResult, QueryTimedOut, StoreError,
+                               StoreUnavailable, event_columns, schema_statements)
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_EXCEEDED = 159
+UNREACHABLE = (ch_errors.NetworkError, ch_errors.SocketTimeoutError, EOFError, OSError)
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    db = (parts.path or "/").strip("/") or "relayhouse"
+    if not DATABASE_NAME.match(db):
+        raise StoreError(f"CLICKHOUSE_URL: bad database name {db!r}")
+    secure = parts.scheme == "clickhouses"
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or (9440 if secure else 9000),
+        "user": unquote(parts.username or "default"),
+        "password": unquote(parts.password or ""),
+        "database": db,
+        "secure": secure,
+    }
+
+
+def _message(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    # ClickHouse appends a C++ stack trace; the first lines say what went wrong
+    return text.split(". Stack trace")[0].split("\nStack trace")[0].strip()
+
+
+class ClickHouseStore:
+    """One writer client (owned by the writer greenlet) and a pool of clients for reads.
+
+    A clickhouse-driver Client is never used by two greenlets at once.
+    """
+
+    backend = "clickhouse"
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 3.0, io_timeout_s: float = 30.0,
+                 max_rows_to_read: int = 100_000_000, max_memory_bytes: int = 2_000_000_000):
+        self.params = parse_url(url)
+        self.db = self.params["database"]
+        self.connect_timeout_s = connect_timeout_s
+        self.io_timeout_s = io_timeout_s
+        self.max_rows_to_read = max_rows_to_read
+        self.max_memory_bytes = max_memory_bytes
+        self._writer: Client | None = None
+        self._idle: list[Client] = []
+
+    def _client(self, database: str | None = None) -> Client:
+        p = self.params
+        return Client(host=p["host"], port=p["port"], user=p["user"], password=p["password"],
+                      database=database or self.db, secure=p["secure"],
+                      connect_timeout=self.connect_timeout_s, send_receive_timeout=self.io_timeout_s,
+                      sync_request_timeout=self.connect_timeout_s, client_name="relayhouse")
+
+    def _run(self, client: Client, sql: str, params: Any = None, **kw) -> Any:
+        try:
+            return client.execute(sql, params, **kw)
+        except UNREACHABLE as exc:
+            client.disconnect()
+            raise StoreUnavailable(f"ClickHouse unreachable: {_message(exc)}") from exc
+        except ch_errors.ServerException as exc:
+            if exc.code == TIMEOUT_EXCEEDED:
+                raise QueryTimedOut(_message(exc)) from exc
+            raise QueryRefused(_message(exc)) from exc
+        except ch_errors.Error as exc:
+            client.disconnect()
+            raise StoreUnavailable(f"ClickHouse error: {_message(exc)}") from exc
+
+    def _read(self, sql: str, params: Any = None, **kw) -> Any:
+        client = self._idle.pop() if self._idle else self._client()
+        try:
+            result = self._run(client, sql, params, **kw)
+        except StoreUnavailable:
+            raise  # the client was disconnected: do not pool it
+        except BaseException:
+            self._idle.append(client)
+            raise
+        self._idle.append(client)
+        return result
+
+    # -- writer side (the writer greenlet only) --------------------------------------
+
+    def ensure_schema(self) -> None:
+        bootstrap = self._client(database="default")
+        try:
+            for statement in schema_statements(self.db):
+                self._run(bootstrap, statement)
+        finally:
+            bootstrap.disconnect()
+
+    def insert(self, events: list[Event]) -> None:
+        if self._writer is None:
+            self._writer = self._client()
+        self._run(self._writer, f"INSERT INTO {self.db}.events ({', '.join(EVENT_COLUMNS)}) VALUES",
+                  event_columns(events), columnar=True, types_check=False)
+
+    def max_seq(self) -> int:
+        if self._writer is None:
+            self._writer = self._client()
+        rows = self._run(self._writer, f"SELECT max(seq) FROM {self.db}.events")
+        return int(rows[0][0])
+
+    # -- reads (any greenlet; each borrows its own client) -------------------------
+
+    def min_seq(self) -> int:
+        return int(self._read(f"SELECT min(seq) FROM {self.db}.events")[0][0])
+
+    def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]:
+        return self._read(sql.format(db=self.db), params)
+
+    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+        settings = {
+            "readonly": 2,  # no writes, DDL or readonly change; limit settings below still apply
+            "max_execution_time": max(1, int(round(timeout_s))),
+            "max_result_rows": max_rows + 1,
+            "result_overflow_mode": "break",
+            "max_rows_to_read": self.max_rows_to_read,
+            "max_memory_usage": self.max_memory_bytes,
+        }
+        client = self._client()  # a fresh client: a cut-off query leaves nothing behind in the pool
+        started = time.perf_counter()
+        try:
+            with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
+                rows, columns = self._run(client, sql, settings=settings, with_column_types=True)
+        finally:
+            client.disconnect()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        truncated = len(rows) > max_rows
+        rows = rows[:max_rows]
+        return QueryResult(list(columns), json_safe_rows(list(columns), rows), truncated, elapsed_ms)
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read(f"SELECT argMax(value, version) FROM {self.db}.relay_meta WHERE key = %(key)s GROUP BY key",
+                          {"key": key})
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._read(f"INSERT INTO {self.db}.relay_meta (key, value, version) VALUES",
+                   [(key, value, time.time_ns())])
+
+    def close(self) -> None:
+        for client in [*self._idle, *([self._writer] if self._writer else [])]:
+            client.disconnect()
+        self._idle.clear()
+        self._writer = None
