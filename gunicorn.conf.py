@@ -52,3 +52,10 @@ def post_worker_init(worker):
             handle_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server, worker):
+    # runs in the worker after its loop ends: let the shutdown finish flushing the store
+    import wsgi
+
+    wsgi.finish_runtime(timeout_s=max(1.0, graceful_timeout - 1))

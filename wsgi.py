@@ -27,5 +27,15 @@ def start_runtime() -> None:
 
 
 def stop_runtime() -> None:
-    """Tell clients and stop the upstream (called on SIGTERM)."""
+    """Tell clients, stop the upstream, flush the store (called on SIGTERM)."""
     app.extensions["relayhouse"].shutdown()
+
+
+def finish_runtime(timeout_s: float) -> None:
+    """Before the worker exits: make sure the shutdown ran and finished (SIGINT/SIGQUIT start it here)."""
+    import gevent
+
+    runtime = app.extensions["relayhouse"]
+    if not runtime.shutting_down:
+        gevent.spawn(runtime.shutdown)
+    runtime.wait_stopped(timeout_s)

@@ -1,7 +1,8 @@
-"""The one ingest path: receive → parse → number → cache → publish (→ persist, with the store)."""
+"""The one ingest path: receive → parse → number → cache → publish → persist."""
 
 import logging
 import time
+from typing import Callable
 
 from handlers.cache import EventCache
 from handlers.events import Event, number_elements
@@ -20,7 +21,8 @@ class Ingest:
     """
 
     def __init__(self, cache: EventCache, hub: Hub, metrics: Metrics, *,
-                 topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0):
+                 topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0,
+                 persist: Callable[[list[Event]], None] | None = None):
         self.cache = cache
         self.hub = hub
         self.metrics = metrics
@@ -30,6 +32,7 @@ class Ingest:
         self.parse_errors = 0
         self.oversize_frames = 0
         self.upstream_events = 0
+        self.persist = persist
 
     def handle_frame(self, payload: bytes | str, binary: bool, recv_ms: int,
                      source: str = "upstream") -> list[Event]:
@@ -50,6 +53,8 @@ class Ingest:
             self.upstream_events += len(events)
         self.cache.add(events, recv_ms)
         self.hub.publish(events)
+        if self.persist is not None:
+            self.persist(events)
         self.metrics.events_in.labels(source).inc(len(events))
         return events
 

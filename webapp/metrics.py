@@ -33,6 +33,19 @@ class Metrics:
         self.client_errors = Counter("relayhouse_client_frame_errors", "Client frames that could not be used", registry=r)
         self.cache_items = Gauge("relayhouse_cache_items", "Events held in the cache", registry=r)
         self.last_seq = Gauge("relayhouse_last_seq", "Last seq assigned", registry=r)
+        self.store_rows = Counter("relayhouse_store_rows_written", "Events inserted into the store", registry=r)
+        self.store_batch_rows = Histogram("relayhouse_store_batch_rows", "Events per store insert", registry=r,
+                                          buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000))
+        self.store_insert_seconds = Histogram("relayhouse_store_insert_seconds", "Store insert latency", registry=r,
+                                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+        self.store_ok = Gauge("relayhouse_store_ok", "1 while the store accepts writes", registry=r)
+        self.store_pending = Gauge("relayhouse_store_pending_events", "Events waiting for the next store batch", registry=r)
+        self.spool_bytes = Gauge("relayhouse_spool_bytes", "Bytes in the write spool", registry=r)
+        self.spool_events = Gauge("relayhouse_spool_events", "Events in the write spool awaiting the store", registry=r)
+        self.spool_full = Gauge("relayhouse_spool_full", "1 while the spool cannot take more", registry=r)
+        self.store_dropped = Gauge("relayhouse_store_dropped_events", "Events neither spooled nor stored (spool full during an outage)", registry=r)
+        self.query_errors = Counter("relayhouse_query_errors", "/query and /history failures", ["kind"], registry=r)
+        self.enrich_errors = Counter("relayhouse_enrich_errors", "Enrichment queries that failed or timed out", ["kind"], registry=r)
         self.flush_seconds = Histogram(
             "relayhouse_hub_flush_seconds", "Time to hand one batch to every client", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),

@@ -6,15 +6,24 @@ import secrets
 import time
 
 import gevent
+import gevent.event
 
+from handlers.backoff import reconnect_delay_ms
 from handlers.cache import EventCache
+from handlers.events import Event
 from webapp.hub import Hub
 from webapp.ingest import Ingest
 from webapp.metrics import Metrics
 from webapp.settings import Settings
+from webapp.store import SeqState, make_store
+from webapp.store.base import SELECT_EVENTS, StoreError, rows_to_events
+from webapp.store.spool import Spool
+from webapp.store.writer import StoreWriter
 from webapp.upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+VERSION = "0.2.0"
 
 
 def new_epoch() -> str:
@@ -22,8 +31,13 @@ def new_epoch() -> str:
     return f"{int(time.time()):x}-{secrets.token_hex(4)}"
 
 
+def in_thread(fn, *args):
+    """Run blocking file I/O in gevent's threadpool so the hub keeps serving."""
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
 class Runtime:
-    """Builds the cache, hub, ingest loop and upstream; `start()` spawns their greenlets.
+    """Builds the cache, hub, ingest loop, store writer and upstream; `start()` spawns their greenlets.
 
     Construction does no I/O, so `create_app` (and tests) can build one freely.
     """
@@ -37,8 +51,18 @@ class Runtime:
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
                        on_flush=self.metrics.flush_seconds.observe)
+        self.store = make_store(settings)
+        self.store_backend = settings.store_backend
+        self.spool = self.seq_state = self.writer = None
+        if self.store is not None:
+            self.spool = Spool(os.path.join(settings.data_dir, "spool"), settings.spool_max_bytes)
+            self.seq_state = SeqState(settings.data_dir, settings.seq_reserve_block)
+            self.writer = StoreWriter(
+                self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
+                retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, in_thread=in_thread)
         self.ingest = Ingest(self.cache, self.hub, self.metrics, topic_fields=settings.topic_fields,
-                             max_frame_bytes=settings.upstream_max_frame_bytes)
+                             max_frame_bytes=settings.upstream_max_frame_bytes,
+                             persist=self._persist if self.store is not None else None)
         self.demo = None
         if settings.upstream_url is None:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
@@ -57,11 +81,15 @@ class Runtime:
             healthy_after_s=settings.upstream_healthy_after_s,
             on_state=self._on_upstream_state,
         )
-        self.store_backend = "none"  # persistence: see the ClickHouse issue
+        self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
+        if self.store is None:
+            self.ready.set()
+        self.boot_error: str | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._reconnects_counted = 0
         self.running = False
         self.shutting_down = False
+        self._stopped = gevent.event.Event()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -70,27 +98,111 @@ class Runtime:
         if self.running:
             return
         self.running = True
+        self._greenlets = [gevent.spawn(self.hub.run), gevent.spawn(self._boot)]
+
+    def _boot(self) -> None:
+        if self.store is not None:
+            self._recover()
+            self._greenlets.append(gevent.spawn(self.writer.run))
         if self.demo is not None:
             self.demo.start()
             self.upstream.url = self.upstream.state.url = self.demo.url
             log.info("no UPSTREAM_URL: serving the built-in demo feed at %s", self.demo.url)
-        self._greenlets = [gevent.spawn(self.hub.run), gevent.spawn(self.upstream.run)]
-        log.info("relay started (pid %d, epoch %s)", os.getpid(), self.epoch)
+        self._greenlets.append(gevent.spawn(self.upstream.run))
+        log.info("relay started (pid %d, epoch %s, seq continues after %d, store %s)",
+                 os.getpid(), self.epoch, self.last_seq, self.store_backend)
+
+    def _recover(self) -> None:
+        """Seq base, epoch and a warm cache from the store, the spool and the local state."""
+        records = in_thread(self.spool.load)
+        spooled = [e for r in records for e in r.events]
+        in_thread(self.seq_state.load)
+        attempt = 0
+        while True:
+            try:
+                self.store.ensure_schema()
+                store_max = self.store.max_seq()
+                stored_epoch = self.store.get_meta("epoch") if store_max else None
+                break
+            except StoreError as exc:
+                self.boot_error = str(exc)
+                if self.seq_state.epoch is not None:
+                    # local state is enough to continue without reusing a seq;
+                    # the writer spools until the store answers
+                    log.error("store unavailable at start (%s): continuing from local state", exc)
+                    store_max, stored_epoch = None, None
+                    break
+                delay_ms = reconnect_delay_ms(attempt, 200, self.settings.store_retry_max_ms, 0.5)
+                log.error("store unavailable at start (%s): retrying in %.1f s", exc, delay_ms / 1000)
+                attempt += 1
+                gevent.sleep(delay_ms / 1000)
+        self.boot_error = None
+        spool_max = spooled[-1].seq if spooled else 0
+        last_seq = max(store_max or 0, spool_max, self.seq_state.reserved)
+        self.epoch = stored_epoch or self.seq_state.epoch or self.epoch
+        if last_seq == 0:
+            self.epoch = new_epoch()  # nothing to continue: a fresh seq space
+        self.ingest.last_seq = last_seq
+        in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
+        if store_max is not None and stored_epoch != self.epoch:
+            try:
+                self.store.set_meta("epoch", self.epoch)
+            except StoreError as exc:
+                log.error("could not record the epoch in the store: %s", exc)
+        self._warm(store_max, spooled)
+        self.writer.start_from(store_max, spooled=bool(records))
+        self.ready.set()
+
+    def _warm(self, store_max: int | None, spooled: list[Event]) -> None:
+        now = self.now_ms()
+        events: list[Event] = []
+        if store_max:
+            try:
+                rows = self.store.fetch(
+                    SELECT_EVENTS + " WHERE ts >= %(min_ts)s AND date >= toDate(intDiv(%(min_ts)s, 1000))"
+                    " ORDER BY seq DESC LIMIT %(limit)s",
+                    {"min_ts": now - self.settings.cache_ttl_seconds * 1000, "limit": self.settings.cache_max_items})
+                events = rows_to_events(rows)[::-1]
+            except StoreError as exc:
+                log.error("could not warm the cache from the store: %s", exc)
+        events += [e for e in spooled if not events or e.seq > events[-1].seq]
+        self.cache.add(events, now)
+        if events:
+            log.info("cache warmed with %d events (seq %d..%d)", len(self.cache), events[0].seq, events[-1].seq)
 
     def shutdown(self) -> None:
-        """SIGTERM: stop reading, tell clients, close them with 1001."""
+        """SIGTERM: stop reading, tell clients, close them with 1001, flush the store."""
         if self.shutting_down:
             return
         self.shutting_down = True
-        log.info("shutting down: closing %d clients", self.hub.client_count)
-        self.upstream.stop()
-        self.hub.close_all("shutdown", 1001)
-        if self.demo is not None:
-            self.demo.stop()
-        for greenlet in self._greenlets:
-            greenlet.kill(block=False)
+        try:
+            log.info("shutting down: closing %d clients", self.hub.client_count)
+            self.upstream.stop()
+            self.hub.close_all("shutdown", 1001)
+            if self.demo is not None:
+                self.demo.stop()
+            if self.writer is not None and self.ready.is_set():
+                flushed = self.writer.flush(timeout_s=max(1.0, self.settings.graceful_timeout_s - 3))
+                in_thread(self.seq_state.save, self.epoch, self.last_seq)
+                log.info("store flushed (%s); last seq %d", "complete" if flushed else "incomplete", self.last_seq)
+            for greenlet in self._greenlets:
+                greenlet.kill(block=False)
+        finally:
+            self._stopped.set()
+
+    def wait_stopped(self, timeout_s: float) -> bool:
+        return self._stopped.wait(timeout_s)
 
     # -- callbacks ---------------------------------------------------------------
+
+    def _persist(self, events: list[Event]) -> None:
+        self.seq_state.ensure(self.epoch, events[-1].seq)
+        self.writer.enqueue(events)
+
+    def _on_written(self, rows: int, seconds: float) -> None:
+        self.metrics.store_rows.inc(rows)
+        self.metrics.store_batch_rows.observe(rows)
+        self.metrics.store_insert_seconds.observe(seconds)
 
     def _on_delivered(self, transport: str, frames: int, events: int) -> None:
         self.delivered += events
@@ -116,25 +228,52 @@ class Runtime:
     def last_seq(self) -> int:
         return self.ingest.last_seq
 
+    def store_health(self) -> dict:
+        if self.store is None:
+            return {"backend": "none", "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0}
+        w = self.writer
+        backlog = w._backlog
+        return {
+            "backend": self.store_backend,
+            "ok": w.ok and self.boot_error is None,
+            "pending": len(w.pending),
+            "spooled": self.spool.events if backlog else 0,
+            "spooled_bytes": self.spool.bytes if backlog else 0,
+            "spool_full": w.spool_full,
+            "dropped": w.dropped,
+            "written": w.written,
+            "last_error": w.last_error or self.boot_error,
+        }
+
     def render_metrics(self) -> bytes:
         m = self.metrics
         for kind, n in self.hub.clients_by_kind.items():
             m.clients.labels(kind).set(n)
         m.cache_items.set(len(self.cache))
         m.last_seq.set(self.last_seq)
+        store = self.store_health()
+        m.store_ok.set(1 if store["ok"] else 0)
+        m.store_pending.set(store["pending"])
+        m.spool_bytes.set(self.spool.bytes if self.spool else 0)
+        m.spool_events.set(store["spooled"])
+        m.spool_full.set(1 if store.get("spool_full") else 0)
+        m.store_dropped.set(store.get("dropped", 0))
         return m.render()
 
     def health(self) -> dict:
         s = self.upstream.state
         now = time.time()
         in_grace = now - self.started_at < self.settings.startup_grace_s
-        degraded = (not s.connected and not in_grace) or self.shutting_down
+        store = self.store_health()
+        degraded = ((not s.connected and not in_grace) or self.shutting_down or not store["ok"]
+                    or store["spooled"] > 0 or not self.ready.is_set())
         return {
             "status": "degraded" if degraded else "ok",
             "version": VERSION,
             "uptime_s": round(now - self.started_at, 3),
             "epoch": self.epoch,
             "last_seq": self.last_seq,
+            "ready": self.ready.is_set(),
             "upstream": {
                 "url": s.url,
                 "demo": self.demo is not None,
@@ -146,12 +285,9 @@ class Runtime:
                 "parse_errors": self.ingest.parse_errors,
                 "oversize_frames": self.ingest.oversize_frames,
             },
-            "store": {"backend": self.store_backend, "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0},
+            "store": store,
             "clients": self.hub.client_count,
             "clients_by_transport": dict(self.hub.clients_by_kind),
             "delivered": self.delivered,
             "cache": {"items": len(self.cache)},
         }
-
-
-VERSION = "0.1.0"

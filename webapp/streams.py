@@ -1,11 +1,22 @@
-"""What a new /ws or /sse client is sent first: recent events, or everything after its `since`."""
+"""What a new /ws or /sse client is sent first: recent events, or everything after its `since`.
 
-from dataclasses import dataclass
+`open_stream` reads the cache without yielding, so the caller can register the
+client with the hub in the same instant: nothing published in between is lost
+or sent twice. When the resume reaches further back than the cache, the older
+part comes from the store afterwards (`fill_from_store`, which yields); the
+hub holds the client's live events until the snapshot has gone out.
+"""
+
+import logging
+from dataclasses import dataclass, replace
 
 from handlers.events import Event
 from handlers.params import StreamParams
 from handlers.resume import plan_resume
 from handlers.topics import Matcher
+from webapp.store.base import SELECT_EVENTS, StoreError, rows_to_events, topic_condition
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,11 +26,11 @@ class Opening:
     recovered: bool
     missing: tuple[int, int] | None
     events: list[Event]
+    from_store: tuple[int, int] | None = None  # inclusive seq range still to fetch from the store
 
 
 def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
-    """Never yields: the caller registers the client with the hub right after,
-    so nothing published in between is lost or sent twice."""
+    """The cache's part of the opening. Never yields."""
     now = runtime.now_ms()
     cache = runtime.cache
     last_seq = runtime.last_seq
@@ -28,4 +39,33 @@ def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
         return Opening(runtime.epoch, last_seq, True, None, events)
     plan = plan_resume(params.since, params.epoch, runtime.epoch, last_seq, cache.oldest_seq(now))
     events = cache.events_after(plan.after_seq, now, matcher)
-    return Opening(runtime.epoch, last_seq, plan.recovered, plan.missing, events)
+    from_store = None
+    foreign = plan.after_seq != params.since
+    if plan.missing is not None and not foreign and runtime.store is not None and runtime.ready.is_set():
+        from_store = plan.missing
+    return Opening(runtime.epoch, last_seq, plan.recovered, plan.missing, events, from_store)
+
+
+def fill_from_store(runtime, opening: Opening, matcher: Matcher) -> Opening:
+    """Fetch the part of a resume that the cache no longer holds (yields for the store)."""
+    if opening.from_store is None:
+        return opening
+    first, last = opening.from_store
+    params = {"first": first, "last": last, "limit": runtime.settings.resume_max_events}
+    condition = topic_condition(matcher.patterns, params)
+    try:
+        rows = runtime.store.fetch(
+            SELECT_EVENTS + f" WHERE seq >= %(first)s AND seq <= %(last)s AND {condition}"
+            " ORDER BY seq DESC LIMIT %(limit)s", params)
+        stored_min = runtime.store.min_seq()
+    except StoreError as exc:
+        log.warning("resume from the store failed (%s): reporting %d..%d missing", exc, first, last)
+        return replace(opening, from_store=None)
+    older = rows_to_events(rows)[::-1]
+    # What the store cannot vouch for: below its first row, or cut off by the limit.
+    lowest_served = max(first, stored_min) if stored_min else last + 1
+    if len(rows) >= params["limit"]:
+        lowest_served = max(lowest_served, older[0].seq)
+    missing = (first, lowest_served - 1) if lowest_served > first else None
+    return replace(opening, events=older + opening.events, missing=missing,
+                   recovered=missing is None, from_store=None)

@@ -25,7 +25,8 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
 def monitor():
     settings = runtime().settings
     html = render_template("monitor.html", version=VERSION,
-                           snapshot=min(SNAPSHOT_EVENTS, settings.snapshot_max))
+                           snapshot=min(SNAPSHOT_EVENTS, settings.snapshot_max),
+                           topic_fields=",".join(settings.topic_fields))
     return html, 200, {
         "Content-Security-Policy": _CSP.format(host=request.host),
         "X-Content-Type-Options": "nosniff",

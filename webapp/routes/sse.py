@@ -11,8 +11,9 @@ from handlers.params import stream_params
 from handlers.protocol import SSE_KEEPALIVE, sse_closing, sse_events, sse_gap
 from handlers.topics import compile_patterns
 from webapp.auth import CLIENT, access
+from webapp.responses import json_error
 from webapp.routes import runtime
-from webapp.streams import open_stream
+from webapp.streams import fill_from_store, open_stream
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sse", __name__)
@@ -78,14 +79,18 @@ class SseClient:
 @access(CLIENT)
 def stream():
     rt = runtime()
+    if not rt.ready.is_set() or rt.shutting_down:
+        return json_error(503, "the relay is starting or stopping: retry in a moment")
     params = stream_params(request.args, request.headers.get("Last-Event-ID"),
                            rt.settings.snapshot_default, rt.settings.snapshot_max)
     client = SseClient(compile_patterns(params.topics), rt)
-    # Snapshot and registration without a yield between them (see streams.py).
+    # Snapshot and registration without a yield between them (see streams.py);
+    # live events queue in the client while older ones come from the store.
     opening = open_stream(rt, params, client.matcher)
-    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
     client.after_seq = opening.last_seq
     rt.hub.add(client)
+    opening = fill_from_store(rt, opening, client.matcher)
+    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
     keepalive_s = rt.settings.sse_keepalive_s
 
     def body():

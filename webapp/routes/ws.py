@@ -23,7 +23,7 @@ from handlers.topics import compile_patterns, merge_patterns, remove_patterns
 from webapp.auth import CLIENT, access
 from webapp.responses import json_error
 from webapp.routes import runtime
-from webapp.streams import open_stream
+from webapp.streams import fill_from_store, open_stream
 from webapp.wire import WireSocket
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class WsClient:
         self.max_events = rt.settings.ws_queue_max_events
         self.max_bytes = rt.settings.ws_queue_max_bytes
         self.closed = False
+        self.held: list[tuple[bytes, int]] | None = None  # live frames held while the snapshot is fetched
+        self.held_events = 0
 
     @staticmethod
     def encode(events: list[Event]) -> bytes:
@@ -57,15 +59,32 @@ class WsClient:
         self.wire.write(ws_frame(message))
 
     def deliver(self, frame: bytes, n_events: int) -> None:
+        if self.held is not None:
+            self.held.append((frame, n_events))
+            self.held_events += n_events
+            if self.held_events > self.max_events:
+                self.slow()
+            return
         wire = self.wire
         if wire.backlog_bytes and (wire.backlog_bytes + len(frame) > self.max_bytes
                                    or wire.backlog_weight + n_events > self.max_events):
-            self.rt.metrics.slow_consumers.labels(self.kind).inc()
-            self.rt.metrics.queue_drops.labels(self.kind).inc(wire.backlog_weight + n_events)
-            log.info("closing a slow /ws consumer (%d events, %d bytes behind)", wire.backlog_weight, wire.backlog_bytes)
-            self.close("slow_consumer", CLOSE_TRY_AGAIN_LATER)
+            self.slow(n_events)
             return
         wire.write(frame, n_events)
+
+    def slow(self, n_events: int = 0) -> None:
+        behind = self.wire.backlog_weight + self.held_events + n_events
+        self.rt.metrics.slow_consumers.labels(self.kind).inc()
+        self.rt.metrics.queue_drops.labels(self.kind).inc(behind)
+        log.info("closing a slow /ws consumer (%d events behind)", behind)
+        self.held = None
+        self.close("slow_consumer", CLOSE_TRY_AGAIN_LATER)
+
+    def release(self) -> None:
+        """The snapshot is out: write what arrived meanwhile, then go live."""
+        held, self.held, self.held_events = self.held or [], None, 0
+        for frame, n_events in held:
+            self.deliver(frame, n_events)
 
     def close(self, reason: str, code: int) -> None:
         """Drop the backlog, say why, close with `code`; the handler greenlet then ends."""
@@ -95,6 +114,8 @@ def prepare_upgrade():
         return json_error(400, "this route needs a WebSocket upgrade request")
     if rt.shutting_down:
         return json_error(503, "the relay is shutting down")
+    if not rt.ready.is_set():
+        return json_error(503, "the relay is starting: retry in a moment")
     # Broadcast frames are shared by every client, so per-client compression is
     # refused: simple-websocket would accept any offer (3.3x CPU, 15x p99).
     environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
@@ -111,12 +132,19 @@ def stream(ws):
     rt = runtime()
     params, wire = g.stream, g.wire
     client = WsClient(ws, wire, compile_patterns(params.topics), rt)
-    # From here to hub.add nothing yields: no event can slip between snapshot and live.
+    # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
-    client.send(snapshot_message(opening.epoch, opening.last_seq, opening.recovered, opening.events, opening.missing))
     client.after_seq = opening.last_seq
+    if opening.from_store is not None:
+        client.held = []  # live events wait while the older part comes from the store
     rt.hub.add(client)
     try:
+        opening = fill_from_store(rt, opening, client.matcher)
+        if client.closed:
+            return
+        client.send(snapshot_message(opening.epoch, opening.last_seq, opening.recovered, opening.events,
+                                     opening.missing))
+        client.release()
         while not client.closed:
             text = ws.receive()
             if text is not None:

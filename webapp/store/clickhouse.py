@@ -8,11 +8,20 @@ from urllib.parse import unquote, urlsplit
 import gevent
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
+from handlers.sql import json_safe_rows
 
 from handlers.events import Event
-from handlers.sql import json_safe_rows
-from webapp.store.base import (DATABASE_NAME, EVENT_COLUMNS, QueryRefused, QueryResult, QueryTimedOut, StoreError,
-                               StoreUnavailable, event_columns, schema_statements)
+from webapp.store.base import (
+    DATABASE_NAME,
+    EVENT_COLUMNS,
+    QueryRefused,
+    QueryResult,
+    QueryTimedOut,
+    StoreError,
+    StoreUnavailable,
+    event_columns,
+    schema_statements,
+)
 
 log = logging.getLogger(__name__)
 

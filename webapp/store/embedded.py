@@ -6,12 +6,20 @@ import time
 from typing import Any
 
 import gevent.threadpool
+from handlers.sql import json_safe_rows, to_server_params
 
 from handlers import jsonx
 from handlers.events import Event
-from handlers.sql import json_safe_rows, to_server_params
-from webapp.store.base import (EVENT_COLUMNS, QueryRefused, QueryResult, QueryTimedOut, StoreError,
-                               StoreUnavailable, event_columns, schema_statements)
+from webapp.store.base import (
+    EVENT_COLUMNS,
+    QueryRefused,
+    QueryResult,
+    QueryTimedOut,
+    StoreError,
+    StoreUnavailable,
+    event_columns,
+    schema_statements,
+)
 
 CODE = re.compile(r"Code: (\d+)")
 TIMEOUT_EXCEEDED = 159

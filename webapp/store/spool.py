@@ -38,16 +38,17 @@ class Spool:
         self.directory = directory
         self.max_bytes = max_bytes
         self.fsync = fsync
-        os.makedirs(directory, exist_ok=True)
         self._active: str | None = None
         self._handle = None
         self.torn_records = 0
-        self.bytes = sum(os.path.getsize(p) for p in self.segments())
-        self.events = 0  # counted by load(); maintained by append/drop
+        self.bytes = 0  # set by load(); maintained by append/clear
+        self.events = 0
 
     # -- files --------------------------------------------------------------------
 
     def segments(self) -> list[str]:
+        if not os.path.isdir(self.directory):
+            return []
         names = sorted(n for n in os.listdir(self.directory) if n.endswith(".seg"))
         return [os.path.join(self.directory, n) for n in names]
 
@@ -60,6 +61,7 @@ class Spool:
 
     def append(self, events: list[Event]) -> None:
         """Durably append one batch (fsync'd before returning)."""
+        os.makedirs(self.directory, exist_ok=True)
         payload = b"\n".join(e.json for e in events)
         record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
         if self.bytes + len(record) > self.max_bytes:
@@ -118,6 +120,7 @@ class Spool:
         """Records left by an earlier process; sets the event count."""
         records = self.records()
         self.events = sum(len(r.events) for r in records)
+        self.bytes = sum(os.path.getsize(p) for p in self.segments())
         return records
 
     def clear(self) -> None:

@@ -1,0 +1,163 @@
+"""The store writer keeps every event exactly once in the store, through outages, ambiguous failures and restarts."""
+
+from handlers.events import make_event
+from webapp.store.base import StoreUnavailable
+from webapp.store.spool import Spool
+from webapp.store.writer import StoreWriter, split_by_day
+
+DAY = 86_400_000
+
+
+class FakeStore:
+    """An in-memory store that can be down, or fail after writing (an ambiguous time-out)."""
+
+    backend = "fake"
+
+    def __init__(self):
+        self.rows = []
+        self.inserts = []
+        self.down = False
+        self.land_then_fail = False
+
+    def insert(self, events):
+        if self.down:
+            raise StoreUnavailable("down")
+        self.rows.extend(e.seq for e in events)
+        self.inserts.append([e.seq for e in events])
+        if self.land_then_fail:
+            self.land_then_fail = False
+            raise StoreUnavailable("timed out after the insert landed")
+
+    def max_seq(self):
+        if self.down:
+            raise StoreUnavailable("down")
+        return max(self.rows, default=0)
+
+
+def events(first, n, ts=1_000):
+    return [make_event(seq, ts, "t", {"n": seq}) for seq in range(first, first + n)]
+
+
+def make_writer(tmp_path, store=None, max_bytes=1 << 20):
+    store = store or FakeStore()
+    writer = StoreWriter(store, Spool(str(tmp_path / "spool"), max_bytes, fsync=False), batch_rows=100,
+                         batch_ms=10, retry_min_ms=1, retry_max_ms=1)
+    writer.start_from(store.max_seq(), spooled=False)
+    return writer, store
+
+
+def exactly_once(store, last):
+    return sorted(store.rows) == list(range(1, last + 1))
+
+
+def test_batches_are_inserted_in_order_and_the_spool_emptied(tmp_path):
+    writer, store = make_writer(tmp_path)
+    writer.enqueue(events(1, 5))
+    writer.cycle()
+    writer.enqueue(events(6, 5))
+    writer.cycle()
+    assert store.inserts == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert writer.spool.segments() == [] and writer.ok
+
+
+def test_an_outage_spools_and_recovery_writes_everything_once_in_order(tmp_path):
+    writer, store = make_writer(tmp_path)
+    writer.enqueue(events(1, 3))
+    writer.cycle()
+    store.down = True
+    for first in (4, 7, 10):
+        writer.enqueue(events(first, 3))
+        writer.cycle()
+    assert not writer.ok and writer.spool.events == 9 and store.rows == [1, 2, 3]
+    store.down = False
+    writer._retry_at = 0
+    writer.cycle()
+    assert writer.ok and store.rows == list(range(1, 13))
+    assert writer.spool.segments() == [] and writer.spool.events == 0
+
+
+def test_an_insert_that_landed_before_failing_is_not_written_twice(tmp_path):
+    writer, store = make_writer(tmp_path)
+    store.land_then_fail = True
+    writer.enqueue(events(1, 4))
+    writer.cycle()
+    assert not writer.ok
+    writer.enqueue(events(5, 2))
+    writer._retry_at = 0
+    writer.cycle()
+    assert exactly_once(store, 6)
+
+
+def test_a_restart_replays_the_spool_without_duplicates(tmp_path):
+    store = FakeStore()
+    first, _ = make_writer(tmp_path, store)
+    first.enqueue(events(1, 3))
+    first.cycle()
+    store.down = True
+    first.enqueue(events(4, 3))
+    first.cycle()  # spooled, not stored; then the process "dies"
+    store.down = False
+    store.rows.extend([4])  # and say the store had even taken part of it before the crash
+    second = StoreWriter(store, Spool(str(tmp_path / "spool"), 1 << 20, fsync=False), batch_rows=100, batch_ms=10)
+    records = second.spool.load()
+    assert [e.seq for r in records for e in r.events] == [4, 5, 6]
+    second.start_from(store.max_seq(), spooled=True)
+    second.cycle()
+    assert exactly_once(store, 6)
+
+
+def test_a_torn_record_at_the_end_of_the_spool_is_cut_off(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), 1 << 20, fsync=False)
+    spool.append(events(1, 2))
+    spool.append(events(3, 2))
+    path = spool.segments()[-1]
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, 2) - 5)
+    reread = Spool(str(tmp_path / "spool"), 1 << 20)
+    assert [e.seq for r in reread.load() for e in r.events] == [1, 2]
+    assert reread.torn_records == 1
+
+
+def test_a_corrupted_payload_fails_its_checksum(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), 1 << 20, fsync=False)
+    spool.append(events(1, 2))
+    path = spool.segments()[-1]
+    with open(path, "r+b") as f:
+        f.seek(20)
+        f.write(b"X")
+    assert Spool(str(tmp_path / "spool"), 1 << 20).load() == []
+
+
+def test_a_full_spool_during_an_outage_drops_and_counts_and_recovers(tmp_path):
+    writer, store = make_writer(tmp_path, max_bytes=600)
+    store.down = True
+    writer.enqueue(events(1, 2))
+    writer.cycle()
+    writer.enqueue(events(3, 50))
+    writer.cycle()
+    assert writer.spool_full and writer.dropped == 50
+    store.down = False
+    writer._retry_at = 0
+    writer.enqueue(events(53, 2))
+    writer.cycle()
+    writer.cycle()
+    assert sorted(store.rows) == [1, 2, 53, 54] and writer.ok and not writer.spool_full
+
+
+def test_a_full_spool_with_the_store_up_still_writes_directly(tmp_path):
+    writer, store = make_writer(tmp_path, max_bytes=200)
+    writer.enqueue(events(1, 20))
+    writer.cycle()
+    assert store.rows == list(range(1, 21)) and writer.spool_full and writer.dropped == 0
+
+
+def test_flush_writes_what_is_pending(tmp_path):
+    writer, store = make_writer(tmp_path)
+    writer.enqueue(events(1, 7))
+    assert writer.flush(timeout_s=1)
+    assert store.rows == list(range(1, 8))
+
+
+def test_batches_never_span_two_days():
+    evs = [make_event(1, DAY - 1, "t", {}), make_event(2, DAY, "t", {}), make_event(3, DAY + 5, "t", {})]
+    assert [[e.seq for e in run] for run in split_by_day(evs)] == [[1], [2, 3]]

@@ -1,0 +1,62 @@
+"""/history: stored events by topic patterns, seq and time ranges; every value bound by the driver."""
+
+from flask import Blueprint, request
+
+from handlers.params import MAX_SEQ, int_param, topics_param
+from webapp.auth import CLIENT, access
+from webapp.responses import events_response, json_error
+from webapp.routes import runtime
+from webapp.store.base import (
+    SELECT_EVENTS,
+    QueryRefused,
+    QueryTimedOut,
+    StoreUnavailable,
+    rows_to_events,
+    topic_condition,
+)
+
+bp = Blueprint("history", __name__)
+
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31
+
+
+@bp.get("/history")
+@access(CLIENT)
+def history():
+    rt = runtime()
+    args = request.args
+    limit = int_param(args, "limit", 100, 1, rt.settings.history_max_limit)
+    since = int_param(args, "since", None, 0, MAX_SEQ)
+    from_ts = int_param(args, "from_ts", None, 0, MAX_TS_MS)
+    to_ts = int_param(args, "to_ts", None, 0, MAX_TS_MS)
+    patterns = topics_param(args)
+    if from_ts is not None and to_ts is not None and from_ts > to_ts:
+        return json_error(400, "'from_ts' is after 'to_ts'")
+    if rt.store is None:
+        return json_error(503, "no store: persistence is off (CLICKHOUSE_URL=none)")
+    params: dict = {"limit": limit}
+    where = [topic_condition(patterns, params)]
+    if since is not None:
+        params["since"] = since
+        where.append("seq > %(since)s")
+    if from_ts is not None:
+        params["from_ts"] = from_ts
+        where.append("ts >= %(from_ts)s AND date >= toDate(intDiv(%(from_ts)s, 1000))")
+    if to_ts is not None:
+        params["to_ts"] = to_ts
+        where.append("ts <= %(to_ts)s AND date <= toDate(intDiv(%(to_ts)s, 1000))")
+    # with since: the first `limit` after it; without: the most recent `limit`
+    order = "ASC" if since is not None else "DESC"
+    sql = SELECT_EVENTS + " WHERE " + " AND ".join(where) + f" ORDER BY seq {order} LIMIT %(limit)s"
+    try:
+        events = rows_to_events(rt.store.fetch(sql, params))
+    except QueryTimedOut as exc:
+        rt.metrics.query_errors.labels("timeout").inc()
+        return json_error(504, f"history query timed out: {exc}")
+    except QueryRefused as exc:
+        rt.metrics.query_errors.labels("clickhouse").inc()
+        return json_error(500, f"history query failed: {exc}")
+    except StoreUnavailable as exc:
+        rt.metrics.query_errors.labels("unavailable").inc()
+        return json_error(503, str(exc))
+    return events_response(events if order == "ASC" else events[::-1])

@@ -1,0 +1,56 @@
+"""/query: read-only SQL on the store, limited in time, rows and memory by ClickHouse itself."""
+
+from flask import Blueprint, request
+from handlers.sql import SqlError, check_read_only_sql, render_params
+
+from webapp.auth import CLIENT, access
+from webapp.responses import json_error, json_response
+from webapp.routes import runtime
+from webapp.store.base import QueryRefused, QueryTimedOut, StoreUnavailable
+
+bp = Blueprint("query", __name__)
+
+MAX_SQL_CHARS = 100_000
+
+
+@bp.route("/query", methods=["GET", "POST"])
+@access(CLIENT)
+def query():
+    rt = runtime()
+    if request.method == "POST":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return json_error(400, 'body must be a JSON object: {"sql": "...", "params": {...}}')
+        sql, params = body.get("sql"), body.get("params") or {}
+    else:
+        sql, params = request.args.get("sql"), {}
+    if not isinstance(sql, str) or not sql.strip():
+        return json_error(400, "'sql' is required: a SELECT statement")
+    if len(sql) > MAX_SQL_CHARS:
+        return json_error(400, f"'sql' is longer than {MAX_SQL_CHARS} characters")
+    if not isinstance(params, dict):
+        return json_error(400, "'params' must be a JSON object of placeholder values")
+    if rt.store is None:
+        return json_error(503, "no store: persistence is off (CLICKHOUSE_URL=none)")
+    try:
+        statement = check_read_only_sql(render_params(sql, params))
+        result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows)
+    except SqlError as exc:
+        rt.metrics.query_errors.labels("refused").inc()
+        return json_error(400, str(exc))
+    except QueryRefused as exc:
+        rt.metrics.query_errors.labels("clickhouse").inc()
+        return json_error(400, str(exc))
+    except QueryTimedOut as exc:
+        rt.metrics.query_errors.labels("timeout").inc()
+        return json_error(504, f"query timed out: {exc}")
+    except StoreUnavailable as exc:
+        rt.metrics.query_errors.labels("unavailable").inc()
+        return json_error(503, str(exc))
+    return json_response({
+        "columns": [{"name": name, "type": type_} for name, type_ in result.columns],
+        "rows": result.rows,
+        "row_count": len(result.rows),
+        "elapsed_ms": round(result.elapsed_ms, 3),
+        "truncated": result.truncated,
+    })
