@@ -73,10 +73,20 @@ def event_from_json(blob: bytes) -> Event:
                       bool(d.get("raw", False)), d.get("enrichment") or None)
 
 
-def number_elements(elements: list[Element], first_seq: int, ts_ms: int,
-                    topic_fields: tuple[str, ...]) -> list[Event]:
-    """Give each parsed element the next seq, in order, all with the same receive time."""
-    return [
-        make_event(first_seq + i, ts_ms, topic_of(el.data, topic_fields), el.data, el.raw)
-        for i, el in enumerate(elements)
-    ]
+def number_elements(elements: list[Element], first_seq: int, ts_ms: int, topic_fields: tuple[str, ...],
+                    enrichment: dict[str, dict | None] | None = None) -> list[Event]:
+    """Give each parsed element the next seq, in order, all with the same receive time.
+
+    `enrichment` maps a topic to what its events carry in `enrichment` (if anything).
+    """
+    events = []
+    for i, el in enumerate(elements):
+        topic = topic_of(el.data, topic_fields)
+        extra = enrichment.get(topic) if enrichment else None
+        events.append(make_event(first_seq + i, ts_ms, topic, el.data, el.raw, extra))
+    return events
+
+
+def topics_of(elements: list[Element], topic_fields: tuple[str, ...]) -> set[str]:
+    """The distinct topics a frame's elements will have."""
+    return {topic_of(el.data, topic_fields) for el in elements}

@@ -1,11 +1,15 @@
-"""The one ingest path: receive → parse → number → cache → publish → persist."""
+"""The one ingest path: receive → parse → fetch what enrichment needs → number → cache → publish → persist."""
 
 import logging
 import time
 from typing import Callable
 
+import gevent
+import gevent.queue
+from gevent.event import AsyncResult
+
 from handlers.cache import EventCache
-from handlers.events import Event, number_elements
+from handlers.events import Event, number_elements, topics_of
 from handlers.frames import parse_frame
 from webapp.hub import Hub
 from webapp.metrics import Metrics
@@ -14,15 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class Ingest:
-    """Turns frames into numbered events and hands them on; never blocks, never yields.
+    """Turns frames into numbered events and hands them on.
 
-    Upstream frames and POST /publish both come through `handle_frame`, so seq
-    assignment is one sequence without a lock: nothing here switches greenlets.
+    Without enrichment, `submit` handles a frame at once and never yields, so
+    seq assignment needs no lock. With enrichment, frames go through a queue to
+    one ingest greenlet, which may wait (bounded) for enrichment results: the
+    upstream reader only enqueues and never waits on it.
     """
 
     def __init__(self, cache: EventCache, hub: Hub, metrics: Metrics, *,
                  topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0,
-                 persist: Callable[[list[Event]], None] | None = None):
+                 persist: Callable[[list[Event]], None] | None = None, enricher=None):
         self.cache = cache
         self.hub = hub
         self.metrics = metrics
@@ -33,6 +39,31 @@ class Ingest:
         self.oversize_frames = 0
         self.upstream_events = 0
         self.persist = persist
+        self.enricher = enricher
+        self._queue: gevent.queue.Queue | None = gevent.queue.Queue() if enricher is not None else None
+
+    def submit(self, payload: bytes | str, binary: bool, recv_ms: int, source: str = "upstream") -> int:
+        """Hand a frame on without waiting; returns how many events it made (0 when queued)."""
+        if self._queue is None:
+            return len(self.handle_frame(payload, binary, recv_ms, source))
+        self._queue.put((payload, binary, recv_ms, source, None))
+        return 0
+
+    def publish(self, payload: bytes, recv_ms: int) -> list[Event]:
+        """POST /publish: like an upstream frame, but the caller waits for its seqs."""
+        if self._queue is None:
+            return self.handle_frame(payload, False, recv_ms, "publish")
+        done = AsyncResult()
+        self._queue.put((payload, False, recv_ms, "publish", done))
+        return done.get()
+
+    def run(self) -> None:
+        """The ingest greenlet (only when enrichment is on)."""
+        while True:
+            payload, binary, recv_ms, source, done = self._queue.get()
+            events = self.handle_frame(payload, binary, recv_ms, source)
+            if done is not None:
+                done.set(events)
 
     def handle_frame(self, payload: bytes | str, binary: bool, recv_ms: int,
                      source: str = "upstream") -> list[Event]:
@@ -45,17 +76,22 @@ class Ingest:
         if parsed.parse_error is not None:
             self.parse_errors += 1
             self.metrics.parse_errors.inc()
-        events = number_elements(list(parsed.elements), self.last_seq + 1, recv_ms, self.topic_fields)
+        elements = list(parsed.elements)
+        enrichment = None
+        if self.enricher is not None and elements:
+            enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields))
+        # no yield from here to the end: seqs are handed out in one piece
+        events = number_elements(elements, self.last_seq + 1, recv_ms, self.topic_fields, enrichment)
         if not events:
             return events
         self.last_seq = events[-1].seq
-        if source == "upstream":
-            self.upstream_events += len(events)
         self.cache.add(events, recv_ms)
         self.hub.publish(events)
         if self.persist is not None:
             self.persist(events)
         self.metrics.events_in.labels(source).inc(len(events))
+        if source == "upstream":
+            self.upstream_events += len(events)
         return events
 
 

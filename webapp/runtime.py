@@ -16,7 +16,7 @@ from webapp.ingest import Ingest
 from webapp.metrics import Metrics
 from webapp.settings import Settings
 from webapp.store import SeqState, make_store
-from webapp.store.base import SELECT_EVENTS, StoreError, rows_to_events
+from webapp.store.base import StoreError
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
 from webapp.upstream import Upstream
@@ -60,9 +60,15 @@ class Runtime:
             self.writer = StoreWriter(
                 self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
                 retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, in_thread=in_thread)
+        self.enricher = None
+        if settings.enrich_sql and self.store is not None:
+            from webapp.enrich import Enricher
+
+            self.enricher = Enricher(self.store, settings.enrich_sql, settings.enrich_ttl_ms,
+                                     settings.enrich_timeout_ms, self.metrics)
         self.ingest = Ingest(self.cache, self.hub, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes,
-                             persist=self._persist if self.store is not None else None)
+                             persist=self._persist if self.store is not None else None, enricher=self.enricher)
         self.demo = None
         if settings.upstream_url is None:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
@@ -108,6 +114,8 @@ class Runtime:
             self.demo.start()
             self.upstream.url = self.upstream.state.url = self.demo.url
             log.info("no UPSTREAM_URL: serving the built-in demo feed at %s", self.demo.url)
+        if self.enricher is not None:
+            self._greenlets.append(gevent.spawn(self.ingest.run))
         self._greenlets.append(gevent.spawn(self.upstream.run))
         log.info("relay started (pid %d, epoch %s, seq continues after %d, store %s)",
                  os.getpid(), self.epoch, self.last_seq, self.store_backend)
@@ -158,11 +166,9 @@ class Runtime:
         events: list[Event] = []
         if store_max:
             try:
-                rows = self.store.fetch(
-                    SELECT_EVENTS + " WHERE ts >= %(min_ts)s AND date >= toDate(intDiv(%(min_ts)s, 1000))"
-                    " ORDER BY seq DESC LIMIT %(limit)s",
-                    {"min_ts": now - self.settings.cache_ttl_seconds * 1000, "limit": self.settings.cache_max_items})
-                events = rows_to_events(rows)[::-1]
+                events = self.store.select_events(
+                    "WHERE ts >= %(min_ts)s AND date >= toDate(intDiv(%(min_ts)s, 1000)) ORDER BY seq DESC LIMIT %(limit)s",
+                    {"min_ts": now - self.settings.cache_ttl_seconds * 1000, "limit": self.settings.cache_max_items})[::-1]
             except StoreError as exc:
                 log.error("could not warm the cache from the store: %s", exc)
         events += [e for e in spooled if not events or e.seq > events[-1].seq]
@@ -210,7 +216,7 @@ class Runtime:
 
     def _on_frame(self, payload: bytes, binary: bool, recv_ms: int) -> None:
         self.metrics.frames_in.inc()
-        self.upstream.state.events += len(self.ingest.handle_frame(payload, binary, recv_ms))
+        self.ingest.submit(payload, binary, recv_ms)
 
     def _on_upstream_state(self, state) -> None:
         self.metrics.upstream_connected.set(1 if state.connected else 0)
@@ -281,7 +287,7 @@ class Runtime:
                 "reconnects": s.reconnects,
                 "last_message_at": s.last_message_at,
                 "last_error": s.last_error,
-                "events": s.events,
+                "events": self.ingest.upstream_events,
                 "parse_errors": self.ingest.parse_errors,
                 "oversize_frames": self.ingest.oversize_frames,
             },

@@ -14,7 +14,7 @@ from handlers.events import Event
 from handlers.params import StreamParams
 from handlers.resume import plan_resume
 from handlers.topics import Matcher
-from webapp.store.base import SELECT_EVENTS, StoreError, rows_to_events, topic_condition
+from webapp.store.base import StoreError, topic_condition
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,16 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher) -> Opening:
     params = {"first": first, "last": last, "limit": runtime.settings.resume_max_events}
     condition = topic_condition(matcher.patterns, params)
     try:
-        rows = runtime.store.fetch(
-            SELECT_EVENTS + f" WHERE seq >= %(first)s AND seq <= %(last)s AND {condition}"
-            " ORDER BY seq DESC LIMIT %(limit)s", params)
+        newest_first = runtime.store.select_events(
+            f"WHERE seq >= %(first)s AND seq <= %(last)s AND {condition} ORDER BY seq DESC LIMIT %(limit)s", params)
         stored_min = runtime.store.min_seq()
     except StoreError as exc:
         log.warning("resume from the store failed (%s): reporting %d..%d missing", exc, first, last)
         return replace(opening, from_store=None)
-    older = rows_to_events(rows)[::-1]
+    older = newest_first[::-1]
     # What the store cannot vouch for: below its first row, or cut off by the limit.
     lowest_served = max(first, stored_min) if stored_min else last + 1
-    if len(rows) >= params["limit"]:
+    if len(older) >= params["limit"]:
         lowest_served = max(lowest_served, older[0].seq)
     missing = (first, lowest_served - 1) if lowest_served > first else None
     return replace(opening, events=older + opening.events, missing=missing,

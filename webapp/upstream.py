@@ -33,7 +33,6 @@ class UpstreamState:
     connects: int = 0
     last_message_at: float | None = None  # unix seconds
     last_error: str | None = None
-    events: int = 0  # events numbered from upstream frames
     frames: int = 0
     connected_since: float | None = None
     statuses: list = field(default_factory=list)

@@ -146,7 +146,7 @@ def test_a_slow_consumer_is_closed_with_1013_others_get_everything_and_it_resume
             seqs += feed(relay, fresh_upstream, trades(start, min(start + ROUND, count), sym, pad=PAD))
             assert seqs_of(fast.wait_for_events(len(seqs), timeout_s=10)) == seqs
         # Now read what the stalled client was sent before the relay gave up on it.
-        seen = slow.read_until_close(timeout_s=30)
+        seen = slow.read_until_close(timeout_s=15)
     finally:
         slow.close()
 

@@ -6,14 +6,7 @@ from handlers.params import MAX_SEQ, int_param, topics_param
 from webapp.auth import CLIENT, access
 from webapp.responses import events_response, json_error
 from webapp.routes import runtime
-from webapp.store.base import (
-    SELECT_EVENTS,
-    QueryRefused,
-    QueryTimedOut,
-    StoreUnavailable,
-    rows_to_events,
-    topic_condition,
-)
+from webapp.store.base import QueryRefused, QueryTimedOut, StoreUnavailable, topic_condition
 
 bp = Blueprint("history", __name__)
 
@@ -47,9 +40,9 @@ def history():
         where.append("ts <= %(to_ts)s AND date <= toDate(intDiv(%(to_ts)s, 1000))")
     # with since: the first `limit` after it; without: the most recent `limit`
     order = "ASC" if since is not None else "DESC"
-    sql = SELECT_EVENTS + " WHERE " + " AND ".join(where) + f" ORDER BY seq {order} LIMIT %(limit)s"
+    clauses = "WHERE " + " AND ".join(where) + f" ORDER BY seq {order} LIMIT %(limit)s"
     try:
-        events = rows_to_events(rt.store.fetch(sql, params))
+        events = rt.store.select_events(clauses, params)
     except QueryTimedOut as exc:
         rt.metrics.query_errors.labels("timeout").inc()
         return json_error(504, f"history query timed out: {exc}")

@@ -23,5 +23,5 @@ def publish():
         return json_error(400, "body must be a JSON object or array")
     if len(body) > rt.settings.upstream_max_frame_bytes:
         return json_error(413, f"body exceeds UPSTREAM_MAX_FRAME_BYTES ({rt.settings.upstream_max_frame_bytes})")
-    events = rt.ingest.handle_frame(body, False, rt.now_ms(), source="publish")
+    events = rt.ingest.publish(body, rt.now_ms())
     return json_response({"seqs": [ev.seq for ev in events]})

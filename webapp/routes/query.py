@@ -1,8 +1,8 @@
 """/query: read-only SQL on the store, limited in time, rows and memory by ClickHouse itself."""
 
 from flask import Blueprint, request
-from handlers.sql import SqlError, check_read_only_sql, render_params
 
+from handlers.sql import SqlError, check_read_only_sql, render_params
 from webapp.auth import CLIENT, access
 from webapp.responses import json_error, json_response
 from webapp.routes import runtime

@@ -116,6 +116,18 @@
     window.setTimeout(() => node.remove(), ms);
   }
 
+  // -- activity log --------------------------------------------------------------
+
+  function logActivity(text, kind = 'info') {
+    const list = $('activity');
+    const item = el('li', kind);
+    const time = el('time', '', clockNow());
+    time.dateTime = new Date().toISOString();
+    item.append(time, el('span', '', text));
+    list.prepend(item);
+    while (list.childElementCount > 100) list.lastElementChild.remove();
+  }
+
   // -- tokens ------------------------------------------------------------------
 
   const tokens = { api: storage.get(TOKEN_KEYS.api), admin: storage.get(TOKEN_KEYS.admin) };
@@ -363,6 +375,28 @@
   // -- status ------------------------------------------------------------------
 
   let lastHealth = null; // { t, h } of the previous answer, for rates
+  let seen = null;       // what the activity log last knew about the relay
+
+  function noteChanges(h) {
+    const up = h.upstream || {}, store = h.store || {};
+    const now = { reachable: true, status: h.status, connected: Boolean(up.connected), reconnects: up.reconnects,
+                  storeOk: store.ok !== false, spooling: store.spooled > 0, epoch: h.epoch };
+    const was = seen;
+    seen = now;
+    if (!was) {
+      logActivity(`Watching relay ${h.version || ''} (up ${fmtDuration(h.uptime_s)}, ${h.status})`, h.status === 'ok' ? 'ok' : 'bad');
+      return;
+    }
+    if (!was.reachable) logActivity('Relay answers again', 'ok');
+    if (was.epoch && was.epoch !== now.epoch) logActivity(`Relay restarted: new epoch ${now.epoch}`, 'warn');
+    if (was.connected && !now.connected) logActivity('Upstream disconnected', 'bad');
+    if (!was.connected && now.connected) logActivity(`Upstream connected${now.reconnects ? ` (reconnect #${now.reconnects})` : ''}`, 'ok');
+    if (was.storeOk && !now.storeOk) logActivity('Store writes failing', 'bad');
+    if (!was.storeOk && now.storeOk) logActivity('Store writes OK again', 'ok');
+    if (!was.spooling && now.spooling) logActivity('Store spooling to disk', 'warn');
+    if (was.spooling && !now.spooling) logActivity('Spool drained', 'ok');
+    if (was.status !== now.status) logActivity(`Relay status: ${now.status}`, now.status === 'ok' ? 'ok' : 'bad');
+  }
 
   function healthProblems(h) {
     const up = h.upstream || {}, store = h.store || {};
@@ -485,9 +519,12 @@
       const response = await fetch('/health', { cache: 'no-store', signal: controller.signal, headers: { Accept: 'application/json' } });
       const h = await response.json();
       renderHealth(h);
+      noteChanges(h);
       sampleCharts(h);
     } catch (err) {
       renderUnreachable(err && err.name === 'AbortError' ? '/health did not answer in time' : '/health did not answer');
+      if (!seen || seen.reachable) logActivity('Relay unreachable', 'bad');
+      seen = { ...(seen || {}), reachable: false };
       const t = Date.now();
       charts.in.push(t, null);
       charts.out.push(t, null);
@@ -813,6 +850,7 @@
       this.retryTimer = null;
       $('retry-now').hidden = true;
       this.status = 'connecting';
+      delete $('streambar').dataset.liveTopics;
       setLink('connecting', this.attempt ? `Reconnecting (attempt ${this.attempt + 1})…` : 'Connecting to the stream…');
       let ws;
       try {
@@ -858,17 +896,20 @@
         if (oldEpoch && msg.epoch !== oldEpoch) {
           const text = `The relay restarted with a new seq space (epoch ${oldEpoch} → ${msg.epoch}): events it did not keep are gone; showing what it still has.`;
           feedMarker(text, 'warn');
+          logActivity('Stream resumed in a new epoch: events from before the restart may be missing', 'warn');
           toast('Relay restarted with a new epoch — some events may be missing.', 'warn', 9000);
         }
         if (Array.isArray(msg.missing)) {
           const [from, to] = msg.missing;
           feedMarker(`Events ${fmtInt(from)}–${fmtInt(to)} could not be recovered: no longer in the cache or the store.`, 'warn');
+          logActivity(`Stream gap: events ${fmtInt(from)}–${fmtInt(to)} could not be recovered`, 'warn');
           toast(`Missed events ${fmtInt(from)}–${fmtInt(to)}: they could not be recovered.`, 'warn', 9000);
         } else if (!(oldEpoch && msg.epoch !== oldEpoch)) {
           feedMarker('The resume was incomplete: some events may be missing.', 'warn');
         }
       } else if (this.resuming && this.dropped) {
         feedMarker(`Reconnected at ${clockNow()} — resumed after seq ${fmtInt(since)}, nothing missed.`, 'info');
+        logActivity(`Stream reconnected, resumed after seq ${fmtInt(since)} with no gap`, 'ok');
       }
       this.epoch = msg.epoch;
       this.lastSeq = msg.last_seq;
@@ -876,6 +917,7 @@
       this.dropped = false;
       this.status = 'live';
       this.events(msg.events || []);
+      $('streambar').dataset.liveTopics = this.topics.join(',');
       setLink('live', `Live · epoch ${msg.epoch}`);
       renderStreamBar();
     },
@@ -889,6 +931,7 @@
       const reason = this.closingReason;
       this.closingReason = null;
       const wasLive = this.status === 'live';
+      delete $('streambar').dataset.liveTopics;
       let why;
       if (reason === 'shutdown') why = 'the relay is shutting down';
       else if (reason === 'slow_consumer') why = 'this page fell behind';
@@ -898,6 +941,7 @@
       if (wasLive) {
         this.dropped = true;
         feedMarker(`Disconnected at ${clockNow()}: ${why}.`, 'warn');
+        logActivity(`Stream disconnected: ${why}`, 'bad');
       }
       if (!ws.opened) {
         // A refused upgrade looks like any failure to a browser: ask REST why.
@@ -1122,6 +1166,7 @@
       $('config-ttl').value = String(res.data.ttl_seconds);
       $('config-max').value = String(res.data.max_items);
       showResult('config-result', `Applied: TTL ${fmtInt(res.data.ttl_seconds)} s, at most ${fmtInt(res.data.max_items)} events.`);
+      logActivity(`Cache limits set: TTL ${fmtInt(res.data.ttl_seconds)} s, max ${fmtInt(res.data.max_items)}`, 'info');
       loadCacheStats();
     });
 
@@ -1147,6 +1192,7 @@
       if (!res.ok || !res.data) return showResult('clear-result', adminFailureText(res), true);
       showResult('clear-result', `Cleared ${fmtInt(res.data.cleared)} event${res.data.cleared === 1 ? '' : 's'} from the cache.`);
       toast(`Cache cleared (${fmtInt(res.data.cleared)} events).`, 'ok', 4000);
+      logActivity(`Cache cleared (${fmtInt(res.data.cleared)} events)`, 'info');
       loadCacheStats();
     });
   }

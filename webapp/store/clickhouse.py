@@ -8,18 +8,20 @@ from urllib.parse import unquote, urlsplit
 import gevent
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
-from handlers.sql import json_safe_rows
 
 from handlers.events import Event
+from handlers.sql import json_safe_rows
 from webapp.store.base import (
     DATABASE_NAME,
     EVENT_COLUMNS,
+    EVENT_SELECT,
     QueryRefused,
     QueryResult,
     QueryTimedOut,
     StoreError,
     StoreUnavailable,
     event_columns,
+    rows_to_events,
     schema_statements,
 )
 
@@ -131,7 +133,11 @@ class ClickHouseStore:
         return int(self._read(f"SELECT min(seq) FROM {self.db}.events")[0][0])
 
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]:
-        return self._read(sql.format(db=self.db), params)
+        return self._read(sql, params)
+
+    def select_events(self, clauses: str, params: dict[str, Any]) -> list[Event]:
+        """Events from `WHERE ... ORDER BY ... LIMIT ...` clauses (values only in params)."""
+        return rows_to_events(self.fetch(EVENT_SELECT.format(db=self.db) + clauses, params))
 
     def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
         settings = {

@@ -6,18 +6,20 @@ import time
 from typing import Any
 
 import gevent.threadpool
-from handlers.sql import json_safe_rows, to_server_params
 
 from handlers import jsonx
 from handlers.events import Event
+from handlers.sql import json_safe_rows, to_server_params
 from webapp.store.base import (
     EVENT_COLUMNS,
+    EVENT_SELECT,
     QueryRefused,
     QueryResult,
     QueryTimedOut,
     StoreError,
     StoreUnavailable,
     event_columns,
+    rows_to_events,
     schema_statements,
 )
 
@@ -94,8 +96,12 @@ class EmbeddedStore:
         return int(self._select(f"SELECT min(seq) FROM {self.db}.events")[0][0])
 
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]:
-        server_sql, server_params = to_server_params(sql.format(db=self.db), params)
+        server_sql, server_params = to_server_params(sql, params)
         return [tuple(row) for row in self._select(server_sql, server_params)]
+
+    def select_events(self, clauses: str, params: dict[str, Any]) -> list[Event]:
+        """Events from `WHERE ... ORDER BY ... LIMIT ...` clauses (values only in params)."""
+        return rows_to_events(self.fetch(EVENT_SELECT.format(db=self.db) + clauses, params))
 
     def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
         limits = (f"readonly = 2, max_execution_time = {max(1, int(round(timeout_s)))}, "

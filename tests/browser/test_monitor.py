@@ -1,0 +1,356 @@
+"""The monitor page in a real browser: live feed, filter, pause, search, cache, SQL, tokens, reconnects, status."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+import support.relay
+from support.relay import Relay
+from support.upstream import FakeUpstream
+
+# Requests the browser itself reports as failed when the relay refuses them or is down.
+REFUSED = r"Failed to load resource: the server responded with a status of {}"
+CONNECTION_REFUSED = r"Failed to load resource: net::ERR_CONNECTION_REFUSED"
+WS_FAILED = r"WebSocket connection to '.*' failed"
+PHONE = {"width": 390, "height": 844}
+
+
+def publish(relay: Relay, items: list[dict[str, Any]] | dict[str, Any], *, token: str | None = None) -> list[int]:
+    """POST /publish (loopback is admin while ADMIN_TOKEN is unset); the new seqs."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = relay.request("POST", "/publish", json=items, headers=headers)
+    assert response.status_code == 200, f"/publish answered {response.status_code}: {response.text[:300]}"
+    return response.json()["seqs"]
+
+
+def trade(sym: str, **fields: Any) -> dict[str, Any]:
+    return {"ev": "T", "sym": sym, "p": 101.25, "s": 100, **fields}
+
+
+# -- loading and the live feed ---------------------------------------------------
+
+
+def test_page_loads_healthy_and_live_without_console_errors(relay: Relay, upstream: FakeUpstream, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    expect(page.locator("#overall-text")).to_have_text("Healthy")
+    expect(page.locator("body")).to_have_class("state-ok")
+    expect(page.locator("#upstream-url")).to_have_text(upstream.url)
+    expect(page.locator("#upstream-badge")).to_have_text("Connected")
+    expect(page.locator("#store-badge")).to_have_text("Off")  # CLICKHOUSE_URL=none
+    expect(page.locator("#relay-clients")).to_contain_text("ws 1")
+    expect(page.locator("#chart-in")).to_have_attribute("data-samples", re.compile(r"^[1-9]"))
+
+
+def test_page_and_assets_are_served_open_with_a_strict_content_policy(relay: Relay) -> None:
+    page = relay.get("/monitor")
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    for name, kind in (("monitor.js", "javascript"), ("monitor.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        asset = relay.get(f"/monitor/assets/{name}")
+        assert asset.status_code == 200, name
+        assert kind in asset.headers["Content-Type"], (name, asset.headers["Content-Type"])
+    assert relay.get("/monitor/assets/../routes/monitor.py").status_code == 404
+
+
+def test_published_events_appear_within_two_seconds_and_expand_with_the_keyboard(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    [seq] = publish(relay, trade("LIVE", note="first"))
+    row = monitor.row(seq)
+    expect(row).to_be_visible(timeout=2000)
+    expect(row.locator(".c-topic")).to_have_text("T.LIVE")
+    expect(row.locator(".c-data")).to_contain_text("note=first")
+
+    button = row.locator(".ev-row")
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(button).to_have_attribute("aria-expanded", "true")
+    expect(row.locator(".ev-json")).to_contain_text('"sym": "LIVE"')
+    page.keyboard.press("Enter")
+    expect(row.locator(".ev-json")).to_be_hidden()
+
+
+def test_topic_filter_shows_only_matching_topics(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    page.get_by_label("Topics", exact=True).fill("T.KEEP, Q.KEEP*")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#streambar")).to_have_attribute("data-live-topics", "T.KEEP,Q.KEEP*")
+    assert "topics=T.KEEP" in page.url
+
+    dropped, kept, also_kept = publish(relay, [trade("DROP"), trade("KEEP"), {"ev": "Q", "sym": "KEEPER"}])
+    expect(monitor.row(also_kept)).to_be_visible(timeout=2000)
+    expect(monitor.row(kept)).to_be_visible()
+    # the dropped event came first in the same frame: had it been shown, it would be there by now
+    expect(monitor.row(dropped)).to_have_count(0)
+    topics = set(monitor.rows().evaluate_all("rows => rows.map(r => r.dataset.topic)"))
+    assert topics == {"T.KEEP", "Q.KEEPER"}
+
+    page.get_by_label("Topics", exact=True).fill("T.*x*")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#filter-error")).to_contain_text("'*' may only end a pattern")
+    expect(page.get_by_label("Topics", exact=True)).to_have_attribute("aria-invalid", "true")
+
+
+def test_pause_holds_the_view_and_resume_shows_what_arrived(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    pause = page.locator("#pause")
+    page.locator("body").press("p")  # the keyboard shortcut
+    expect(pause).to_have_attribute("aria-pressed", "true")
+
+    [seq] = publish(relay, trade("PAUSED"))
+    expect(page.locator("#stream-state")).to_have_text("Paused — 1 new event since", timeout=2000)
+    expect(pause).to_have_text("Resume (1)")
+    expect(monitor.row(seq)).to_have_count(0)
+
+    pause.click()
+    expect(pause).to_have_attribute("aria-pressed", "false")
+    expect(monitor.row(seq)).to_be_visible(timeout=2000)
+    expect(page.locator("#stream-state")).to_have_text("Live")
+
+
+def test_rows_stay_put_while_the_reader_is_scrolled_down(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    seqs = publish(relay, [trade("SCROLL", i=i) for i in range(60)])
+    expect(monitor.row(seqs[-1])).to_be_visible(timeout=2000)
+    page.locator("#feed-list").evaluate("list => { list.scrollTop = 300; }")
+    anchor = monitor.row(seqs[40])
+    before = anchor.bounding_box()
+
+    more = publish(relay, [trade("LATER", i=i) for i in range(5)])
+    expect(page.locator("#feed-newer")).to_have_text("↑ 5 newer events", timeout=2000)
+    assert anchor.bounding_box() == before
+    expect(monitor.row(more[0])).to_have_count(0)
+
+    page.locator("#feed-newer").click()
+    expect(monitor.row(more[-1])).to_be_in_viewport()
+    assert page.locator("#feed-list").evaluate("list => list.scrollTop") == 0
+
+
+# -- tools ---------------------------------------------------------------------
+
+
+def test_search_shows_matching_events(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    seqs = publish(relay, [trade("SRCH", note="needle-7f3"), trade("SRCH", note="hay"), trade("OTHER", note="needle-7f3")])
+    page.get_by_label("Text contains").fill("needle-7f3")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#search-summary")).to_have_text("2 matching events in the cache, newest first.")
+    found = page.locator("#search-results li.ev").evaluate_all("rows => rows.map(r => Number(r.dataset.seq))")
+    assert found == [seqs[2], seqs[0]]
+
+    page.get_by_label("Text contains").fill("")
+    page.get_by_label("Field path").fill("note")
+    page.get_by_label("equals").fill("hay")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#search-summary")).to_have_text("1 matching event in the cache, newest first.")
+    expect(page.locator(f'#search-results li.ev[data-seq="{seqs[1]}"]')).to_be_visible()
+
+    page.get_by_label("equals").fill("")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#search-summary")).to_have_text("Give a value for the field (or clear the field).")
+
+
+def test_sql_console_shows_the_error_plainly(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    # today /query is missing (404); later this relay has no store (503) or ClickHouse refuses the typo (400)
+    monitor.console.allow(REFUSED.format(r"(400|404|503)"))
+    page = monitor.page
+    page.get_by_role("tab", name="SQL console").click()
+    page.get_by_label("Read-only SQL").fill("SELEC 1")
+    page.get_by_label("Read-only SQL").press("Control+Enter")
+    error = page.locator("#sql-error")
+    expect(error).to_be_visible()
+    expect(page.locator("#sql-error-title")).to_have_text(re.compile(r"^Query failed: .+ \(HTTP (400|404|503) "))
+    expect(page.locator("#sql-error-body")).to_contain_text('"error":')
+    expect(page.locator("#sql-table-wrap")).to_be_hidden()
+
+    page.get_by_label("Parameters (JSON object, optional)").fill("{not json")
+    page.get_by_role("button", name="Run query").click()
+    expect(page.locator("#sql-error-title")).to_have_text("Parameters are not valid JSON")
+
+
+@pytest.mark.xfail(strict=True, reason="/query lands with the ClickHouse issue")
+def test_sql_console_shows_rows_for_a_select(fresh_upstream: FakeUpstream, launch_relay, open_monitor) -> None:
+    # CLICKHOUSE_URL empty = unset: the embedded chDB store under DATA_DIR
+    relay = launch_relay(fresh_upstream.url, {"CLICKHOUSE_URL": ""})
+    monitor = open_monitor(relay)
+    monitor.console.allow(REFUSED.format(r"404"))  # only while xfail: the failing run must stay a plain failure
+    page = monitor.page
+    page.get_by_role("tab", name="SQL console").click()
+    page.get_by_label("Read-only SQL").fill("SELECT number AS n, toString(number) AS s FROM system.numbers LIMIT 3")
+    page.get_by_role("button", name="Run query").click()
+    expect(page.locator("#sql-table-wrap")).to_be_visible(timeout=15_000)
+    expect(page.locator("#sql-table thead th")).to_have_count(2)
+    expect(page.locator("#sql-table thead th").first).to_contain_text("n")
+    expect(page.locator("#sql-table tbody tr")).to_have_count(3)
+    expect(page.locator("#sql-table tbody tr").last).to_contain_text("2")
+    expect(page.locator("#sql-summary")).to_have_text(re.compile(r"^3 rows · "))
+    expect(page.locator("#sql-error")).to_be_hidden()
+
+
+def test_clear_cache_empties_it(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    publish(relay, [trade("CLEAR", i=i) for i in range(5)])
+    page.get_by_role("tab", name="Cache").click()
+    items = page.locator("#cache-items")
+    expect(items).to_have_attribute("data-items", re.compile(r"^[1-9]"))
+
+    page.get_by_role("button", name="Clear cache…").click()
+    page.get_by_role("button", name="Yes, clear it").click()
+    expect(page.locator("#clear-result")).to_have_text(re.compile(r"^Cleared \d+ events? from the cache\.$"))
+    assert relay.get("/cache/stats").json()["items"] == 0
+    expect(items).to_have_attribute("data-items", "0")
+    expect(page.locator("#relay-cache")).to_have_text("0 events")
+    expect(page.locator("#activity")).to_contain_text("Cache cleared")
+
+
+def test_cache_limits_are_applied(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    page.get_by_role("tab", name="Cache").click()
+    ttl = page.get_by_label("TTL (seconds)")
+    expect(ttl).to_have_value(re.compile(r"^\d+$"))
+    ttl.fill("1800")
+    page.get_by_label("Max items").fill("5000")
+    page.get_by_role("button", name="Apply limits").click()
+    expect(page.locator("#config-result")).to_have_text("Applied: TTL 1,800 s, at most 5,000 events.")
+    assert relay.get("/cache/config").json() == {"ttl_seconds": 1800, "max_items": 5000}
+
+    ttl.fill("0")
+    page.get_by_role("button", name="Apply limits").click()
+    expect(page.locator("#config-result")).to_have_text("TTL must be a whole number from 1 to 31,536,000.")
+
+
+# -- tokens, restarts and a failing upstream -----------------------------------
+
+
+def test_tokens_are_asked_for_once_and_kept_in_the_browser(fresh_upstream: FakeUpstream, launch_relay, open_monitor) -> None:
+    relay = launch_relay(fresh_upstream.url, {"API_TOKENS": "tok-1,tok-2", "ADMIN_TOKEN": "adm-1"})
+    monitor = open_monitor(relay, wait_live=False)
+    monitor.console.allow(REFUSED.format("401"), WS_FAILED)
+    page = monitor.page
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#token-title")).to_have_text("API token required")
+    page.get_by_label("API token (one of API_TOKENS)").fill("tok-2")
+    page.keyboard.press("Enter")
+    monitor.wait_live()
+    assert page.evaluate("localStorage.getItem('relayhouse.apiToken')") == "tok-2"
+    [seq] = publish(relay, trade("AUTH"), token="adm-1")
+    expect(monitor.row(seq)).to_be_visible(timeout=2000)
+
+    page.reload()
+    monitor.wait_live()
+    expect(dialog).to_be_hidden()
+    expect(monitor.row(seq)).to_be_visible()  # from the snapshot
+
+    page.get_by_role("tab", name="Cache").click()
+    page.get_by_role("button", name="Clear cache…").click()
+    page.get_by_role("button", name="Yes, clear it").click()
+    expect(page.locator("#token-title")).to_have_text("Admin token required")
+    page.get_by_label("Admin token (ADMIN_TOKEN)").fill("adm-1")
+    page.get_by_role("button", name="Save token").click()
+    expect(page.locator("#clear-result")).to_have_text(re.compile(r"^Cleared \d+ events? from the cache\.$"))
+    assert page.evaluate("localStorage.getItem('relayhouse.adminToken')") == "adm-1"
+
+
+def test_reconnects_after_a_relay_restart_and_shows_events_published_meanwhile(
+    fresh_upstream: FakeUpstream, launch_relay, open_monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = launch_relay(fresh_upstream.url)
+    monitor = open_monitor(relay)
+    monitor.console.allow(CONNECTION_REFUSED, WS_FAILED, REFUSED.format("503"))
+    page = monitor.page
+    [before] = publish(relay, trade("BEFORE"))
+    expect(monitor.row(before)).to_be_visible(timeout=2000)
+
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait_exit(15) == 0
+    relay.stop()  # reaps the group; nothing is left running
+    expect(page.locator("#link-text")).to_contain_text("Disconnected — reconnecting")
+    expect(page.locator("#stream-state")).to_have_text("Disconnected — reconnecting…")
+    expect(page.locator("body")).to_have_class("state-bad")
+
+    port = relay.port
+    monkeypatch.setattr(support.relay, "free_port", lambda: port)  # come back where the page looks
+    relay.start()
+    meanwhile = publish(relay, [trade("MEANWHILE", i=i) for i in range(3)])
+    for seq in meanwhile:
+        # seq restarts in the new epoch (no store), so these may share seqs with old rows
+        expect(page.locator(f'#feed-list li.ev[data-topic="T.MEANWHILE"][data-seq="{seq}"]')).to_be_visible(timeout=10_000)
+    expect(page.locator("#stream-state")).to_have_text("Live")
+    expect(page.locator("#feed-list .marker", has_text="new seq space")).to_be_visible()
+    expect(page.locator("#activity")).to_contain_text("Relay restarted: new epoch")
+    [after] = publish(relay, trade("AFTER"))
+    expect(page.locator(f'#feed-list li.ev[data-topic="T.AFTER"][data-seq="{after}"]')).to_be_visible(timeout=2000)
+
+
+def test_status_turns_red_when_the_upstream_stops(fresh_upstream: FakeUpstream, launch_relay, open_monitor,
+                                                  artifacts: Path) -> None:
+    relay = launch_relay(fresh_upstream.url, {"STARTUP_GRACE_S": "0"})
+    monitor = open_monitor(relay)
+    page = monitor.page
+    expect(page.locator("#overall-text")).to_have_text("Healthy")
+
+    fresh_upstream.stop()
+    expect(page.locator("#overall-text")).to_have_text("Degraded — upstream disconnected", timeout=5000)
+    expect(page.locator("body")).to_have_class("state-bad")
+    expect(page.locator("#upstream-badge")).to_have_text("Disconnected")
+    expect(page.locator("#group-upstream")).to_have_attribute("data-state", "bad")
+    red, green, blue = rgb(page.locator("#overall").evaluate("e => getComputedStyle(e).color"))
+    assert red > 180 and green < 120 and blue < 120, (red, green, blue)
+    expect(page.locator("#activity")).to_contain_text("Upstream disconnected")
+    page.screenshot(path=str(artifacts / "monitor-degraded-1280x800.png"))
+
+    fresh_upstream.start()
+    expect(page.locator("#overall-text")).to_have_text("Healthy", timeout=10_000)
+
+
+def rgb(css: str) -> tuple[int, int, int]:
+    red, green, blue = (int(x) for x in re.findall(r"\d+", css)[:3])
+    return red, green, blue
+
+
+# -- screenshots on the demo feed ------------------------------------------------
+
+
+def test_demo_feed_streams_and_screenshots_are_saved(launch_relay, open_monitor, artifacts: Path) -> None:
+    # UPSTREAM_URL empty = unset: the built-in demo feed, as a new user sees it
+    relay = launch_relay("", {"DEMO_RATE": "20"})
+    started = time.monotonic()
+    desktop = open_monitor(relay)
+    page = desktop.page
+    expect(page.locator("#overall-text")).to_have_text("Healthy")
+    expect(page.locator("#upstream-url")).to_contain_text("built-in demo")
+    expect(desktop.rows().nth(39)).to_be_attached(timeout=10_000)
+    expect(page.locator("#chart-in")).to_have_attribute("data-samples", re.compile(r"^([6-9]|\d\d+)$"), timeout=15_000)
+    assert time.monotonic() - started < 20
+    rows = desktop.rows().count()
+    assert rows <= 200
+    page.screenshot(path=str(artifacts / "monitor-1280x800.png"))
+    page.screenshot(path=str(artifacts / "monitor-1280-full.png"), full_page=True)
+
+    light = open_monitor(relay, color_scheme="light")
+    expect(light.rows().nth(19)).to_be_attached(timeout=10_000)
+    light.page.screenshot(path=str(artifacts / "monitor-1280x800-light.png"))
+
+    phone = open_monitor(relay, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    expect(phone.rows().nth(19)).to_be_attached(timeout=10_000)
+    overflow = phone.page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    phone.page.screenshot(path=str(artifacts / "monitor-390-phone.png"), full_page=True)
