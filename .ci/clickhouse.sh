@@ -118,6 +118,9 @@ EOF
 <yandex>
     <profiles>
         <default>
+            <!-- an idle connection notices a shutdown after poll_interval seconds (default 10):
+                 keep stop (and outage tests) quick -->
+            <poll_interval>1</poll_interval>
             <max_memory_usage>2000000000</max_memory_usage>
             <use_uncompressed_cache>0</use_uncompressed_cache>
             <load_balancing>random</load_balancing>

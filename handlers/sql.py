@@ -196,8 +196,8 @@ def render_params(sql: str, params: Mapping[str, Any]) -> str:
     None → NULL; bool → 1/0 (18.16 has no true/false); int → digits, negative
     ones in parentheses (`x -%(n)s` must not become a `--` comment); ClickHouse
     reads integers outside [-2^63, 2^64) as Float64; float → shortest repr,
-    finite only (a subnormal as `toFloat64('…')`, which 18.16 cannot read as a
-    literal); str → '…' with backslash, quote and control characters escaped,
+    finite only (a subnormal as an exact product of two normal floats, since
+    18.16 reads no subnormal literal); str → '…' with backslash, quote and control characters escaped,
     all other text as UTF-8 (lone surrogates refused); datetime →
     'YYYY-MM-DD hh:mm:ss[.ffffff]' (aware ones converted to UTC first); date →
     'YYYY-MM-DD'; list/tuple → [a, b]. Anything else, a placeholder without a
@@ -232,7 +232,10 @@ def sql_literal(value: Any, depth: int = 0) -> str:
     if isinstance(value, float):
         text = _float_text(value)
         if value != 0 and abs(value) < _MIN_NORMAL:
-            return f"toFloat64('{text}')"
+            # 18.16 reads neither a subnormal literal nor toFloat64('5e-324') (it gives 0);
+            # y * 2^-1022 with y = value * 2^1022 is exact on both
+            text = f"{value * 2.0**1022!r} * {_MIN_NORMAL!r}"
+            return f"({text})"
         return f"({text})" if math.copysign(1.0, value) < 0 else text
     if isinstance(value, str):
         return "'" + _escape(value) + "'"

@@ -9,7 +9,7 @@ from werkzeug.routing import WebsocketMismatch
 from handlers.params import ParamError
 from webapp.auth import CLIENT, refusal
 from webapp.responses import json_error
-from webapp.routes import cache, monitor, publish, sse, status, ws
+from webapp.routes import cache, history, monitor, publish, query, sse, status, ws
 from webapp.runtime import Runtime
 from webapp.settings import Settings
 
@@ -25,7 +25,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         "max_message_size": settings.ws_max_message_bytes,
     }
     app.extensions["relayhouse"] = services or Runtime(settings)
-    for module in (status, cache, publish, ws, sse, monitor):
+    for module in (status, cache, publish, ws, sse, query, history, monitor):
         app.register_blueprint(module.bp)
 
     @app.before_request

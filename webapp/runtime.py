@@ -19,6 +19,7 @@ from webapp.store import SeqState, make_store
 from webapp.store.base import StoreError
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
+from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,6 @@ VERSION = "0.2.0"
 def new_epoch() -> str:
     """A fresh seq space: start time plus randomness, sortable and unique."""
     return f"{int(time.time()):x}-{secrets.token_hex(4)}"
-
-
-def in_thread(fn, *args):
-    """Run blocking file I/O in gevent's threadpool so the hub keeps serving."""
-    return gevent.get_hub().threadpool.apply(fn, args)
 
 
 class Runtime:
@@ -59,7 +55,7 @@ class Runtime:
             self.seq_state = SeqState(settings.data_dir, settings.seq_reserve_block)
             self.writer = StoreWriter(
                 self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
-                retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, in_thread=in_thread)
+                retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, in_thread=call_in_thread)
         self.enricher = None
         if settings.enrich_sql and self.store is not None:
             from webapp.enrich import Enricher
@@ -122,9 +118,9 @@ class Runtime:
 
     def _recover(self) -> None:
         """Seq base, epoch and a warm cache from the store, the spool and the local state."""
-        records = in_thread(self.spool.load)
+        records = call_in_thread(self.spool.load)
         spooled = [e for r in records for e in r.events]
-        in_thread(self.seq_state.load)
+        call_in_thread(self.seq_state.load)
         attempt = 0
         while True:
             try:
@@ -151,7 +147,7 @@ class Runtime:
         if last_seq == 0:
             self.epoch = new_epoch()  # nothing to continue: a fresh seq space
         self.ingest.last_seq = last_seq
-        in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
+        call_in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
         if store_max is not None and stored_epoch != self.epoch:
             try:
                 self.store.set_meta("epoch", self.epoch)
@@ -189,7 +185,7 @@ class Runtime:
                 self.demo.stop()
             if self.writer is not None and self.ready.is_set():
                 flushed = self.writer.flush(timeout_s=max(1.0, self.settings.graceful_timeout_s - 3))
-                in_thread(self.seq_state.save, self.epoch, self.last_seq)
+                call_in_thread(self.seq_state.save, self.epoch, self.last_seq)
                 log.info("store flushed (%s); last seq %d", "complete" if flushed else "incomplete", self.last_seq)
             for greenlet in self._greenlets:
                 greenlet.kill(block=False)

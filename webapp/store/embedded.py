@@ -22,6 +22,7 @@ from webapp.store.base import (
     rows_to_events,
     schema_statements,
 )
+from webapp.threads import call_in_thread
 
 CODE = re.compile(r"Code: (\d+)")
 TIMEOUT_EXCEEDED = 159
@@ -47,7 +48,7 @@ class EmbeddedStore:
         self._session = None
 
     def _call(self, fn, *args):
-        return self._pool.apply(fn, args)
+        return call_in_thread(fn, *args, pool=self._pool)
 
     def _open(self):
         if self._session is None:
