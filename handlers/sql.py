@@ -55,12 +55,20 @@ class Token:
 # and a name may continue with `$`.
 _SPACE_RE = re.compile(r"[ \t\n\r\f\v]+")
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-_NUMBER_RE = re.compile(r"[0-9][A-Za-z0-9_.]*")
+# As ClickHouse reads a number: the sign after an exponent is part of it (`1e-5`),
+# so `1e--5` is not read as the start of a `--` comment.
+_NUMBER_RE = re.compile(r"""
+    (?: 0[xX][0-9a-fA-F_]+ (?: \.[0-9a-fA-F_]* )? (?: [pP][+-]?[0-9_]* )?
+      | [0-9][0-9_]* (?: \.[0-9_]* )? (?: [eE][+-]?[0-9_]* )? )
+    [A-Za-z0-9_]*
+""", re.VERBOSE)
 _DOLLAR_WORD_RE = re.compile(r"\$[A-Za-z0-9_$]*")
 _QUOTED_RE = {
     q: re.compile(q + r"(?:[^" + q + r"\\]++|\\.|" + q + q + r")*+" + q, re.DOTALL) for q in ("'", '"', "`")
 }
-_PERCENT_RE = re.compile(r"%(?:%|\(([^()]*)\)s)?")
+# Only a well-formed placeholder is one token: anything else after `%` is SQL,
+# lexed as ClickHouse lexes it (a quote there opens a string).
+_PERCENT_RE = re.compile(r"%(?:%|\(([A-Za-z_][A-Za-z0-9_]*)\)s)?")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _QUOTE_NAMES = {"'": "string literal", '"': 'quoted name ("...")', "`": "quoted name (`...`)"}
 
@@ -130,17 +138,13 @@ def _check_params(params: Any) -> Mapping[str, Any]:
 
 
 def _placeholder_name(token: Token) -> str | None:
-    """The name in a `%(name)s` token; None for `%%`; SqlError for a lone `%` or a bad name."""
+    """The name in a `%(name)s` token; None for `%%`; SqlError for a lone `%`."""
     if token.text == "%%":
         return None
-    match = _PERCENT_RE.fullmatch(token.text)
-    if token.text == "%" or match is None or match.group(1) is None:
-        raise SqlError(f"a literal % in SQL with params must be written %% (offset {token.start})")
-    name = match.group(1)
-    if not _NAME_RE.match(name):
-        raise SqlError(f"invalid placeholder {token.text[:40]!r} at offset {token.start}: write %(name)s "
-                       "with a name of letters, digits and _")
-    return name
+    if token.text == "%":
+        raise SqlError(f"a % at offset {token.start} is not a placeholder: placeholders are %(name)s "
+                       "(name: letters, digits and _), and a literal % is written %%")
+    return token.text[2:-2]
 
 
 _TEXT_PERCENT_RE = re.compile(r"%%|%\([A-Za-z_][A-Za-z0-9_]*\)s")
@@ -151,10 +155,26 @@ def _text_without_placeholders(token: Token) -> str:
     def replace(match: re.Match[str]) -> str:
         if match.group() == "%%":
             return "%"
-        where = "a comment" if token.kind == COMMENT else "a string literal" if token.kind in (STRING, HEREDOC) else "a quoted name"
-        raise SqlError(f"placeholder {match.group()} at offset {token.start + match.start()} is inside {where}; "
-                       "put it outside the quotes (e.g. LIKE concat(%(x)s, '%%'))")
+        where = f"placeholder {match.group()} at offset {token.start + match.start()}"
+        if token.kind == COMMENT:
+            raise SqlError(f"{where} is inside a comment: remove it, or write %% for a literal %")
+        raise SqlError(f"{where} is inside a {'quoted name' if token.kind == QUOTED else 'string literal'}, "
+                       "where it would not be a value: put it outside the quotes, e.g. LIKE concat(%(x)s, '%%')")
     return _TEXT_PERCENT_RE.sub(replace, token.text)
+
+
+def placeholder_names(sql: str) -> frozenset[str]:
+    """The names of the `%(name)s` placeholders in SQL code, e.g. to pass a query only the params it uses
+    or to check ENRICH_SQL at start-up; malformed SQL or placeholders raise SqlError as render_params would."""
+    names = set()
+    for token in _tokens(sql):
+        if token.kind == PERCENT:
+            name = _placeholder_name(token)
+            if name is not None:
+                names.add(name)
+        elif token.kind in _TEXT_KINDS:
+            _text_without_placeholders(token)
+    return frozenset(names)
 
 
 def _substitute(tokens: list[Token], params: Mapping[str, Any],

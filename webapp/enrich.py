@@ -6,7 +6,7 @@ import time
 import gevent
 
 from handlers.enrich import FRESH, MISSING, Cached, freshness, row_to_enrichment
-from handlers.sql import SqlError, check_read_only_sql, render_params
+from handlers.sql import SqlError, check_read_only_sql, placeholder_names, render_params
 from webapp.metrics import Metrics
 from webapp.store.base import Store, StoreError
 
@@ -25,6 +25,7 @@ class Enricher:
         self.ttl_ms = ttl_ms
         self.timeout_s = timeout_ms / 1000.0
         self.query_timeout_s = query_timeout_s
+        self.uses_topic = "topic" in placeholder_names(sql)
         self.metrics = metrics
         self._cache: dict[str, Cached] = {}
         self._inflight: dict[str, gevent.Greenlet] = {}
@@ -54,7 +55,7 @@ class Enricher:
 
     def _refresh(self, topic: str) -> None:
         try:
-            statement = check_read_only_sql(render_params(self.sql, {"topic": topic}))
+            statement = check_read_only_sql(render_params(self.sql, {"topic": topic} if self.uses_topic else {}))
             result = self.store.query(statement, self.query_timeout_s, 1)
             self._cache[topic] = Cached(int(time.time() * 1000), row_to_enrichment(result.columns, result.rows))
         except (SqlError, StoreError) as exc:

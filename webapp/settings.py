@@ -5,6 +5,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from handlers.sql import SqlError, check_read_only_sql, placeholder_names
+
 
 class SettingsError(Exception):
     """One or more bad variables; `problems` names each one."""
@@ -189,6 +191,16 @@ class Settings:
         problems = []
         if self.upstream_backoff_min_ms > self.upstream_backoff_max_ms:
             problems.append("UPSTREAM_BACKOFF_MIN_MS: larger than UPSTREAM_BACKOFF_MAX_MS")
+        if self.enrich_sql:
+            try:
+                check_read_only_sql(self.enrich_sql)
+                unknown = placeholder_names(self.enrich_sql) - {"topic"}
+                if unknown:
+                    problems.append(f"ENRICH_SQL: only %(topic)s can be filled, not {', '.join(sorted(unknown))}")
+            except SqlError as exc:
+                problems.append(f"ENRICH_SQL: {exc}")
+            if self.store_backend == "none":
+                problems.append("ENRICH_SQL: needs a store (CLICKHOUSE_URL is none)")
         return problems
 
     @property

@@ -9,6 +9,8 @@ it touched is attached to the report.
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 import threading
 import time
@@ -55,22 +57,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # -- leak check -------------------------------------------------------------
 
 
+def open_sockets() -> set[str]:
+    """The sockets this process holds, by inode ("socket:[1234]")."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:"):
+            held.add(target)
+    return held
+
+
 @pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Every thread a test starts (clients, helpers) must be gone once its fixtures are torn down."""
-    before = set(threading.enumerate())
+def no_leaks() -> Iterator[None]:
+    """Every thread and socket a test opens (clients, helpers) must be gone once its fixtures are torn down.
+
+    Threads and sockets of fake upstreams that outlive the test (module
+    fixtures) are left alone; their number must not grow, though.
+    """
+    threads_before = set(threading.enumerate())
+    sockets_before = len(open_sockets())
     yield
     deadline = time.monotonic() + 5
     while True:
         leaked = [
             thread
             for thread in threading.enumerate()
-            if thread not in before and thread.is_alive() and not is_fake_upstream_thread(thread)
+            if thread not in threads_before and thread.is_alive() and not is_fake_upstream_thread(thread)
         ]
-        if not leaked:
+        sockets_after = len(open_sockets())
+        if not leaked and sockets_after <= sockets_before:
             return
         if time.monotonic() >= deadline:
-            pytest.fail(f"threads left running after the test: {leaked}")
+            pytest.fail(
+                f"left behind by the test: threads {leaked}, "
+                f"{sockets_after - sockets_before} more open sockets than before it"
+            )
+        gc.collect()  # a dropped but unclosed socket is a leak; let the check see only those
         time.sleep(0.05)
 
 

@@ -62,7 +62,10 @@ def test_open_routes_need_no_token(relay, path):
 
 @pytest.mark.parametrize("params", [{}, {"token": "not-a-token"}], ids=["no-token", "wrong-token"])
 def test_ws_without_a_valid_token_is_refused_with_401_before_the_upgrade(relay, params):
-    response = relay.get(relay.target("/ws", **params), headers=upgrade_headers())
+    # A session of its own: "Connection: Upgrade" would leave its socket pooled.
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(relay.url + relay.target("/ws", **params), headers=upgrade_headers(), timeout=10)
     assert response.status_code != 101
     assert_unauthorized(response)
 

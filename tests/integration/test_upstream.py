@@ -67,7 +67,7 @@ def test_a_frame_over_the_size_limit_is_skipped_and_the_feed_goes_on(relay, upst
     assert relay.health()["upstream"]["connected"] is True
 
 
-@pytest.mark.parametrize("how", ["reset", "eof", "clean", "reset"])
+@pytest.mark.parametrize("how", ["reset", "eof", "clean", "reset"], ids=["reset", "eof", "clean", "reset-again"])
 def test_the_relay_reconnects_after_the_upstream_goes_away_and_clients_see_no_gap(relay, upstream, ws, how):
     sym = unique_sym()
     client = ws(relay, topics=f"T.{sym}", snapshot=0)

@@ -59,3 +59,16 @@ def test_blank_values_mean_unset():
 def test_every_setting_is_documented_with_its_variable():
     names = [name for name, _default, doc in Settings.documentation() if doc]
     assert len(names) == len(set(names)) == len(Settings.documentation())
+
+
+def test_enrichment_sql_is_checked_at_start():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"ENRICH_SQL": "DELETE FROM t WHERE topic = %(topic)s"})
+    assert caught.value.problems[0].startswith("ENRICH_SQL:")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"ENRICH_SQL": "SELECT %(sym)s"})
+    assert caught.value.problems == ["ENRICH_SQL: only %(topic)s can be filled, not sym"]
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"ENRICH_SQL": "SELECT 1", "CLICKHOUSE_URL": "none"})
+    assert caught.value.problems == ["ENRICH_SQL: needs a store (CLICKHOUSE_URL is none)"]
+    assert Settings.from_env({"ENRICH_SQL": "SELECT count() FROM t WHERE topic = %(topic)s"}).enrich_sql

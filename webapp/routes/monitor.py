@@ -12,6 +12,7 @@ bp = Blueprint("monitor", __name__)
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "static"
 SNAPSHOT_EVENTS = 100  # what the page asks /ws for on a fresh connection
+DEFAULT_DATABASE = "relayhouse"  # named in the SQL console's examples when there is no store
 
 # The page loads nothing from elsewhere; event data is only ever set as text,
 # and this keeps it that way should a bug try otherwise.
@@ -23,10 +24,12 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
 @bp.get("/monitor")
 @access(OPEN)
 def monitor():
-    settings = runtime().settings
+    rt = runtime()
+    settings = rt.settings
     html = render_template("monitor.html", version=VERSION,
                            snapshot=min(SNAPSHOT_EVENTS, settings.snapshot_max),
-                           topic_fields=",".join(settings.topic_fields))
+                           topic_fields=",".join(settings.topic_fields),
+                           db=getattr(getattr(rt, "store", None), "db", None) or DEFAULT_DATABASE)
     return html, 200, {
         "Content-Security-Policy": _CSP.format(host=request.host),
         "X-Content-Type-Options": "nosniff",

@@ -33,7 +33,7 @@ def query():
     if rt.store is None:
         return json_error(503, "no store: persistence is off (CLICKHOUSE_URL=none)")
     try:
-        statement = check_read_only_sql(render_params(sql, params))
+        statement = check_read_only_sql(render_params(sql, params) if params else sql)
         result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows)
     except SqlError as exc:
         rt.metrics.query_errors.labels("refused").inc()

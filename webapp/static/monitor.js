@@ -11,6 +11,7 @@
   const HEALTH_INTERVAL_MS = 1000;
   const HEALTH_TIMEOUT_MS = 3000;
   const CHART_WINDOW_MS = 5 * 60 * 1000;
+  const CHART_MIN_SPAN_MS = 20 * 1000;  // a young chart spans what it has, so it never looks empty
   const BACKOFF_MS = [250, 500, 1000, 2000, 3000];
   const PING_EVERY_MS = 15000;
   const SILENCE_LIMIT_MS = 45000;     // no frame at all for this long: the socket is dead
@@ -248,6 +249,12 @@
     return 10 * p;
   }
 
+  /** How much time a chart spans: what it has seen, between 20 s and 5 minutes. */
+  function chartSpan(samples, now) {
+    const first = samples.length ? samples[0].t : now;
+    return Math.min(CHART_WINDOW_MS, Math.max(CHART_MIN_SPAN_MS, now - first));
+  }
+
   class Chart {
     constructor(canvas, valueEl, { label, unit, format, minTop }) {
       this.canvas = canvas;
@@ -292,22 +299,25 @@
       const line = css.getPropertyValue('--line').trim() || '#4cc2ff';
       const grid = css.getPropertyValue('--chart-grid').trim() || 'rgba(128,128,128,0.2)';
       const muted = css.getPropertyValue('--muted').trim() || '#888';
-      const now = Date.now(), t0 = now - CHART_WINDOW_MS;
+      const now = Date.now();
+      const span = chartSpan(this.samples, now);
+      const t0 = now - span;
       const points = this.samples.filter((s) => s.t >= t0 - 2000);
       let max = 0;
       for (const s of points) if (s.v !== null && s.v > max) max = s.v;
       const top = niceCeil(Math.max(max, this.minTop));
       const padTop = 16, padBottom = 3;
       const plotH = h - padTop - padBottom;
-      const x = (t) => ((t - t0) / CHART_WINDOW_MS) * w;
+      const x = (t) => ((t - t0) / span) * w;
       const y = (v) => padTop + plotH - (v / top) * plotH;
 
-      // grid: a line per minute, and at 0, half and top
+      // grid: vertical lines every `step` back from now, and at 0, half and top
+      const step = [5000, 10000, 30000, 60000].find((ms) => span / ms <= 6) || 60000;
       ctx.lineWidth = 1;
       ctx.strokeStyle = grid;
       ctx.beginPath();
-      for (let m = 1; m < 5; m += 1) {
-        const gx = Math.round(x(now - m * 60000)) + 0.5;
+      for (let back = step; back < span; back += step) {
+        const gx = Math.round(x(now - back)) + 0.5;
         ctx.moveTo(gx, padTop); ctx.lineTo(gx, h - padBottom);
       }
       for (const f of [0, 0.5, 1]) {
@@ -321,7 +331,7 @@
       ctx.fillText(`${this.format(top)}${this.unit}`, 4, 11);
       ctx.textAlign = 'right';
       ctx.fillText('now', w - 4, 11);
-      ctx.fillText('−1 min', x(now - 60000) - 3, 11);
+      if (step < span) ctx.fillText(`−${step >= 60000 ? `${step / 60000} min` : `${step / 1000} s`}`, x(now - step) - 3, 11);
       ctx.textAlign = 'left';
 
       // segments: a null value or a missing sample breaks the line
@@ -431,7 +441,8 @@
     setState($('group-upstream'), up.connected ? 'ok' : (h.status === 'ok' ? 'warn' : 'bad'));
     setState($('upstream-badge'), up.connected ? 'ok' : (h.status === 'ok' ? 'warn' : 'bad'));
     setText('upstream-badge', up.connected ? 'Connected' : 'Disconnected');
-    setText('upstream-url', up.url ? `${up.url}${up.demo ? '  (built-in demo)' : ''}` : '–');
+    setText('upstream-url', up.url || '–');
+    $('upstream-demo').hidden = !up.demo;
     const connectedEl = $('upstream-connected');
     setText(connectedEl, up.connected ? 'Yes' : 'No');
     connectedEl.className = up.connected ? 'is-ok' : 'is-bad';
@@ -448,6 +459,7 @@
     const parseErrors = up.parse_errors ? ` · ${fmtInt(up.parse_errors)} unparsed` : '';
     setText('upstream-events', `${fmtInt(up.events)}${parseErrors}`);
     setText('upstream-error', up.last_error || '–');
+    if ($('upstream-error').title !== (up.last_error || '')) $('upstream-error').title = up.last_error || '';
 
     // store
     const storeGroup = $('group-store');
@@ -464,9 +476,11 @@
       setState($('store-badge'), storeState);
       setText('store-badge', storeState === 'ok' ? 'OK' : storeState === 'warn' ? 'Spooling' : 'Failing');
       setText('store-backend', store.backend);
-      setText('store-ok', store.ok === false ? 'Failing' : 'OK');
+      setText('store-ok', store.ok === false ? `Failing${store.last_error ? `: ${store.last_error}` : ''}` : 'OK');
       $('store-ok').className = store.ok === false ? 'is-bad' : 'is-ok';
+      $('store-ok').title = store.last_error || '';
     }
+    setText('store-written', fmtInt(store.written));
     setText('store-pending', fmtInt(store.pending));
     const spooledBytes = store.spooled_bytes ? ` (${fmtBytes(store.spooled_bytes)})` : '';
     setText('store-spooled', `${fmtInt(store.spooled)}${spooledBytes}`);
@@ -510,6 +524,13 @@
     charts.out.push(t, rateOut);
     charts.clients.push(t, typeof h.clients === 'number' ? h.clients : null);
     lastHealth = { t, h };
+    setChartSpanText(t);
+  }
+
+  function setChartSpanText(now) {
+    const span = chartSpan(charts.in.samples, now);
+    setText('charts-span', span >= CHART_WINDOW_MS ? 'last 5 minutes'
+      : span <= CHART_MIN_SPAN_MS ? 'last 20 seconds' : `since ${fmtTime(now - span).slice(0, 8)}`);
   }
 
   async function pollHealth() {
@@ -571,9 +592,7 @@
     row.setAttribute('aria-expanded', 'false');
     const seq = el('span', 'c-seq', String(ev.seq));
     const time = el('span', 'c-time', fmtTime(ev.ts));
-    time.title = new Date(ev.ts).toISOString();
     const topic = el('span', 'c-topic', String(ev.topic));
-    topic.title = String(ev.topic);
     const data = el('span', 'c-data');
     compactData(data, ev);
     row.append(seq, time, topic, data);
@@ -714,9 +733,10 @@
     const items = feed.pending;
     feed.pending = [];
     const fragment = document.createDocumentFragment();
+    const flash = items.length <= 30; // a flood is not highlighted row by row
     for (let i = items.length - 1; i >= 0; i -= 1) {
       const item = items[i];
-      fragment.append(item.ev ? eventItem(item.ev, true) : markerItem(item.marker, item.kind));
+      fragment.append(item.ev ? eventItem(item.ev, flash) : markerItem(item.marker, item.kind));
     }
     if (feed.skipped) {
       fragment.append(markerItem(`${fmtInt(feed.skipped)} events not shown while the view was held — search the cache to see them`, 'info'));
@@ -1103,7 +1123,9 @@
     const res = await api('GET', '/cache/stats');
     if (!res.ok || !res.data) return;
     const s = res.data;
-    setText('cache-items', `${fmtInt(s.items)} of ${fmtInt(s.max_items)} (${fmtInt(s.valid_items)} unexpired) · TTL ${fmtDuration(s.ttl_seconds)}`);
+    setText('cache-items', `${fmtInt(s.items)} of at most ${fmtInt(s.max_items)}`);
+    setText('cache-valid', fmtInt(s.valid_items));
+    setText('cache-ttl', `${fmtInt(s.ttl_seconds)} s (${fmtDuration(s.ttl_seconds)})`);
     setText('cache-range', s.oldest_seq === null || s.oldest_seq === undefined ? 'empty' : `${fmtInt(s.oldest_seq)} – ${fmtInt(s.newest_seq)}`);
     setText('cache-bytes', fmtBytes(s.bytes));
     setText('cache-flow', `${fmtInt(s.added)} / ${fmtInt(s.evicted)} / ${fmtInt(s.expired)}`);
@@ -1204,7 +1226,7 @@
     setText('sql-error-title', title);
     setText('sql-error-body', body);
     $('sql-error').hidden = false;
-    showResult('sql-summary', title, true);
+    showResult('sql-summary', ''); // the alert box says it
   }
 
   function sqlFailureTitle(res) {
@@ -1263,6 +1285,7 @@
     for (const chip of document.querySelectorAll('.chip[data-sql]')) {
       chip.addEventListener('click', () => {
         text.value = chip.dataset.sql;
+        $('sql-params').value = chip.dataset.params || '';
         text.focus();
       });
     }

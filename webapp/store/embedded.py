@@ -1,8 +1,10 @@
 """The embedded chDB backend (the default): the only importer of chdb. Every call runs in one worker thread."""
 
+import logging
 import os
 import re
 import time
+from decimal import Decimal
 from typing import Any
 
 import gevent.threadpool
@@ -24,6 +26,7 @@ from webapp.store.base import (
 )
 from webapp.threads import call_in_thread
 
+log = logging.getLogger(__name__)
 CODE = re.compile(r"Code: (\d+)")
 TIMEOUT_EXCEEDED = 159
 
@@ -64,6 +67,7 @@ class EmbeddedStore:
             sess = self._open()
             result = sess.query(sql, fmt, params=params) if params else sess.query(sql, fmt)
         except RuntimeError as exc:
+            self._drain_output(sess)
             code = CODE.search(str(exc))
             if code and int(code.group(1)) == TIMEOUT_EXCEEDED:
                 raise QueryTimedOut(_message(exc)) from exc
@@ -74,6 +78,15 @@ class EmbeddedStore:
             body = result.bytes()
             return jsonx.loads(body) if body else {"meta": [], "data": []}
         return None
+
+    @staticmethod
+    def _drain_output(sess) -> None:
+        # chDB 4.4 keeps what a failed query (a time-out) had already written and
+        # prepends it to the next result; a throwaway query takes it away.
+        try:
+            sess.query("SELECT 1", "CSV")
+        except RuntimeError as exc:
+            log.warning("chDB: could not clear a failed query's output: %s", exc)
 
     def _select(self, sql: str, params: dict | None = None) -> list[list]:
         return self._call(self._sql, sql, params)["data"]
@@ -107,16 +120,24 @@ class EmbeddedStore:
     def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
         limits = (f"readonly = 2, max_execution_time = {max(1, int(round(timeout_s)))}, "
                   f"max_result_rows = {max_rows + 1}, result_overflow_mode = 'break', "
-                  f"max_rows_to_read = {self.max_rows_to_read}, max_memory_usage = {self.max_memory_bytes}")
+                  f"max_rows_to_read = {self.max_rows_to_read}, max_memory_usage = {self.max_memory_bytes}, "
+                  "output_format_json_quote_decimals = 1")
         started = time.perf_counter()
         # chDB has no per-call settings argument: the limits ride on the statement,
         # which check_read_only_sql guarantees is one statement without its own SETTINGS.
         result = self._call(self._sql, f"{sql}\nSETTINGS {limits}")
         elapsed_ms = (time.perf_counter() - started) * 1000
         columns = [(m["name"], m["type"]) for m in result.get("meta", [])]
-        rows = result.get("data", [])
+        rows = [list(r) for r in result.get("data", [])[:max_rows + 1]]
         truncated = len(rows) > max_rows
-        return QueryResult(columns, json_safe_rows(columns, [tuple(r) for r in rows[:max_rows]]), truncated, elapsed_ms)
+        rows = rows[:max_rows]
+        # decimals arrive quoted (exact); json_safe_rows decides number or text like the server's
+        for i, (_name, type_) in enumerate(columns):
+            if type_.startswith(("Decimal", "Nullable(Decimal")):
+                for row in rows:
+                    if isinstance(row[i], str):
+                        row[i] = Decimal(row[i])
+        return QueryResult(columns, json_safe_rows(columns, [tuple(r) for r in rows]), truncated, elapsed_ms)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._select(f"SELECT argMax(value, version) FROM {self.db}.relay_meta WHERE key = {{key:String}} GROUP BY key",
