@@ -290,12 +290,15 @@ def test_enrichment_merges_results_and_survives_slow_and_failing_queries(backend
     wait_until(lambda: slow.get("/metrics").text.count('relayhouse_enrich_errors_total{kind="timeout"} 1.0') == 1,
                5, "the late enrichment counted")
     # once the slow result is in, later events carry it
+    sent = [1]
+
     def enriched() -> bool:
-        fresh_upstream.emit(trades(1, 2, sym=sym), batch=None)
-        time.sleep(0.2)
-        return any("enrichment" in e for e in client.events)
-    wait_until(enriched, 10, "an enriched event")
-    event = next(e for e in client.events if "enrichment" in e)
+        fresh_upstream.emit(trades(sent[0], sent[0] + 1, sym=sym), batch=None)
+        sent[0] += 1
+        return "enrichment" in client.wait_for_seq(sent[0])[-1]
+
+    wait_until(enriched, 15, "an enriched event", interval_s=0.2)
+    event = client.events[-1]
     assert event["enrichment"] == {"slept": 0, "about": f"T.{sym}"}
 
 
