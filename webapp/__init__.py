@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     """The app for one worker. `services` (a Runtime) is built from settings when not given."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the monitor serves its own assets, open like the page
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = {
         "ping_interval": settings.ws_ping_interval_s,

@@ -273,6 +273,7 @@ class Runtime:
             "status": "degraded" if degraded else "ok",
             "version": VERSION,
             "uptime_s": round(now - self.started_at, 3),
+            "now": now,
             "epoch": self.epoch,
             "last_seq": self.last_seq,
             "ready": self.ready.is_set(),

@@ -1,6 +1,7 @@
 """/sse: the same stream as /ws as Server-Sent Events, resumable with Last-Event-ID."""
 
 import logging
+import socket
 from collections import deque
 
 from flask import Blueprint, Response, request
@@ -75,6 +76,16 @@ class SseClient:
         return chunk
 
 
+def end_connection(sock) -> None:
+    """The relay ended the stream (shutdown, slow consumer): no keep-alive wait for
+    another request on this connection. Reads stop; the final chunk still goes out."""
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # the peer is already gone
+
+
 @bp.get("/sse")
 @access(CLIENT)
 def stream():
@@ -92,6 +103,7 @@ def stream():
     opening = fill_from_store(rt, opening, client.matcher)
     first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
     keepalive_s = rt.settings.sse_keepalive_s
+    sock = request.environ.get("gunicorn.socket")
 
     def body():
         try:
@@ -100,6 +112,7 @@ def stream():
                 chunk = client.take(keepalive_s)
                 yield SSE_KEEPALIVE if chunk is None else chunk
                 if client.closed:  # the closing message was in that chunk
+                    end_connection(sock)
                     return
         finally:
             client.closed = True
