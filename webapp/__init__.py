@@ -9,7 +9,8 @@ from werkzeug.routing import WebsocketMismatch
 from handlers.params import ParamError
 from webapp.auth import CLIENT, refusal
 from webapp.responses import json_error
-from webapp.routes import cache, history, monitor, publish, query, sse, status, ws
+from webapp.cli import register_commands
+from webapp.routes import cache, history, monitor, polygon, publish, query, sse, status, ws
 from webapp.runtime import Runtime
 from webapp.settings import Settings
 
@@ -25,8 +26,9 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         "max_message_size": settings.ws_max_message_bytes,
     }
     app.extensions["relayhouse"] = services or Runtime(settings)
-    for module in (status, cache, publish, ws, sse, query, history, monitor):
+    for module in (status, cache, publish, ws, sse, polygon, query, history, monitor):
         app.register_blueprint(module.bp)
+    register_commands(app)
 
     @app.before_request
     def check_access():

@@ -14,6 +14,7 @@ class DemoFeed:
 
     def __init__(self, rate_per_s: float, port: int = 0, seed: int | None = None):
         self.rate_per_s = rate_per_s
+        self.port = port
         self.server = FeedServer(port=port)
         self.market = DemoMarket(seed=seed if seed is not None else int(time.time()))
         self._greenlet: gevent.Greenlet | None = None
@@ -22,14 +23,23 @@ class DemoFeed:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def running(self) -> bool:
+        return self._greenlet is not None and not self._greenlet.dead
+
     def start(self) -> None:
+        if self.server is None:  # stopped before (a leader that stepped down and came back)
+            self.server = FeedServer(port=self.port)
         self.server.start()
         self._greenlet = gevent.spawn(self._emit)
 
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
-        self.server.stop()
+            self._greenlet = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
     def _emit(self) -> None:
         # Ticks of 100 ms (or slower for low rates) carry bursts of several events

@@ -1,4 +1,4 @@
-"""The one ingest path: receive → parse → fetch what enrichment needs → number → cache → publish → persist."""
+"""The one ingest path: receive → parse → fetch what enrichment needs → number → publish → persist."""
 
 import logging
 import time
@@ -8,10 +8,8 @@ import gevent
 import gevent.queue
 from gevent.event import AsyncResult
 
-from handlers.cache import EventCache
 from handlers.events import Event, number_elements, topics_of
 from handlers.frames import parse_frame
-from webapp.hub import Hub
 from webapp.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -26,11 +24,10 @@ class Ingest:
     upstream reader only enqueues and never waits on it.
     """
 
-    def __init__(self, cache: EventCache, hub: Hub, metrics: Metrics, *,
+    def __init__(self, publish: Callable[[list[Event]], None], metrics: Metrics, *,
                  topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0,
                  persist: Callable[[list[Event]], None] | None = None, enricher=None):
-        self.cache = cache
-        self.hub = hub
+        self.publish_events = publish  # to the bus: every worker's cache and hub
         self.metrics = metrics
         self.topic_fields = topic_fields
         self.max_frame_bytes = max_frame_bytes
@@ -85,8 +82,7 @@ class Ingest:
         if not events:
             return events
         self.last_seq = events[-1].seq
-        self.cache.add(events, recv_ms)
-        self.hub.publish(events)
+        self.publish_events(events)
         if self.persist is not None:
             self.persist(events)
         self.metrics.events_in.labels(source).inc(len(events))

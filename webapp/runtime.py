@@ -3,6 +3,7 @@
 import logging
 import os
 import secrets
+import socket
 import time
 
 import gevent
@@ -11,6 +12,8 @@ import gevent.event
 from handlers.backoff import reconnect_delay_ms
 from handlers.cache import EventCache
 from handlers.events import Event
+from webapp.bus import Bus, MemoryBus
+from webapp.bus.redis import FAILURES as REDIS_FAILURES
 from webapp.hub import Hub
 from webapp.ingest import Ingest
 from webapp.metrics import Metrics
@@ -23,6 +26,12 @@ from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+
+
+def worker_name() -> str:
+    """Who holds the lease: host, pid and a random part (a pid can be reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 VERSION = "0.2.0"
 
@@ -47,6 +56,17 @@ class Runtime:
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
                        on_flush=self.metrics.flush_seconds.observe)
+        if settings.redis_url:
+            from webapp.bus.redis import RedisBus
+
+            self.bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix, worker_name(), self._serve,
+                                     lease_ms=settings.leader_lease_ms,
+                                     stream_maxlen=settings.stream_maxlen or settings.cache_max_items)
+            self.bus.on_fenced = lambda: gevent.spawn(self._stop_leading, "the lease was taken over")
+        else:
+            self.bus = MemoryBus(self._serve)
+        self.clustered = settings.redis_url is not None
+        self.role = "starting"
         self.store = make_store(settings)
         self.store_backend = settings.store_backend
         self.spool = self.seq_state = self.writer = None
@@ -62,7 +82,7 @@ class Runtime:
 
             self.enricher = Enricher(self.store, settings.enrich_sql, settings.enrich_ttl_ms,
                                      settings.enrich_timeout_ms, self.metrics)
-        self.ingest = Ingest(self.cache, self.hub, self.metrics, topic_fields=settings.topic_fields,
+        self.ingest = Ingest(self._publish, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes,
                              persist=self._persist if self.store is not None else None, enricher=self.enricher)
         self.demo = None
@@ -70,28 +90,35 @@ class Runtime:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
 
             self.demo = DemoFeed(settings.demo_rate, settings.demo_port)
-        self.upstream = Upstream(
-            settings.upstream_url or "",  # the demo's URL is known once it listens
-            self._on_frame,
-            init_messages=settings.upstream_init,
-            headers=settings.upstream_headers,
-            ping_interval_s=settings.upstream_ping_interval_s,
-            ping_timeout_s=settings.upstream_ping_timeout_s,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            backoff_min_ms=settings.upstream_backoff_min_ms,
-            backoff_max_ms=settings.upstream_backoff_max_ms,
-            healthy_after_s=settings.upstream_healthy_after_s,
-            on_state=self._on_upstream_state,
-        )
+        self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
-        if self.store is None:
-            self.ready.set()
+        if self.store is None and not self.clustered:
+            self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
+            self.role = "single"
         self.boot_error: str | None = None
         self._greenlets: list[gevent.Greenlet] = []
+        self._leading: list[gevent.Greenlet] = []
         self._reconnects_counted = 0
+        self._leader_cached: str | None = None
         self.running = False
         self.shutting_down = False
         self._stopped = gevent.event.Event()
+
+    def _make_upstream(self) -> Upstream:
+        s = self.settings
+        url = s.upstream_url or (self.demo.url if self.demo is not None and self.demo.running else "")
+        return Upstream(
+            url, self._on_frame,
+            init_messages=s.upstream_init,
+            headers=s.upstream_headers,
+            ping_interval_s=s.upstream_ping_interval_s,
+            ping_timeout_s=s.upstream_ping_timeout_s,
+            connect_timeout_s=s.upstream_connect_timeout_s,
+            backoff_min_ms=s.upstream_backoff_min_ms,
+            backoff_max_ms=s.upstream_backoff_max_ms,
+            healthy_after_s=s.upstream_healthy_after_s,
+            on_state=self._on_upstream_state,
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -103,24 +130,118 @@ class Runtime:
         self._greenlets = [gevent.spawn(self.hub.run), gevent.spawn(self._boot)]
 
     def _boot(self) -> None:
+        if self.clustered:
+            self._join_cluster()
+            return
         if self.store is not None:
-            self._recover()
-            self._greenlets.append(gevent.spawn(self.writer.run))
-        if self.demo is not None:
-            self.demo.start()
-            self.upstream.url = self.upstream.state.url = self.demo.url
-            log.info("no UPSTREAM_URL: serving the built-in demo feed at %s", self.demo.url)
-        if self.enricher is not None:
-            self._greenlets.append(gevent.spawn(self.ingest.run))
-        self._greenlets.append(gevent.spawn(self.upstream.run))
-        log.info("relay started (pid %d, epoch %s, seq continues after %d, store %s)",
-                 os.getpid(), self.epoch, self.last_seq, self.store_backend)
+            self._recover(floor_seq=0, floor_epoch=None)
+        self.ready.set()
+        self._lead()
+        self.role = "single"
 
-    def _recover(self) -> None:
-        """Seq base, epoch and a warm cache from the store, the spool and the local state."""
+    def _lead(self) -> None:
+        """Hold the upstream: read it, number events, publish them, persist them."""
+        if self.demo is not None and not self.demo.running:
+            self.demo.start()
+            log.info("no UPSTREAM_URL: serving the built-in demo feed at %s", self.demo.url)
+        self.upstream = self._make_upstream()
+        self._leading = []
+        if self.writer is not None:
+            self._leading.append(gevent.spawn(self.writer.run))
+        if self.enricher is not None:
+            self._leading.append(gevent.spawn(self.ingest.run))
+        if self.clustered:
+            self._leading.append(gevent.spawn(self.bus.run_publisher))
+        self._leading.append(gevent.spawn(self.upstream.run))
+        log.info("relay leading (pid %d, epoch %s, seq continues after %d, store %s, bus %s)",
+                 os.getpid(), self.epoch, self.ingest.last_seq, self.store_backend, self.bus.backend)
+
+    def _stop_leading(self, reason: str) -> None:
+        if self.role != "leader":
+            return
+        log.warning("no longer the leader: %s", reason)
+        self.role = "follower"
+        self.upstream.stop()
+        if self.demo is not None:
+            self.demo.stop()
+        self.bus.discard_outbox()
+        for greenlet in self._leading:
+            greenlet.kill(block=False)
+        self._leading = []
+
+    # -- the cluster (REDIS_URL) ---------------------------------------------------------
+
+    def _join_cluster(self) -> None:
+        """Warm the cache from the stream, read it from there on, and stand for leader."""
+        bus = self.bus
+        attempt = 0
+        while True:
+            try:
+                events, epoch, last_id = bus.tail(self.settings.cache_max_items)
+                break
+            except REDIS_FAILURES as exc:
+                bus._failed(exc)
+                delay_ms = reconnect_delay_ms(attempt, 200, 5000, 0.5)
+                attempt += 1
+                gevent.sleep(delay_ms / 1000)
+        bus.last_id = last_id
+        bus.received(events, epoch)
+        if epoch:
+            self.epoch = epoch
+        self.role = "follower"
+        self.ready.set()
+        self._greenlets.append(gevent.spawn(bus.run_reader))
+        self._greenlets.append(gevent.spawn(self._stand_for_leader))
+        log.info("joined the cluster as a follower (epoch %s, last seq %d)", self.epoch, bus.last_seq)
+
+    def _stand_for_leader(self) -> None:
+        lease = self.bus.lease
+        period_s = self.settings.leader_lease_ms / 3000.0
+        while not self.shutting_down:
+            try:
+                if self.role == "leader":
+                    if not lease.renew():
+                        self._stop_leading("the lease was taken over")
+                elif lease.acquire():
+                    self.role = "leader"
+                    self._leading = [gevent.spawn(self._take_over)]
+                self._leader_cached = lease.current_holder()
+            except REDIS_FAILURES as exc:
+                self.bus._failed(exc)
+                if self.role == "leader" and not lease.valid:
+                    self._stop_leading(f"Redis unavailable past the lease ({exc})")
+            gevent.sleep(period_s)
+
+    def _take_over(self) -> None:
+        """Just elected: catch up with the stream, continue seq after it and the store, then lead."""
+        bus = self.bus
+        events, epoch, _ = bus.tail(bus.stream_maxlen)
+        if events:
+            bus.received(events, epoch)  # whatever this worker's reader had not seen yet
+        floor_seq = events[-1].seq if events else 0
+        if self.store is not None:
+            self._recover(floor_seq=floor_seq, floor_epoch=epoch, stream=events)
+        else:
+            self.ingest.last_seq = max(floor_seq, bus.last_seq)
+            self.epoch = epoch or self.epoch
+        if self.role == "leader":
+            self._lead()
+
+    # -- recovery from the store ------------------------------------------------------
+
+    def _recover(self, floor_seq: int, floor_epoch: str | None, stream: list[Event] = ()) -> None:
+        """Seq base, epoch and a warm cache from the store, the spool and the local state.
+
+        Alone, a seq reservation in DATA_DIR keeps seqs from being reused after a
+        crash. In a cluster the stream is the record: events never published
+        were never seen by anyone, and the new leader persists what the old one
+        published but had not written (`stream`, above the store's maximum).
+        """
         records = call_in_thread(self.spool.load)
         spooled = [e for r in records for e in r.events]
-        call_in_thread(self.seq_state.load)
+        if not self.clustered:
+            call_in_thread(self.seq_state.load)
+        local_epoch = None if self.clustered else self.seq_state.epoch
         attempt = 0
         while True:
             try:
@@ -130,10 +251,10 @@ class Runtime:
                 break
             except StoreError as exc:
                 self.boot_error = str(exc)
-                if self.seq_state.epoch is not None:
-                    # local state is enough to continue without reusing a seq;
-                    # the writer spools until the store answers
-                    log.error("store unavailable at start (%s): continuing from local state", exc)
+                if local_epoch is not None or floor_epoch is not None:
+                    # local state or the stream is enough to continue without reusing a
+                    # seq; the writer spools until the store answers
+                    log.error("store unavailable at start (%s): continuing without it", exc)
                     store_max, stored_epoch = None, None
                     break
                 delay_ms = reconnect_delay_ms(attempt, 200, self.settings.store_retry_max_ms, 0.5)
@@ -142,20 +263,28 @@ class Runtime:
                 gevent.sleep(delay_ms / 1000)
         self.boot_error = None
         spool_max = spooled[-1].seq if spooled else 0
-        last_seq = max(store_max or 0, spool_max, self.seq_state.reserved)
-        self.epoch = stored_epoch or self.seq_state.epoch or self.epoch
+        reserved = 0 if self.clustered else self.seq_state.reserved
+        last_seq = max(store_max or 0, spool_max, reserved, floor_seq)
+        self.epoch = floor_epoch or stored_epoch or local_epoch or self.epoch
         if last_seq == 0:
             self.epoch = new_epoch()  # nothing to continue: a fresh seq space
         self.ingest.last_seq = last_seq
-        call_in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
+        if not self.clustered:
+            call_in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
         if store_max is not None and stored_epoch != self.epoch:
             try:
                 self.store.set_meta("epoch", self.epoch)
             except StoreError as exc:
                 log.error("could not record the epoch in the store: %s", exc)
-        self._warm(store_max, spooled)
+        if not self.clustered:
+            self._warm(store_max, spooled)
+        self.bus.last_seq = max(self.bus.last_seq, last_seq)
+        self.bus.epoch = self.epoch
         self.writer.start_from(store_max, spooled=bool(records))
-        self.ready.set()
+        unwritten = [e for e in stream if store_max is not None and e.seq > store_max and e.seq > spool_max]
+        if unwritten:
+            log.info("writing %d events the previous leader published but had not stored", len(unwritten))
+            self.writer.enqueue(unwritten)
 
     def _warm(self, store_max: int | None, spooled: list[Event]) -> None:
         now = self.now_ms()
@@ -179,15 +308,22 @@ class Runtime:
         self.shutting_down = True
         try:
             log.info("shutting down: closing %d clients", self.hub.client_count)
+            leading = self.role in ("single", "leader")
             self.upstream.stop()
             self.hub.close_all("shutdown", 1001)
             if self.demo is not None:
                 self.demo.stop()
-            if self.writer is not None and self.ready.is_set():
+            if leading and self.writer is not None and self.ready.is_set():
                 flushed = self.writer.flush(timeout_s=max(1.0, self.settings.graceful_timeout_s - 3))
-                call_in_thread(self.seq_state.save, self.epoch, self.last_seq)
+                if not self.clustered:
+                    call_in_thread(self.seq_state.save, self.epoch, self.ingest.last_seq)
                 log.info("store flushed (%s); last seq %d", "complete" if flushed else "incomplete", self.last_seq)
-            for greenlet in self._greenlets:
+            if self.clustered and self.role == "leader":
+                try:
+                    self.bus.lease.release()  # a follower takes over without waiting for the lease to lapse
+                except REDIS_FAILURES as exc:
+                    log.warning("could not release the lease: %s", exc)
+            for greenlet in [*self._leading, *self._greenlets]:
                 greenlet.kill(block=False)
         finally:
             self._stopped.set()
@@ -197,8 +333,17 @@ class Runtime:
 
     # -- callbacks ---------------------------------------------------------------
 
+    def _publish(self, events: list[Event]) -> None:
+        self.bus.publish(events, self.epoch)
+
+    def _serve(self, events: list[Event]) -> None:
+        """From the bus: this worker's cache and clients get the events."""
+        self.cache.add(events, events[-1].ts)
+        self.hub.publish(events)
+
     def _persist(self, events: list[Event]) -> None:
-        self.seq_state.ensure(self.epoch, events[-1].seq)
+        if not self.clustered:
+            self.seq_state.ensure(self.epoch, events[-1].seq)
         self.writer.enqueue(events)
 
     def _on_written(self, rows: int, seconds: float) -> None:
@@ -228,7 +373,12 @@ class Runtime:
 
     @property
     def last_seq(self) -> int:
-        return self.ingest.last_seq
+        """The last seq this worker's cache and clients have (what snapshots stand on)."""
+        return self.bus.last_seq
+
+    @property
+    def stream_epoch(self) -> str:
+        return self.bus.epoch or self.epoch
 
     def store_health(self) -> dict:
         if self.store is None:
@@ -262,21 +412,44 @@ class Runtime:
         m.store_dropped.set(store.get("dropped", 0))
         return m.render()
 
+    def bus_health(self) -> dict:
+        if not self.clustered:
+            return {"backend": "memory", "ok": True}
+        bus = self.bus
+        return {
+            "backend": "redis",
+            "ok": bus.ok,
+            "worker": bus.lease.holder,
+            "lease_holder": self._leader_cached,
+            "last_seq": bus.last_seq,
+            "lag": max(0, self.ingest.last_seq - bus.last_seq) if self.role == "leader" else None,
+            "published": bus.published,
+            "gaps": bus.gaps,
+            "last_error": bus.last_error,
+        }
+
+    def _leader_known(self) -> bool:
+        return self._leader_cached is not None
+
     def health(self) -> dict:
         s = self.upstream.state
         now = time.time()
         in_grace = now - self.started_at < self.settings.startup_grace_s
         store = self.store_health()
-        degraded = ((not s.connected and not in_grace) or self.shutting_down or not store["ok"]
-                    or store["spooled"] > 0 or not self.ready.is_set())
+        leading = self.role in ("single", "leader")
+        degraded = ((leading and not s.connected and not in_grace) or self.shutting_down or not store["ok"]
+                    or store["spooled"] > 0 or not self.ready.is_set() or not self.bus.ok
+                    or (self.clustered and self.role == "follower" and not in_grace and not self._leader_known()))
         return {
             "status": "degraded" if degraded else "ok",
             "version": VERSION,
             "uptime_s": round(now - self.started_at, 3),
             "now": now,
-            "epoch": self.epoch,
+            "epoch": self.stream_epoch,
             "last_seq": self.last_seq,
             "ready": self.ready.is_set(),
+            "role": self.role,
+            "bus": self.bus_health(),
             "upstream": {
                 "url": s.url,
                 "demo": self.demo is not None,

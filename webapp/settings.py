@@ -95,6 +95,13 @@ def _redis_url(text: str) -> str:
     return text.strip()
 
 
+def _key_prefix(text: str) -> str:
+    prefix = text.strip()
+    if not prefix or any(c.isspace() for c in prefix) or len(prefix) > 100:
+        raise ValueError("expected a short key prefix without spaces")
+    return prefix
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -133,6 +140,9 @@ class Settings:
     clickhouse_url: str | None = env("CLICKHOUSE_URL", None, _clickhouse_url, "ClickHouse server URL; unset = embedded chDB; none = no store")
     data_dir: str = env("DATA_DIR", "./data", _str, "embedded store and write spool")
     redis_url: str | None = env("REDIS_URL", None, _redis_url, "enables several workers / instances")
+    redis_prefix: str = env("REDIS_PREFIX", "relayhouse", _key_prefix, "prefix of every Redis key this relay uses")
+    leader_lease_ms: int = env("LEADER_LEASE_MS", 3000, _int(300, 600_000), "leader lease; a dead leader is replaced within about this long")
+    stream_maxlen: int = env("STREAM_MAXLEN", 0, _int(0, 100_000_000), "events kept in the Redis stream (0 = CACHE_MAX_ITEMS)")
     api_tokens: tuple = env("API_TOKENS", (), _tokens, "comma-separated tokens for client routes; unset = open")
     admin_token: str | None = env("ADMIN_TOKEN", None, _str, "token for admin routes; unset = loopback only")
     ws_queue_max_events: int = env("WS_QUEUE_MAX_EVENTS", 10_000, _int(1, 10_000_000), "a client's outbound bound in events")

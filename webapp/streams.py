@@ -36,14 +36,14 @@ def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
     last_seq = runtime.last_seq
     if params.since is None:
         events = cache.recent(params.snapshot, now, matcher) if params.snapshot else []
-        return Opening(runtime.epoch, last_seq, True, None, events)
-    plan = plan_resume(params.since, params.epoch, runtime.epoch, last_seq, cache.oldest_seq(now))
+        return Opening(runtime.stream_epoch, last_seq, True, None, events)
+    plan = plan_resume(params.since, params.epoch, runtime.stream_epoch, last_seq, cache.oldest_seq(now))
     events = cache.events_after(plan.after_seq, now, matcher)
     from_store = None
     foreign = plan.after_seq != params.since
     if plan.missing is not None and not foreign and runtime.store is not None and runtime.ready.is_set():
         from_store = plan.missing
-    return Opening(runtime.epoch, last_seq, plan.recovered, plan.missing, events, from_store)
+    return Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, from_store)
 
 
 def fill_from_store(runtime, opening: Opening, matcher: Matcher) -> Opening:

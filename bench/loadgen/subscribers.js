@@ -1,0 +1,209 @@
+// N WebSocket subscribers in one process: every frame is parsed, every event checked and timed.
+//
+//   node subscribers.js '{"url":"ws://127.0.0.1:P/ws?snapshot=0","clients":1000,"deflate":false,"slow":0}'
+//
+// `deflate`: offer permessage-deflate as browsers do (ws's default) or not at all.
+// `slow`: how many of the clients stop reading right after they connect (their TCP receive
+// window fills and the server must cope); they are left out of the latency figures.
+//
+// Control is JSON lines on stdin, answers are JSON lines on stdout:
+//   (on start)                          -> {"connected":n,"failed":k,"extensions":{...},"connect_s":..}
+//   {"cmd":"arm","base":B,"count":C}    every client must now receive events B..B+C-1, each once, in order
+//   {"cmd":"quiet","quiet_ms":Q,"max_ms":M} -> {"quiet":true|false,"waited_ms":..} once no frame came for Q ms
+//   {"cmd":"report"}                    -> {"report":{...}}
+//   {"cmd":"quit"}
+//
+// Frames understood: relayhouse's {"type":"events","events":[envelope...]} (and its snapshot),
+// the naive relay's one envelope {"seq":..,"data":{...}} per frame, nchan's bare event.
+// Latency = receive time (CLOCK_MONOTONIC) - the upstream's send stamp `t` (same clock).
+'use strict';
+const WebSocket = require('ws');
+const readline = require('readline');
+
+const cfg = JSON.parse(process.argv[2]);
+const N = cfg.clients;
+const SLOW = cfg.slow || 0;
+const monoMs = () => Number(process.hrtime.bigint()) / 1e6;
+const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+
+// latency histogram: 0.1 ms buckets up to 120 s (the last bucket holds everything beyond)
+const BUCKETS = 1200000;
+let hist = new Uint32Array(BUCKETS);
+let relayHist = new Uint32Array(BUCKETS); // upstream send (wall clock) -> relay receive stamp `ts`
+let latMax = 0, relayMax = 0, latCount = 0, relayCount = 0;
+let base = -1, count = 0;
+let lastFrameAt = monoMs(), firstSendT = Infinity, lastRecvT = 0;
+let frames = 0, foreign = 0, parseErrors = 0, snapshots = 0, otherFrames = 0;
+const clients = [];
+
+function record(c, ev, recvT) {
+  const n = ev.n;
+  if (typeof n !== 'number' || n < base || n >= base + count) { foreign += 1; return; }
+  const i = n - base;
+  if (c.seen[i]) c.dup += 1; else { c.seen[i] = 1; c.got += 1; }
+  if (n < c.maxN) c.reorder += 1; else c.maxN = n;
+  if (c.slow) return;
+  const lat = recvT - ev.t;
+  if (ev.t < firstSendT) firstSendT = ev.t;
+  let b = Math.floor(lat * 10);
+  if (b < 0) b = 0; else if (b >= BUCKETS) b = BUCKETS - 1;
+  hist[b] += 1;
+  latCount += 1;
+  if (lat > latMax) latMax = lat;
+}
+
+function onFrame(c, data) {
+  const recvT = monoMs();
+  lastFrameAt = recvT;
+  frames += 1;
+  c.frames += 1;
+  let msg;
+  try { msg = JSON.parse(data); } catch (e) { parseErrors += 1; return; }
+  if (base < 0) return;
+  if (msg.type === 'events') {
+    for (const env of msg.events) {
+      record(c, env.data, recvT);
+      if (!c.slow && env.ts !== undefined && env.data.w !== undefined) relayStamp(env.ts - env.data.w);
+    }
+  } else if (msg.type === 'snapshot') {
+    snapshots += 1;
+    for (const env of msg.events) record(c, env.data, recvT);
+  } else if (msg.type !== undefined) {
+    otherFrames += 1;
+  } else if (msg.data !== undefined && msg.seq !== undefined) {
+    record(c, msg.data, recvT);
+    if (!c.slow && msg.ts !== undefined) relayStamp(msg.ts - msg.data.w);
+  } else {
+    record(c, msg, recvT);
+  }
+  if (recvT > lastRecvT && !c.slow) lastRecvT = recvT;
+}
+
+function relayStamp(ms) {
+  let b = Math.floor(ms * 10);
+  if (b < 0) b = 0; else if (b >= BUCKETS) b = BUCKETS - 1;
+  relayHist[b] += 1;
+  relayCount += 1;
+  if (ms > relayMax) relayMax = ms;
+}
+
+function percentiles(h, total, max, ps) {
+  const out = {};
+  if (!total) { for (const p of ps) out['p' + p] = null; out.max = null; return out; }
+  const targets = ps.map((p) => Math.ceil((p / 100) * total));
+  let acc = 0, j = 0;
+  for (let b = 0; b < BUCKETS && j < targets.length; b++) {
+    acc += h[b];
+    while (j < targets.length && acc >= targets[j]) { out['p' + ps[j]] = (b + 1) / 10; j++; }
+  }
+  out.max = max;
+  return out;
+}
+
+function connectAll() {
+  const started = monoMs();
+  let open = 0, failed = 0, pending = 0, next = 0;
+  const extensions = {};
+  const conc = cfg.concurrency || 200;
+  const finish = () => {
+    say({ connected: open, failed, extensions, connect_s: (monoMs() - started) / 1000 });
+  };
+  const launch = () => {
+    while (pending < conc && next < N) {
+      const idx = next++;
+      pending += 1;
+      const slow = idx < SLOW;
+      const ws = new WebSocket(cfg.url, { perMessageDeflate: !!cfg.deflate, skipUTF8Validation: true });
+      const c = { ws, slow, seen: null, got: 0, dup: 0, reorder: 0, maxN: -1, frames: 0,
+                  closeCode: null, closedAt: null, opened: false };
+      clients.push(c);
+      let settled = false;
+      const settle = (ok) => {
+        if (settled) return;
+        settled = true;
+        pending -= 1;
+        if (ok) open += 1; else failed += 1;
+        if (open + failed === N) finish(); else launch();
+      };
+      ws.on('open', () => {
+        c.opened = true;
+        const ext = ws.extensions || '';
+        extensions[ext] = (extensions[ext] || 0) + 1;
+        if (slow) ws._socket.pause(); // stops reading: the kernel buffers fill, then the server's
+        settle(true);
+      });
+      ws.on('message', (data) => onFrame(c, data));
+      ws.on('error', () => { if (!c.opened) settle(false); });
+      ws.on('close', (code) => {
+        c.closeCode = code;
+        c.closedAt = monoMs();
+        if (!c.opened) settle(false);
+      });
+    }
+  };
+  if (N === 0) finish(); else launch();
+}
+
+function arm(b, n) {
+  base = b; count = n;
+  hist = new Uint32Array(BUCKETS); relayHist = new Uint32Array(BUCKETS);
+  latMax = relayMax = latCount = relayCount = 0;
+  frames = foreign = parseErrors = snapshots = otherFrames = 0;
+  firstSendT = Infinity; lastRecvT = 0;
+  for (const c of clients) {
+    c.seen = new Uint8Array(n); c.got = c.dup = c.reorder = c.frames = 0; c.maxN = -1;
+  }
+  armedAt = monoMs();
+}
+let armedAt = 0;
+
+function report() {
+  let lost = 0, dup = 0, reorder = 0, clientsWithLoss = 0, maxLost = 0, delivered = 0;
+  const closes = {};
+  const slow = [];
+  let fastClosed = 0;
+  for (const c of clients) {
+    if (!c.opened) continue;
+    if (c.slow) {
+      slow.push({ got: c.got, close_code: c.closeCode,
+                  closed_after_s: c.closedAt ? (c.closedAt - armedAt) / 1000 : null });
+      continue;
+    }
+    const l = count - c.got;
+    delivered += c.got;
+    lost += l; dup += c.dup; reorder += c.reorder;
+    if (l > 0) clientsWithLoss += 1;
+    if (l > maxLost) maxLost = l;
+    if (c.closeCode !== null) { fastClosed += 1; closes[c.closeCode] = (closes[c.closeCode] || 0) + 1; }
+  }
+  const fast = clients.filter((c) => c.opened && !c.slow).length;
+  const span = lastRecvT > 0 && firstSendT < Infinity ? (lastRecvT - firstSendT) / 1000 : null;
+  return {
+    clients: fast, slow_clients: slow, expected_per_client: count, delivered,
+    lost, lost_pct: fast && count ? (100 * lost) / (fast * count) : 0, clients_with_loss: clientsWithLoss,
+    max_lost_per_client: maxLost, duplicated: dup, out_of_order: reorder,
+    frames, foreign, parse_errors: parseErrors, other_frames: otherFrames,
+    closed: fastClosed, close_codes: closes, span_s: span,
+    latency_ms: percentiles(hist, latCount, latMax, [50, 90, 99, 99.9]),
+    relay_receive_ms: percentiles(relayHist, relayCount, relayMax, [50, 99, 99.9]),
+  };
+}
+
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  if (!line.trim()) return;
+  const msg = JSON.parse(line);
+  if (msg.cmd === 'arm') { arm(msg.base, msg.count); say({ armed: true }); }
+  else if (msg.cmd === 'quiet') {
+    const t0 = monoMs();
+    const check = () => {
+      const now = monoMs();
+      if (now - lastFrameAt >= msg.quiet_ms) say({ quiet: true, waited_ms: now - t0 });
+      else if (now - t0 >= msg.max_ms) say({ quiet: false, waited_ms: now - t0 });
+      else setTimeout(check, 50);
+    };
+    check();
+  } else if (msg.cmd === 'report') say({ report: report() });
+  else if (msg.cmd === 'quit') process.exit(0);
+}).on('close', () => process.exit(0));
+
+connectAll();

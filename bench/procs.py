@@ -1,0 +1,385 @@
+"""Processes the bench starts and watches: JSON-line children, /proc readings, ports, the three systems.
+
+Everything listens on 127.0.0.1 and every process started here is stopped by its
+own pid (or the process group it leads, which it was started as), never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+LOADGEN = BENCH / "loadgen"
+VENV_BIN = ROOT / ".venv" / "bin"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Variables the relay reads: the caller's shell must not leak into a bench relay.
+RELAY_VARIABLES = {
+    "PORT", "WEB_CONCURRENCY", "UPSTREAM_URL", "UPSTREAM_INIT", "UPSTREAM_HEADERS", "TOPIC_FIELDS",
+    "CACHE_MAX_ITEMS", "CACHE_TTL_SECONDS", "CLICKHOUSE_URL", "DATA_DIR", "REDIS_URL", "API_TOKENS",
+    "ADMIN_TOKEN", "ENRICH_SQL", "WS_QUEUE_MAX_EVENTS", "WS_QUEUE_MAX_BYTES", "HUB_FLUSH_INTERVAL_MS",
+    "GUNICORN_CMD_ARGS", "ACCESS_LOG", "LOG_LEVEL", "WORKER_CONNECTIONS", "STORE_BATCH_ROWS", "STORE_BATCH_MS",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- /proc ----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy jiffies, total jiffies) of the whole machine, from /proc/stat."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = parts[3] + parts[4]
+    return sum(parts) - idle, sum(parts)
+
+
+class CpuMeter:
+    """CPU share (% of one core) of named processes over a window, plus the machine's."""
+
+    def __init__(self, pids: dict[str, list[int]]):
+        self.pids = pids
+        self.start()
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.c0 = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()}
+        self.m0 = machine_busy()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        out = {name: round(100 * (sum(cpu_seconds(p) for p in pids) - self.c0[name]) / wall, 1)
+               for name, pids in self.pids.items()}
+        busy, total = machine_busy()
+        out["machine_busy_pct_of_all_cores"] = round(100 * (busy - self.m0[0]) / max(1, total - self.m0[1]), 1)
+        return out
+
+
+# -- children that talk JSON lines ------------------------------------------------------
+
+
+class LineProc:
+    """A child process controlled with JSON lines on stdin and answering on stdout."""
+
+    def __init__(self, argv: list[str], *, cwd: Path | None = None, env: dict | None = None, log: Path | None = None):
+        self.log = open(log, "ab") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, start_new_session=True, text=True, bufsize=1)
+        self.pid = self.proc.pid
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line:
+                try:
+                    self.lines.put(json.loads(line))
+                except ValueError:
+                    self.lines.put({"text": line})
+        self.lines.put({"eof": True})
+
+    def send(self, **msg: Any) -> None:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, key: str, timeout_s: float) -> dict:
+        """The next line carrying `key` (others are skipped)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"pid {self.pid}: no {key!r} within {timeout_s} s")
+            try:
+                msg = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if msg.get("eof"):
+                raise RuntimeError(f"pid {self.pid} exited (code {self.proc.poll()}) while waiting for {key!r}")
+            if key in msg:
+                return msg
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(cmd="quit")
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
+
+
+def node() -> str:
+    return shutil.which("node") or "node"
+
+
+class Upstream(LineProc):
+    """bench/loadgen/upstream.js: serve mode (relays connect to it) or publish mode (nchan)."""
+
+    def __init__(self, mode: str, log: Path):
+        port = free_port() if mode == "serve" else 0
+        argv = [node(), str(LOADGEN / "upstream.js"), mode] + ([str(port)] if mode == "serve" else [])
+        super().__init__(argv, cwd=LOADGEN, log=log)
+        self.port = self.expect("ready", 10).get("port")
+        self.url = f"ws://127.0.0.1:{self.port}/" if mode == "serve" else None
+
+    def run(self, base: int, rate: float, duration_s: float, per_frame: int = 1) -> None:
+        self.send(cmd="run", base=base, rate=rate, duration_s=duration_s, per_frame=per_frame)
+
+    def connect(self, url: str) -> None:
+        self.send(cmd="connect", url=url)
+        self.expect("connected", 10)
+
+
+class Subscribers(LineProc):
+    """bench/loadgen/subscribers.js: N clients, every frame parsed, every event checked."""
+
+    def __init__(self, url: str, clients: int, *, deflate: bool, slow: int = 0, log: Path,
+                 connect_timeout_s: float = 120):
+        cfg = {"url": url, "clients": clients, "deflate": deflate, "slow": slow}
+        super().__init__([node(), "--max-old-space-size=4096", str(LOADGEN / "subscribers.js"), json.dumps(cfg)],
+                         cwd=LOADGEN, log=log)
+        self.opened = self.expect("connected", connect_timeout_s)
+
+    def arm(self, base: int, count: int) -> None:
+        self.send(cmd="arm", base=base, count=count)
+        self.expect("armed", 30)
+
+    def quiet(self, quiet_ms: int, max_ms: int) -> dict:
+        self.send(cmd="quiet", quiet_ms=quiet_ms, max_ms=max_ms)
+        return self.expect("quiet", max_ms / 1000 + 30)
+
+    def report(self) -> dict:
+        self.send(cmd="report")
+        return self.expect("report", 60)["report"]
+
+
+# -- the systems under test -------------------------------------------------------------
+
+
+def http_json(url: str, body: Any = None, timeout_s: float = 10) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", "Connection": "close"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    with opener.open(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(check, timeout_s: float, what: str, interval_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last = exc
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not within {timeout_s} s ({last})")
+
+
+class Relayhouse:
+    """The relay as production runs it: `gunicorn -c gunicorn.conf.py wsgi:app`, one gevent worker."""
+
+    name = "relayhouse"
+
+    def __init__(self, workdir: Path, upstream_url: str, env: dict | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        environ = {k: v for k, v in os.environ.items() if k not in RELAY_VARIABLES}
+        environ.update({"UPSTREAM_URL": upstream_url, "CLICKHOUSE_URL": "none", "DATA_DIR": str(workdir / "data"),
+                        "PORT": str(self.port), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        environ.update(env or {})
+        environ = {k: v for k, v in environ.items() if v is not None}
+        self.env = environ
+        self.log = open(workdir / "gunicorn.log", "ab")
+        # -b keeps it on loopback (gunicorn.conf.py binds 0.0.0.0 for platforms)
+        self.proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py",
+                                      "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
+                                     cwd=ROOT, env=environ, stdout=self.log, stderr=self.log, start_new_session=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_for(lambda: http_json(self.base + "/health")["upstream"]["connected"], 60, "relay connected upstream")
+        self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10, "worker")
+        self.pids = [self.worker]
+
+    def sub_url(self, run_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws?snapshot=0"
+
+    def health(self) -> dict:
+        return http_json(self.base + "/health")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+NGINX_CONF = """\
+load_module {module};
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+daemon off;
+events {{ worker_connections 19000; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    nchan_shared_memory_size 256m;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /pub {{
+            nchan_publisher websocket http;
+            nchan_channel_id $arg_ch;
+            nchan_message_buffer_length 1000;
+            nchan_message_timeout 60s;
+        }}
+        location = /sub {{
+            nchan_subscriber websocket;
+            nchan_channel_id $arg_ch;
+        }}
+    }}
+}}
+"""
+
+
+class Nchan:
+    """nginx + nchan on loopback with its own config, one worker process; a channel per run."""
+
+    name = "nchan"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        module = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+        (workdir / "nginx.conf").write_text(NGINX_CONF.format(module=module, dir=workdir, port=self.port))
+        self.log = open(workdir / "nginx.stderr", "ab")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = subprocess.Popen([nginx, "-p", str(workdir), "-e", str(workdir / "error.log"),
+                                      "-c", str(workdir / "nginx.conf")],
+                                     stdout=self.log, stderr=self.log, start_new_session=True)
+
+        def up():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        wait_for(up, 10, "nginx listening")
+        self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10, "worker")
+        self.pids = [self.worker]
+
+    def sub_url(self, run_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/sub?ch={run_id}"
+
+    def pub_url(self, run_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/pub?ch={run_id}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then the master exits
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+        self.log.close()
+
+
+class Naive:
+    """bench/naive/relay.py: per-client json.dumps and a send loop (asyncio `websockets`)."""
+
+    name = "naive"
+
+    def __init__(self, workdir: Path, upstream_url: str):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = open(workdir / "naive.log", "ab")
+        self.proc = subprocess.Popen([str(VENV_BIN / "python"), str(BENCH / "naive" / "relay.py"),
+                                      "--port", str(self.port), "--upstream", upstream_url],
+                                     stdout=self.log, stderr=self.log, start_new_session=True)
+
+        def up():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        wait_for(up, 20, "naive relay listening")
+        self.pids = [self.proc.pid]
+
+    def sub_url(self, run_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
