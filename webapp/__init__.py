@@ -8,8 +8,8 @@ from werkzeug.routing import WebsocketMismatch
 
 from handlers.params import ParamError
 from webapp.auth import CLIENT, refusal
-from webapp.responses import json_error
 from webapp.cli import register_commands
+from webapp.responses import json_error
 from webapp.routes import cache, history, monitor, polygon, publish, query, sse, status, ws
 from webapp.runtime import Runtime
 from webapp.settings import Settings

@@ -127,11 +127,14 @@ class RedisBus(Bus):
             self._wake.wait()
             self._wake.clear()
             while self._outbox:
-                batch = [self._outbox[i] for i in range(min(self.batch_max, len(self._outbox)))]
-                epoch = batch[0][1]
-                batch = [e for e, ep in batch if ep == epoch]
+                epoch = self._outbox[0][1]
+                batch: list[Event] = []
+                for event, event_epoch in self._outbox:
+                    if event_epoch != epoch or len(batch) >= self.batch_max:
+                        break
+                    batch.append(event)
                 args: list = [self.lease.holder, self.stream_maxlen, epoch]
-                for event, _ in batch:
+                for event in batch:
                     args += [event.seq, event.json]
                 try:
                     appended = self._append(keys=[self.lease.key, self.stream_key], args=args)
@@ -192,16 +195,18 @@ class RedisBus(Bus):
     # -- state for a new leader or a starting worker ---------------------------------
 
     def tail(self, count: int) -> tuple[list[Event], str | None, bytes]:
-        """The newest `count` events in the stream, ascending, their epoch, and the last entry id."""
+        """The newest `count` events of the stream's current epoch, ascending, that epoch, and the last entry id."""
         entries = self.client.xrevrange(self.stream_key, count=count)
-        entries.reverse()
+        if not entries:
+            return [], None, b"0-0"
+        epoch = entries[0][1][b"epoch"].decode()
         events = []
-        epoch = None
         for _entry_id, fields in entries:
-            epoch = fields[b"epoch"].decode()
+            if fields[b"epoch"].decode() != epoch:
+                break  # older entries belong to another seq space
             events.append(event_from_json(fields[b"e"]))
-        last_id = entries[-1][0] if entries else b"0-0"
-        return events, epoch, last_id
+        events.reverse()
+        return events, epoch, entries[0][0]
 
     def stream_length(self) -> int:
         return self.client.xlen(self.stream_key)

@@ -1,0 +1,225 @@
+"""Several relays behind one upstream connection through Redis (contract §8).
+
+Relays are separate gunicorn processes sharing REDIS_URL and a key prefix of
+the test's own, against the real Redis on 127.0.0.1:6379 (and a private
+redis-server for the restart test). The fake upstream counts connections:
+only the leader may ever hold one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from support.clickhouse import ClickHouseServer, clickhouse_server  # noqa: F401
+from support.events import trades, unique_sym
+from support.relay import free_port
+from support.waiting import wait_until
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    name = "rh-test-" + secrets.token_hex(4)
+    yield name
+    client = redis.Redis.from_url(SHARED_REDIS)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def cluster_env(prefix: str, url: str = SHARED_REDIS, **extra: str) -> dict[str, str]:
+    return {"REDIS_URL": url, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500", "STARTUP_GRACE_S": "0", **extra}
+
+
+def role(relay) -> str:
+    return relay.health()["role"]
+
+
+def start_pair(launch_relay, upstream, env):
+    first = launch_relay(upstream, env)  # waits until it leads and holds the upstream
+    second = launch_relay(upstream, env, wait_upstream=False)
+    wait_until(lambda: role(second) == "follower", 10, "the second relay to follow")
+    return first, second
+
+
+class UpstreamWatch:
+    """Samples the fake upstream: the most relay connections ever open at once."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.most_open = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.most_open = max(self.most_open, len(self.upstream.open_connections()))
+            time.sleep(0.005)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.most_open
+
+
+def test_two_relays_serve_every_event_once_in_order_from_one_upstream_connection(prefix, fresh_upstream,
+                                                                                  launch_relay, ws):
+    leader, follower = start_pair(launch_relay, fresh_upstream, cluster_env(prefix))
+    assert role(leader) == "leader"
+    watch = UpstreamWatch(fresh_upstream)
+    sym = unique_sym()
+    clients = [ws(relay, topics=f"T.{sym}", snapshot=0) for relay in (leader, follower) for _ in range(3)]
+    for client in clients:
+        client.read_snapshot()
+    fresh_upstream.emit(trades(0, 2000, sym=sym), batch=50)
+    for client in clients:
+        received = client.wait_for_seq(2000, timeout_s=20)
+        assert [e["data"]["n"] for e in received] == list(range(2000))
+        assert [e["seq"] for e in received] == list(range(1, 2001))
+    assert watch.stop() == 1 and fresh_upstream.connection_count == 1
+    # a follower's cache and snapshot are the leader's
+    assert follower.get("/cache/recent", params={"limit": 20}).json() == leader.get("/cache/recent", params={"limit": 20}).json()
+    snap_leader = ws(leader, snapshot=10).read_snapshot()
+    snap_follower = ws(follower, snapshot=10).read_snapshot()
+    assert snap_follower == snap_leader
+    assert leader.health()["bus"]["lease_holder"] == follower.health()["bus"]["lease_holder"]
+
+
+def test_several_workers_in_one_gunicorn_share_one_upstream_connection(prefix, fresh_upstream, launch_relay, ws):
+    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="2"))
+    roles = set()
+    wait_until(lambda: roles.add(role(relay)) or {"leader", "follower"} <= roles, 15,
+               "answers from both workers (leader and follower)", interval_s=0.01)
+    sym = unique_sym()
+    clients = [ws(relay, topics=f"T.{sym}", snapshot=0) for _ in range(6)]
+    for client in clients:
+        client.read_snapshot()
+    fresh_upstream.emit(trades(0, 500, sym=sym), batch=50)
+    for client in clients:
+        assert [e["seq"] for e in client.wait_for_seq(500)] == list(range(1, 501))
+    assert fresh_upstream.connection_count == 1
+
+
+def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fresh_upstream, launch_relay, ws,
+                                                                     clickhouse_server):  # noqa: F811
+    env = cluster_env(prefix, CLICKHOUSE_URL=clickhouse_server.fresh_url(), STORE_BATCH_MS="100")
+    leader, follower = start_pair(launch_relay, fresh_upstream, env)
+    sym = unique_sym()
+    client = ws(follower, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    sent: list[int] = []  # items that reached a connected leader
+    stop = threading.Event()
+
+    def pump() -> None:
+        n = 0
+        while not stop.is_set():
+            if fresh_upstream.open_connections():
+                try:
+                    fresh_upstream.emit(trades(n, n + 10, sym=sym), batch=10)
+                    sent.extend(range(n, n + 10))
+                except AssertionError:
+                    pass  # nobody connected at that instant: not sent
+                n += 10
+            time.sleep(0.01)
+
+    pumper = threading.Thread(target=pump)
+    pumper.start()
+    try:
+        client.wait_until(lambda: len(client.events) >= 300, 20, "300 events through the first leader")
+        os.killpg(leader.proc.pid, signal.SIGKILL)
+        killed_at = len(sent)
+        wait_until(lambda: fresh_upstream.connection_count >= 2 and role(follower) == "leader", 15,
+                   "the follower to take over the upstream")
+        resumed_at = len(sent)
+        wait_until(lambda: len(sent) >= resumed_at + 300, 20, "300 events through the new leader")
+    finally:
+        stop.set()
+        pumper.join(10)
+    last = sent[-1]
+    client.wait_until(lambda: any(e["data"]["n"] == last for e in client.events), 20, "the last event sent")
+    seqs = [e["seq"] for e in client.events]
+    ns = [e["data"]["n"] for e in client.events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap or duplicate in seq"
+    assert len(set(ns)) == len(ns), "an event arrived twice"
+    lost = sorted(set(sent) - set(ns))
+    # only what was in flight inside the dying leader may be lost: nothing sent after the handover
+    assert all(n < sent[resumed_at] for n in lost), lost[:20]
+    assert all(n >= sent[max(0, killed_at - 200)] for n in lost), "events long before the kill went missing"
+    store = clickhouse_server.client(database=env["CLICKHOUSE_URL"].rsplit("/", 1)[1])
+    wait_until(lambda: store.execute("SELECT max(seq) FROM events")[0][0] >= seqs[-1], 20, "the store caught up")
+    count, unique = store.execute("SELECT count(), uniqExact(seq) FROM events")[0]
+    assert count == unique
+    store.disconnect()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[dict]:
+    """A redis-server of the test's own (with an append-only file), to restart at will."""
+    port = free_port()
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+           "--dir", str(directory)]
+    state: dict = {"port": port, "url": f"redis://127.0.0.1:{port}/0"}
+
+    def start() -> None:
+        state["proc"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: _pings(state["url"]), 10, "the private redis-server to answer")
+
+    def stop() -> None:
+        state["proc"].terminate()
+        state["proc"].wait(10)
+
+    state["start"], state["stop"] = start, stop
+    start()
+    yield state
+    if state["proc"].poll() is None:
+        stop()
+
+
+def _pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+def test_a_redis_restart_mid_stream_recovers_without_duplicates(private_redis, fresh_upstream, launch_relay, ws):
+    env = cluster_env("rh", private_redis["url"])
+    leader, follower = start_pair(launch_relay, fresh_upstream, env)
+    sym = unique_sym()
+    client = ws(follower, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    fresh_upstream.emit(trades(0, 200, sym=sym), batch=20)
+    client.wait_for_seq(200)
+    private_redis["stop"]()
+    wait_until(lambda: follower.health()["status"] == "degraded", 10, "the follower to report the bus down")
+    assert follower.get("/cache/recent", params={"limit": 5}).status_code == 200  # still serving from its cache
+    private_redis["start"]()
+    wait_until(lambda: follower.health()["bus"]["ok"] and fresh_upstream.open_connections(), 20,
+               "the bus back and a leader on the upstream")
+    wait_until(lambda: len(fresh_upstream.open_connections()) == 1, 10, "exactly one upstream connection")
+    fresh_upstream.emit(trades(200, 400, sym=sym), batch=20)
+    client.wait_until(lambda: len(client.events) >= 400, 20, "400 events")
+    seqs = [e["seq"] for e in client.events]
+    ns = [e["data"]["n"] for e in client.events]
+    assert ns == list(range(400)) and seqs == sorted(set(seqs))
