@@ -46,6 +46,10 @@ class Metrics:
         self.store_dropped = Gauge("relayhouse_store_dropped_events", "Events neither spooled nor stored (spool full during an outage)", registry=r)
         self.query_errors = Counter("relayhouse_query_errors", "/query and /history failures", ["kind"], registry=r)
         self.enrich_errors = Counter("relayhouse_enrich_errors", "Enrichment queries that failed or timed out", ["kind"], registry=r)
+        self.leader = Gauge("relayhouse_leader", "1 while this worker holds the upstream (always 1 without Redis)", registry=r)
+        self.bus_ok = Gauge("relayhouse_bus_ok", "1 while the event bus (Redis) answers", registry=r)
+        self.bus_lag = Gauge("relayhouse_bus_lag_events", "Leader only: events numbered but not yet back from the stream", registry=r)
+        self.bus_gaps = Gauge("relayhouse_bus_gaps", "Seq jumps seen on the bus (events trimmed before this worker read them)", registry=r)
         self.flush_seconds = Histogram(
             "relayhouse_hub_flush_seconds", "Time to hand one batch to every client", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),

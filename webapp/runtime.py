@@ -3,6 +3,7 @@
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
 
@@ -153,8 +154,20 @@ class Runtime:
         if self.clustered:
             self._leading.append(gevent.spawn(self.bus.run_publisher))
         self._leading.append(gevent.spawn(self.upstream.run))
+        for greenlet in self._leading:
+            greenlet.link_exception(self._crashed)
         log.info("relay leading (pid %d, epoch %s, seq continues after %d, store %s, bus %s)",
                  os.getpid(), self.epoch, self.ingest.last_seq, self.store_backend, self.bus.backend)
+
+    def _crashed(self, greenlet: gevent.Greenlet) -> None:
+        """A relay loop died of a bug: better a restarted worker than one that silently stops relaying."""
+        log.critical("%s crashed: %r; restarting this worker", greenlet, greenlet.exception)
+        if self.clustered:
+            try:
+                self.bus.lease.release()  # let a healthy worker take over at once
+            except REDIS_FAILURES as exc:
+                log.warning("could not release the lease: %s", exc)
+        os.kill(os.getpid(), signal.SIGTERM)  # graceful: clients are told, the store flushed; gunicorn respawns
 
     def _stop_leading(self, reason: str) -> None:
         if self.role != "leader":
@@ -410,6 +423,10 @@ class Runtime:
         m.spool_events.set(store["spooled"])
         m.spool_full.set(1 if store.get("spool_full") else 0)
         m.store_dropped.set(store.get("dropped", 0))
+        m.leader.set(1 if self.role in ("single", "leader") else 0)
+        m.bus_ok.set(1 if self.bus.ok else 0)
+        m.bus_lag.set(max(0, self.ingest.last_seq - self.bus.last_seq) if self.role == "leader" else 0)
+        m.bus_gaps.set(self.bus.gaps)
         return m.render()
 
     def bus_health(self) -> dict:
