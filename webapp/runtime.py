@@ -186,6 +186,9 @@ class Runtime:
 
     def _join_cluster(self) -> None:
         """Warm the cache from the stream, read it from there on, and stand for leader."""
+        if self.store is None and not self.settings.clickhouse_url:
+            log.warning("persistence is off: the embedded chDB store cannot be shared by several workers; "
+                        "set CLICKHOUSE_URL to a ClickHouse server to persist a cluster's events")
         bus = self.bus
         attempt = 0
         while True:

@@ -210,13 +210,15 @@ class Settings:
             except SqlError as exc:
                 problems.append(f"ENRICH_SQL: {exc}")
             if self.store_backend == "none":
-                problems.append("ENRICH_SQL: needs a store (CLICKHOUSE_URL is none)")
+                problems.append("ENRICH_SQL: needs a store (CLICKHOUSE_URL is none, or unset with REDIS_URL)")
         return problems
 
     @property
     def store_backend(self) -> str:
         if self.clickhouse_url == "none":
             return "none"
+        if self.redis_url and not self.clickhouse_url:
+            return "none"  # chDB is one process's files: a cluster needs a ClickHouse server
         return "clickhouse" if self.clickhouse_url else "chdb"
 
     @classmethod

@@ -70,5 +70,12 @@ def test_enrichment_sql_is_checked_at_start():
     assert caught.value.problems == ["ENRICH_SQL: only %(topic)s can be filled, not sym"]
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"ENRICH_SQL": "SELECT 1", "CLICKHOUSE_URL": "none"})
-    assert caught.value.problems == ["ENRICH_SQL: needs a store (CLICKHOUSE_URL is none)"]
+    assert caught.value.problems == ["ENRICH_SQL: needs a store (CLICKHOUSE_URL is none, or unset with REDIS_URL)"]
     assert Settings.from_env({"ENRICH_SQL": "SELECT count() FROM t WHERE topic = %(topic)s"}).enrich_sql
+
+
+def test_a_cluster_without_a_clickhouse_server_runs_without_persistence():
+    # the embedded chDB store is one process's files; several workers cannot share it
+    assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}).store_backend == "none"
+    both = Settings.from_env({"REDIS_URL": "redis://r:6379/0", "CLICKHOUSE_URL": "clickhouse://u:p@h:9000/d"})
+    assert both.store_backend == "clickhouse"
