@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -22,6 +23,9 @@ class NotJSON(ValueError):
     """The text is not a JSON document this relay can carry."""
 
 
+_HIGH_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
+
+
 def _reject_constant(name: str) -> Any:
     raise NotJSON(f"non-standard JSON constant {name}")
 
@@ -38,7 +42,9 @@ def loads(text: bytes | bytearray | memoryview | str) -> Any:
     overflow a double and nesting beyond MAX_DEPTH are refused."""
     blob = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     masked = blob.translate(_MASK)
-    if _LONG_DIGIT_RUN in masked:
+    if _LONG_DIGIT_RUN in masked or _HIGH_SURROGATE_ESCAPE.search(blob):
+        # big integers (orjson would round them) and surrogate escapes (orjson
+        # keeps a pair as two code points; the stdlib joins it into one character)
         value = _loads_exact(text)
     else:
         try:
@@ -57,9 +63,31 @@ def _loads_exact(text: bytes | bytearray | memoryview | str) -> Any:
         if not isinstance(text, str):
             # strictly UTF-8: the stdlib alone would guess UTF-16/32 and skip a BOM
             text = bytes(text).decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if isinstance(text, str) and _HAS_SURROGATE.search(text):
+            value = _join_surrogates(value)
+        return value
     except (ValueError, RecursionError) as exc:
         raise NotJSON(str(exc)) from None
+
+
+_HAS_SURROGATE = re.compile("[\ud800-\udfff]" + r"|\\u[dD][89a-fA-F]")
+
+
+def _joined(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+
+
+def _join_surrogates(value: Any) -> Any:
+    """A high and a low surrogate side by side (one escaped, one literal) are one
+    character: joined, the value serializes and reads back as itself."""
+    if isinstance(value, str):
+        return _joined(value)
+    if isinstance(value, list):
+        return [_join_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_joined(k): _join_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

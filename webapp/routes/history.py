@@ -5,8 +5,8 @@ from flask import Blueprint, request
 from handlers.params import MAX_SEQ, int_param, topics_param
 from webapp.auth import CLIENT, access
 from webapp.responses import events_response, json_error
-from webapp.routes import runtime
-from webapp.store.base import QueryRefused, QueryTimedOut, StoreUnavailable, topic_condition
+from webapp.routes import NO_STORE, runtime, store_failure
+from webapp.store.base import StoreError, topic_condition
 
 bp = Blueprint("history", __name__)
 
@@ -26,7 +26,7 @@ def history():
     if from_ts is not None and to_ts is not None and from_ts > to_ts:
         return json_error(400, "'from_ts' is after 'to_ts'")
     if rt.store is None:
-        return json_error(503, "no store: persistence is off (CLICKHOUSE_URL=none)")
+        return json_error(503, NO_STORE)
     params: dict = {"limit": limit}
     where = [topic_condition(patterns, params)]
     if since is not None:
@@ -43,13 +43,6 @@ def history():
     clauses = "WHERE " + " AND ".join(where) + f" ORDER BY seq {order} LIMIT %(limit)s"
     try:
         events = rt.store.select_events(clauses, params)
-    except QueryTimedOut as exc:
-        rt.metrics.query_errors.labels("timeout").inc()
-        return json_error(504, f"history query timed out: {exc}")
-    except QueryRefused as exc:
-        rt.metrics.query_errors.labels("clickhouse").inc()
-        return json_error(500, f"history query failed: {exc}")
-    except StoreUnavailable as exc:
-        rt.metrics.query_errors.labels("unavailable").inc()
-        return json_error(503, str(exc))
+    except StoreError as exc:
+        return store_failure(exc, refused_status=500)
     return events_response(events if order == "ASC" else events[::-1])

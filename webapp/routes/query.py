@@ -5,8 +5,8 @@ from flask import Blueprint, request
 from handlers.sql import SqlError, check_read_only_sql, render_params
 from webapp.auth import CLIENT, access
 from webapp.responses import json_error, json_response
-from webapp.routes import runtime
-from webapp.store.base import QueryRefused, QueryTimedOut, StoreUnavailable
+from webapp.routes import NO_STORE, runtime, store_failure
+from webapp.store.base import StoreError
 
 bp = Blueprint("query", __name__)
 
@@ -31,22 +31,15 @@ def query():
     if not isinstance(params, dict):
         return json_error(400, "'params' must be a JSON object of placeholder values")
     if rt.store is None:
-        return json_error(503, "no store: persistence is off (CLICKHOUSE_URL=none)")
+        return json_error(503, NO_STORE)
     try:
         statement = check_read_only_sql(render_params(sql, params) if params else sql)
         result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows)
     except SqlError as exc:
         rt.metrics.query_errors.labels("refused").inc()
         return json_error(400, str(exc))
-    except QueryRefused as exc:
-        rt.metrics.query_errors.labels("clickhouse").inc()
-        return json_error(400, str(exc))
-    except QueryTimedOut as exc:
-        rt.metrics.query_errors.labels("timeout").inc()
-        return json_error(504, f"query timed out: {exc}")
-    except StoreUnavailable as exc:
-        rt.metrics.query_errors.labels("unavailable").inc()
-        return json_error(503, str(exc))
+    except StoreError as exc:
+        return store_failure(exc)
     return json_response({
         "columns": [{"name": name, "type": type_} for name, type_ in result.columns],
         "rows": result.rows,
