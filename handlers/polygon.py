@@ -202,17 +202,22 @@ def is_status(data: Any) -> bool:
 def split_statuses(elements: Sequence[Element]) -> tuple[Sequence[Element], list[dict]]:
     """An upstream frame's elements: (market elements, Polygon status messages), each in order.
 
-    A frame without a status (nearly every one) comes back as it is, uncopied.
+    A frame without a status (nearly every one) comes back as it is, uncopied,
+    after one cheap look at each element: this runs for every upstream frame.
     """
-    statuses: list[dict] = []
+    for el in elements:
+        data = el.data
+        if type(data) is dict and data.get("ev") == "status":
+            break
+    else:
+        return elements, []
     market: list[Element] = []
-    for i, el in enumerate(elements):
+    statuses: list[dict] = []
+    for el in elements:
         data = el.data
         if type(data) is dict and data.get("ev") == "status" and not el.raw and is_status(data):
-            if not statuses:
-                market = list(elements[:i])
             statuses.append(data)
-        elif statuses:
+        else:
             market.append(el)
     return (market, statuses) if statuses else (elements, statuses)
 

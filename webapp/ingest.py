@@ -10,6 +10,7 @@ from gevent.event import AsyncResult
 
 from handlers.events import Event, number_elements, topics_of
 from handlers.frames import parse_frame
+from handlers.polygon import split_statuses
 from webapp.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ class Ingest:
 
     def __init__(self, publish: Callable[[list[Event]], None], metrics: Metrics, *,
                  topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0,
-                 persist: Callable[[list[Event]], None] | None = None, enricher=None):
+                 persist: Callable[[list[Event]], None] | None = None, enricher=None,
+                 on_statuses: Callable[[list[dict], int], None] | None = None):
         self.publish_events = publish  # to the bus: every worker's cache and hub
         self.metrics = metrics
         self.topic_fields = topic_fields
@@ -37,6 +39,7 @@ class Ingest:
         self.upstream_events = 0
         self.persist = persist
         self.enricher = enricher
+        self.on_statuses = on_statuses  # Polygon status messages: shown, never numbered
         self._queue: gevent.queue.Queue | None = gevent.queue.Queue() if enricher is not None else None
 
     def submit(self, payload: bytes | str, binary: bool, recv_ms: int, source: str = "upstream") -> int:
@@ -73,7 +76,10 @@ class Ingest:
         if parsed.parse_error is not None:
             self.parse_errors += 1
             self.metrics.parse_errors.inc()
-        elements = list(parsed.elements)
+        elements, statuses = split_statuses(parsed.elements)
+        if statuses and self.on_statuses is not None:
+            self.on_statuses(statuses, recv_ms)
+        elements = list(elements)
         enrichment = None
         if self.enricher is not None and elements:
             enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields))

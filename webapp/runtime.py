@@ -13,6 +13,7 @@ import gevent.event
 from handlers.backoff import reconnect_delay_ms
 from handlers.cache import EventCache
 from handlers.events import Event
+from handlers.polygon import status_problem
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 from webapp.hub import Hub
@@ -34,7 +35,8 @@ def worker_name() -> str:
     """Who holds the lease: host, pid and a random part (a pid can be reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
+STATUS_HISTORY = 20  # upstream status messages kept for /health
 
 
 def new_epoch() -> str:
@@ -85,7 +87,9 @@ class Runtime:
                                      settings.enrich_timeout_ms, self.metrics)
         self.ingest = Ingest(self._publish, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes,
-                             persist=self._persist if self.store is not None else None, enricher=self.enricher)
+                             persist=self._persist if self.store is not None else None, enricher=self.enricher,
+                             on_statuses=self._on_upstream_statuses)
+        self.upstream_statuses: list[dict] = []  # the upstream's last status messages (Polygon)
         self.demo = None
         if settings.upstream_url is None:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
@@ -375,6 +379,16 @@ class Runtime:
         self.metrics.frames_in.inc()
         self.ingest.submit(payload, binary, recv_ms)
 
+    def _on_upstream_statuses(self, statuses: list[dict], recv_ms: int) -> None:
+        for message in statuses:
+            self.upstream_statuses.append({"status": message["status"], "message": message.get("message", ""),
+                                           "at": recv_ms / 1000})
+            problem = status_problem(message)
+            if problem is not None:
+                self.upstream.state.last_error = problem  # the monitor shows it as the upstream's error
+                log.warning("%s", problem)
+        del self.upstream_statuses[:-STATUS_HISTORY]
+
     def _on_upstream_state(self, state) -> None:
         self.metrics.upstream_connected.set(1 if state.connected else 0)
         new_reconnects = state.reconnects - self._reconnects_counted
@@ -480,6 +494,7 @@ class Runtime:
                 "events": self.ingest.upstream_events,
                 "parse_errors": self.ingest.parse_errors,
                 "oversize_frames": self.ingest.oversize_frames,
+                "statuses": list(self.upstream_statuses),
             },
             "store": store,
             "clients": self.hub.client_count,

@@ -1,6 +1,7 @@
 """handlers.polygon: the Polygon/Massive client protocol, data frames under 1 MiB, upstream statuses."""
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_splitting_is_exact_at_any_limit(limit):
     assert all(len(f) <= limit - 16 for f in frames)
     assert [d for f in frames for d in json.loads(f)] == [e.data for e in fitting]
     # greedy: no two neighbours would have fitted in one frame
-    assert all(len(a) + len(b) - 1 > limit - 16 for a, b in zip(frames, frames[1:]))
+    assert all(len(a) + len(b) - 1 > limit - 16 for a, b in pairwise(frames))
 
 
 def test_an_element_too_big_for_any_frame_is_left_out():

@@ -109,6 +109,7 @@ class PolygonClient:
     def refuse(self, frame: bytes, code: int, reason: str) -> None:
         """Close before any subscription: a status, then the close."""
         self.closed = True
+        self.rt.hub.remove(self)
         self.send(frame)
         self._close_socket(code, reason)
 
