@@ -1,8 +1,11 @@
 """gunicorn settings (stdlib only): one gevent worker unless REDIS_URL, hooks that start and stop the relay."""
 
+import logging
 import os
+import re
 import resource
 import signal
+from urllib.parse import unquote_plus
 
 _redis = bool(os.environ.get("REDIS_URL"))
 _requested = os.environ.get("WEB_CONCURRENCY", "1")
@@ -24,7 +27,51 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
+_PARAM = re.compile(r'([?&;])([^=&;\s"?#]+)=([^&;\s"#]*)')
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+")
+
+
+def redact(text):
+    """A log line without secrets: token= values (the name percent-decoded, as Flask reads it) and
+    bearer credentials become ***. gunicorn's access log prints the query string and the Referer."""
+    def param(match):
+        if unquote_plus(match.group(2)).strip().lower() != "token":
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}=***"
+
+    return _BEARER.sub(r"\1 ***", _PARAM.sub(param, text))
+
+
+class RedactSecrets(logging.Filter):
+    """On every handler of the worker's logs: tokens never reach a log line (contract §6)."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _json_http_errors():
+    """gunicorn answers requests it cannot parse (a request line over 4094 bytes, a bad header) itself,
+    with an HTML page; the contract wants every error as {"error": ...}. Its one writer is swapped for
+    one that says the same thing in JSON (same status, same Connection: close)."""
+    import json
+
+    from gunicorn import util
+
+    def write_error(sock, status_int, reason, mesg):
+        body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+        head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        util.write_nonblock(sock, head.encode("latin-1") + body)
+
+    util.write_error = write_error
+
+
 def on_starting(server):
+    _json_http_errors()  # in the master, before the workers fork
     # every client is a file descriptor: lift the soft limit to the hard one
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
@@ -40,6 +87,10 @@ def on_starting(server):
 def post_worker_init(worker):
     import wsgi  # the app module; importing it again is free
 
+    secrets_filter = RedactSecrets()
+    for name in ("", "gunicorn.error", "gunicorn.access"):  # the app's root handler exists once wsgi is imported
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(secrets_filter)
     wsgi.start_runtime()
     handle_exit = signal.getsignal(signal.SIGTERM)
 

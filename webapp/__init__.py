@@ -9,6 +9,7 @@ from werkzeug.routing import WebsocketMismatch
 from handlers.params import ParamError
 from webapp.auth import CLIENT, refusal
 from webapp.cli import register_commands
+from webapp.cors import register_cors
 from webapp.responses import json_error
 from webapp.routes import cache, history, monitor, polygon, publish, query, sse, status, ws
 from webapp.runtime import Runtime
@@ -21,6 +22,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     """The app for one worker. `services` (a Runtime) is built from settings when not given."""
     app = Flask(__name__, static_folder=None)  # the monitor serves its own assets, open like the page
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.url_map.merge_slashes = False  # `//x` is a JSON 404, not werkzeug's HTML redirect
     app.config["SOCK_SERVER_OPTIONS"] = {
         "ping_interval": settings.ws_ping_interval_s,
         "max_message_size": settings.ws_max_message_bytes,
@@ -29,6 +31,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     for module in (status, cache, publish, ws, sse, polygon, query, history, monitor):
         app.register_blueprint(module.bp)
     register_commands(app)
+    register_cors(app, settings)  # before the access check: preflights carry no token
 
     @app.before_request
     def check_access():
@@ -38,6 +41,16 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         refused = refusal(getattr(view, "access", CLIENT), request, settings.api_tokens, settings.admin_token)
         if refused is not None:
             return json_error(*refused)
+        return None
+
+    @app.before_request
+    def limit_chunked_body():
+        # werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without saying
+        # so: read up to the limit, and a byte beyond it means the body was too big
+        if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            request.get_data(cache=True)
+            if request.stream.read(1):
+                return json_error(413, f"the request body exceeds {settings.max_body_bytes} bytes")
         return None
 
     @app.errorhandler(ParamError)
@@ -57,6 +70,8 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if type(exc).__module__ == "gunicorn.http.errors":  # a malformed body (bad chunk) met while reading it
+            return json_error(400, f"malformed request: {exc}")
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error")
 

@@ -101,6 +101,7 @@ class Runtime:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"
         self.boot_error: str | None = None
+        self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
         self._leading: list[gevent.Greenlet] = []
         self._reconnects_counted = 0
@@ -289,6 +290,11 @@ class Runtime:
         if last_seq == 0:
             self.epoch = new_epoch()  # nothing to continue: a fresh seq space
         self.ingest.last_seq = last_seq
+        persisted = max(store_max, spool_max) if store_max is not None else None
+        if not self.clustered and persisted is not None and last_seq > persisted:
+            # numbered before a crash and never persisted: resuming clients are told
+            self.lost_range = (persisted + 1, last_seq)
+            log.warning("seqs %d..%d were numbered before a crash and are lost", *self.lost_range)
         if not self.clustered:
             call_in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
         if store_max is not None and stored_epoch != self.epoch:

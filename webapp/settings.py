@@ -113,6 +113,27 @@ def _str(text: str) -> str:
     return text
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """CORS_ORIGINS: `*`, or comma-separated origins (scheme://host[:port], no path)."""
+    origins = tuple(p.strip().rstrip("/") for p in text.split(",") if p.strip())
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            raise ValueError(f"expected * or origins like https://app.example.com, got {origin!r}")
+    return origins
+
+
 def env(name: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     """Declare a setting read from environment variable `name`."""
     return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
@@ -174,6 +195,9 @@ class Settings:
     demo_rate: float = env("DEMO_RATE", 50.0, _float(0, 1_000_000), "demo feed events per second")
     demo_port: int = env("DEMO_PORT", 0, _int(0, 65535), "demo feed port on 127.0.0.1 (0 = any free port)")
     log_level: str = env("LOG_LEVEL", "INFO", _log_level, "logging level")
+    cors_origins: tuple = env("CORS_ORIGINS", (), _origins, "origins whose pages may read HTTP answers (comma-separated, or *); unset = none")
+    cors_allow_credentials: bool = env("CORS_ALLOW_CREDENTIALS", False, _bool, "send Access-Control-Allow-Credentials to listed origins (never with *)")
+    cors_max_age_s: int = env("CORS_MAX_AGE_S", 600, _int(0, 86_400), "how long browsers may cache a CORS preflight answer")
 
     @classmethod
     def from_env(cls, mapping: Mapping[str, str]) -> "Settings":
@@ -211,6 +235,8 @@ class Settings:
                 problems.append(f"ENRICH_SQL: {exc}")
             if self.store_backend == "none":
                 problems.append("ENRICH_SQL: needs a store (CLICKHOUSE_URL is none, or unset with REDIS_URL)")
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            problems.append("CORS_ALLOW_CREDENTIALS: credentials need an explicit CORS_ORIGINS list, not *")
         return problems
 
     @property

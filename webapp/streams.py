@@ -39,11 +39,19 @@ def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
         return Opening(runtime.stream_epoch, last_seq, True, None, events)
     plan = plan_resume(params.since, params.epoch, runtime.stream_epoch, last_seq, cache.oldest_seq(now))
     events = cache.events_after(plan.after_seq, now, matcher)
-    from_store = None
     foreign = plan.after_seq != params.since
     if plan.missing is not None and not foreign and runtime.store is not None and runtime.ready.is_set():
-        from_store = plan.missing
-    return Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, from_store)
+        return Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, plan.missing)
+    opening = Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events)
+    return opening if foreign else with_crash_gap(runtime, opening, params.since)
+
+
+def with_crash_gap(runtime, opening: Opening, since: int) -> Opening:
+    """Seqs numbered before a crash and never persisted are missing for whoever resumes before them."""
+    lost = runtime.lost_range
+    if lost is None or opening.missing is not None or since >= lost[1]:
+        return opening
+    return replace(opening, recovered=False, missing=(max(since + 1, lost[0]), lost[1]))
 
 
 def fill_from_store(runtime, opening: Opening, matcher: Matcher) -> Opening:
@@ -66,5 +74,6 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher) -> Opening:
     if len(older) >= params["limit"]:
         lowest_served = max(lowest_served, older[0].seq)
     missing = (first, lowest_served - 1) if lowest_served > first else None
-    return replace(opening, events=older + opening.events, missing=missing,
-                   recovered=missing is None, from_store=None)
+    filled = replace(opening, events=older + opening.events, missing=missing,
+                     recovered=missing is None, from_store=None)
+    return with_crash_gap(runtime, filled, first - 1)

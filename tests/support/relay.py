@@ -19,22 +19,18 @@ from urllib.parse import urlencode
 
 import requests
 
+from webapp.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 
 # Every variable the relay (or gunicorn) reads: a developer's shell must not
 # leak into a test's relay; each test states what it needs.
+# every variable the relay reads (its Settings, plus gunicorn's and Flask's): the
+# harness drops them from the inherited environment so only a test's own apply
 RELAY_VARIABLES = frozenset(
-    {
-        "PORT", "WEB_CONCURRENCY", "UPSTREAM_URL", "UPSTREAM_INIT", "UPSTREAM_HEADERS",
-        "TOPIC_FIELDS", "CACHE_MAX_ITEMS", "CACHE_TTL_SECONDS", "CLICKHOUSE_URL", "DATA_DIR",
-        "REDIS_URL", "API_TOKENS", "ADMIN_TOKEN", "ENRICH_SQL", "ENRICH_TTL_MS",
-        "ENRICH_TIMEOUT_MS", "WS_QUEUE_MAX_EVENTS", "WS_QUEUE_MAX_BYTES", "QUERY_TIMEOUT_S",
-        "QUERY_MAX_ROWS", "HUB_FLUSH_INTERVAL_MS", "WS_PING_INTERVAL_S", "SSE_KEEPALIVE_S",
-        "UPSTREAM_BACKOFF_MIN_MS", "UPSTREAM_BACKOFF_MAX_MS", "UPSTREAM_PING_INTERVAL_S",
-        "UPSTREAM_MAX_FRAME_BYTES", "GRACEFUL_TIMEOUT_S", "STARTUP_GRACE_S", "GUNICORN_CMD_ARGS",
-        "FLASK_APP", "FLASK_DEBUG", "ACCESS_LOG", "LOG_LEVEL", "WORKER_CONNECTIONS", "SLOW_CLOSE_TIMEOUT_S",
-    }
+    {name for name, _default, _doc in Settings.documentation()}
+    | {"GUNICORN_CMD_ARGS", "FLASK_APP", "FLASK_DEBUG", "ACCESS_LOG", "WORKER_CONNECTIONS"}
 )
 
 # Every Relay ever made in this session, so failure reports can find their logs.

@@ -36,4 +36,4 @@ def index():
 @bp.get("/openapi.json")
 @access(OPEN)
 def openapi():
-    return json_response(openapi_document())
+    return json_response(openapi_document(runtime().settings))

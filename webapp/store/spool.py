@@ -68,18 +68,39 @@ class Spool:
             raise SpoolFull(f"spool holds {self.bytes} bytes; a batch of {len(record)} would pass {self.max_bytes}")
         if self._handle is None or self._handle.tell() >= SEGMENT_BYTES:
             self._roll()
-        self._handle.write(record)
-        self._handle.flush()
-        if self.fsync:
-            os.fsync(self._handle.fileno())
+        handle = self._handle
+        start = handle.tell()
+        try:
+            view = memoryview(record)
+            while view:
+                view = view[handle.write(view):]
+            if self.fsync:
+                os.fsync(handle.fileno())
+        except OSError:
+            # a full disk mid-record: take the partial record back off, so the
+            # segment stays whole and the next append (or a restart) reads it cleanly
+            self._undo(start)
+            raise
         self.bytes += len(record)
         self.events += len(events)
+
+    def _undo(self, size: int) -> None:
+        try:
+            self._handle.truncate(size)
+            self._handle.seek(size)
+        except OSError:
+            # cannot even truncate: start the next append in a new segment; the
+            # torn tail of this one is cut off when the spool is read
+            self._handle.close()
+            self._handle = None
+            self._active = None
 
     def _roll(self) -> None:
         if self._handle is not None:
             self._handle.close()
         self._active = self._next_segment_path()
-        self._handle = open(self._active, "ab")  # noqa: SIM115  (kept open across appends)
+        # unbuffered: a failed write leaves nothing in a buffer to fail again on close
+        self._handle = open(self._active, "ab", buffering=0)  # noqa: SIM115  (kept open across appends)
 
     # -- reading -------------------------------------------------------------------------
 

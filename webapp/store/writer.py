@@ -95,6 +95,11 @@ class StoreWriter:
                 self._take(batch)
             if self._backlog and time.monotonic() >= self._retry_at:
                 self._drain()
+        except OSError as exc:
+            # the spool's disk failed outside an append (reading it back, removing
+            # segments): say so and try again next cycle; the writer must not die
+            log.error("spool I/O failed: %s", exc)
+            self._retry_at = time.monotonic() + self.retry_max_ms / 1000.0
         finally:
             self._idle.set()
 
