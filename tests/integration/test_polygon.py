@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from support.asyncrun import run_in_own_loop
 from support.clients import RawWsClient, upgrade_headers
 from support.events import feed, unique_sym
 from support.waiting import wait_until
@@ -189,7 +190,7 @@ def test_the_official_client_gets_exactly_its_topics_in_order(relay, upstream, m
     def got_all() -> bool:
         return len([m for m in received if m.symbol != marker]) >= len(expected)
 
-    asyncio.run(run_official(client, received, got_all, feeder=feeder))
+    run_in_own_loop(run_official(client, received, got_all, feeder=feeder))
 
     got = [m for m in received if m.symbol != marker]
     assert [(m.event_type, m.symbol, m.sequence_number) for m in got] == expected
@@ -203,7 +204,7 @@ def test_the_official_client_with_a_wrong_key_is_refused(relay, module):
     auth_error = importlib.import_module(f"{module}.exceptions").AuthError
 
     with pytest.raises(auth_error, match="authentication failed"):
-        asyncio.run(run_official(client, [], lambda: False, timeout_s=10))
+        run_in_own_loop(run_official(client, [], lambda: False, timeout_s=10))
 
 
 # -- the protocol, frame by frame --------------------------------------------------------------

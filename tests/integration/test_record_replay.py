@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from massive import WebSocketClient
+from support.asyncrun import run_in_own_loop
 from support.relay import RELAY_VARIABLES, ROOT, free_port
 from support.waiting import wait_until
 
@@ -174,7 +175,7 @@ def test_the_official_client_prints_live_trades_from_a_looping_replay(flask_comm
         await client.close()
         await asyncio.wait_for(task, 10)
 
-    asyncio.run(main())
+    run_in_own_loop(main())
     assert len(trades) >= 40
     assert {type(t).__name__ for t in trades} == {"EquityTrade"}
     assert {(t.symbol, t.sequence_number) for t in trades} <= captured
