@@ -188,8 +188,9 @@ class Subscribers(LineProc):
     """bench/loadgen/subscribers.js: N clients, every frame parsed, every event checked."""
 
     def __init__(self, url: str, clients: int, *, deflate: bool, slow: int = 0, log: Path,
-                 connect_timeout_s: float = 120):
-        cfg = {"url": url, "clients": clients, "deflate": deflate, "slow": slow}
+                 connect_timeout_s: float = 120, first_frame: bool = False, memo: bool = True):
+        cfg = {"url": url, "clients": clients, "deflate": deflate, "slow": slow, "first_frame": first_frame,
+               "memo": memo}
         super().__init__([node(), "--max-old-space-size=4096", str(LOADGEN / "subscribers.js"), json.dumps(cfg)],
                          cwd=LOADGEN, log=log)
         self.opened = self.expect("connected", connect_timeout_s)
@@ -236,6 +237,7 @@ class Relayhouse:
     """The relay as production runs it: `gunicorn -c gunicorn.conf.py wsgi:app`, one gevent worker."""
 
     name = "relayhouse"
+    root = ROOT  # the checkout to run (bench/ab.py points it at another revision)
 
     def __init__(self, workdir: Path, upstream_url: str, env: dict | None = None):
         self.workdir = workdir
@@ -251,7 +253,8 @@ class Relayhouse:
         # -b keeps it on loopback (gunicorn.conf.py binds 0.0.0.0 for platforms)
         self.proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py",
                                       "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
-                                     cwd=ROOT, env=environ, stdout=self.log, stderr=self.log, start_new_session=True)
+                                     cwd=self.root, env=environ, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"
         wait_for(lambda: http_json(self.base + "/health")["upstream"]["connected"], 60, "relay connected upstream")
         self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10, "worker")

@@ -31,6 +31,7 @@ class Ingest:
                  on_statuses: Callable[[list[dict], int], None] | None = None):
         self.publish_events = publish  # to the bus: every worker's cache and hub
         self.metrics = metrics
+        self._events_in: dict = {}  # source -> its events_in counter
         self.topic_fields = topic_fields
         self.max_frame_bytes = max_frame_bytes
         self.last_seq = last_seq
@@ -47,6 +48,16 @@ class Ingest:
         if self._queue is None:
             return len(self.handle_frame(payload, binary, recv_ms, source))
         self._queue.put((payload, binary, recv_ms, source, None))
+        return 0
+
+    def submit_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> int:
+        """Hand on every frame of one upstream read together: numbered in order, then cached,
+        published, persisted and counted once for all of them (per frame, that bookkeeping costs
+        as much as parsing). Returns how many events they made (0 when queued)."""
+        if self._queue is None:
+            return len(self.handle_frames(frames, recv_ms))
+        for payload, binary in frames:
+            self._queue.put((payload, binary, recv_ms, "upstream", None))
         return 0
 
     def publish(self, payload: bytes, recv_ms: int) -> list[Event]:
@@ -67,19 +78,25 @@ class Ingest:
 
     def handle_frame(self, payload: bytes | str, binary: bool, recv_ms: int,
                      source: str = "upstream") -> list[Event]:
-        parsed = parse_frame(payload, binary=binary, max_bytes=self.max_frame_bytes)
-        if parsed.oversize:
-            self.oversize_frames += 1
-            self.metrics.oversize_frames.inc()
-            log.warning("skipped a %s frame: %s", source, parsed.parse_error)
-            return []
-        if parsed.parse_error is not None:
-            self.parse_errors += 1
-            self.metrics.parse_errors.inc()
-        elements, statuses = split_statuses(parsed.elements)
-        if statuses and self.on_statuses is not None:
-            self.on_statuses(statuses, recv_ms)
-        elements = list(elements)
+        return self.handle_frames(((payload, binary),), recv_ms, source)
+
+    def handle_frames(self, frames, recv_ms: int, source: str = "upstream") -> list[Event]:
+        """Frames received together (one read, or one request) into events, handed on as one batch."""
+        elements: list = []
+        for payload, binary in frames:
+            parsed = parse_frame(payload, binary=binary, max_bytes=self.max_frame_bytes)
+            if parsed.oversize:
+                self.oversize_frames += 1
+                self.metrics.oversize_frames.inc()
+                log.warning("skipped a %s frame: %s", source, parsed.parse_error)
+                continue
+            if parsed.parse_error is not None:
+                self.parse_errors += 1
+                self.metrics.parse_errors.inc()
+            market, statuses = split_statuses(parsed.elements)
+            if statuses and self.on_statuses is not None:
+                self.on_statuses(statuses, recv_ms)
+            elements.extend(market)
         enrichment = None
         if self.enricher is not None and elements:
             enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields))
@@ -91,7 +108,10 @@ class Ingest:
         self.publish_events(events)
         if self.persist is not None:
             self.persist(events)
-        self.metrics.events_in.labels(source).inc(len(events))
+        counter = self._events_in.get(source)
+        if counter is None:  # labels() costs more than the rest of the bookkeeping: look it up once
+            counter = self._events_in[source] = self.metrics.events_in.labels(source)
+        counter.inc(len(events))
         if source == "upstream":
             self.upstream_events += len(events)
         return events

@@ -18,14 +18,22 @@ from gevent.event import Event as Signal
 class WireSocket:
     """A socket stand-in whose writes are whole, ordered and non-blocking for the caller."""
 
+    # one per connection: slots, and the backlog and its signal only while there is a backlog,
+    # keep an idle connection small
+    __slots__ = ("sock", "_send_now", "_backlog", "backlog_bytes", "backlog_weight", "_writer", "_drained",
+                 "broken")
+
     def __init__(self, sock):
         self.sock = sock
-        self._backlog: deque[tuple[memoryview | bytes, int]] = deque()
+        # gevent's socket wraps a non-blocking stdlib socket: writing to that directly is the
+        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
+        raw = getattr(sock, "_sock", None)
+        self._send_now = raw.send if raw is not None else lambda data: sock.send(data, 0, 0.0)
+        self._backlog: deque[tuple[memoryview | bytes, int]] | None = None
         self.backlog_bytes = 0
         self.backlog_weight = 0  # events held in the backlog (the hub's bound)
         self._writer: gevent.Greenlet | None = None
-        self._drained = Signal()
-        self._drained.set()
+        self._drained: Signal | None = None  # set when the writer is done
         self.broken = False
 
     # -- the socket interface simple-websocket uses --------------------------
@@ -51,11 +59,11 @@ class WireSocket:
 
     def write(self, data: bytes, weight: int = 0) -> None:
         """Queue `data` (whole frames) after everything written before it."""
-        if self.broken:
-            return
         if self._writer is None:  # nothing queued or in flight: try to write now
+            if self.broken:
+                return
             try:
-                sent = self.sock.send(data, 0, 0.0)
+                sent = self._send_now(data)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -64,7 +72,9 @@ class WireSocket:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-            self._drained.clear()
+            if self._backlog is None:
+                self._backlog = deque()
+            self._drained = Signal()
             self._writer = gevent.spawn(self._drain)
         self._backlog.append((data, weight))
         self.backlog_bytes += len(data)
@@ -72,18 +82,22 @@ class WireSocket:
 
     def discard_backlog(self) -> None:
         """Drop queued frames; the one being written (if any) is finished, keeping framing whole."""
+        if not self._backlog:
+            return
         for chunk, weight in self._backlog:
             self.backlog_bytes -= len(chunk)
             self.backlog_weight -= weight
         self._backlog.clear()
 
     def wait_drained(self, timeout: float) -> bool:
-        return self._drained.wait(timeout)
+        drained = self._drained
+        return True if self._writer is None or drained is None else drained.wait(timeout)
 
     def _drain(self) -> None:
+        backlog = self._backlog
         try:
-            while self._backlog and not self.broken:
-                chunk, weight = self._backlog.popleft()
+            while backlog and not self.broken:
+                chunk, weight = backlog.popleft()
                 view = memoryview(chunk)
                 try:
                     while view:

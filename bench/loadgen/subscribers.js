@@ -1,15 +1,19 @@
 // N WebSocket subscribers in one process: every frame is parsed, every event checked and timed.
 //
 //   node subscribers.js '{"url":"ws://127.0.0.1:P/ws?snapshot=0","clients":1000,"deflate":false,"slow":0}'
+//   (optional: "memo": false parses byte-identical frames once per client instead of once per process)
 //
 // `deflate`: offer permessage-deflate as browsers do (ws's default) or not at all.
+// `first_frame`: a client counts as connected once its first frame came (relayhouse's snapshot,
+// sent once the client is subscribed) rather than at the handshake.
 // `slow`: how many of the clients stop reading right after they connect (their TCP receive
 // window fills and the server must cope); they are left out of the latency figures.
 //
 // Control is JSON lines on stdin, answers are JSON lines on stdout:
 //   (on start)                          -> {"connected":n,"failed":k,"extensions":{...},"connect_s":..}
 //   {"cmd":"arm","base":B,"count":C}    every client must now receive events B..B+C-1, each once, in order
-//   {"cmd":"quiet","quiet_ms":Q,"max_ms":M} -> {"quiet":true|false,"waited_ms":..} once no frame came for Q ms
+//   {"cmd":"quiet","quiet_ms":Q,"max_ms":M} -> {"quiet":true|false,"complete":..,"waited_ms":..} once every
+//                                       reading client has every event, or no frame came for Q ms, or after M ms
 //   {"cmd":"report"}                    -> {"report":{...}}
 //   {"cmd":"quit"}
 //
@@ -23,7 +27,9 @@ const readline = require('readline');
 const cfg = JSON.parse(process.argv[2]);
 const N = cfg.clients;
 const SLOW = cfg.slow || 0;
-const monoMs = () => Number(process.hrtime.bigint()) / 1e6;
+// CLOCK_MONOTONIC in ms, as the upstream stamps it; performance.now() is cheaper than a BigInt per frame
+const MONO_OFFSET = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+const monoMs = () => performance.now() + MONO_OFFSET;
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
 // latency histogram: 0.1 ms buckets up to 120 s (the last bucket holds everything beyond)
@@ -33,6 +39,7 @@ let relayHist = new Uint32Array(BUCKETS); // upstream send (wall clock) -> relay
 let latMax = 0, relayMax = 0, latCount = 0, relayCount = 0;
 let base = -1, count = 0;
 let lastFrameAt = monoMs(), firstSendT = Infinity, lastRecvT = 0;
+let uniqueFast = 0; // events received (once) by the clients that read
 let frames = 0, foreign = 0, parseErrors = 0, snapshots = 0, otherFrames = 0;
 const clients = [];
 
@@ -40,7 +47,7 @@ function record(c, ev, recvT) {
   const n = ev.n;
   if (typeof n !== 'number' || n < base || n >= base + count) { foreign += 1; return; }
   const i = n - base;
-  if (c.seen[i]) c.dup += 1; else { c.seen[i] = 1; c.got += 1; }
+  if (c.seen[i]) c.dup += 1; else { c.seen[i] = 1; c.got += 1; if (!c.slow) uniqueFast += 1; }
   if (n < c.maxN) c.reorder += 1; else c.maxN = n;
   if (c.slow) return;
   const lat = recvT - ev.t;
@@ -52,13 +59,37 @@ function record(c, ev, recvT) {
   if (lat > latMax) latMax = lat;
 }
 
+// Every client's frame is parsed, but a frame byte-identical to one of the last few (a broadcast
+// gives every client the same bytes) reuses that frame's JSON.parse: it is a pure function of
+// the bytes, compared in full (memcmp) before reuse, so the checks below, made per client on
+// the parsed value, are exactly those of a parse per frame. Without this the one subscriber
+// process, not the system under test, would be the bottleneck (`"memo": false` turns it off).
+const MEMO = cfg.memo !== false;
+const RING = 16;
+const ringBuf = new Array(RING).fill(null);
+const ringVal = new Array(RING).fill(null);
+let ringNext = 0;
+function parse(buf) {
+  if (!MEMO) return JSON.parse(buf.toString());
+  for (let k = 1; k <= RING; k++) {
+    const i = (ringNext - k + RING) % RING;
+    const b = ringBuf[i];
+    if (b !== null && b.length === buf.length && b.equals(buf)) return ringVal[i];
+  }
+  const value = JSON.parse(buf.toString());
+  ringBuf[ringNext] = buf;
+  ringVal[ringNext] = value;
+  ringNext = (ringNext + 1) % RING;
+  return value;
+}
+
 function onFrame(c, data) {
   const recvT = monoMs();
   lastFrameAt = recvT;
   frames += 1;
   c.frames += 1;
   let msg;
-  try { msg = JSON.parse(data); } catch (e) { parseErrors += 1; return; }
+  try { msg = parse(data); } catch (e) { parseErrors += 1; return; }
   if (base < 0) return;
   if (msg.type === 'events') {
     for (const env of msg.events) {
@@ -129,10 +160,16 @@ function connectAll() {
         c.opened = true;
         const ext = ws.extensions || '';
         extensions[ext] = (extensions[ext] || 0) + 1;
+        if (!cfg.first_frame) opened();
+      });
+      const opened = () => {
         if (slow) ws._socket.pause(); // stops reading: the kernel buffers fill, then the server's
         settle(true);
+      };
+      ws.on('message', (data) => {
+        if (cfg.first_frame && !settled) opened(); // relayhouse's snapshot: the client is in the hub
+        onFrame(c, data);
       });
-      ws.on('message', (data) => onFrame(c, data));
       ws.on('error', () => { if (!c.opened) settle(false); });
       ws.on('close', (code) => {
         c.closeCode = code;
@@ -148,7 +185,7 @@ function arm(b, n) {
   base = b; count = n;
   hist = new Uint32Array(BUCKETS); relayHist = new Uint32Array(BUCKETS);
   latMax = relayMax = latCount = relayCount = 0;
-  frames = foreign = parseErrors = snapshots = otherFrames = 0;
+  frames = foreign = parseErrors = snapshots = otherFrames = uniqueFast = 0;
   firstSendT = Infinity; lastRecvT = 0;
   for (const c of clients) {
     c.seen = new Uint8Array(n); c.got = c.dup = c.reorder = c.frames = 0; c.maxN = -1;
@@ -195,14 +232,27 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   if (msg.cmd === 'arm') { arm(msg.base, msg.count); say({ armed: true }); }
   else if (msg.cmd === 'quiet') {
     const t0 = monoMs();
+    const expected = count * clients.filter((c) => c.opened && !c.slow && c.closeCode === null).length;
     const check = () => {
       const now = monoMs();
-      if (now - lastFrameAt >= msg.quiet_ms) say({ quiet: true, waited_ms: now - t0 });
+      if (uniqueFast >= expected) say({ quiet: true, complete: true, waited_ms: now - t0 });
+      else if (now - lastFrameAt >= msg.quiet_ms) say({ quiet: true, complete: false, waited_ms: now - t0 });
       else if (now - t0 >= msg.max_ms) say({ quiet: false, waited_ms: now - t0 });
       else setTimeout(check, 50);
     };
     check();
   } else if (msg.cmd === 'report') say({ report: report() });
+  else if (msg.cmd === 'missing') {
+    // which events the clients with a loss lack (the first few of each): for diagnosis
+    const out = [];
+    clients.forEach((c, idx) => {
+      if (!c.opened || c.slow || c.got === count) return;
+      const miss = [];
+      for (let i = 0; i < count && miss.length < 10; i++) if (!c.seen[i]) miss.push(base + i);
+      out.push({ client: idx, got: c.got, frames: c.frames, close: c.closeCode, first_missing: miss });
+    });
+    say({ missing: out.slice(0, msg.limit || 20), clients_with_loss: out.length });
+  }
   else if (msg.cmd === 'quit') process.exit(0);
 }).on('close', () => process.exit(0));
 

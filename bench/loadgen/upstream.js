@@ -25,7 +25,8 @@ const peers = new Set();
 let publisher = null;
 let running = false;
 
-const monoMs = () => Number(process.hrtime.bigint()) / 1e6;
+const MONO_OFFSET = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+const monoMs = () => performance.now() + MONO_OFFSET;
 const wallMs = () => performance.timeOrigin + performance.now();
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 

@@ -2,6 +2,8 @@
 
 import logging
 
+import gevent
+import gevent.event
 from flask import Blueprint, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
@@ -34,10 +36,45 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
+class ReaderGreenlet:
+    """simple-websocket's reader "thread" as a bare greenlet.
+
+    Under gevent a threading.Thread is a greenlet anyway, but it also carries
+    a registry entry, a state lock and a started-Event (a Condition, a lock
+    and a deque): a few KiB per idle connection for nothing.
+    """
+
+    __slots__ = ("name", "_greenlet")
+
+    def __init__(self, target):
+        self.name = "ws-reader(_thread)"
+        self._greenlet = gevent.Greenlet(target)
+
+    def start(self) -> None:
+        self._greenlet.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._greenlet.join(timeout)
+
+    def is_alive(self) -> bool:
+        return not self._greenlet.dead
+
+
+@bp.record_once
+def serve_sockets_lightly(state) -> None:
+    """Every flask-sock socket (/ws and the market routes) gets a greenlet reader and gevent's
+    Event (threading.Event is a Condition with its own lock and deque per connection)."""
+    options = state.app.config.setdefault("SOCK_SERVER_OPTIONS", {})
+    options.setdefault("thread_class", ReaderGreenlet)
+    options.setdefault("event_class", gevent.event.Event)
+
+
 class WsClient:
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
+    __slots__ = ("ws", "wire", "matcher", "after_seq", "rt", "max_events", "max_bytes", "closed", "held",
+                 "held_events")
 
     def __init__(self, ws, wire: WireSocket, matcher, rt):
         self.ws = ws

@@ -1,0 +1,82 @@
+"""Before/after: the same relayhouse points on two checkouts, alternated, on the same load generator.
+
+    .venv/bin/python bench/ab.py --before REV [--rounds 2]
+
+REV (a git revision) is exported with `git archive` into a temporary directory and
+run with this checkout's .venv; "after" is the working tree. Points: 1000 clients
+x 200 and x 500 events/s, 100 x 2000, ingest at 20,000 events/s with the embedded
+store, 10,000 idle connections. Results: bench/results/<UTC time>-ab/results.json
+and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procs  # noqa: E402
+from run import Bench  # noqa: E402
+
+
+def export(rev: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(procs.ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / ".venv").symlink_to(procs.ROOT / ".venv")
+    return into
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", required=True, help="git revision to compare the working tree with")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=15.0)
+    args = parser.parse_args()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = procs.BENCH / "results" / f"{stamp}-ab"
+    bench = Bench(argparse.Namespace(out=str(out), quick=False, only="ab", systems="relayhouse", duration=args.duration))
+    roots = {"after": procs.ROOT}
+    with tempfile.TemporaryDirectory(prefix="relayhouse-before-") as tmp:
+        roots["before"] = export(args.before, Path(tmp))
+        bench.results["before_rev"] = subprocess.run(["git", "-C", str(procs.ROOT), "rev-parse", "--short", args.before],
+                                                     capture_output=True, text=True).stdout.strip()
+        for rnd in range(args.rounds):
+            for label in ("before", "after"):
+                procs.Relayhouse.root = roots[label]
+                start = len(bench.results["runs"])
+                bench.say(f"round {rnd + 1}: {label} ({roots[label]})")
+                bench.fanout("relayhouse", 1000, 200, deflate=False, duration_s=args.duration, scenario="ab")
+                bench.fanout("relayhouse", 1000, 500, deflate=False, duration_s=args.duration, scenario="ab")
+                bench.fanout("relayhouse", 100, 2000, deflate=False, duration_s=args.duration, scenario="ab")
+                bench.ingest("chdb", [20_000], 10.0)
+                bench.idle(["relayhouse"], 10_000)
+                for r in bench.results["runs"][start:]:
+                    r["ab"] = label
+                bench.save()
+    procs.Relayhouse.root = procs.ROOT
+    rows = []
+    for r in bench.results["runs"]:
+        if r.get("scenario") == "idle":
+            what, value = "idle KiB/connection", r.get("kib_per_connection")
+            rows.append((what, r["ab"], value, None, None))
+        elif r.get("scenario") == "ingest":
+            sub = r.get("subscriber", {})
+            rows.append((f"ingest chdb {r['rate']:g}/s", r["ab"], r.get("cpu_pct", {}).get("system"),
+                         sub.get("relay_receive_ms", {}).get("p99"), r.get("ok")))
+        elif "latency_ms" in r:
+            rows.append((f"{r['clients']} x {r['rate']:g}", r["ab"], r["cpu_pct"]["system"], r["latency_ms"]["p99"], r["ok"]))
+    print("| point | build | worker CPU % (or KiB) | p99 ms (ingest: send→receive) | ok |")
+    print("|---|---|---:|---:|---|")
+    for row in rows:
+        print("| " + " | ".join("–" if v is None else str(v) for v in row) + " |")
+    (out / "ab.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
