@@ -208,6 +208,69 @@ class Subscribers(LineProc):
         return self.expect("report", 60)["report"]
 
 
+class StalledClient:
+    """A WebSocket client that completes the handshake and never reads again.
+
+    Its receive buffer is set to 4 KiB before connecting (Node cannot do that), so the
+    kernel holds little and the server feels the backpressure within seconds instead of
+    after the ~10 MB that loopback buffers otherwise absorb.
+    """
+
+    def __init__(self, url: str):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((parts.hostname, parts.port))
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)  # byte by byte: nothing after the headers is taken
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        self.opened_at = time.monotonic()
+
+    def outcome(self, timeout_s: float = 5.0) -> dict:
+        """Read what is left: was the connection closed by the server, and with which close code?"""
+        self.sock.settimeout(timeout_s)
+        data = bytearray()
+        closed = False
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    closed = True
+                    break
+                data += chunk
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+        return {"closed_by_server": closed, "close_code": close_code(bytes(data)), "bytes_after_stall": len(data)}
+
+
+def close_code(data: bytes) -> int | None:
+    """The code of the close frame in a server's byte stream (unmasked frames from its start), if any."""
+    pos = 0
+    while pos + 2 <= len(data):
+        opcode, n, head = data[pos] & 0x0F, data[pos + 1] & 0x7F, pos + 2
+        if n == 126:
+            n, head = int.from_bytes(data[head:head + 2], "big"), head + 2
+        elif n == 127:
+            n, head = int.from_bytes(data[head:head + 8], "big"), head + 8
+        if opcode == 0x8 and n >= 2 and head + 2 <= len(data):
+            return int.from_bytes(data[head:head + 2], "big")
+        pos = head + n
+    return None
+
+
 # -- the systems under test -------------------------------------------------------------
 
 

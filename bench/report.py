@@ -160,11 +160,12 @@ def slow_table(runs):
     rows = [r for r in runs if r.get("scenario") == "slow" and "error" not in r]
     if not rows:
         return ""
-    out = ["| system | clients × events/s | slow clients | others' p50 ms | others' p99 ms | others' max ms | others lost | slow client: closed with, after s | system CPU % |",
+    out = ["| system | clients × events/s | slow clients | others' p50 ms | others' p99 ms | others' max ms | others lost | stalled client at the end | system CPU % |",
            "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         slow = r.get("slow_clients") or []
-        s = "; ".join(f"{c['close_code'] or 'open'}, {fmt(c['closed_after_s'])}" for c in slow) or "–"
+        s = "; ".join(("closed " + str(c["close_code"] or "") if c.get("closed_by_server") else "still open")
+                      for c in slow) or "–"
         out.append(f"| {r['system']} | {r['clients']} × {r['rate']:g} | {r['slow']} | {fmt(r['latency_ms']['p50'])} | "
                    f"{fmt(r['latency_ms']['p99'])} | {fmt(r['latency_ms']['max'])} | {fmt(r['lost'])} | {s} | "
                    f"{fmt(r['cpu_pct']['system'])} |")

@@ -40,6 +40,7 @@ from procs import (  # noqa: E402
     Naive,
     Nchan,
     Relayhouse,
+    StalledClient,
     Subscribers,
     Upstream,
     free_port,
@@ -103,8 +104,9 @@ class Bench:
             system = self.start_system(kind, run_id, up, env)
             if kind == "nchan":
                 up.connect(system.pub_url(run_id))
-            subs = Subscribers(system.sub_url(run_id), clients + slow, deflate=deflate, slow=slow,
+            subs = Subscribers(system.sub_url(run_id), clients, deflate=deflate,
                                log=wd / "subscribers.log", first_frame=kind == "relayhouse")
+            stalled = [StalledClient(system.sub_url(run_id)) for _ in range(slow)]
             record["connect"] = subs.opened
             count = round(rate * duration_s)
             subs.arm(base, count)
@@ -119,6 +121,10 @@ class Bench:
             record["generator"] = done
             record["drain"] = subs.quiet(QUIET_MS, DRAIN_MAX_MS)
             rep = subs.report()
+            if stalled:
+                if kind == "relayhouse":
+                    record["slow_consumer_closes"] = metric(system.base, "relayhouse_slow_consumer_closes_total")
+                rep["slow_clients"] = [c.outcome() for c in stalled]
             record["rss_kib"] = {"before": rss0, "after": sum(rss_kib(p) for p in system.pids)}
             record.update(rep)
             span = rep["span_s"] or 0
@@ -326,15 +332,27 @@ class Bench:
 
     def slow_client(self, systems: list[str], clients: int, rate: float, duration_s: float,
                     env: dict | None = None) -> None:
-        """The same run without and with one client that stops reading. Its kernel buffers take
-        ~4 MB before the server sees any backpressure, hence a high rate and a long run. Not the
-        naive relay: it cannot carry the rate, and at a rate it can carry the buffers last minutes."""
+        """The same run without and with one client that stops reading right after its handshake
+        (a 4 KiB receive buffer, so the server feels it within seconds). Not the naive relay: it
+        cannot carry the rate at all."""
         for kind in systems:
             if kind == "naive":
                 continue
             for slow in (0, 1):
                 self.fanout(kind, clients, rate, deflate=False, duration_s=duration_s, slow=slow,
                             env=env if kind == "relayhouse" else None, scenario="slow")
+
+
+def metric(base: str, name: str) -> float | None:
+    """One sample's value from /metrics (summed over labels)."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and not line.startswith("#")]
+    return sum(values) if values else None
 
 
 def _peers(up: Upstream) -> int:
@@ -455,7 +473,7 @@ def main() -> None:
             b.sweep(systems, 100, [1000, 2000, 5000], True, d)
             b.sweep(systems, 1000, [100, 200, 500, 1000], True, d, long_s=target_points)
     if "slow" in only:
-        b.slow_client(systems, 100, 2000, 8.0 if quick else 30.0)
+        b.slow_client(systems, 100, 2000, 8.0 if quick else 20.0)
     if "idle" in only:
         b.idle(systems, 1000 if quick else 10_000)
     if "ingest" in only:
