@@ -35,6 +35,8 @@ def export(rev: str, into: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git revision to compare the working tree with")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
+                        help="a third build to measure: a checkout directory (may be given more than once)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=15.0)
     args = parser.parse_args()
@@ -46,8 +48,11 @@ def main() -> None:
         roots["before"] = export(args.before, Path(tmp))
         bench.results["before_rev"] = subprocess.run(["git", "-C", str(procs.ROOT), "rev-parse", "--short", args.before],
                                                      capture_output=True, text=True).stdout.strip()
+        for extra in args.also:
+            label, _, path = extra.partition("=")
+            roots[label] = Path(path).resolve()
         for rnd in range(args.rounds):
-            for label in ("before", "after"):
+            for label in ("before", "after", *(k for k in roots if k not in ("before", "after"))):
                 procs.Relayhouse.root = roots[label]
                 start = len(bench.results["runs"])
                 bench.say(f"round {rnd + 1}: {label} ({roots[label]})")

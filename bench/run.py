@@ -60,7 +60,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.out = Path(args.out) if args.out else BENCH / "results" / stamp
+        self.out = (Path(args.out) if args.out else BENCH / "results" / stamp).resolve()
         self.work = self.out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"machine": machine(), "args": vars(args), "started": stamp, "runs": []}
@@ -274,11 +274,15 @@ class Bench:
                     done = up.expect("done", 0.5)
                     break
                 except TimeoutError:
-                    h = system.health()
-                    samples.append((round(time.monotonic() - t0, 2), h["store"].get("written", 0), h["store"]["pending"],
-                                    h["store"]["spooled"], h["upstream"]["events"]))
                     if time.monotonic() - t0 > duration_s + 120:
                         raise
+                    try:
+                        h = system.health()
+                    except OSError:  # a worker whose loop is held by its reader does not answer
+                        record["health_unanswered"] = record.get("health_unanswered", 0) + 1
+                        continue
+                    samples.append((round(time.monotonic() - t0, 2), h["store"].get("written", 0), h["store"]["pending"],
+                                    h["store"]["spooled"], h["upstream"]["events"]))
             record["cpu_pct"] = meter.stop()
             t_sent = time.monotonic()
             record["generator"] = done
