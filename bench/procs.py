@@ -32,6 +32,7 @@ RELAY_VARIABLES = {
     "CACHE_MAX_ITEMS", "CACHE_TTL_SECONDS", "CLICKHOUSE_URL", "DATA_DIR", "REDIS_URL", "API_TOKENS",
     "ADMIN_TOKEN", "ENRICH_SQL", "WS_QUEUE_MAX_EVENTS", "WS_QUEUE_MAX_BYTES", "HUB_FLUSH_INTERVAL_MS",
     "GUNICORN_CMD_ARGS", "ACCESS_LOG", "LOG_LEVEL", "WORKER_CONNECTIONS", "STORE_BATCH_ROWS", "STORE_BATCH_MS",
+    "REDIS_PREFIX", "LEADER_LEASE_MS", "STREAM_MAXLEN", "STARTUP_GRACE_S",
 }
 
 
@@ -271,6 +272,32 @@ def close_code(data: bytes) -> int | None:
     return None
 
 
+def tcp_sockets(pid: int) -> int:
+    """Sockets a process holds open (its file descriptors that are sockets)."""
+    count = 0
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith("socket:"):
+                    count += 1
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return count
+
+
+def redis_pid(url: str) -> int:
+    """The pid of the Redis server behind `url` (INFO server), for its CPU share."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
 # -- the systems under test -------------------------------------------------------------
 
 
@@ -297,7 +324,8 @@ def wait_for(check, timeout_s: float, what: str, interval_s: float = 0.1):
 
 
 class Relayhouse:
-    """The relay as production runs it: `gunicorn -c gunicorn.conf.py wsgi:app`, one gevent worker."""
+    """The relay as production runs it: `gunicorn -c gunicorn.conf.py wsgi:app`, one gevent worker
+    (or, with REDIS_URL and WEB_CONCURRENCY in `env`, several behind one upstream connection)."""
 
     name = "relayhouse"
     root = ROOT  # the checkout to run (bench/ab.py points it at another revision)
@@ -319,9 +347,38 @@ class Relayhouse:
                                      cwd=self.root, env=environ, stdout=self.log, stderr=self.log,
                                      start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"
-        wait_for(lambda: http_json(self.base + "/health")["upstream"]["connected"], 60, "relay connected upstream")
-        self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10, "worker")
-        self.pids = [self.worker]
+        self.side_pids: dict[str, list[int]] = {}  # other processes whose CPU the run should report
+        self.workers = int(environ.get("WEB_CONCURRENCY") or 1) if environ.get("REDIS_URL") else 1
+        if not environ.get("REDIS_URL"):
+            wait_for(lambda: http_json(self.base + "/health")["upstream"]["connected"], 60, "relay connected upstream")
+            self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10,
+                                   "worker")
+            self.pids = [self.worker]
+        else:
+            self._wait_for_cluster()
+
+    def _wait_for_cluster(self) -> None:
+        """Every worker up and reading the stream, one of them leading with the upstream connected.
+
+        Each /health is a new connection (Connection: close) that whichever worker accepts first
+        answers, so asking often enough hears from all of them."""
+        self.pids = wait_for(lambda: sorted(children(self.proc.pid)) if len(children(self.proc.pid)) == self.workers
+                             else None, 60, f"{self.workers} workers")
+        self.worker = self.pids[0]
+        heard: dict[str, dict] = {}
+
+        def all_ready() -> bool:
+            h = http_json(self.base + "/health")
+            heard[h["bus"]["worker"]] = h
+            leaders = [x for x in heard.values() if x["role"] == "leader" and x["upstream"]["connected"]]
+            return (len(heard) == self.workers and len(leaders) == 1
+                    and all(x["ready"] and x["bus"]["ok"] for x in heard.values()))
+        wait_for(all_ready, 90, f"{self.workers} workers ready, one leading", interval_s=0.02)
+        self.side_pids["redis"] = [redis_pid(self.env["REDIS_URL"])]
+
+    def connections_per_worker(self) -> list[int]:
+        """Established TCP connections held by each worker (clients, plus Redis and the upstream)."""
+        return [tcp_sockets(pid) for pid in self.pids]
 
     def sub_url(self, run_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/ws?snapshot=0"

@@ -172,6 +172,33 @@ def slow_table(runs):
     return "\n".join(out) + "\n"
 
 
+def cluster_table(runs):
+    """Scaling: the same points with 1, 2, 4 workers (REDIS_URL), one row per point (a passing retry wins)."""
+    chosen: dict = {}
+    for r in runs:
+        if r.get("scenario") != "cluster":
+            continue
+        key = (int(r["env"].get("WEB_CONCURRENCY", 1)), r["clients"], r["rate"])
+        if key not in chosen or (r.get("ok") and not chosen[key].get("ok")):
+            chosen[key] = r
+    if not chosen:
+        return ""
+    out = ["| workers | clients × events/s | deliveries/s | p50 ms | p99 ms | max ms | result | sockets per worker | "
+           "workers' CPU % (sum) | Redis CPU % | subscriber CPU % | machine busy % | load 1m |",
+           "|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    for (workers, clients, rate), r in sorted(chosen.items()):
+        if "error" in r:
+            out.append(f"| {workers} | {clients} × {rate:g} | | | | | error: {r['error'][:60]} | | | | | | |")
+            continue
+        lat, cpu = r["latency_ms"], r["cpu_pct"]
+        per = r.get("sockets_per_worker")
+        out.append(f"| {workers} | {clients} × {rate:g} | {fmt(r['deliveries_per_s'])} | {fmt(lat['p50'])} | "
+                   f"{fmt(lat['p99'])} | {fmt(lat['max'])} | {verdict(r)} | {' / '.join(map(str, per)) if per else '–'} | "
+                   f"{fmt(cpu['system'])} | {fmt(cpu.get('redis'))} | {fmt(cpu['gen_subscribers'])} | "
+                   f"{fmt(cpu['machine_busy_pct_of_all_cores'])} | {fmt(r['loadavg_before'][0], 2)} |")
+    return "\n".join(out) + "\n"
+
+
 def profiles(runs, out_dir):
     parts = []
     for r in runs:
@@ -274,6 +301,10 @@ def main() -> None:
     parts.append(ingest_table(runs, results))
     parts.append("### A slow client among fast ones\n")
     parts.append(slow_table(runs))
+    table = cluster_table(runs)
+    if table:
+        parts.append("### Several workers behind one upstream connection (REDIS_URL)\n")
+        parts.append(table)
     parts.append("### Profiles (py-spy, relay worker)\n")
     parts.append(profiles(runs, out_dir))
     (out_dir / "summary.md").write_text("\n".join(parts) + "\n")

@@ -12,6 +12,8 @@ Scenarios (each run starts a fresh system and a fresh subscriber process):
            every event checked in the store; a bare clickhouse-driver insert for comparison
   slow     one client that stops reading among fast ones: the others' p99 with and without it
   profile  py-spy on the relay's worker at 1000 x 200, 1000 x 500 and the ingest rate
+  cluster  1, 2 and 4 workers behind one upstream connection (REDIS_URL, the Redis on
+           127.0.0.1:6379 or BENCH_REDIS_URL): the same fan-out points, clients spread by the kernel
 
 Results: bench/results/<UTC time>/results.json (+ logs), summarized by bench/report.py into
 bench/results/<UTC time>/summary.md and docs/bench-*.png.
@@ -50,7 +52,7 @@ from procs import (  # noqa: E402
     wait_for,
 )
 
-DEFAULT_ONLY = "fanout,deflate,slow,idle,ingest,profile"
+DEFAULT_ONLY = "fanout,deflate,slow,idle,ingest,profile,cluster"
 FAIL_P99_MS = 1000.0  # a p99 above this means the system no longer keeps up
 DRAIN_MAX_MS = 10_000  # events not received within this after the last send count as lost
 QUIET_MS = 2_000  # ... or when nothing came for this long (a system that stalls is behind anyway)
@@ -112,7 +114,11 @@ class Bench:
             subs.arm(base, count)
             time.sleep(0.5)  # let handshakes and snapshots settle
             rss0 = sum(rss_kib(p) for p in system.pids)
-            meter = CpuMeter({"system": system.pids, "gen_upstream": [up.pid], "gen_subscribers": [subs.pid]})
+            if "REDIS_URL" in getattr(system, "env", {}):
+                record["workers"] = system.workers
+                record["sockets_per_worker"] = system.connections_per_worker()
+            meter = CpuMeter({"system": system.pids, "gen_upstream": [up.pid], "gen_subscribers": [subs.pid],
+                              **getattr(system, "side_pids", {})})
             if profile:
                 spy = start_pyspy(system.pids[0], duration_s, wd / f"{profile}.txt")
             up.run(base, rate, duration_s)
@@ -173,6 +179,23 @@ class Bench:
                     alive.remove(kind)
             if not alive:
                 break
+
+    def cluster(self, workers: list[int], points: list[tuple[int, float]], duration_s: float) -> None:
+        """The same fan-out points with 1, 2, 4 ... workers behind one upstream connection (REDIS_URL).
+
+        Every worker count gets a fresh key prefix; a point that fails is retried once, as in sweep()."""
+        url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        for n in workers:
+            for clients, rate in points:
+                for retry in (False, True):
+                    prefix = f"rh-bench-{time.time_ns()}"
+                    env = {"REDIS_URL": url, "REDIS_PREFIX": prefix, "WEB_CONCURRENCY": str(n),
+                           "STARTUP_GRACE_S": "0"}
+                    rec = self.fanout("relayhouse", clients, rate, deflate=False, duration_s=duration_s, env=env,
+                                      scenario="cluster", retry=retry)
+                    drop_prefix(url, prefix)
+                    if rec["ok"]:
+                        break
 
     def idle(self, systems: list[str], n: int) -> None:
         for kind in systems:
@@ -443,11 +466,23 @@ def summary_line(r: dict) -> str:
             f"ext={r.get('connect', {}).get('extensions')} load={r['loadavg_before'][0]}{slow}")
 
 
+def drop_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short runs")
     parser.add_argument("--only", default=DEFAULT_ONLY,
-                        help="comma-separated scenarios (fanout, deflate, idle, ingest, slow, profile)")
+                        help="comma-separated scenarios (fanout, deflate, idle, ingest, slow, profile, cluster)")
     parser.add_argument("--systems", default="relayhouse,nchan,naive")
     parser.add_argument("--duration", type=float, default=None, help="seconds per fan-out run (default 15, quick 5)")
     parser.add_argument("--out", default=None, help="results directory (default bench/results/<UTC time>)")
@@ -478,6 +513,11 @@ def main() -> None:
             b.sweep(systems, 1000, [100, 200, 500, 1000], True, d, long_s=target_points)
     if "slow" in only:
         b.slow_client(systems, 100, 2000, 8.0 if quick else 20.0)
+    if "cluster" in only and "relayhouse" in systems:
+        if quick:
+            b.cluster([1, 2], [(1000, 200)], d)
+        else:
+            b.cluster([1, 2, 4], [(1000, 200), (1000, 500), (2000, 250), (4000, 100)], d)
     if "idle" in only:
         b.idle(systems, 1000 if quick else 10_000)
     if "ingest" in only:
