@@ -48,7 +48,8 @@ class Metrics:
         self.enrich_errors = Counter("relayhouse_enrich_errors", "Enrichment queries that failed or timed out", ["kind"], registry=r)
         self.leader = Gauge("relayhouse_leader", "1 while this worker holds the upstream (always 1 without Redis)", registry=r)
         self.bus_ok = Gauge("relayhouse_bus_ok", "1 while the event bus (Redis) answers", registry=r)
-        self.bus_lag = Gauge("relayhouse_bus_lag_events", "Leader only: events numbered but not yet back from the stream", registry=r)
+        self.bus_lag = Gauge("relayhouse_bus_lag_events", "Events this worker is behind on the stream (leader: numbered, not yet "
+                             "read back; follower: the stream's newest minus its last read; -1 unknown)", registry=r)
         self.bus_gaps = Gauge("relayhouse_bus_gaps", "Seq jumps seen on the bus (events trimmed before this worker read them)", registry=r)
         self.flush_seconds = Histogram(
             "relayhouse_hub_flush_seconds", "Time to hand one batch to every client", registry=r,

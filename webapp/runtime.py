@@ -448,9 +448,35 @@ class Runtime:
         m.store_dropped.set(store.get("dropped", 0))
         m.leader.set(1 if self.role in ("single", "leader") else 0)
         m.bus_ok.set(1 if self.bus.ok else 0)
-        m.bus_lag.set(max(0, self.ingest.last_seq - self.bus.last_seq) if self.role == "leader" else 0)
+        lag = self.stream_lag()
+        m.bus_lag.set(-1 if lag is None else lag)
         m.bus_gaps.set(self.bus.gaps)
         return m.render()
+
+    def stream_lag(self) -> int | None:
+        """Events this worker is behind on the stream (None when that cannot be known now).
+
+        The leader: events it numbered that have not come back from the stream.
+        A follower: the stream's newest seq minus the last one it read (one
+        XREVRANGE; not asked while Redis is known to be down).
+        """
+        if not self.clustered:
+            return 0
+        if self.role == "leader":
+            return max(0, self.ingest.last_seq - self.bus.last_seq)
+        if not self.bus.ok:
+            return None
+        try:
+            newest = self.bus.newest()
+        except REDIS_FAILURES as exc:
+            log.debug("stream lag: %s", exc)
+            return None
+        if newest is None:
+            return 0
+        seq, epoch = newest
+        if self.bus.epoch is not None and epoch != self.bus.epoch:
+            return None  # a new leader's seq space this worker has not reached yet
+        return max(0, seq - self.bus.last_seq)
 
     def bus_health(self) -> dict:
         if not self.clustered:
@@ -462,7 +488,7 @@ class Runtime:
             "worker": bus.lease.holder,
             "lease_holder": self._leader_cached,
             "last_seq": bus.last_seq,
-            "lag": max(0, self.ingest.last_seq - bus.last_seq) if self.role == "leader" else None,
+            "lag": self.stream_lag(),
             "published": bus.published,
             "gaps": bus.gaps,
             "last_error": bus.last_error,

@@ -98,6 +98,9 @@ def test_two_relays_serve_every_event_once_in_order_from_one_upstream_connection
     snap_follower = ws(follower, snapshot=10).read_snapshot()
     assert snap_follower == snap_leader
     assert leader.health()["bus"]["lease_holder"] == follower.health()["bus"]["lease_holder"]
+    # each worker's stream lag: nothing numbered or published that it has not read
+    assert leader.health()["bus"]["lag"] == 0 and follower.health()["bus"]["lag"] == 0
+    assert "relayhouse_bus_lag_events 0.0" in follower.get("/metrics").text
 
 
 def test_several_workers_in_one_gunicorn_share_one_upstream_connection(prefix, fresh_upstream, launch_relay, ws):
@@ -318,6 +321,8 @@ def test_a_redis_restart_mid_stream_recovers_without_duplicates(private_redis, f
     private_redis["stop"]()
     wait_until(lambda: follower.health()["status"] == "degraded", 10, "the follower to report the bus down")
     assert follower.get("/cache/recent", params={"limit": 5}).status_code == 200  # still serving from its cache
+    assert follower.health()["bus"]["lag"] is None  # how far behind cannot be known without Redis
+    assert "relayhouse_bus_lag_events -1.0" in follower.get("/metrics").text
     private_redis["start"]()
     wait_until(lambda: follower.health()["bus"]["ok"] and fresh_upstream.open_connections(), 20,
                "the bus back and a leader on the upstream")

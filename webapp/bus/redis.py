@@ -208,5 +208,13 @@ class RedisBus(Bus):
         events.reverse()
         return events, epoch, entries[0][0]
 
+    def newest(self) -> tuple[int, str] | None:
+        """The seq and epoch of the stream's newest entry (None when it is empty)."""
+        entries = self.client.xrevrange(self.stream_key, count=1)
+        if not entries:
+            return None
+        fields = entries[0][1]
+        return event_from_json(fields[b"e"]).seq, fields[b"epoch"].decode()
+
     def stream_length(self) -> int:
         return self.client.xlen(self.stream_key)

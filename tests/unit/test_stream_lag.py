@@ -1,0 +1,51 @@
+"""Runtime.stream_lag: how far this worker is behind on the Redis stream, or None when that is unknown."""
+
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from webapp.runtime import Runtime
+
+
+class Bus:
+    def __init__(self, last_seq=0, epoch="E1", ok=True, newest=None, fails=False):
+        self.last_seq, self.epoch, self.ok = last_seq, epoch, ok
+        self._newest, self._fails = newest, fails
+
+    def newest(self):
+        if self._fails:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return self._newest
+
+
+def lag(role="follower", clustered=True, numbered=0, **bus):
+    rt = SimpleNamespace(clustered=clustered, role=role, bus=Bus(**bus), ingest=SimpleNamespace(last_seq=numbered))
+    return Runtime.stream_lag(rt)
+
+
+def test_a_single_worker_is_never_behind():
+    assert lag(role="single", clustered=False, numbered=50, last_seq=10) == 0
+
+
+def test_the_leader_counts_what_it_numbered_that_has_not_come_back():
+    assert lag(role="leader", numbered=120, last_seq=100) == 20
+    assert lag(role="leader", numbered=100, last_seq=100) == 0
+
+
+@pytest.mark.parametrize(("newest", "last_seq", "expected"), [
+    ((250, "E1"), 200, 50),  # behind by 50
+    ((200, "E1"), 200, 0),  # caught up
+    (None, 0, 0),  # an empty stream: nothing to be behind on
+    ((5, "E2"), 200, None),  # a new leader's seq space not reached yet: not comparable
+])
+def test_a_follower_compares_the_streams_newest_seq_with_its_last_read(newest, last_seq, expected):
+    assert lag(newest=newest, last_seq=last_seq) == expected
+
+
+def test_a_follower_whose_redis_is_down_does_not_know():
+    assert lag(ok=False, newest=(250, "E1"), last_seq=200) is None
+
+
+def test_a_follower_whose_redis_fails_on_the_question_does_not_know():
+    assert lag(fails=True, last_seq=200) is None
