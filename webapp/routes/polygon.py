@@ -34,8 +34,8 @@ from handlers.polygon import (
 from handlers.protocol import ws_frame
 from handlers.topics import compile_patterns
 from webapp.auth import OPEN, access, token_matches
-from webapp.responses import json_error
 from webapp.routes import runtime
+from webapp.sockets import SocketClient, take_socket
 from webapp.wire import WireSocket
 
 log = logging.getLogger(__name__)
@@ -45,47 +45,28 @@ sock = Sock()
 AUTH_TIMEOUT_S = 30.0  # a connection that has not authenticated by then is closed
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_SERVICE_RESTART = 1012  # the vendor's clients reconnect on it (1001 would make them stop)
-CLOSE_TRY_AGAIN_LATER = 1013
 NOTHING = compile_patterns(())
 
 
-class PolygonClient:
+class PolygonClient(SocketClient):
     """One /<market> connection as the hub sees it; no topics (so no data) until it subscribes."""
 
     kind = "polygon"
+    __slots__ = ("authenticated",)
+    closing_message = staticmethod(closing_frame)
 
     def __init__(self, ws, wire: WireSocket, rt):
-        self.ws = ws
-        self.wire = wire
-        self.rt = rt
-        self.matcher = NOTHING
-        self.after_seq = 0
-        self.max_events = rt.settings.ws_queue_max_events
-        self.max_bytes = rt.settings.ws_queue_max_bytes
+        super().__init__(ws, wire, rt, NOTHING)
         self.authenticated = False
-        self.closed = False
 
     @staticmethod
     def encode(events: list[Event]) -> bytes:
         """Frames of one flush for one group: built once, shared by every client of the group."""
         return b"".join(ws_frame(payload) for payload in data_frames(events))
 
-    def send(self, message: bytes) -> None:
-        self.wire.write(ws_frame(message))
-
     def deliver(self, frame: bytes, n_events: int) -> None:
-        if not frame:
-            return  # nothing in the batch was market data
-        wire = self.wire
-        if wire.backlog_bytes and (wire.backlog_bytes + len(frame) > self.max_bytes
-                                   or wire.backlog_weight + n_events > self.max_events):
-            behind = wire.backlog_weight + n_events
-            self.rt.metrics.slow_consumers.labels(self.kind).inc()
-            self.rt.metrics.queue_drops.labels(self.kind).inc(behind)
-            log.info("closing a slow Polygon consumer (%d events behind)", behind)
-            self.close("slow_consumer", CLOSE_TRY_AGAIN_LATER)
-            return
-        wire.write(frame, n_events)
+        if frame:  # empty when nothing in the batch was market data
+            self.write_bounded(frame, n_events)
 
     def subscribe(self, topics: tuple[str, ...]) -> None:
         """Make `topics` the whole subscription (it may become empty)."""
@@ -94,52 +75,23 @@ class PolygonClient:
             self.after_seq = self.rt.last_seq
         self.rt.hub.resubscribe(self, topics)
 
-    def close(self, reason: str, code: int) -> None:
-        """Drop the backlog, say why in a status, close; the handler greenlet then ends."""
-        if self.closed:
-            return
-        self.closed = True
-        self.rt.hub.remove(self)
-        self.wire.discard_backlog()
-        self.send(closing_frame(reason))
+    def close_socket(self, code: int, reason: str) -> None:
         if reason == "shutdown":
             code = CLOSE_SERVICE_RESTART
-        self._close_socket(code, reason)
+        super().close_socket(code, reason)
 
     def refuse(self, frame: bytes, code: int, reason: str) -> None:
         """Close before any subscription: a status, then the close."""
         self.closed = True
         self.rt.hub.remove(self)
         self.send(frame)
-        self._close_socket(code, reason)
-
-    def _close_socket(self, code: int, reason: str) -> None:
-        try:
-            self.ws.close(reason=code, message=reason)
-        except ConnectionClosed:
-            pass
-        self.ws.event.set()  # wake the handler blocked in receive()
+        self.close_socket(code, reason)
 
 
 @bp.before_request
 def prepare_upgrade():
-    """Runs before flask-sock's handshake: refuse deflate and own the socket, as /ws does."""
-    rt = runtime()
-    environ = request.environ
-    if environ.get("HTTP_UPGRADE", "").lower() != "websocket" or "HTTP_SEC_WEBSOCKET_KEY" not in environ:
-        return json_error(400, "this route needs a WebSocket upgrade request")
-    if rt.shutting_down:
-        return json_error(503, "the relay is shutting down")
-    if not rt.ready.is_set():
-        return json_error(503, "the relay is starting: retry in a moment")
-    # Every client of a subscription gets the same frame bytes, so per-client
-    # compression is refused (the vendor's clients offer it and accept a no).
-    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-    for key in ("gunicorn.socket", "werkzeug.socket"):
-        if key in environ:
-            environ[key] = g.wire = WireSocket(environ[key])
-            return None
-    return json_error(500, "no socket in the WSGI environment (run under gunicorn)")
+    """Runs before flask-sock's handshake: take over the socket, as /ws does."""
+    return take_socket(runtime(), request.environ)
 
 
 @sock.route(f"/<any({', '.join(MARKETS)}):market>", bp=bp)
@@ -165,10 +117,7 @@ def market_socket(ws, market: str):
     except ConnectionClosed:
         pass
     finally:
-        rt.hub.remove(client)
-        client.closed = True
-        wire.wait_drained(rt.settings.slow_close_timeout_s)
-        ws.thread.join(timeout=1.0)  # let the close handshake finish before gunicorn closes the socket
+        client.finish()
 
 
 def answer(client: PolygonClient, action) -> None:
