@@ -36,3 +36,32 @@ def plan_resume(since: int, epoch: str | None, current_epoch: str, last_seq: int
         elif available_from > first_needed:
             missing = (first_needed, available_from - 1)
     return ResumePlan(after_seq=after, recovered=not foreign and missing is None, missing=missing)
+
+
+MAX_HOLES = 100  # dropped ranges remembered; older ones are forgotten (and logged when made)
+
+
+def add_hole(holes: list[tuple[int, int]], first: int, last: int) -> list[tuple[int, int]]:
+    """`holes` (ascending, disjoint, inclusive seq ranges) with first..last added, overlaps and
+    neighbours merged, at most MAX_HOLES kept (the newest)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted([*holes, (first, last)]):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged[-MAX_HOLES:]
+
+
+def last_hole_end(holes: list[tuple[int, int]], first: int, last: int) -> int | None:
+    """The highest seq within first..last that lies in a hole, or None when the range has none.
+
+    A resume from the store can name one missing range: everything from its
+    start up to the last hole is reported missing and only what follows is sent.
+    """
+    end = None
+    for lo, hi in holes:
+        if lo <= last and hi >= first:
+            end = min(hi, last) if end is None else max(end, min(hi, last))
+    return end
+

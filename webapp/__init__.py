@@ -1,7 +1,9 @@
 """relayhouse's web shell: `create_app(settings, services=None)` builds the Flask app and connects nothing."""
 
 import logging
+import socket
 
+import gevent
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
@@ -16,6 +18,13 @@ from webapp.runtime import Runtime
 from webapp.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _stop_reading(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # already gone
 
 
 def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
@@ -44,13 +53,37 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         return None
 
     @app.before_request
-    def limit_chunked_body():
-        # werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without saying
-        # so: read up to the limit, and a byte beyond it means the body was too big
-        if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-            request.get_data(cache=True)
-            if request.stream.read(1):
-                return json_error(413, f"the request body exceeds {settings.max_body_bytes} bytes")
+    def read_body_in_time():
+        """Read a request's body before any route sees it, within BODY_TIMEOUT_S and MAX_BODY_BYTES.
+
+        A client that sends headers and then stalls would otherwise hold a
+        greenlet and a socket for as long as it likes. The body stays cached
+        for the route (get_data/get_json read the cache).
+        """
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if not request.content_length and not chunked:
+            return None
+        if request.content_length and request.content_length > settings.max_body_bytes:
+            return None  # werkzeug answers 413 without reading it
+        try:
+            with gevent.Timeout(settings.body_timeout_s):
+                request.get_data(cache=True)
+                # werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without saying
+                # so: read up to the limit, and a byte beyond it means the body was too big
+                too_big = chunked and request.content_length is None and request.stream.read(1)
+        except gevent.Timeout:
+            log.info("%s %s: the request body did not arrive within %g s", request.method, request.path,
+                     settings.body_timeout_s)
+            response = json_error(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
+            # gunicorn drops a Connection header from the app and would, after this response,
+            # wait to drain the rest of the body with no time limit. Once the 408 is written,
+            # end the reading side: the drain sees end-of-stream and the connection is closed.
+            sock = request.environ.get("gunicorn.socket")
+            if sock is not None:
+                response.call_on_close(lambda: _stop_reading(sock))
+            return response
+        if too_big:
+            return json_error(413, f"the request body exceeds {settings.max_body_bytes} bytes")
         return None
 
     @app.errorhandler(ParamError)

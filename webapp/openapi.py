@@ -59,6 +59,7 @@ ADMIN_UNAUTHORIZED = _error("ADMIN_TOKEN is set and the bearer token is missing 
 ADMIN_FORBIDDEN = _error("ADMIN_TOKEN is unset and the peer is not loopback")
 BAD = _error("a malformed or out-of-range parameter or body, named in the message")
 TOO_LARGE = _error("the body exceeds MAX_BODY_BYTES (publish: UPSTREAM_MAX_FRAME_BYTES)")
+BODY_TIMEOUT = _error("the request body did not arrive within BODY_TIMEOUT_S; the connection is closed")
 NO_STORE = _error("no store (CLICKHOUSE_URL=none) or the store is unreachable")
 NOT_READY = _error("the relay is starting (seq base not known yet) or shutting down")
 URI_TOO_LONG = _error("the request line is over 4094 bytes (gunicorn's limit): use POST /query for long SQL")
@@ -242,13 +243,13 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
             "put": {"summary": "change the cache's limits at once (admin)", "security": ADMIN,
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CacheConfigChange")}}},
                     "responses": {"200": _ok("the new limits", _ref("CacheConfig")), "400": BAD,
-                                  "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "413": TOO_LARGE}}},
+                                  "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
         "/publish": {"post": {
             "summary": "handle a JSON frame as if the upstream had sent it (admin)", "security": ADMIN,
             "requestBody": {"required": True, "content": {JSON: {"schema": {
                 "oneOf": [{"type": "object"}, {"type": "array"}]}}}},
             "responses": {"200": _ok("the seqs given to its events", _ref("Published")), "400": BAD,
-                          "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "413": TOO_LARGE}}},
+                          "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
         "/history": {"get": {
             "summary": "stored events, ascending seq", "security": CLIENT,
             "parameters": [
@@ -272,7 +273,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                           "requestBody": {"required": True, "content": {JSON: {"schema": _ref("QueryRequest")}}},
                      "responses": {"200": _ok("the result", _ref("QueryResult")),
                                    "400": _error("refused, or a ClickHouse error (its message)"),
-                                   "401": UNAUTHORIZED, "413": TOO_LARGE, "503": NO_STORE,
+                                   "401": UNAUTHORIZED, "408": BODY_TIMEOUT, "413": TOO_LARGE, "503": NO_STORE,
                                    "504": _error("QUERY_TIMEOUT_S passed")}}},
         "/sse": {"get": {
             "summary": "the event stream as Server-Sent Events (docs/api.md)", "security": CLIENT,

@@ -78,7 +78,8 @@ class Runtime:
             self.seq_state = SeqState(settings.data_dir, settings.seq_reserve_block)
             self.writer = StoreWriter(
                 self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
-                retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, in_thread=call_in_thread)
+                retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, on_dropped=self._on_dropped,
+                in_thread=call_in_thread)
         self.enricher = None
         if settings.enrich_sql and self.store is not None:
             from webapp.enrich import Enricher
@@ -101,6 +102,7 @@ class Runtime:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"
         self.boot_error: str | None = None
+        self.state_error: str | None = None  # DATA_DIR/relay-state.json could not be written
         self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
         self._leading: list[gevent.Greenlet] = []
@@ -227,6 +229,10 @@ class Runtime:
                     self.role = "leader"
                     self._leading = [gevent.spawn(self._take_over)]
                 self._leader_cached = lease.current_holder()
+                if self.role == "follower" and self.bus.epoch is None:
+                    # no event read yet: take the leader's epoch, so that snapshots and
+                    # /health here name the seq space the first events will carry
+                    self.epoch = self.bus.announced_epoch() or self.epoch
             except REDIS_FAILURES as exc:
                 self.bus._failed(exc)
                 if self.role == "leader" and not lease.valid:
@@ -234,7 +240,24 @@ class Runtime:
             gevent.sleep(period_s)
 
     def _take_over(self) -> None:
-        """Just elected: catch up with the stream, continue seq after it and the store, then lead."""
+        """Just elected: catch up with the stream, continue seq after it and the store, then lead.
+
+        Redis failing before the leading starts (a blip just after the election)
+        means standing down: the lease is released for whoever can catch up.
+        """
+        try:
+            self._catch_up_and_lead()
+        except REDIS_FAILURES as exc:
+            log.error("elected, but Redis failed before leading started (%s): standing down", exc)
+            self.bus._failed(exc)
+            self.role = "follower"
+            self._leading = []
+            try:
+                self.bus.lease.release()
+            except REDIS_FAILURES:
+                pass  # it expires on its own
+
+    def _catch_up_and_lead(self) -> None:
         bus = self.bus
         events, epoch, _ = bus.tail(bus.stream_maxlen)
         if events:
@@ -246,6 +269,7 @@ class Runtime:
             self.ingest.last_seq = max(floor_seq, bus.last_seq)
             self.epoch = epoch or self.epoch
         if self.role == "leader":
+            bus.announce_epoch(self.epoch)
             self._lead()
 
     # -- recovery from the store ------------------------------------------------------
@@ -369,13 +393,37 @@ class Runtime:
 
     def _persist(self, events: list[Event]) -> None:
         if not self.clustered:
-            self.seq_state.ensure(self.epoch, events[-1].seq)
+            try:
+                self.seq_state.ensure(self.epoch, events[-1].seq)
+            except OSError as exc:
+                # DATA_DIR is full or failing: the events still go to the writer (and the store
+                # or spool), and the write is tried again with the next batch. Until it works, a
+                # crash could reuse seqs: /health says so.
+                if self.state_error is None:
+                    log.error("cannot extend the seq reservation in %s: %s", self.seq_state.path, exc)
+                self.state_error = f"seq reservation not saved ({exc.strerror or exc})"
+            else:
+                if self.state_error is not None:
+                    log.info("the seq reservation is saved again")
+                    self.state_error = None
         self.writer.enqueue(events)
 
     def _on_written(self, rows: int, seconds: float) -> None:
         self.metrics.store_rows.inc(rows)
         self.metrics.store_batch_rows.observe(rows)
         self.metrics.store_insert_seconds.observe(seconds)
+
+    def _on_dropped(self, first: int, last: int) -> None:
+        """A batch could be neither spooled nor stored: remember its range for resuming clients."""
+        try:
+            call_in_thread(self.seq_state.add_hole, self.stream_epoch, first, last)
+        except OSError as exc:  # likely the same full disk: the range is still known until a restart
+            log.error("could not save the dropped range %d..%d to %s: %s", first, last, self.seq_state.path, exc)
+
+    def store_holes(self) -> list[tuple[int, int]]:
+        """Seq ranges of the current epoch that the store lacks for good (see SeqState.holes)."""
+        state = self.seq_state
+        return state.holes if state is not None and state.epoch == self.stream_epoch else []
 
     def _on_delivered(self, transport: str, frames: int, events: int) -> None:
         self.delivered += events
@@ -423,14 +471,14 @@ class Runtime:
         backlog = w._backlog
         return {
             "backend": self.store_backend,
-            "ok": w.ok and self.boot_error is None,
+            "ok": w.ok and self.boot_error is None and self.state_error is None,
             "pending": len(w.pending),
             "spooled": self.spool.events if backlog else 0,
             "spooled_bytes": self.spool.bytes if backlog else 0,
             "spool_full": w.spool_full,
             "dropped": w.dropped,
             "written": w.written,
-            "last_error": w.last_error or self.boot_error,
+            "last_error": w.last_error or self.boot_error or self.state_error,
         }
 
     def render_metrics(self) -> bytes:

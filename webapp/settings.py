@@ -192,6 +192,7 @@ class Settings:
     startup_grace_s: float = env("STARTUP_GRACE_S", 10.0, _float(0, 3600), "/health is not degraded by a disconnected upstream before this")
     graceful_timeout_s: float = env("GRACEFUL_TIMEOUT_S", 10.0, _float(1, 3600), "gunicorn graceful time-out on SIGTERM")
     max_body_bytes: int = env("MAX_BODY_BYTES", 4 * 1024 * 1024, _int(1024, 1 << 30), "largest accepted request body")
+    body_timeout_s: float = env("BODY_TIMEOUT_S", 30.0, _float(0.1, 3600), "a request body must arrive within this (408 after)")
     demo_rate: float = env("DEMO_RATE", 50.0, _float(0, 1_000_000), "demo feed events per second")
     demo_port: int = env("DEMO_PORT", 0, _int(0, 65535), "demo feed port on 127.0.0.1 (0 = any free port)")
     log_level: str = env("LOG_LEVEL", "INFO", _log_level, "logging level")

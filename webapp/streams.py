@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from handlers.events import Event
 from handlers.params import StreamParams
-from handlers.resume import plan_resume
+from handlers.resume import last_hole_end, plan_resume
 from handlers.topics import Matcher
 from webapp.store.base import StoreError, topic_condition
 
@@ -69,10 +69,15 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher) -> Opening:
         log.warning("resume from the store failed (%s): reporting %d..%d missing", exc, first, last)
         return replace(opening, from_store=None)
     older = newest_first[::-1]
-    # What the store cannot vouch for: below its first row, or cut off by the limit.
+    # What the store cannot vouch for: below its first row, cut off by the limit, or up to
+    # the last range it never got (dropped while the spool was full and the store down).
     lowest_served = max(first, stored_min) if stored_min else last + 1
     if len(older) >= params["limit"]:
         lowest_served = max(lowest_served, older[0].seq)
+    hole_end = last_hole_end(runtime.store_holes(), lowest_served, last)
+    if hole_end is not None:
+        lowest_served = hole_end + 1
+        older = [e for e in older if e.seq > hole_end]
     missing = (first, lowest_served - 1) if lowest_served > first else None
     filled = replace(opening, events=older + opening.events, missing=missing,
                      recovered=missing is None, from_store=None)

@@ -11,7 +11,10 @@ as CI does). With ClickHouse stopped the spool fills it; then:
   missing from the store in the end;
 - recovery when space returns (the tmpfs is grown, as an operator would free
   space): batches are spooled again, `spool_full` clears, and once ClickHouse
-  is back every event spooled or written is in the store exactly once.
+  is back every event spooled or written is in the store exactly once;
+- a client resuming from before the outage is told, as `missing`, the range up
+  to the last seq the store never got, and gets every event after it; the
+  same after a restart (the dropped ranges are kept in DATA_DIR).
 
 Where mounting is not permitted the test says so and uses SPOOL_MAX_BYTES
 as the bound instead; space then returns when the store drains the spool.
@@ -68,7 +71,7 @@ def test_a_full_spool_disk_is_reported_survived_and_recovered_from(
         clickhouse_server, fresh_upstream, tmpfs, start_relay, store, ws):
     url, probe = store()
     on_tmpfs = []
-    env = store_env(url)
+    env = store_env(url, CACHE_MAX_ITEMS="200")  # a small cache: the resumes below reach into the store
 
     def small_spool(relay) -> None:
         on_tmpfs.append(tmpfs(relay.data_dir / "spool", SPOOL_FS))
@@ -150,3 +153,20 @@ def test_a_full_spool_disk_is_reported_survived_and_recovered_from(
         f"missing {missing[:5]}..{missing[-5:]}")
     assert missing and missing[0] > stopped_seq, "events from before the outage were lost"
     assert missing[-1] <= returned_seq + RATE_PER_S, "events after space returned were lost"
+
+    # resuming from before the outage reaches into the store, which lacks the dropped range:
+    # the client is told instead of being handed a silent gap
+    since = stopped_seq - 10
+    for when in ("running", "restarted"):
+        resumed = ws(relay, topics=f"T.{sym}", since=since)
+        snapshot = resumed.read_snapshot()
+        assert snapshot.get("missing"), f"{when}: a resume across dropped events reported nothing missing"
+        first_missing, last_missing = snapshot["missing"]
+        assert first_missing == since + 1 and last_missing >= missing[-1], (when, snapshot["missing"], missing[-1])
+        seqs = [e["seq"] for e in resumed.events]
+        assert seqs == list(range(last_missing + 1, total + 1)), f"{when}: not every event after the missing range"
+        assert snapshot["recovered"] is False
+        resumed.close()
+        if when == "running":
+            relay.restart()
+

@@ -81,6 +81,9 @@ def test_two_relays_serve_every_event_once_in_order_from_one_upstream_connection
                                                                                   launch_relay, ws):
     leader, follower = start_pair(launch_relay, fresh_upstream, cluster_env(prefix))
     assert role(leader) == "leader"
+    # before any event exists, the follower already names the leader's seq space
+    wait_until(lambda: follower.health()["epoch"] == leader.health()["epoch"], 10, "the follower to take the epoch")
+    assert ws(follower, snapshot=0).read_snapshot()["epoch"] == leader.health()["epoch"]
     watch = UpstreamWatch(fresh_upstream)
     sym = unique_sym()
     clients = [ws(relay, topics=f"T.{sym}", snapshot=0) for relay in (leader, follower) for _ in range(3)]

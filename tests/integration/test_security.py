@@ -46,6 +46,7 @@ def secure_relay(upstream, clickhouse_server: ClickHouseServer,  # noqa: F811
         "LOG_LEVEL": "DEBUG",
         "QUERY_TIMEOUT_S": "2",
         "MAX_BODY_BYTES": "65536",
+        "BODY_TIMEOUT_S": "1",
     }
     running = Relay(tmp_path_factory.mktemp("secure"), upstream.url, env).start()
     published = running.request("POST", "/publish", json=[{"ev": "T", "sym": "SEC", "n": n} for n in range(5)],
@@ -583,4 +584,32 @@ def test_a_body_that_never_arrives_does_not_hold_the_relay(secure_relay):
         assert time.monotonic() - started < 1.0
     finally:
         sock.close()
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a socket time-out fails the test)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_that_stops_arriving_gets_a_json_408_and_the_connection_is_closed(secure_relay, framing):
+    relay = secure_relay
+    before = relay.health()["last_seq"]
+    length = b"Content-Length: 60000\r\n" if framing == "content-length" else b"Transfer-Encoding: chunked\r\n"
+    start = b"{\"ev\":" if framing == "content-length" else b"6\r\n{\"ev\":\r\n"
+    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=15)
+    try:
+        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN_TOKEN.encode()
+                     + b"\r\nContent-Type: application/json\r\n" + length + b"\r\n" + start)
+        reply = read_to_close(sock)  # BODY_TIMEOUT_S is 1 s; the socket's time-out 15 s
+    finally:
+        sock.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply[:300]
+    assert b"application/json" in head
+    assert json.loads(body) == {"error": "the request body did not arrive within 1 s"}
+    assert relay.health()["last_seq"] == before  # nothing half-read was published
 

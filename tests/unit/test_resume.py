@@ -1,9 +1,10 @@
 """handlers.resume: what a client resuming after `since` gets, and what it is told is gone."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.resume import ResumePlan, plan_resume
+from handlers.resume import MAX_HOLES, ResumePlan, add_hole, last_hole_end, plan_resume
 
 EPOCH = "e-2025-11-26"
 
@@ -95,3 +96,49 @@ def test_missing_and_served_seqs_split_exactly_what_the_client_is_owed(
         assert result.missing[0] <= result.missing[1]
     assert result.recovered == (not missing and same_epoch and since <= last_seq)
     assert result.after_seq == (since if same_epoch and since <= last_seq else 0)
+
+
+# -- ranges dropped from persistence (holes in the store) ------------------------------------------
+
+
+def test_holes_merge_when_they_touch_or_overlap_and_stay_sorted():
+    holes = add_hole([], 10, 20)
+    holes = add_hole(holes, 21, 25)  # adjacent: one range
+    holes = add_hole(holes, 40, 45)
+    holes = add_hole(holes, 1, 3)  # older, arriving late
+    holes = add_hole(holes, 44, 50)  # overlapping
+    assert holes == [(1, 3), (10, 25), (40, 50)]
+
+
+def test_only_the_newest_holes_are_kept():
+    holes = []
+    for n in range(MAX_HOLES + 5):
+        holes = add_hole(holes, 10 * n, 10 * n + 1)
+    assert len(holes) == MAX_HOLES and holes[0] == (50, 51) and holes[-1][0] == 10 * (MAX_HOLES + 4)
+
+
+@pytest.mark.parametrize(("first", "last", "expected"), [
+    (1, 9, None),  # before any hole
+    (1, 10, 10),  # touches the first hole's start
+    (1, 100, 50),  # spans all: up to the last hole's end
+    (12, 18, 18),  # inside a hole: cut at the range's end
+    (26, 39, None),  # between holes
+    (46, 60, 50),
+    (51, 99, None),  # after every hole
+])
+def test_last_hole_end_is_the_highest_dropped_seq_within_the_range(first, last, expected):
+    assert last_hole_end([(10, 25), (40, 50)], first, last) == expected
+
+
+@given(st.lists(st.tuples(st.integers(1, 500), st.integers(0, 20)), max_size=30),
+       st.integers(1, 600), st.integers(0, 100))
+@settings(max_examples=300, deadline=None)
+def test_last_hole_end_matches_a_seq_by_seq_check(ranges, first, span):
+    holes = []
+    for lo, width in ranges:
+        holes = add_hole(holes, lo, lo + width)
+    dropped = {seq for lo, hi in holes for seq in range(lo, hi + 1)}
+    last = first + span
+    in_range = [seq for seq in range(first, last + 1) if seq in dropped]
+    assert last_hole_end(holes, first, last) == (max(in_range) if in_range else None)
+

@@ -130,12 +130,15 @@ def test_a_corrupted_payload_fails_its_checksum(tmp_path):
 
 def test_a_full_spool_during_an_outage_drops_and_counts_and_recovers(tmp_path):
     writer, store = make_writer(tmp_path, max_bytes=600)
+    holes = []
+    writer.on_dropped = lambda first, last: holes.append((first, last))
     store.down = True
     writer.enqueue(events(1, 2))
     writer.cycle()
     writer.enqueue(events(3, 50))
     writer.cycle()
     assert writer.spool_full and writer.dropped == 50
+    assert holes == [(3, 52)]  # the range is handed on, for resuming clients to be told
     store.down = False
     writer._retry_at = 0
     writer.enqueue(events(53, 2))

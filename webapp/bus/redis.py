@@ -216,5 +216,13 @@ class RedisBus(Bus):
         fields = entries[0][1]
         return event_from_json(fields[b"e"]).seq, fields[b"epoch"].decode()
 
+    def announce_epoch(self, epoch: str) -> None:
+        """The leader's seq space, for followers that have no event to read it from yet."""
+        self.client.set(f"{self.prefix}:epoch", epoch)
+
+    def announced_epoch(self) -> str | None:
+        value = self.client.get(f"{self.prefix}:epoch")
+        return value.decode() if value else None
+
     def stream_length(self) -> int:
         return self.client.xlen(self.stream_key)

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 
+from handlers.resume import add_hole as with_hole
 from webapp.settings import Settings
 from webapp.store.base import Store
 
@@ -39,6 +40,9 @@ class SeqState:
         self.block = block
         self.epoch: str | None = None
         self.reserved = 0
+        # seq ranges of this epoch dropped from persistence (spool full while the store was
+        # down): a resume from the store reports them missing instead of skipping them silently
+        self.holes: list[tuple[int, int]] = []
 
     def load(self) -> None:
         try:
@@ -46,20 +50,29 @@ class SeqState:
                 state = json.loads(f.read())
             self.epoch = str(state["epoch"])
             self.reserved = int(state["reserved"])
+            self.holes = [(int(lo), int(hi)) for lo, hi in state.get("holes", [])]
         except FileNotFoundError:
             return
         except (ValueError, KeyError, TypeError) as exc:
             log.error("ignoring unreadable %s: %s", self.path, exc)
 
     def save(self, epoch: str, reserved: int) -> None:
+        if epoch != self.epoch:
+            self.holes = []  # another seq space: the old one's holes mean nothing in it
         self.epoch, self.reserved = epoch, reserved
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"epoch": epoch, "reserved": reserved}, f)
+            json.dump({"epoch": epoch, "reserved": reserved, "holes": self.holes}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+    def add_hole(self, epoch: str, first: int, last: int) -> None:
+        """Record first..last as never persisted (and save it)."""
+        self.holes = with_hole(self.holes if epoch == self.epoch else [], first, last)
+        self.epoch = epoch
+        self.save(epoch, self.reserved)
 
     def ensure(self, epoch: str, last_seq: int) -> None:
         """Called as seqs are handed out: extend the reservation before it runs out."""

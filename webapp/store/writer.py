@@ -41,6 +41,7 @@ class StoreWriter:
     def __init__(self, store: Store, spool: Spool, *, batch_rows: int, batch_ms: int,
                  retry_min_ms: int = 200, retry_max_ms: int = 5000,
                  on_written: Callable[[int, float], None] = lambda rows, seconds: None,
+                 on_dropped: Callable[[int, int], None] = lambda first, last: None,
                  in_thread: Callable = lambda fn, *args: fn(*args)):
         self.store = store
         self.spool = spool
@@ -49,6 +50,7 @@ class StoreWriter:
         self.retry_min_ms = retry_min_ms
         self.retry_max_ms = retry_max_ms
         self.on_written = on_written
+        self.on_dropped = on_dropped  # (first seq, last seq) of a batch lost to persistence
         self.in_thread = in_thread  # file I/O off the hub
         self.pending: list[Event] = []
         self.store_max: int | None = None  # None: unknown, ask before the next insert
@@ -127,6 +129,7 @@ class StoreWriter:
                 # neither durable locally nor in the store: counted, and said loudly
                 self.dropped += len(batch)
                 log.error("dropped %d events from persistence (spool full, store unavailable)", len(batch))
+                self.on_dropped(min(e.seq for e in batch), max(e.seq for e in batch))
             return
         if self._backlog:
             return  # order: it waits behind what the spool already holds

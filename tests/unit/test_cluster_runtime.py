@@ -1,4 +1,5 @@
-"""Runtime.stream_lag: how far this worker is behind on the Redis stream, or None when that is unknown."""
+"""Runtime in a cluster: stream_lag (how far this worker is behind on the Redis stream, None when unknown),
+and taking over the lead when Redis blips."""
 
 from types import SimpleNamespace
 
@@ -49,3 +50,35 @@ def test_a_follower_whose_redis_is_down_does_not_know():
 
 def test_a_follower_whose_redis_fails_on_the_question_does_not_know():
     assert lag(fails=True, last_seq=200) is None
+
+
+# -- taking over the lead ------------------------------------------------------------------------
+
+
+class BlippingBus:
+    """Redis fails just after the election: reading the stream's tail raises."""
+
+    stream_maxlen = 10_000
+
+    def __init__(self):
+        self.released = False
+        self.failures = []
+        self.lease = SimpleNamespace(release=self._release)
+
+    def _release(self):
+        self.released = True
+
+    def tail(self, count):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def _failed(self, exc):
+        self.failures.append(exc)
+
+
+def test_a_leader_elected_during_a_redis_blip_stands_down_and_releases_the_lease(caplog):
+    bus = BlippingBus()
+    rt = SimpleNamespace(bus=bus, role="leader", _leading=["this greenlet"])
+    rt._catch_up_and_lead = lambda: Runtime._catch_up_and_lead(rt)
+    Runtime._take_over(rt)
+    assert rt.role == "follower" and rt._leading == [] and bus.released and len(bus.failures) == 1
+    assert "standing down" in caplog.text
