@@ -102,6 +102,7 @@ class Runtime:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"
         self.boot_error: str | None = None
+        self.frames_in = self._frames_in_exported = 0  # upstream frames (see _on_frame)
         self.state_error: str | None = None  # DATA_DIR/relay-state.json could not be written
         self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
@@ -430,7 +431,7 @@ class Runtime:
         self.metrics.delivered(transport, frames, events)
 
     def _on_frame(self, payload: bytes, binary: bool, recv_ms: int) -> None:
-        self.metrics.frames_in.inc()
+        self.frames_in += 1  # into relayhouse_upstream_frames when /metrics renders (see Ingest.numbered)
         self.ingest.submit(payload, binary, recv_ms)
 
     def _on_upstream_statuses(self, statuses: list[dict], recv_ms: int) -> None:
@@ -483,6 +484,9 @@ class Runtime:
 
     def render_metrics(self) -> bytes:
         m = self.metrics
+        m.frames_in.inc(self.frames_in - self._frames_in_exported)
+        self._frames_in_exported = self.frames_in
+        self.ingest.export_counts()
         for kind, n in self.hub.clients_by_kind.items():
             m.clients.labels(kind).set(n)
         m.cache_items.set(len(self.cache))
