@@ -164,3 +164,19 @@ def test_flush_writes_what_is_pending(tmp_path):
 def test_batches_never_span_two_days():
     evs = [make_event(1, DAY - 1, "t", {}), make_event(2, DAY, "t", {}), make_event(3, DAY + 5, "t", {})]
     assert [[e.seq for e in run] for run in split_by_day(evs)] == [[1], [2, 3]]
+
+
+def test_a_spool_that_flaps_at_its_bound_is_reported_once(tmp_path, caplog):
+    writer, store = make_writer(tmp_path, max_bytes=1200)
+    store.down = True
+    writer.enqueue(events(1, 2))
+    writer.cycle()
+    writer.enqueue(events(3, 40))  # does not fit
+    writer.cycle()
+    writer.enqueue(events(43, 1))  # a small one still fits: spool_full clears
+    writer.cycle()
+    assert not writer.spool_full
+    writer.enqueue(events(44, 40))  # full again, moments later
+    writer.cycle()
+    assert writer.spool_full and writer.dropped == 80
+    assert caplog.text.count("spool cannot take a batch") == 1

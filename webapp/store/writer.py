@@ -22,6 +22,7 @@ from webapp.store.spool import Spool, SpoolFull
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+FULL_SAID_EVERY_S = 60.0  # "spool cannot take a batch" at most this often
 
 
 def split_by_day(events: list[Event]) -> list[list[Event]]:
@@ -57,6 +58,7 @@ class StoreWriter:
         self.ok = True
         self.last_error: str | None = None
         self.spool_full = False
+        self._full_said_at = float("-inf")
         self.dropped = 0  # events that could be neither spooled nor inserted
         self.written = 0
         self._backlog = False  # the spool holds records not yet in the store
@@ -122,8 +124,12 @@ class StoreWriter:
             self.in_thread(self.spool.append, batch)
             self.spool_full = False
         except (SpoolFull, OSError) as exc:
-            if not self.spool_full:
+            now = time.monotonic()
+            # said once per episode: near the bound a smaller batch may still fit between two
+            # that do not, which must not turn one full disk into a line every few batches
+            if not self.spool_full and now - self._full_said_at >= FULL_SAID_EVERY_S:
                 log.error("spool cannot take a batch of %d events: %s", len(batch), exc)
+                self._full_said_at = now
             self.spool_full = True
             if self._backlog or not self._insert(batch):
                 # neither durable locally nor in the store: counted, and said loudly
