@@ -117,7 +117,7 @@ class Runtime:
         s = self.settings
         url = s.upstream_url or (self.demo.url if self.demo is not None and self.demo.running else "")
         return Upstream(
-            url, self._on_frame,
+            url, self._on_frame, on_frames=self._on_frames,
             init_messages=s.upstream_init,
             headers=s.upstream_headers,
             ping_interval_s=s.upstream_ping_interval_s,
@@ -433,6 +433,11 @@ class Runtime:
     def _on_frame(self, payload: bytes, binary: bool, recv_ms: int) -> None:
         self.frames_in += 1  # into relayhouse_upstream_frames when /metrics renders (see Ingest.numbered)
         self.ingest.submit(payload, binary, recv_ms)
+
+    def _on_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> None:
+        """Every frame of one upstream read: numbered, cached, published and persisted as one batch."""
+        self.frames_in += len(frames)
+        self.ingest.submit_frames(frames, recv_ms)
 
     def _on_upstream_statuses(self, statuses: list[dict], recv_ms: int) -> None:
         for message in statuses:
