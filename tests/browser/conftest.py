@@ -22,8 +22,15 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, 
 # `support` lives next to this package; make it importable whatever pytest's import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from integration import conftest as integration  # noqa: E402
 from support.relay import ALL_RELAYS, Relay  # noqa: E402
-from support.upstream import FakeUpstream  # noqa: E402
+
+# the integration suite's relay and upstream fixtures; launch_relay takes a fake upstream or a
+# URL ("" for the demo feed)
+upstream = integration.upstream
+relay = integration.relay
+fresh_upstream = integration.fresh_upstream
+launch_relay = integration.launch_relay
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -167,45 +174,3 @@ def open_monitor(browser: Browser, request: pytest.FixtureRequest, artifacts: Pa
         monitor.context.close()
     if problems and not failed:
         pytest.fail("the monitor logged console errors:\n" + "\n".join(problems))
-
-
-# -- the relay and its upstream -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def relay(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    """One relay for the module's tests that only publish and read."""
-    running = Relay(tmp_path_factory.mktemp("monitor"), upstream.url).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def fresh_upstream() -> Iterator[FakeUpstream]:
-    """A fake upstream of the test's own, for tests that break it."""
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def launch_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
-    """launch_relay(upstream_url, env) starts a relay with special settings; all stop when the test ends."""
-    relays: list[Relay] = []
-
-    def launch(upstream_url: str, env: dict[str, str] | None = None, *, wait_upstream: bool = True) -> Relay:
-        relay = Relay(tmp_path / f"relay{len(relays)}", upstream_url, env)
-        relays.append(relay)
-        return relay.start(wait_upstream=wait_upstream)
-
-    yield launch
-    for relay in relays:
-        relay.stop()
-

@@ -133,8 +133,10 @@ def launch_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
     """Start relays with special settings; all of them are stopped when the test ends."""
     relays: list[Relay] = []
 
-    def launch(upstream: FakeUpstream, env: dict[str, str] | None = None, *, wait_upstream: bool = True) -> Relay:
-        relay = Relay(tmp_path / f"relay{len(relays)}", upstream.url, env)
+    def launch(upstream: FakeUpstream | str, env: dict[str, str] | None = None, *, wait_upstream: bool = True) -> Relay:
+        """`upstream`: a fake upstream, or a URL ("" for the demo feed)."""
+        url = upstream if isinstance(upstream, str) else upstream.url
+        relay = Relay(tmp_path / f"relay{len(relays)}", url, env)
         relays.append(relay)
         return relay.start(wait_upstream=wait_upstream)
 
