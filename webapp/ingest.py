@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class Ingest:
     """Turns frames into numbered events and hands them on.
 
-    Without enrichment, `submit` handles a frame at once and never yields, so
+    Without enrichment, `submit_frames` handles frames at once and never yields, so
     seq assignment needs no lock. With enrichment, frames go through a queue to
     one ingest greenlet, which may wait (bounded) for enrichment results: the
     upstream reader only enqueues and never waits on it.
@@ -31,33 +31,27 @@ class Ingest:
                  on_statuses: Callable[[list[dict], int], None] | None = None):
         self.publish_events = publish  # to the bus: every worker's cache and hub
         self.metrics = metrics
-        # events numbered per source; plain ints on the hot path, added to the Prometheus
-        # counter when /metrics is rendered (a labelled, locked inc per frame cost ~6 % of
-        # the worker at 20,000 frames/s)
+        # upstream frames, and events numbered per source: plain ints on the hot path, added
+        # to the Prometheus counters when /metrics is rendered (a labelled, locked inc per
+        # frame cost ~6 % of the worker at 20,000 frames/s)
+        self.upstream_frames = 0
         self.numbered: dict[str, int] = {}
-        self._numbered_exported: dict[str, int] = {}
+        self._exported: dict[str, int] = {}  # what export_counts has added so far, by name
         self.topic_fields = topic_fields
         self.max_frame_bytes = max_frame_bytes
         self.last_seq = last_seq
         self.parse_errors = 0
         self.oversize_frames = 0
-        self.upstream_events = 0
         self.persist = persist
         self.enricher = enricher
         self.on_statuses = on_statuses  # Polygon status messages: shown, never numbered
         self._queue: gevent.queue.Queue | None = gevent.queue.Queue() if enricher is not None else None
 
-    def submit(self, payload: bytes | str, binary: bool, recv_ms: int, source: str = "upstream") -> int:
-        """Hand a frame on without waiting; returns how many events it made (0 when queued)."""
-        if self._queue is None:
-            return len(self.handle_frame(payload, binary, recv_ms, source))
-        self._queue.put((payload, binary, recv_ms, source, None))
-        return 0
-
     def submit_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> int:
         """Hand on every frame of one upstream read together: numbered in order, then cached,
         published, persisted and counted once for all of them (per frame, that bookkeeping costs
         as much as parsing). Returns how many events they made (0 when queued)."""
+        self.upstream_frames += len(frames)
         if self._queue is None:
             return len(self.handle_frames(frames, recv_ms))
         for payload, binary in frames:
@@ -113,18 +107,23 @@ class Ingest:
         if self.persist is not None:
             self.persist(events)
         self.numbered[source] = self.numbered.get(source, 0) + len(events)
-        if source == "upstream":
-            self.upstream_events += len(events)
         return events
 
+    @property
+    def upstream_events(self) -> int:
+        return self.numbered.get("upstream", 0)
 
     def export_counts(self) -> None:
-        """Add what was numbered since the last call to relayhouse_events_in (called by /metrics)."""
-        for source, count in list(self.numbered.items()):
-            new = count - self._numbered_exported.get(source, 0)
+        """Add what came since the last call to relayhouse_upstream_frames and relayhouse_events_in
+        (called by /metrics)."""
+        totals = {"frames": (self.metrics.frames_in, self.upstream_frames)}
+        for source, count in self.numbered.items():
+            totals[f"events:{source}"] = (self.metrics.events_in.labels(source), count)
+        for name, (counter, count) in totals.items():
+            new = count - self._exported.get(name, 0)
             if new:
-                self.metrics.events_in.labels(source).inc(new)
-                self._numbered_exported[source] = count
+                counter.inc(new)
+                self._exported[name] = count
 
 
 def now_ms() -> int:

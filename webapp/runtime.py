@@ -102,7 +102,6 @@ class Runtime:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"
         self.boot_error: str | None = None
-        self.frames_in = self._frames_in_exported = 0  # upstream frames (see _on_frame)
         self.state_error: str | None = None  # DATA_DIR/relay-state.json could not be written
         self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
@@ -117,7 +116,7 @@ class Runtime:
         s = self.settings
         url = s.upstream_url or (self.demo.url if self.demo is not None and self.demo.running else "")
         return Upstream(
-            url, self._on_frame, on_frames=self._on_frames,
+            url, self.ingest.submit_frames,
             init_messages=s.upstream_init,
             headers=s.upstream_headers,
             ping_interval_s=s.upstream_ping_interval_s,
@@ -430,15 +429,6 @@ class Runtime:
         self.delivered += events
         self.metrics.delivered(transport, frames, events)
 
-    def _on_frame(self, payload: bytes, binary: bool, recv_ms: int) -> None:
-        self.frames_in += 1  # into relayhouse_upstream_frames when /metrics renders (see Ingest.numbered)
-        self.ingest.submit(payload, binary, recv_ms)
-
-    def _on_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> None:
-        """Every frame of one upstream read: numbered, cached, published and persisted as one batch."""
-        self.frames_in += len(frames)
-        self.ingest.submit_frames(frames, recv_ms)
-
     def _on_upstream_statuses(self, statuses: list[dict], recv_ms: int) -> None:
         for message in statuses:
             self.upstream_statuses.append({"status": message["status"], "message": message.get("message", ""),
@@ -489,8 +479,6 @@ class Runtime:
 
     def render_metrics(self) -> bytes:
         m = self.metrics
-        m.frames_in.inc(self.frames_in - self._frames_in_exported)
-        self._frames_in_exported = self.frames_in
         self.ingest.export_counts()
         for kind, n in self.hub.clients_by_kind.items():
             m.clients.labels(kind).set(n)

@@ -1,7 +1,7 @@
 """The upstream consumer: one websocket-client connection, read in one greenlet, reconnected with backoff.
 
-It only reads and hands each frame to `on_frame`, which never blocks (the
-ingest loop queues for the hub and the store). websocket-client's
+It only reads and hands the frames of each read to `on_frames` in one call,
+which never blocks (the ingest loop queues for the hub and the store). websocket-client's
 `create_connection` makes the connection (handshake, TLS, proxies, headers)
 and sends; reading is done here by `FrameReader`, which takes every frame out
 of one large `recv` at a few microseconds each, where websocket-client's
@@ -24,7 +24,6 @@ from handlers.backoff import reconnect_delay_ms
 
 log = logging.getLogger(__name__)
 
-FrameHandler = Callable[[bytes, bool, int], None]  # payload, is_binary, receive time (ms)
 FramesHandler = Callable[[list[tuple[bytes, bool]], int], None]  # (payload, is_binary)..., receive time (ms)
 
 RECV_BYTES = 256 * 1024
@@ -171,15 +170,13 @@ class UpstreamState:
 class Upstream:
     """Holds the one upstream connection for this process."""
 
-    def __init__(self, url: str, on_frame: FrameHandler, *, init_messages: tuple = (),
+    def __init__(self, url: str, on_frames: FramesHandler, *, init_messages: tuple = (),
                  headers: tuple = (), ping_interval_s: float = 20.0, ping_timeout_s: float = 10.0,
                  connect_timeout_s: float = 10.0, backoff_min_ms: int = 50, backoff_max_ms: int = 1000,
                  healthy_after_s: float = 5.0, on_state: Callable[[UpstreamState], None] | None = None,
-                 rng: random.Random | None = None, on_frames: FramesHandler | None = None):
+                 rng: random.Random | None = None):
         self.url = url
-        self.on_frame = on_frame
-        # given, every frame of one read goes to on_frames in one call instead of one on_frame each
-        self.on_frames = on_frames
+        self.on_frames = on_frames  # every data frame of one read, in one call
         self.init_messages = init_messages
         self.headers = [f"{k}: {v}" for k, v in headers]
         self.ping_interval_s = ping_interval_s
@@ -254,7 +251,7 @@ class Upstream:
     def _read(self, ws: websocket.WebSocket) -> None:
         sock = ws.sock  # ws.shutdown() (stop, the pinger) sets ws.sock to None and closes this
         reader = FrameReader()
-        state, on_frame, on_frames = self.state, self.on_frame, self.on_frames
+        state, on_frames = self.state, self.on_frames
         # one buffer for every read: recv(256 KiB) would malloc 256 KiB and shrink it each time,
         # which fragments the heap (RSS grew ~3 KB per read in the churn test)
         into = bytearray(RECV_BYTES)
@@ -272,10 +269,7 @@ class Upstream:
             for opcode, payload in reader.feed(chunk):
                 if opcode == OP_TEXT or opcode == OP_BINARY:
                     state.frames += 1
-                    if on_frames is None:
-                        on_frame(payload, opcode == OP_BINARY, recv_ms)
-                    else:
-                        batch.append((payload, opcode == OP_BINARY))
+                    batch.append((payload, opcode == OP_BINARY))
                 elif opcode == OP_PING:
                     ws.pong(payload)
                 elif opcode == OP_CLOSE:

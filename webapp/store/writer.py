@@ -135,7 +135,7 @@ class StoreWriter:
                 # neither durable locally nor in the store: counted, and said loudly
                 self.dropped += len(batch)
                 log.error("dropped %d events from persistence (spool full, store unavailable)", len(batch))
-                self.on_dropped(min(e.seq for e in batch), max(e.seq for e in batch))
+                self.on_dropped(batch[0].seq, batch[-1].seq)  # pending is in seq order
             return
         if self._backlog:
             return  # order: it waits behind what the spool already holds
