@@ -11,9 +11,13 @@
 # keeps the data. The server listens on 127.0.0.1 only, in UTC, as the current
 # user (root included: ClickHouse 18.16 does not check who runs it).
 #
-# Users: `default` (no password, loopback only, full rights) and `relay_reader`
+# Users: `default` (no password, loopback only, full rights), `relay_reader`
 # (no password, loopback only, readonly=2: reads only, but the limits the
-# relay sets per query still apply). Profiles: default, readonly, relay_reader.
+# relay sets per query still apply; table functions such as url() still run,
+# so the relay refuses to serve /query through it) and `relay_query` (the user
+# docs/clickhouse.md tells operators to create for CLICKHOUSE_QUERY_URL:
+# readonly=1 with the /query limits in its profile). Profiles: default,
+# readonly, relay_reader, relay_query.
 set -euo pipefail
 
 START_TIMEOUT_S=${START_TIMEOUT_S:-60}
@@ -133,6 +137,15 @@ EOF
             <readonly>2</readonly>
             <max_memory_usage>1000000000</max_memory_usage>
         </relay_reader>
+        <!-- readonly=1: no writes, DDL, table functions or settings changes; the limits live here -->
+        <relay_query>
+            <max_execution_time>10</max_execution_time>
+            <max_result_rows>10001</max_result_rows>
+            <result_overflow_mode>break</result_overflow_mode>
+            <max_rows_to_read>100000000</max_rows_to_read>
+            <max_memory_usage>1000000000</max_memory_usage>
+            <readonly>1</readonly>
+        </relay_query>
     </profiles>
     <users>
         <default>
@@ -147,6 +160,12 @@ EOF
             <profile>relay_reader</profile>
             <quota>default</quota>
         </relay_reader>
+        <relay_query>
+            <password></password>
+            <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+            <profile>relay_query</profile>
+            <quota>default</quota>
+        </relay_query>
     </users>
     <quotas>
         <default>

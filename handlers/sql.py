@@ -426,8 +426,12 @@ def _param_text(value: Any, quoted: bool) -> str:
 ALLOWED_LEADING = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
 
 # Table functions (and same-named functions) that reach past the store: the
-# host's files, the network, other servers, programs. The server's readonly
-# setting does not stop these, and on embedded chDB they run inside the relay.
+# host's files, the network, other servers, programs. The engine is the first
+# line (the /query session runs with readonly=1, which refuses every table
+# function on 18.16 and every one that reaches outside on current releases);
+# this list is the second, and the one that stops the ordinary function
+# file(), which chDB runs even in readonly mode. check_read_only_sql adds
+# every name the engine itself lists in system.table_functions.
 EXTERNAL_FUNCTIONS = frozenset(name.lower() for name in (
     "file", "fileCluster", "url", "urlCluster", "s3", "s3Cluster", "gcs", "oss", "cosn", "hdfs", "hdfsCluster",
     "azureBlobStorage", "azureBlobStorageCluster", "remote", "remoteSecure", "cluster", "clusterAllReplicas",
@@ -436,25 +440,61 @@ EXTERNAL_FUNCTIONS = frozenset(name.lower() for name in (
     "icebergS3", "icebergAzure", "icebergHDFS", "icebergLocal", "icebergCluster", "icebergS3Cluster",
     "icebergAzureCluster", "icebergHDFSCluster", "hudi", "hudiCluster", "paimon", "paimonS3", "paimonAzure",
     "paimonHDFS", "paimonLocal", "arrowFlight", "arrowflight", "ytsaurus", "python", "prometheusQuery",
-    "prometheusQueryRange", "kafka", "nats", "rabbitmq", "filesystem",
+    "prometheusQueryRange", "kafka", "nats", "rabbitmq", "filesystem", "dictionary", "merge", "loop",
+    "catboostEvaluate", "bigquery", "mergeTreeIndex", "mergeTreeParts", "mergeTreeAnalyzeIndexes",
+    "fuzzJSON", "fuzzQuery", "generateRandom",
 ))
 
+ALLOWED_TABLE_FUNCTIONS = frozenset(name.lower() for name in (
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "SQLStandardValues", "generate_series", "generateSeries",
+    "view", "null", "format",
+))
+"""The table functions /query may call: they make rows from their arguments alone (within the row limits).
+`format` is also the ordinary string function."""
+
+SYSTEM_DATABASES = frozenset({"system", "information_schema"})
+ALLOWED_SYSTEM_TABLES = frozenset({"one", "numbers", "numbers_mt", "zeros", "zeros_mt"})
+"""The only tables of the engine's own databases /query may read: the rest describe the server, its
+users and other callers' queries, not the relay's events."""
 
 MAX_NESTING = 100
 
 
-def check_read_only_sql(sql: str) -> str:
+def name_text(token: Token) -> str | None:
+    """The name a word or quoted-name token stands for, as ClickHouse reads it; None when it is not a
+    name, or is a quoted name holding a backslash escape (`fil\\x65`), which is refused rather than decoded:
+    the relay would have to decode exactly as every engine version does to see what it names."""
+    if token.kind == WORD:
+        return token.text
+    if token.kind != QUOTED:
+        return None
+    quote, inner = token.text[0], token.text[1:-1]
+    if "\\" in inner:
+        return None
+    return inner.replace(quote + quote, quote)
+
+
+def _is_name(token: Token) -> bool:
+    return token.kind in (WORD, QUOTED)
+
+
+def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = frozenset()) -> str:
     """Vet /query text and return it as one clean statement, or raise SqlError (→ 400).
 
-    A second line of defence behind the server's readonly setting: comments
+    A second line of defence behind the engine's readonly=1 session: comments
     are dropped, one trailing `;` is removed, and these are refused: an empty
     query, a second statement, a first word other than ALLOWED_LEADING
     (after any opening parentheses), a SETTINGS or FORMAT clause or INTO
-    OUTFILE (the relay sets the limits and the output format itself), and the
-    table functions in EXTERNAL_FUNCTIONS. Words are matched case-insensitively
-    in code only — never inside strings, quoted names or comments — and a word
-    right after `.` is a qualified name (`system.settings`), not a clause;
-    `format(...)` the function is allowed.
+    OUTFILE (the relay sets the limits and the output format itself), a call
+    of any table function outside ALLOWED_TABLE_FUNCTIONS — the names in
+    EXTERNAL_FUNCTIONS and in `table_functions` (the engine's own list) — and
+    a table of `system` or `information_schema` outside ALLOWED_SYSTEM_TABLES.
+
+    Names are read as ClickHouse reads them: bare, "double-quoted" or
+    `back-quoted`, in any letter case, at any depth of nesting, with comments
+    between a name and its `(`. Keywords are matched in code only — never
+    inside strings or comments — and a word right after `.` is a qualified
+    name (`t.settings`), not a clause; `format(...)` the function is allowed.
     """
     tokens = list(_tokens(sql))
     significant = [t for t in tokens if t.kind not in (SPACE, COMMENT)]
@@ -484,11 +524,31 @@ def check_read_only_sql(sql: str) -> str:
         raise SqlError(f"only read queries are allowed: the query must start with {', '.join(ALLOWED_LEADING)} "
                        f"(it starts with {got!r})")
 
+    blocked = (EXTERNAL_FUNCTIONS | {name.lower() for name in table_functions}) - ALLOWED_TABLE_FUNCTIONS
     for i, token in enumerate(significant):
-        if token.kind != WORD or (i > 0 and significant[i - 1].text == "."):
+        if not _is_name(token):
+            continue
+        after_dot = i > 0 and significant[i - 1].text == "."
+        called = i + 1 < len(significant) and significant[i + 1].text == "("
+        name = name_text(token)
+        qualifier = i + 1 < len(significant) and significant[i + 1].text == "."
+        if name is None and not (called or qualifier or after_dot):
+            continue  # an escaped alias or column name names no function and no table
+        if name is None:
+            raise SqlError(f"the quoted name {token.text[:40]} holds a backslash escape: "
+                           "/query takes quoted names without escapes")
+        lowered = name.lower()
+        if called and lowered in blocked:
+            raise SqlError(f"{name}() is not allowed: /query reads the relay's store only")
+        if (lowered in SYSTEM_DATABASES and not after_dot and qualifier and i + 2 < len(significant)
+                and _is_name(significant[i + 2])):
+            table = (name_text(significant[i + 2]) or "").lower()
+            if table not in ALLOWED_SYSTEM_TABLES or lowered != "system":
+                raise SqlError(f"{name}.{table or '?'} is not readable through /query: it reads the relay's tables "
+                               f"and system.{', system.'.join(sorted(ALLOWED_SYSTEM_TABLES))}")
+        if token.kind != WORD or after_dot:
             continue
         word = token.text.upper()
-        called = i + 1 < len(significant) and significant[i + 1].text == "("
         if word == "SETTINGS":
             raise SqlError("SETTINGS clauses are not allowed: the relay sets the query limits itself "
                            "(write `settings` in backquotes for a column of that name)")
@@ -497,13 +557,48 @@ def check_read_only_sql(sql: str) -> str:
                            "(write `format` in backquotes for a column of that name)")
         if word == "OUTFILE":
             raise SqlError("INTO OUTFILE is not allowed")
-        if called and token.text.lower() in EXTERNAL_FUNCTIONS:
-            raise SqlError(f"{token.text}() is not allowed: /query reads the relay's store only")
 
     last = significant[-1]
     body = [t for t in tokens if t.start <= last.start]
     # a comment becomes one space: it may be the only separator between two words
     return "".join(" " if t.kind == COMMENT else t.text for t in body).strip()
+
+
+# -- what a /query session can do -----------------------------------------------------
+
+READONLY, ACCESS_DENIED, SETTING_CONSTRAINT_VIOLATION = 164, 497, 452
+REFUSAL_CODES = frozenset({READONLY, ACCESS_DENIED, SETTING_CONSTRAINT_VIOLATION})
+"""Error codes by which an engine refuses a query for lack of rights, not for a fault in it."""
+
+
+def power_probes(db: str) -> dict[str, str]:
+    """Queries a restricted /query session must be refused; the key says what a success would show.
+
+    Each is harmless when it runs: the file does not exist, nothing listens on
+    port 1, the INSERT copies no row, the setting only applies to `SELECT 1`.
+    """
+    if not _NAME_RE.match(db):
+        raise SqlError(f"bad database name {db[:64]!r}")
+    return {
+        "reads host files (file())": "SELECT * FROM file('relayhouse-power-probe.csv', 'CSV', 'x String')",
+        "fetches URLs (url())": "SELECT * FROM url('http://127.0.0.1:1/relayhouse-power-probe', 'CSV', 'x String')",
+        "writes tables (INSERT)": f"INSERT INTO {db}.relay_meta SELECT * FROM {db}.relay_meta WHERE 0",
+        "lifts its own limits (SETTINGS)": "SELECT 1 SETTINGS max_execution_time = 86400",
+    }
+
+
+UNKNOWN_TABLE, UNKNOWN_DATABASE = 60, 81
+
+
+def undecided(outcomes: Mapping[str, int | None]) -> bool:
+    """True when a probe failed only because the relay's tables are not there yet (start-up): ask again later."""
+    return any(code in (UNKNOWN_TABLE, UNKNOWN_DATABASE) for code in outcomes.values())
+
+
+def unrestricted_powers(outcomes: Mapping[str, int | None]) -> list[str]:
+    """The powers whose probe was not refused for lack of rights: ran (None) or failed for another reason
+    (the engine tried: a missing file, a refused connection)."""
+    return [power for power, code in outcomes.items() if code not in REFUSAL_CODES]
 
 
 # -- result rows -> JSON ----------------------------------------------------------------

@@ -179,6 +179,8 @@ class Settings:
     query_max_rows: int = env("QUERY_MAX_ROWS", 10_000, _int(1, 10_000_000), "/query row limit")
     query_max_rows_to_read: int = env("QUERY_MAX_ROWS_TO_READ", 100_000_000, _int(1, 1 << 62), "/query: most rows a query may scan")
     query_max_memory_bytes: int = env("QUERY_MAX_MEMORY_BYTES", 2_000_000_000, _int(1 << 20, 1 << 62), "/query: memory limit per query")
+    clickhouse_query_url: str | None = env("CLICKHOUSE_QUERY_URL", None, _clickhouse_url, "a read-only ClickHouse user for /query and enrichment (docs/clickhouse.md); unset = CLICKHOUSE_URL with readonly=1 per query")
+    query_allow_unrestricted: bool = env("QUERY_ALLOW_UNRESTRICTED", False, _bool, "serve /query even when its connection can write or reach files/URLs (not recommended)")
     store_batch_rows: int = env("STORE_BATCH_ROWS", 5000, _int(1, 1_000_000), "store writes a batch at this many events")
     store_batch_ms: int = env("STORE_BATCH_MS", 500, _int(1, 600_000), "... or after this long")
     store_retry_max_ms: int = env("STORE_RETRY_MAX_MS", 5000, _int(10, 600_000), "cap of the retry backoff while the store is down")
@@ -236,6 +238,8 @@ class Settings:
                 problems.append(f"ENRICH_SQL: {exc}")
             if self.store_backend == "none":
                 problems.append("ENRICH_SQL: needs a store (CLICKHOUSE_URL is none, or unset with REDIS_URL)")
+        if self.clickhouse_query_url and (self.store_backend != "clickhouse" or self.clickhouse_query_url == "none"):
+            problems.append("CLICKHOUSE_QUERY_URL: needs CLICKHOUSE_URL set to a ClickHouse server, and a server URL itself")
         if self.cors_allow_credentials and "*" in self.cors_origins:
             problems.append("CORS_ALLOW_CREDENTIALS: credentials need an explicit CORS_ORIGINS list, not *")
         return problems

@@ -15,17 +15,24 @@ from handlers import jsonx
 from handlers.sql import (
     ALLOWED_LEADING,
     COMMENT,
+    QUOTED,
     SPACE,
     STRING,
+    WORD,
     SqlError,
+    Token,
     _tokens,
     check_read_only_sql,
     json_safe_rows,
     json_safe_value,
+    name_text,
     placeholder_names,
+    power_probes,
     render_params,
     sql_literal,
     to_server_params,
+    undecided,
+    unrestricted_powers,
 )
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -352,7 +359,7 @@ def test_values_clickhouse_cannot_type_are_refused(value, message):
     ("SELECT $$ ; FORMAT JSON $$", None),
     ("(SELECT 1) UNION ALL (SELECT 2)", None),
     ("WITH 1 AS x SELECT x", None),
-    ("SELECT name FROM system.settings WHERE name = 'max_threads'", None),
+    ("SELECT number FROM system.numbers LIMIT 3", None),
     ("SELECT format('{} {}', 'a', 'b'), formatDateTime(now(), '%Y')", None),
     ("SELECT 1 AS `settings`, 2 AS `format`", None),
     ("SELECT count() FROM relay.events WHERE topic LIKE 'T.%'", None),
@@ -513,3 +520,99 @@ driver_values = st.recursive(
 def test_any_driver_value_survives_a_json_round_trip_unchanged(value):
     safe = json_safe_value(value)
     assert jsonx.loads(jsonx.dumps(safe)) == safe
+
+
+# -- table functions, quoted names and the engine's own tables ----------------------------------------
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM `file`('/etc/passwd', 'LineAsString') LIMIT 2",
+    'SELECT * FROM "url"(\'http://127.0.0.1:8000/health\', \'LineAsString\')',
+    "SELECT * FROM FiLe('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM `FILE` /* gap */ ('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file -- gap\n ('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM (SELECT * FROM `file`('/etc/passwd', 'LineAsString'))",
+    "WITH t AS (SELECT * FROM \"file\"('/etc/passwd', 'LineAsString')) SELECT * FROM t",
+    "SELECT 1 FROM system.one WHERE 1 IN (SELECT count() FROM `url`('http://x/', 'CSV', 'a String'))",
+    "SELECT * FROM system.one AS a JOIN `remote`('h:9000', system.one) AS b USING dummy",
+    "SELECT `file`('/etc/passwd')",
+    "SELECT arrayMap(x -> file(x), ['/etc/passwd'])",
+])
+def test_forbidden_functions_are_refused_in_every_spelling_and_nesting(sql):
+    with pytest.raises(SqlError, match=r"(?i)file|url|remote"):
+        check_read_only_sql(sql)
+
+
+def test_a_doubled_quote_inside_a_quoted_name_stands_for_one_quote():
+    assert name_text(Token(QUOTED, "`fi``le`", 0)) == "fi`le"
+    assert name_text(Token(QUOTED, '"a""b"', 0)) == 'a"b'
+    assert name_text(Token(WORD, "File", 0)) == "File"
+    assert name_text(Token(STRING, "'file'", 0)) is None
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM `fil\\x65`('/etc/passwd')", 'SELECT * FROM "ur\\l"(1)'])
+def test_a_quoted_name_with_a_backslash_escape_is_refused_not_decoded(sql):
+    with pytest.raises(SqlError, match="backslash"):
+        check_read_only_sql(sql)
+
+
+def test_the_engines_own_list_of_table_functions_is_refused_except_the_allowed_ones():
+    engine = frozenset({"brandNewLake", "numbers", "zeros", "values", "generateSeries"})
+    with pytest.raises(SqlError, match="(?i)brandNewLake"):
+        check_read_only_sql("SELECT * FROM `BRANDNEWLAKE`('x')", engine)
+    for allowed in ("numbers(10)", "zeros(3)", "values('x UInt8', 1)", "generateSeries(1, 5)"):
+        assert check_read_only_sql(f"SELECT * FROM {allowed}", engine) == f"SELECT * FROM {allowed}"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM system.query_log", "SELECT * FROM `system`.`users`", 'SELECT * FROM "system"."processes"',
+    "SELECT * FROM SYSTEM.settings", "SELECT * FROM information_schema.tables", "SELECT * FROM system.one, system.zookeeper",
+])
+def test_the_engines_own_tables_are_refused_but_one_numbers_and_zeros(sql):
+    with pytest.raises(SqlError, match="not readable"):
+        check_read_only_sql(sql)
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM system.one", "SELECT number FROM system.numbers LIMIT 3",
+                                 "SELECT count() FROM `system`.`zeros` LIMIT 3", "SELECT e.system FROM t AS e"])
+def test_system_one_numbers_and_zeros_stay_readable(sql):
+    assert check_read_only_sql(sql) == sql
+
+
+_FORBIDDEN = ["file", "url", "remote", "remoteSecure", "s3", "mysql", "postgresql", "executable", "input", "hdfs",
+              "cluster", "clusterAllReplicas", "jdbc", "odbc", "mongodb", "redis", "python", "dictionary"]
+
+
+@PROPERTY
+@given(name=st.sampled_from(_FORBIDDEN), casing=st.lists(st.booleans(), min_size=20, max_size=20),
+       quote=st.sampled_from(["", "`", '"']), gap=st.sampled_from(["", " ", "\n", "/* c */", "-- c\n", "\t"]),
+       wrappers=st.lists(st.sampled_from([
+           "SELECT * FROM ({})", "WITH t AS ({}) SELECT * FROM t", "SELECT 1 FROM system.one WHERE 1 IN ({})",
+           "SELECT * FROM system.one AS a JOIN ({}) AS b USING dummy", "SELECT ({}) AS x"]), max_size=8))
+def test_no_spelling_or_nesting_of_a_forbidden_function_passes(name, casing, quote, gap, wrappers):
+    spelled = "".join(c.upper() if up else c.lower() for c, up in zip(name, casing, strict=False))
+    sql = f"SELECT * FROM {quote}{spelled}{quote}{gap}('x', 'CSV')"
+    for wrapper in wrappers:
+        sql = wrapper.format(sql)
+    with pytest.raises(SqlError):
+        check_read_only_sql(sql)
+
+
+def test_power_probes_name_what_a_success_would_show_and_only_rights_refusals_count_as_restricted():
+    probes = power_probes("relay_db")
+    assert set(probes) == {"reads host files (file())", "fetches URLs (url())", "writes tables (INSERT)",
+                           "lifts its own limits (SETTINGS)"}
+    assert "relay_db.relay_meta" in probes["writes tables (INSERT)"]
+    outcomes = {"reads host files (file())": 164, "fetches URLs (url())": 1000, "writes tables (INSERT)": 497,
+                "lifts its own limits (SETTINGS)": None}
+    assert unrestricted_powers(outcomes) == ["fetches URLs (url())", "lifts its own limits (SETTINGS)"]
+    assert unrestricted_powers(dict.fromkeys(probes, 164)) == []
+    assert undecided({"writes tables (INSERT)": 60}) and not undecided(dict.fromkeys(probes, 164))
+    with pytest.raises(SqlError):
+        power_probes("x; DROP")
+
+
+def test_an_escaped_quoted_alias_is_still_fine_where_it_names_no_function_or_table():
+    assert check_read_only_sql('SELECT 1 AS "a\\"b"') == 'SELECT 1 AS "a\\"b"'
+    with pytest.raises(SqlError, match="backslash"):
+        check_read_only_sql('SELECT * FROM `sys\\tem`.query_log')

@@ -33,7 +33,11 @@ def query():
     if rt.store is None:
         return json_error(503, NO_STORE)
     try:
-        statement = check_read_only_sql(render_params(sql, params) if params else sql)
+        powers = rt.store.query_powers()
+        if powers and not rt.settings.query_allow_unrestricted:
+            return json_error(503, "/query is disabled: its ClickHouse session " + "; ".join(powers)
+                              + " (see docs/clickhouse.md, or set QUERY_ALLOW_UNRESTRICTED=1)")
+        statement = check_read_only_sql(render_params(sql, params) if params else sql, rt.store.table_functions())
         result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows)
     except SqlError as exc:
         rt.metrics.query_errors.labels("refused").inc()

@@ -19,11 +19,13 @@ def make_store(settings: Settings) -> Store | None:
         from webapp.store.clickhouse import ClickHouseStore
 
         return ClickHouseStore(settings.clickhouse_url, max_rows_to_read=settings.query_max_rows_to_read,
-                               max_memory_bytes=settings.query_max_memory_bytes)
+                               max_memory_bytes=settings.query_max_memory_bytes,
+                               query_url=settings.clickhouse_query_url)
     from webapp.store.embedded import EmbeddedStore
 
     return EmbeddedStore(settings.data_dir, max_rows_to_read=settings.query_max_rows_to_read,
-                         max_memory_bytes=settings.query_max_memory_bytes)
+                         max_memory_bytes=settings.query_max_memory_bytes,
+                         query_timeout_s=settings.query_timeout_s, query_max_rows=settings.query_max_rows)
 
 
 class SeqState:

@@ -2,9 +2,10 @@
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from handlers.events import Event, event_from_row
+from handlers.sql import power_probes, undecided, unrestricted_powers
 
 DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -18,7 +19,11 @@ class StoreUnavailable(StoreError):
 
 
 class QueryRefused(StoreError):
-    """ClickHouse refused or failed the query (→ 400 with its message)."""
+    """ClickHouse refused or failed the query (→ 400 with its message); `code` is ClickHouse's error code."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class QueryTimedOut(StoreError):
@@ -45,9 +50,28 @@ class Store(Protocol):
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]: ...
     def select_events(self, clauses: str, params: dict[str, Any]) -> list[Event]: ...
     def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult: ...
+    def table_functions(self) -> frozenset[str]: ...
+    def query_powers(self) -> list[str]: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
     def close(self) -> None: ...
+
+
+def probe_powers(run: Callable[[str], object], db: str) -> list[str]:
+    """Run handlers.sql.power_probes through `run` (the /query path: same session, same settings) and
+    return what it can do that it must not; [] when every probe is refused for lack of rights."""
+    outcomes: dict[str, int | None] = {}
+    for power, sql in power_probes(db).items():
+        try:
+            run(sql)
+            outcomes[power] = None
+        except QueryRefused as exc:
+            outcomes[power] = exc.code
+        except QueryTimedOut:
+            outcomes[power] = -1
+    if undecided(outcomes):
+        raise StoreUnavailable("the store's schema is not ready yet: /query waits for it")
+    return unrestricted_powers(outcomes)
 
 
 # -- schema ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from webapp.store.base import (
     StoreError,
     StoreUnavailable,
     event_columns,
+    probe_powers,
     rows_to_events,
     schema_statements,
 )
@@ -62,8 +63,14 @@ class ClickHouseStore:
     backend = "clickhouse"
 
     def __init__(self, url: str, *, connect_timeout_s: float = 3.0, io_timeout_s: float = 30.0,
-                 max_rows_to_read: int = 100_000_000, max_memory_bytes: int = 2_000_000_000):
+                 max_rows_to_read: int = 100_000_000, max_memory_bytes: int = 2_000_000_000,
+                 query_url: str | None = None):
         self.params = parse_url(url)
+        # /query and enrichment may log in as a read-only user of their own (docs/clickhouse.md)
+        self.query_params = {**parse_url(query_url), "database": self.params["database"]} if query_url else self.params
+        self._profile_readonly: int | None = None
+        self._table_functions: frozenset[str] | None = None
+        self._powers: list[str] | None = None
         self.db = self.params["database"]
         self.connect_timeout_s = connect_timeout_s
         self.io_timeout_s = io_timeout_s
@@ -72,8 +79,8 @@ class ClickHouseStore:
         self._writer: Client | None = None
         self._idle: list[Client] = []
 
-    def _client(self, database: str | None = None) -> Client:
-        p = self.params
+    def _client(self, database: str | None = None, params: dict[str, Any] | None = None) -> Client:
+        p = params or self.params
         return Client(host=p["host"], port=p["port"], user=p["user"], password=p["password"],
                       database=database or self.db, secure=p["secure"],
                       connect_timeout=self.connect_timeout_s, send_receive_timeout=self.io_timeout_s,
@@ -88,7 +95,7 @@ class ClickHouseStore:
         except ch_errors.ServerException as exc:
             if exc.code == TIMEOUT_EXCEEDED:
                 raise QueryTimedOut(_message(exc)) from exc
-            raise QueryRefused(_message(exc)) from exc
+            raise QueryRefused(_message(exc), exc.code) from exc
         except ch_errors.Error as exc:
             client.disconnect()
             raise StoreUnavailable(f"ClickHouse error: {_message(exc)}") from exc
@@ -139,19 +146,33 @@ class ClickHouseStore:
         """Events from `WHERE ... ORDER BY ... LIMIT ...` clauses (values only in params)."""
         return rows_to_events(self.fetch(EVENT_SELECT.format(db=self.db) + clauses, params))
 
-    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
-        settings = {
-            "readonly": 2,  # no writes, DDL or readonly change; limit settings below still apply
+    def _query_settings(self, client: Client, timeout_s: float, max_rows: int) -> dict[str, Any]:
+        """The limits sent with a /query, then readonly=1, which from then on refuses writes, DDL, table
+        functions (all of them on 18.16; those that reach outside on current releases) and any SETTINGS
+        in the query text. A user whose profile is already read-only cannot take them: readonly=1 takes
+        no setting at all (its profile must hold the limits), readonly=2 takes the limits but cannot
+        tighten readonly (its grants must refuse table functions; query_powers checks)."""
+        if self._profile_readonly is None:
+            rows = self._run(client, "SELECT value FROM system.settings WHERE name = 'readonly'")
+            self._profile_readonly = int(rows[0][0]) if rows else 0
+        if self._profile_readonly == 1:
+            return {}
+        limits = {
             "max_execution_time": max(1, int(round(timeout_s))),
             "max_result_rows": max_rows + 1,
             "result_overflow_mode": "break",
             "max_rows_to_read": self.max_rows_to_read,
             "max_memory_usage": self.max_memory_bytes,
         }
-        client = self._client()  # a fresh client: a cut-off query leaves nothing behind in the pool
+        # readonly last: the server applies a query's settings in order
+        return limits if self._profile_readonly else {**limits, "readonly": 1}
+
+    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+        client = self._client(params=self.query_params)  # fresh: a cut-off query leaves nothing behind in the pool
         started = time.perf_counter()
         try:
             with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
+                settings = self._query_settings(client, timeout_s, max_rows)
                 rows, columns = self._run(client, sql, settings=settings, with_column_types=True)
         finally:
             client.disconnect()
@@ -159,6 +180,29 @@ class ClickHouseStore:
         truncated = len(rows) > max_rows
         rows = rows[:max_rows]
         return QueryResult(list(columns), json_safe_rows(list(columns), rows), truncated, elapsed_ms)
+
+    def table_functions(self) -> frozenset[str]:
+        """The server's own list of table functions (system.table_functions), read once."""
+        if self._table_functions is None:
+            rows = self._read("SELECT name FROM system.table_functions")
+            self._table_functions = frozenset(row[0] for row in rows)
+        return self._table_functions
+
+    def query_powers(self) -> list[str]:
+        """What a /query connection can do that it must not (handlers.sql.power_probes); [] when restricted.
+        Probed once, through the same path and settings as /query."""
+        if self._powers is None:
+            client = self._client(params=self.query_params)
+            try:
+                settings = self._query_settings(client, 10.0, 1)
+                self._powers = probe_powers(lambda sql: self._run(client, sql, settings=settings), self.db)
+            finally:
+                client.disconnect()
+            if self._powers:
+                log.error("/query is refused: its ClickHouse connection (user %r) %s; restrict it as "
+                          "docs/clickhouse.md shows, or set QUERY_ALLOW_UNRESTRICTED=1",
+                          self.query_params["user"], "; ".join(self._powers))
+        return self._powers
 
     def get_meta(self, key: str) -> str | None:
         rows = self._read(f"SELECT argMax(value, version) FROM {self.db}.relay_meta WHERE key = %(key)s GROUP BY key",

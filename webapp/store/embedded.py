@@ -1,4 +1,4 @@
-"""The embedded chDB backend (the default): the only importer of chdb. Every call runs in one worker thread."""
+"""The embedded chDB backend (the default): the only importer of chdb. Every call runs on a thread of its lane."""
 
 import logging
 import os
@@ -7,6 +7,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import gevent
 import gevent.threadpool
 
 from handlers import jsonx
@@ -21,6 +22,7 @@ from webapp.store.base import (
     StoreError,
     StoreUnavailable,
     event_columns,
+    probe_powers,
     rows_to_events,
     schema_statements,
 )
@@ -35,43 +37,65 @@ def _message(exc: Exception) -> str:
     return str(exc).split("Stack trace")[0].strip()
 
 
-class EmbeddedStore:
-    """chDB under DATA_DIR/chdb. chDB calls block their thread, so they run in a
-    one-thread pool: the gevent hub never waits, and calls are serialized."""
+def _drain_output(sess) -> None:
+    # chDB 4.4 keeps what a failed query (a time-out) had already written and
+    # prepends it to the next result; a throwaway query takes it away.
+    try:
+        sess.query("SELECT 1", "CSV")
+    except RuntimeError as exc:
+        log.warning("chDB: could not clear a failed query's output: %s", exc)
 
-    backend = "chdb"
 
-    def __init__(self, data_dir: str, db: str = "relayhouse", max_rows_to_read: int = 100_000_000,
-                 max_memory_bytes: int = 2_000_000_000):
-        self.path = os.path.join(data_dir, "chdb")
-        self.db = db
-        self.max_rows_to_read = max_rows_to_read
-        self.max_memory_bytes = max_memory_bytes
-        self._pool = gevent.threadpool.ThreadPool(1)
-        self._session = None
+def readonly_setup(settings: dict[str, Any]) -> tuple[str, ...]:
+    """SET each limit, then readonly=1: from then on the session refuses writes, DDL, every table
+    function that reads files or the network, and any change of a setting — its own SETTINGS clauses
+    included, at any depth (measured on chDB 4.4: a subquery's SETTINGS max_execution_time=0 or
+    max_rows_to_read=0 does not lift the session's limit)."""
+    return (*(f"SET {name} = {value!r}" for name, value in settings.items()), "SET readonly = 1")
 
-    def _call(self, fn, *args):
-        return call_in_thread(fn, *args, pool=self._pool)
+
+class Lane:
+    """One chDB session on one thread of its own: calls on a lane run one at a time, in order, and
+    never on the gevent hub. `setup` runs once when the session opens."""
+
+    def __init__(self, path: str, setup: tuple[str, ...] = ()):
+        self.path = path
+        self.setup = setup
+        self.pool = gevent.threadpool.ThreadPool(1)
+        self.session = None
+
+    def call(self, fn, *args):
+        return call_in_thread(fn, *args, pool=self.pool)
 
     def _open(self):
-        if self._session is None:
+        if self.session is None:
             from chdb import session  # imported on first use: chdb is large and only this backend needs it
 
             os.makedirs(self.path, exist_ok=True)
-            self._session = session.Session(self.path)
-        return self._session
+            sess = session.Session(self.path)
+            try:
+                for statement in self.setup:
+                    sess.query(statement, "CSV")
+            except BaseException:
+                sess.close()
+                raise
+            self.session = sess
+        return self.session
 
-    def _sql(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact") -> Any:
-        """Run in the pool thread; map chDB's errors onto the store's."""
+    def sql(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact") -> Any:
+        """Run in the lane's thread; map chDB's errors onto the store's."""
         try:
             sess = self._open()
+        except (RuntimeError, OSError) as exc:
+            raise StoreUnavailable(f"chDB at {self.path}: {_message(exc)}") from exc
+        try:
             result = sess.query(sql, fmt, params=params) if params else sess.query(sql, fmt)
         except RuntimeError as exc:
-            self._drain_output(sess)
+            _drain_output(sess)
             code = CODE.search(str(exc))
             if code and int(code.group(1)) == TIMEOUT_EXCEEDED:
                 raise QueryTimedOut(_message(exc)) from exc
-            raise QueryRefused(_message(exc)) from exc
+            raise QueryRefused(_message(exc), int(code.group(1)) if code else None) from exc
         except OSError as exc:
             raise StoreUnavailable(f"chDB at {self.path}: {exc}") from exc
         if fmt == "JSONCompact":
@@ -79,32 +103,70 @@ class EmbeddedStore:
             return jsonx.loads(body) if body else {"meta": [], "data": []}
         return None
 
-    @staticmethod
-    def _drain_output(sess) -> None:
-        # chDB 4.4 keeps what a failed query (a time-out) had already written and
-        # prepends it to the next result; a throwaway query takes it away.
-        try:
-            sess.query("SELECT 1", "CSV")
-        except RuntimeError as exc:
-            log.warning("chDB: could not clear a failed query's output: %s", exc)
+    def run(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact") -> Any:
+        return self.call(self.sql, sql, params, fmt)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the session once the lane's current call is done, waiting at most `timeout_s`: a query
+        stuck in the engine must not hold up a shutdown (the process exit ends it)."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            with gevent.Timeout(timeout_s, False):
+                self.call(session.close)
+                return
+            log.warning("chDB: a call on %s did not finish within %g s; closing without it", self.path, timeout_s)
+
+
+class EmbeddedStore:
+    """chDB under DATA_DIR/chdb on three sessions, each on a thread of its own, so no call blocks the
+    hub and a long /query never holds up an insert:
+
+    - write: the schema, inserts and the relay's own metadata (every right);
+    - read: /history, resume and metadata reads (readonly=1);
+    - query: /query text and enrichment (readonly=1, the /query limits set before it).
+
+    chDB runs every query as a user with every grant, so readonly=1 on the
+    sessions that take caller text is the engine's line; handlers/sql.py's text
+    check is the second, and the only one for the ordinary function file(),
+    which chDB (like clickhouse-local) runs on any host path even read-only.
+    """
+
+    backend = "chdb"
+
+    def __init__(self, data_dir: str, db: str = "relayhouse", max_rows_to_read: int = 100_000_000,
+                 max_memory_bytes: int = 2_000_000_000, query_timeout_s: float = 10.0,
+                 query_max_rows: int = 10_000):
+        self.path = os.path.join(data_dir, "chdb")
+        self.db = db
+        self.query_timeout_s = query_timeout_s
+        self.query_max_rows = query_max_rows
+        limits = {"max_execution_time": max(1, int(round(query_timeout_s))),
+                  "max_rows_to_read": max_rows_to_read, "max_memory_usage": max_memory_bytes}
+        self._write = Lane(self.path)
+        self._read = Lane(self.path, readonly_setup(limits))
+        self._query = Lane(self.path, readonly_setup({
+            **limits, "max_result_rows": query_max_rows + 1, "result_overflow_mode": "break",
+            "output_format_json_quote_decimals": 1}))
+        self._table_functions: frozenset[str] | None = None
+        self._powers: list[str] | None = None
 
     def _select(self, sql: str, params: dict | None = None) -> list[list]:
-        return self._call(self._sql, sql, params)["data"]
+        return self._read.run(sql, params)["data"]
 
     def ensure_schema(self) -> None:
         for statement in schema_statements(self.db):
-            self._call(self._sql, statement, None, "CSV")
+            self._write.run(statement, None, "CSV")
 
     def insert(self, events: list[Event]) -> None:
-        self._call(self._insert, event_columns(events))
+        self._write.call(self._insert, event_columns(events))
 
     def _insert(self, columns: list[list]) -> None:
         rows = dict(zip(EVENT_COLUMNS, columns, strict=True))  # noqa: F841  (read by chDB's Python() table function)
         names = ", ".join(EVENT_COLUMNS)
-        self._sql(f"INSERT INTO {self.db}.events ({names}) SELECT {names} FROM Python(rows)", None, "CSV")
+        self._write.sql(f"INSERT INTO {self.db}.events ({names}) SELECT {names} FROM Python(rows)", None, "CSV")
 
     def max_seq(self) -> int:
-        return int(self._select(f"SELECT max(seq) FROM {self.db}.events")[0][0])
+        return int(self._write.run(f"SELECT max(seq) FROM {self.db}.events")["data"][0][0])
 
     def min_seq(self) -> int:
         return int(self._select(f"SELECT min(seq) FROM {self.db}.events")[0][0])
@@ -118,14 +180,14 @@ class EmbeddedStore:
         return rows_to_events(self.fetch(EVENT_SELECT.format(db=self.db) + clauses, params))
 
     def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
-        limits = (f"readonly = 2, max_execution_time = {max(1, int(round(timeout_s)))}, "
-                  f"max_result_rows = {max_rows + 1}, result_overflow_mode = 'break', "
-                  f"max_rows_to_read = {self.max_rows_to_read}, max_memory_usage = {self.max_memory_bytes}, "
-                  "output_format_json_quote_decimals = 1")
+        """Caller text on the readonly=1 query session, whose limits were set when it opened
+        (QUERY_TIMEOUT_S and the rest); `timeout_s` and `max_rows` can only tighten them."""
+        timeout_s = min(timeout_s, self.query_timeout_s)
+        max_rows = min(max_rows, self.query_max_rows)
         started = time.perf_counter()
-        # chDB has no per-call settings argument: the limits ride on the statement,
-        # which check_read_only_sql guarantees is one statement without its own SETTINGS.
-        result = self._call(self._sql, f"{sql}\nSETTINGS {limits}")
+        # the engine stops the query at its limit; this bounds the caller's wait if it does not
+        with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
+            result = self._query.run(sql)
         elapsed_ms = (time.perf_counter() - started) * 1000
         columns = [(m["name"], m["type"]) for m in result.get("meta", [])]
         rows = [list(r) for r in result.get("data", [])[:max_rows + 1]]
@@ -139,23 +201,36 @@ class EmbeddedStore:
                         row[i] = Decimal(row[i])
         return QueryResult(columns, json_safe_rows(columns, [tuple(r) for r in rows]), truncated, elapsed_ms)
 
+    def table_functions(self) -> frozenset[str]:
+        """The engine's own list of table functions (system.table_functions), read once."""
+        if self._table_functions is None:
+            self._table_functions = frozenset(row[0] for row in self._select("SELECT name FROM system.table_functions"))
+        return self._table_functions
+
+    def query_powers(self) -> list[str]:
+        """What the /query session can do that it must not (handlers.sql.power_probes); [] when restricted."""
+        if self._powers is None:
+            self._powers = probe_powers(lambda sql: self._query.run(sql, None, "CSV"), self.db)
+            if self._powers:
+                log.error("/query is refused: its chDB session %s", "; ".join(self._powers))
+        return self._powers
+
     def get_meta(self, key: str) -> str | None:
         rows = self._select(f"SELECT argMax(value, version) FROM {self.db}.relay_meta WHERE key = {{key:String}} GROUP BY key",
                             {"key": key})
         return rows[0][0] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._call(self._set_meta, key, value)
+        self._write.call(self._set_meta, key, value)
 
     def _set_meta(self, key: str, value: str) -> None:
         meta = {"key": [key], "value": [value], "version": [time.time_ns()]}  # noqa: F841  (read by Python())
-        self._sql(f"INSERT INTO {self.db}.relay_meta (key, value, version) SELECT key, value, version FROM Python(meta)",
-                  None, "CSV")
+        self._write.sql(f"INSERT INTO {self.db}.relay_meta (key, value, version) SELECT key, value, version FROM Python(meta)",
+                        None, "CSV")
 
     def close(self) -> None:
-        if self._session is not None:
-            self._call(self._session.close)
-            self._session = None
+        for lane in (self._query, self._read, self._write):
+            lane.close()
 
 
 __all__ = ["EmbeddedStore", "StoreError"]

@@ -1,0 +1,359 @@
+"""/query reads the relay's own database and nothing else (contract §10, issue 12), on embedded chDB (the
+README's default) and on a ClickHouse server: no table function reaches a host file, a URL or another
+server, in any spelling or nesting, and no SETTINGS in the text lifts a limit.
+
+Two lines are tested apart:
+- the engine's: the stores' /query session (readonly=1) run directly, without the text check — every
+  table function the engine lists is refused by the engine itself (READONLY / ACCESS_DENIED);
+- both together: the hostile corpus over HTTP, answered with a JSON 4xx every time.
+In both, the file functions point at a marker file the test wrote and the network functions at a
+listener the test runs: the marker must never come back, and the listener must never hear a byte.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.clickhouse import ClickHouseServer, clickhouse_server  # noqa: F401
+from support.relay import Relay
+from support.waiting import wait_until
+
+from handlers.sql import ALLOWED_TABLE_FUNCTIONS, REFUSAL_CODES
+from webapp.store.base import QueryRefused, QueryTimedOut, StoreError
+
+MARKER = "relayhouse-sandbox-marker-5d1f0c"
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that records every connection made to it (SSRF detector)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                continue
+            self.connections.append(peer)
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[Listener]:
+    lis = Listener()
+    yield lis
+    lis.close()
+
+
+@pytest.fixture(scope="module")
+def marker_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sandbox") / "marker.txt"
+    path.write_text(MARKER + "\n")
+    return path
+
+
+def call_args(name: str, marker: Path, port: int) -> str:
+    """Arguments that would make `name` read the marker or connect to the listener, were it allowed."""
+    lowered = name.lower()
+    if lowered.startswith("file") or lowered in ("filesystem", "deltalakelocal", "iceberglocal", "paimonlocal"):
+        return f"'{marker}', 'LineAsString'"
+    if lowered.startswith(("remote", "cluster", "mysql", "postgresql", "mongodb", "redis", "arrowflight")):
+        return f"'127.0.0.1:{port}', 'db', 'tbl', 'user', 'password'"
+    if lowered in ("executable", "executablepool"):
+        return f"'cat {marker}', 'LineAsString', 'x String'"
+    return f"'http://127.0.0.1:{port}/{name}', 'LineAsString'"
+
+
+def spellings(name: str) -> list[str]:
+    mixed = "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(name))
+    return [name, f"`{name}`", f'"{name}"', mixed]
+
+
+POSITIONS = {
+    "top": "SELECT * FROM {call}",
+    "subquery": "SELECT * FROM (SELECT * FROM {call})",
+    "with": "WITH (SELECT count() FROM {call}) AS c SELECT c",
+    "cte": "WITH t AS (SELECT * FROM {call}) SELECT * FROM t",
+    "in": "SELECT 1 FROM system.one WHERE 1 IN (SELECT count() FROM {call})",
+    "join": "SELECT * FROM system.one AS a ALL INNER JOIN (SELECT 0 AS dummy FROM {call}) AS b USING dummy",
+    "function": "SELECT {call}",
+    "comment": "SELECT * FROM {name} /* between */ ({args})",
+}
+OVERRIDES = ["", " SETTINGS readonly = 0", " SETTINGS max_execution_time = 0"]
+
+
+def corpus(names: frozenset[str], marker: Path, port: int) -> list[str]:
+    out = []
+    for name in sorted(names - ALLOWED_TABLE_FUNCTIONS, key=str.lower):
+        if name.lower() in ALLOWED_TABLE_FUNCTIONS:
+            continue
+        args = call_args(name, marker, port)
+        for spelled in spellings(name):
+            for position in POSITIONS.values():
+                for override in OVERRIDES:
+                    out.append(position.format(call=f"{spelled}({args})", name=spelled, args=args) + override)
+    return out
+
+
+# -- the two backends ------------------------------------------------------------------------------
+
+
+def chdb_table_functions() -> frozenset[str]:
+    import chdb
+
+    return frozenset(chdb.query("SELECT name FROM system.table_functions", "CSV").bytes().decode().replace('"', "").split())
+
+
+@pytest.fixture(scope="module", params=["chdb", "clickhouse"])
+def backend(request, upstream, clickhouse_server: ClickHouseServer,  # noqa: F811
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Relay, frozenset[str]]]:
+    """A relay on the README's defaults (no API_TOKENS, chDB) or on the ClickHouse server, and the names the
+    engine lists in system.table_functions."""
+    if request.param == "chdb":
+        relay = Relay(tmp_path_factory.mktemp("sandbox-chdb"), upstream.url, {"QUERY_TIMEOUT_S": "3"})
+        relay.settings.pop("CLICKHOUSE_URL", None)  # unset: the embedded chDB store, as `make run` has it
+        relay.settings.pop("API_TOKENS", None)
+        names = chdb_table_functions()
+    else:
+        relay = Relay(tmp_path_factory.mktemp("sandbox-ch"), upstream.url,
+                      {"CLICKHOUSE_URL": clickhouse_server.fresh_url(), "QUERY_TIMEOUT_S": "3"})
+        names = server_table_functions(clickhouse_server)
+    relay.start()
+    upstream.emit([{"ev": "T", "sym": sym, "p": 100 + i, "s": i} for i, sym in enumerate(["AAPL", "MSFT", "NVDA"] * 3)])
+    wait_until(lambda: query(relay, "SELECT count() FROM relayhouse.events" if request.param == "chdb"
+                             else f"SELECT count() FROM {relay.settings['CLICKHOUSE_URL'].rsplit('/', 1)[1]}.events"
+                             ).status_code == 200, 30, "/query answering")
+    yield request.param, relay, names
+    relay.stop()
+
+
+def query(relay: Relay, sql: str) -> requests.Response:
+    return relay.request("POST", "/query", json={"sql": sql}, timeout=30)
+
+
+def db_name(kind: str, relay: Relay) -> str:
+    return "relayhouse" if kind == "chdb" else relay.settings["CLICKHOUSE_URL"].rsplit("/", 1)[1]
+
+
+# -- both lines, over HTTP ---------------------------------------------------------------------------
+
+
+def test_every_table_function_in_every_spelling_and_nesting_is_refused_with_a_json_4xx(backend, marker_file,
+                                                                                     listener):
+    kind, relay, names = backend
+    assert len(names) >= 10, names  # the engine's list, not an empty one
+    hostile = corpus(names, marker_file, listener.port)
+    session = requests.Session()
+    bad = []
+    for sql in hostile:
+        response = session.post(relay.url + "/query", json={"sql": sql}, timeout=30)
+        if not (400 <= response.status_code < 500) or MARKER in response.text \
+                or not response.headers.get("Content-Type", "").startswith("application/json") \
+                or "error" not in response.json():
+            bad.append((sql, response.status_code, response.text[:200]))
+    session.close()
+    assert not bad, f"{len(bad)} of {len(hostile)} hostile queries were not refused with a JSON 4xx: {bad[:5]}"
+    assert listener.connections == [], f"the relay connected to the test's listener: {listener.connections[:5]}"
+
+
+def test_ordinary_analytics_on_the_events_table_still_work(backend):
+    kind, relay, _ = backend
+    db = db_name(kind, relay)
+    wait_until(lambda: query(relay, f"SELECT count() FROM {db}.events").json()["rows"][0][0] >= 3, 30,
+               "a few events stored")
+    queries = [
+        f"SELECT topic, count(), max(seq) FROM {db}.events GROUP BY topic ORDER BY topic",
+        f"SELECT count() FROM {db}.events AS e ALL INNER JOIN (SELECT number AS seq FROM system.numbers LIMIT 1000) "
+        "AS n USING seq",
+        "SELECT number FROM system.numbers LIMIT 5",
+        "SELECT sum(number) FROM system.one ARRAY JOIN range(10) AS number",
+    ]
+    if kind == "chdb":  # current releases: numbers() and window functions; 18.16 has neither in readonly=1
+        queries += [
+            f"SELECT seq, row_number() OVER (PARTITION BY topic ORDER BY seq) FROM {db}.events ORDER BY seq LIMIT 5",
+            "SELECT count() FROM numbers(1000) AS a JOIN numbers(10) AS b ON a.number = b.number",
+        ]
+    for sql in queries:
+        response = query(relay, sql)
+        assert response.status_code == 200, (sql, response.text)
+
+
+def test_settings_in_the_text_never_lift_a_limit(backend):
+    kind, relay, _ = backend
+    for sql in ["SELECT count() FROM system.numbers SETTINGS max_rows_to_read = 0, max_execution_time = 0",
+                "SELECT * FROM (SELECT count() FROM system.numbers SETTINGS max_execution_time = 0)",
+                "SELECT 1 SETTINGS readonly = 0", "SELECT 1 SETTINGS readonly = 2"]:
+        response = query(relay, sql)
+        assert response.status_code == 400, (sql, response.status_code, response.text)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_no_generated_spelling_or_nesting_of_a_forbidden_function_returns_the_marker(backend, marker_file, listener,
+                                                                                      data):
+    kind, relay, _ = backend
+    name = data.draw(st.sampled_from(["file", "url", "remote", "s3", "executable", "mysql", "input"]))
+    cased = "".join(data.draw(st.sampled_from([c.lower(), c.upper()])) for c in name)
+    quote = data.draw(st.sampled_from(["", "`", '"']))
+    gap = data.draw(st.sampled_from(["", " ", "\n", "/* x */", "-- c\n"]))
+    call = f"{quote}{cased}{quote}{gap}({call_args(name, marker_file, listener.port)})"
+    sql = f"SELECT * FROM {call}"
+    for _ in range(data.draw(st.integers(0, 6))):
+        sql = data.draw(st.sampled_from([
+            "SELECT * FROM ({})", "WITH t AS ({}) SELECT * FROM t", "SELECT 1 FROM system.one WHERE 1 IN ({})",
+            "SELECT * FROM system.one AS a ALL INNER JOIN ({}) AS b USING dummy",
+        ])).format(sql)
+    sql += data.draw(st.sampled_from(OVERRIDES))
+    response = query(relay, sql)
+    assert MARKER not in response.text
+    assert 400 <= response.status_code < 500, (sql, response.status_code, response.text[:200])
+    assert listener.connections == []
+
+
+# -- the engine's line alone -------------------------------------------------------------------------
+
+
+def server_table_functions(server: ClickHouseServer) -> frozenset[str]:
+    client = server.client()
+    try:
+        return frozenset(row[0] for row in client.execute("SELECT name FROM system.table_functions"))
+    finally:
+        client.disconnect()
+
+
+@pytest.fixture(scope="module", params=["chdb", "clickhouse"])
+def engine_store(request, clickhouse_server: ClickHouseServer,  # noqa: F811
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The backend's store object, as the relay builds it, used directly: no text check in front of it."""
+    if request.param == "chdb":
+        from webapp.store.embedded import EmbeddedStore
+
+        store, names = EmbeddedStore(str(tmp_path_factory.mktemp("engine-chdb")), query_timeout_s=2), chdb_table_functions()
+    else:
+        from webapp.store.clickhouse import ClickHouseStore
+
+        store, names = ClickHouseStore(clickhouse_server.fresh_url()), server_table_functions(clickhouse_server)
+    store.ensure_schema()
+    yield request.param, store, names
+    store.close()
+
+
+REACHING = {  # table functions given arguments they would act on: a file to read, a peer to connect to
+    "file": "'{marker}', 'LineAsString'",
+    "url": "'http://127.0.0.1:{port}/url', 'LineAsString'",
+    "s3": "'http://127.0.0.1:{port}/bucket/key.csv', 'LineAsString'",
+    "remote": "'127.0.0.1:{port}', system.one",
+    "remoteSecure": "'127.0.0.1:{port}', system.one",
+    "mysql": "'127.0.0.1:{port}', 'db', 'tbl', 'user', 'password'",
+    "postgresql": "'127.0.0.1:{port}', 'db', 'tbl', 'user', 'password'",
+}
+
+
+def test_the_engine_itself_refuses_every_table_function_outside_the_allowed_ones(engine_store, marker_file,
+                                                                                listener):
+    """Without handlers/sql.py's check in front. Every table function the engine lists is refused (none
+    runs); those given arguments they would act on are refused for lack of rights (READONLY or
+    ACCESS_DENIED), not for a fault in the arguments. Breaking it (readonly=2 in the store's session)
+    makes file() read the marker on chDB and url() connect to the listener on both."""
+    kind, store, names = engine_store
+    ran, not_for_rights = [], []
+    # the ones that act on their arguments first: a broken engine line fails here, fast
+    ordered = sorted(names & set(REACHING), key=list(REACHING).index) + sorted(names - set(REACHING), key=str.lower)
+    for i, name in enumerate(ordered):
+        if name.lower() in ALLOWED_TABLE_FUNCTIONS:
+            continue
+        if i == len(names & set(REACHING)):
+            assert not ran and not not_for_rights, f"ran: {ran[:5]}; refused, but not for lack of rights: {not_for_rights[:5]}"
+        template = REACHING.get(name)
+        args = (template or call_args(name, marker_file, listener.port)).format(marker=marker_file, port=listener.port)
+        for position in (POSITIONS["top"], POSITIONS["subquery"], POSITIONS["with"]):
+            sql = position.format(call=f"{name}({args})")
+            try:
+                result = store.query(sql, 2, 10)
+                ran.append((sql, str(result.rows)[:100]))
+            except QueryRefused as exc:
+                if template is not None and exc.code not in REFUSAL_CODES:
+                    not_for_rights.append((sql, exc.code, str(exc)[:100]))
+            except (QueryTimedOut, StoreError) as exc:
+                ran.append((sql, f"{type(exc).__name__}: {str(exc)[:100]}"))
+    assert not ran, f"{len(ran)} table-function queries ran: {ran[:5]}"
+    assert not not_for_rights, f"refused, but not for lack of rights: {not_for_rights[:5]}"
+    assert listener.connections == [], f"the engine connected to the test's listener: {listener.connections[:5]}"
+
+
+def test_the_engine_keeps_its_limits_whatever_settings_the_text_carries(engine_store):
+    kind, store, _ = engine_store
+    for sql in ["SELECT 1 SETTINGS readonly = 0", "SELECT 1 SETTINGS max_execution_time = 0"]:
+        with pytest.raises(QueryRefused) as refused:
+            store.query(sql, 2, 10)
+        assert refused.value.code in REFUSAL_CODES, str(refused.value)
+    if kind == "chdb":
+        # a subquery's own SETTINGS is taken by current releases, but the session's limits still hold
+        with pytest.raises(QueryRefused, match="max_rows_to_read|TOO_MANY_ROWS"):
+            store.query("SELECT * FROM (SELECT count() FROM numbers(1000000000) SETTINGS max_rows_to_read = 0)",
+                        2, 10)
+    assert store.query_powers() == []
+
+
+# -- the server's /query user ------------------------------------------------------------------------
+
+
+def test_a_query_user_that_can_reach_outside_is_refused_with_a_503_and_a_log_line(upstream, clickhouse_server,  # noqa: F811
+                                                                                tmp_path: Path):
+    """relay_reader has readonly=2: on 18.16 it may run url(), and the relay cannot tighten readonly for it."""
+    url = clickhouse_server.fresh_url()
+    reader = url.replace("clickhouse://default:@", "clickhouse://relay_reader:@")
+    relay = Relay(tmp_path / "r", upstream.url, {"CLICKHOUSE_URL": url, "CLICKHOUSE_QUERY_URL": reader}).start()
+    try:
+        response = query(relay, "SELECT 1")
+        assert response.status_code == 503, response.text
+        assert "fetches URLs" in response.json()["error"]
+        assert "/query is refused" in relay.log_text() and "relay_reader" in relay.log_text()
+    finally:
+        relay.stop()
+    relay = Relay(tmp_path / "allowed", upstream.url, {"CLICKHOUSE_URL": url, "CLICKHOUSE_QUERY_URL": reader,
+                                                        "QUERY_ALLOW_UNRESTRICTED": "1"}).start()
+    try:
+        assert query(relay, "SELECT 1").status_code == 200
+    finally:
+        relay.stop()
+
+
+def test_the_documented_read_only_query_user_serves_query_and_refuses_the_rest(upstream, clickhouse_server,  # noqa: F811
+                                                                               tmp_path: Path, marker_file, listener):
+    url = clickhouse_server.fresh_url()
+    db = url.rsplit("/", 1)[1]
+    query_user = url.replace("clickhouse://default:@", "clickhouse://relay_query:@")
+    relay = Relay(tmp_path / "r", upstream.url, {"CLICKHOUSE_URL": url, "CLICKHOUSE_QUERY_URL": query_user}).start()
+    try:
+        wait_until(lambda: query(relay, f"SELECT count() FROM {db}.events").status_code == 200, 30, "/query answering")
+        assert query(relay, f"SELECT topic, count() FROM {db}.events GROUP BY topic").status_code == 200
+        for sql in (f"SELECT * FROM file('{marker_file}', 'TSV', 'x String')",
+                    f"SELECT * FROM url('http://127.0.0.1:{listener.port}/', 'TSV', 'x String')"):
+            response = query(relay, sql)
+            assert response.status_code == 400 and MARKER not in response.text
+    finally:
+        relay.stop()
+    assert listener.connections == []
