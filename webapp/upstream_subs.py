@@ -1,0 +1,308 @@
+"""The upstream's subscriptions follow the clients (UPSTREAM_SUBSCRIBE=polygon): the shell around handlers/subscriptions.py.
+
+The hub reports every membership change (`client_changed`, never yields);
+`ClientTable` says which patterns got their first client or lost their last.
+One greenlet per worker (`run`) then does the I/O the pure part asks for:
+with Redis, it writes this worker's patterns to its own hash (refreshed
+within one lease period, so a dead worker's patterns expire) and announces
+the change; on the leader it reads every worker's hash, hands the union to
+`UpstreamPlan`, and sends what `due` returns through the upstream connection.
+After every (re)connect, `connected_messages` is the whole union, sent by
+webapp/upstream.py right after UPSTREAM_INIT. Error statuses the upstream
+answers reach the clients that asked, on every worker (a Redis channel).
+
+Redis keys, all under REDIS_PREFIX: `subs:w:<worker>` (hash pattern -> clients,
+expires), `subs:workers` (sorted set of workers, by last write), `subs:upstream`
+(what the leader has subscribed, for every worker's /health), and the pub/sub
+channel `subs` (changes and errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import gevent
+import orjson
+from gevent.event import Event as Signal
+
+from handlers.polygon import status_frame
+from handlers.protocol import error_message
+from handlers.subscriptions import ClientTable, UpstreamPlan, blamed_patterns, merge_counts
+from webapp.bus.redis import FAILURES as REDIS_FAILURES
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RedisRegistry:
+    """Every worker's patterns in Redis: one expiring hash per worker, an index, one channel."""
+
+    def __init__(self, url: str, prefix: str, worker: str, lease_ms: int):
+        import redis
+
+        self.failures = REDIS_FAILURES
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self.listener = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self.worker = worker
+        self.key = f"{prefix}:subs:w:{worker}"
+        self.index = f"{prefix}:subs:workers"
+        self.upstream_key = f"{prefix}:subs:upstream"
+        self.channel = f"{prefix}:subs"
+        self.prefix = prefix
+        # written every lease/3, gone lease*2/3 after the last write: a dead worker's
+        # patterns leave the union within one lease period
+        self.ttl_ms = max(100, lease_ms * 2 // 3)
+        self.refresh_s = lease_ms / 3000.0
+
+    def write(self, counts: dict[str, int], announce: bool) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key)
+        if counts:
+            pipe.hset(self.key, mapping=counts)
+            pipe.pexpire(self.key, self.ttl_ms)
+        pipe.zadd(self.index, {self.worker: now_ms()})
+        pipe.zremrangebyscore(self.index, "-inf", now_ms() - 100 * self.ttl_ms)  # long-gone workers
+        if announce:
+            pipe.publish(self.channel, b'{"changed":1}')
+        pipe.execute()
+
+    def remove(self) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key)
+        pipe.zrem(self.index, self.worker)
+        pipe.publish(self.channel, b'{"changed":1}')
+        pipe.execute()
+
+    def union(self) -> dict[str, int]:
+        workers = self.client.zrange(self.index, 0, -1)
+        pipe = self.client.pipeline(transaction=False)
+        for worker in workers:
+            pipe.hgetall(f"{self.prefix}:subs:w:{worker.decode()}")
+        tables = pipe.execute() if workers else []
+        return merge_counts({k.decode(): int(v) for k, v in table.items()} for table in tables)
+
+    def publish_upstream(self, subscribed: list[str], counts: dict[str, int]) -> None:
+        self.client.set(self.upstream_key, orjson.dumps({"subscribed": subscribed, "clients": counts}),
+                        px=max(10_000, self.ttl_ms * 10))
+
+    def upstream(self) -> dict:
+        raw = self.client.get(self.upstream_key)
+        return orjson.loads(raw) if raw else {"subscribed": [], "clients": {}}
+
+    def broadcast_error(self, patterns: list[str], status: dict) -> None:
+        self.client.publish(self.channel, orjson.dumps({"error": status, "patterns": patterns}))
+
+    def listen(self, on_message: Callable[[dict], None]) -> None:
+        """Messages on the channel, for as long as the greenlet lives; reconnects after a failure."""
+        while True:
+            pubsub = self.listener.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                on_message({"changed": 1})  # whatever was missed while not listening
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        try:
+                            on_message(orjson.loads(message["data"]))
+                        except orjson.JSONDecodeError:
+                            log.warning("subscriptions: an unreadable message on %s", self.channel)
+            except self.failures as exc:
+                log.warning("subscriptions: Redis listener failed (%s); retrying", exc)
+                gevent.sleep(0.5)
+            finally:
+                try:
+                    pubsub.close()
+                except self.failures:
+                    pass
+
+
+class UpstreamSubscriptions:
+    """One worker's part in keeping the upstream subscribed to what the clients want."""
+
+    def __init__(self, settings, *, leading: Callable[[], bool], upstream: Callable[[], object],
+                 registry: RedisRegistry | None = None):
+        self.enabled = settings.upstream_subscribe == "polygon"
+        self.table = ClientTable()
+        self.plan = UpstreamPlan(fixed=settings.upstream_topics, delay_ms=settings.upstream_unsubscribe_delay_ms,
+                                 max_patterns=settings.upstream_max_subscriptions)
+        self.leading = leading
+        self.upstream = upstream
+        self.registry = registry
+        self.union: dict[str, int] = {}  # the leader's last view: pattern -> clients (all workers)
+        self._wake = Signal()
+        self._local_changed = True
+        self._remote_changed = True
+        self.sent_messages = 0
+
+    # -- from the hub and the upstream (never yield) -----------------------------------------
+
+    def client_changed(self, client, before: tuple, after: tuple) -> None:
+        first, empty = self.table.change(client, before, after)
+        if first or empty:
+            self._local_changed = True
+            self._wake.set()
+
+    def connected_messages(self) -> list[dict]:
+        """Called by the upstream after UPSTREAM_INIT on every (re)connect: the whole union."""
+        if not self.enabled:
+            return []
+        if self.registry is None:
+            self.union = self._local_union()
+        else:
+            self._wake.set()  # a new leader's view may be old: read the union again at once
+        self.plan.want(self.union, now_ms())
+        step = self.plan.connected(now_ms())
+        self._after_step(step)
+        if step.messages:
+            log.info("upstream subscriptions after connect: %s", ", ".join(m["params"] for m in step.messages))
+        return list(step.messages)
+
+    def disconnected(self) -> None:
+        self.plan.disconnected()
+
+    def upstream_statuses(self, statuses: list[dict], recv_ms: int) -> None:
+        """Error statuses answering a subscription go to the clients that asked for it."""
+        if not self.enabled:
+            return
+        for status in statuses:
+            if status.get("status") != "error":
+                continue
+            message = status.get("message") or ""
+            patterns = blamed_patterns(message, self.plan.sent, self.plan.last_subscribe, recv_ms)
+            if not patterns:
+                continue
+            self.plan.refused(patterns, message)
+            log.warning("the upstream refused %s: %s", ", ".join(patterns), message)
+            if self.registry is not None:
+                gevent.spawn(self._broadcast_error, patterns, status)
+            else:
+                self.notify(patterns, status)
+            self._wake.set()
+
+    # -- what clients are told ------------------------------------------------------------------
+
+    def notify(self, patterns: list[str], status: dict) -> None:
+        """/ws: an `error` frame naming the pattern; /<market>: the status as the upstream sent it."""
+        told = set()
+        for pattern in patterns:
+            for client in self.table.owners(pattern):
+                if client in told or getattr(client, "closed", False):
+                    continue
+                if client.kind == "ws":
+                    client.send(error_message(f"upstream refused {pattern}: {status.get('message', '')}"))
+                elif client.kind == "polygon":
+                    told.add(client)
+                    client.send(status_frame(status))
+
+    def _broadcast_error(self, patterns: list[str], status: dict) -> None:
+        try:
+            self.registry.broadcast_error(patterns, status)
+        except self.registry.failures as exc:
+            log.warning("subscriptions: could not pass an upstream error on: %s", exc)
+            self.notify(patterns, status)
+
+    def _on_channel(self, message: dict) -> None:
+        if "error" in message and isinstance(message.get("patterns"), list):
+            self.notify([p for p in message["patterns"] if isinstance(p, str)], message["error"])
+        else:
+            self._remote_changed = True
+            self._wake.set()
+
+    # -- the greenlet ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self.enabled:
+            return
+        if self.registry is not None:
+            listener = gevent.spawn(self.registry.listen, self._on_channel)
+        refreshed = 0.0
+        try:
+            while True:
+                wake_at = self.plan.wake_at() if self.leading() else None
+                timeout = self.registry.refresh_s if self.registry is not None else None
+                if wake_at is not None:
+                    until = max(0.0, (wake_at - now_ms()) / 1000)
+                    timeout = until if timeout is None else min(timeout, until)
+                self._wake.wait(timeout)
+                self._wake.clear()
+                try:
+                    if self.registry is not None and (self._local_changed
+                                                      or time.monotonic() - refreshed >= self.registry.refresh_s):
+                        announce, self._local_changed = self._local_changed, False
+                        self.registry.write(self.table.counts(), announce)
+                        refreshed = time.monotonic()
+                    if self.leading():
+                        self._lead_step()
+                except REDIS_FAILURES as exc:
+                    self._local_changed = True
+                    log.warning("subscriptions: Redis failed (%s); retrying", exc)
+                    gevent.sleep(0.5)
+        finally:
+            if self.registry is not None:
+                listener.kill(block=False)
+
+    def _local_union(self) -> dict[str, int]:
+        return merge_counts([self.table.counts()])
+
+    def _lead_step(self) -> None:
+        if self.registry is None:
+            if self._local_changed:
+                self._local_changed = False
+                self.union = self._local_union()
+        else:
+            self.union = self.registry.union()  # each wake: a change somewhere, a deadline, or the refresh
+            self._remote_changed = False
+        now = now_ms()
+        self.plan.want(self.union, now)
+        upstream = self.upstream()
+        if not upstream.state.connected:
+            return
+        step = self.plan.due(now)
+        for message in step.messages:
+            if upstream.send(message):
+                self.sent_messages += 1
+                log.info("upstream %s: %s", message["action"], message["params"])
+        self._after_step(step)
+
+    def _after_step(self, step) -> None:
+        if step.over_limit:
+            limit = self.plan.max_patterns
+            status = {"ev": "status", "status": "error",
+                      "message": f"the relay's upstream subscription limit ({limit} patterns) is reached"}
+            for pattern in step.over_limit:
+                self.notify([pattern], {**status, "message": f"{status['message']}: {pattern}"})
+        if self.registry is not None and step.messages:
+            gevent.spawn(self._publish_upstream)
+
+    def _publish_upstream(self) -> None:
+        try:
+            self.registry.publish_upstream(self.plan.subscribed(), self.union)
+        except self.registry.failures as exc:
+            log.warning("subscriptions: could not record the upstream's subscriptions: %s", exc)
+
+    def stop(self) -> None:
+        """A worker that stops takes its patterns out of the union at once."""
+        if self.registry is not None and self.enabled:
+            try:
+                self.registry.remove()
+            except self.registry.failures as exc:
+                log.warning("subscriptions: could not remove this worker's patterns: %s", exc)
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def view(self) -> dict:
+        """/health upstream.subscriptions and the monitor: what is subscribed upstream, with client counts."""
+        if not self.enabled:
+            return {"subscribed": [], "clients": {}}
+        if self.leading() or self.registry is None:
+            return {"subscribed": self.plan.subscribed(), "clients": dict(self.union)}
+        try:
+            return self.registry.upstream()
+        except self.registry.failures:
+            return {"subscribed": [], "clients": {}}
+
