@@ -162,7 +162,7 @@ class UpstreamPlan:
                 self.leaving.setdefault(pattern, now_ms + self.delay_ms)
         for pattern in wanted:
             self.leaving.pop(pattern, None)  # back within the delay: no message at all
-        if wanted.keys() != self.wanted.keys() and self.changed_at is None:
+        if wanted.keys() - self.wanted.keys() and self.changed_at is None:  # leaving ones have their deadline
             self.changed_at = now_ms
         self.wanted = wanted
 
