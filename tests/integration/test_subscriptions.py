@@ -220,6 +220,8 @@ def test_a_client_back_within_the_delay_causes_no_message(relay, upstream, ws):
     client.read_snapshot()
     wait_actions(upstream, {topic}, 1)
     client.close()
+    wait_until(lambda: relay.health()["upstream"]["subscription_clients"].get(topic) is None, 5, "the relay to see it go")
+    time.sleep(0.2)  # past the 50 ms batch window, well within the delay: a relay without one unsubscribes now
     again = ws(relay, topics=topic, token=FULL, snapshot=0)
     again.read_snapshot()
     marker = unique_sym()
@@ -239,6 +241,9 @@ def test_a_wildcard_covers_its_symbols(relay, upstream, ws, market):
     wait_actions(upstream, {star}, 1)
     narrow = ws(relay, topics=single, token=FULL, snapshot=0)
     narrow.read_snapshot()
+    marker = f"T.{unique_sym()}"  # asked for after the symbol: once it is sent, so would the symbol have been
+    ws(relay, topics=marker, token=FULL, snapshot=0).read_snapshot()
+    wait_actions(upstream, {marker}, 1)
     upstream.emit_subscribed([trade(sym, 1, ev=ev)])
     narrow.wait_for_events(1)  # through the wildcard
     assert actions_about(upstream, {star, single}) == [("subscribe", star)]
