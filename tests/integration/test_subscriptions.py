@@ -33,7 +33,6 @@ RELAY_ENV = {
     "UPSTREAM_UNSUBSCRIBE_DELAY_MS": str(DELAY_MS),
     "API_TOKENS": f"{FULL},{LIMITED}",
     "TOKEN_TOPICS": json.dumps({LIMITED: ["T.*", "Q.AAPL"]}),
-    "STORE_BATCH_MS": "50",
     "CLICKHOUSE_URL": "",  # the embedded chDB store: /history and /query need one
 }
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -356,7 +355,8 @@ def test_sse_query_cache_and_history_keep_a_limited_token_to_its_topics(relay, u
     q_seq = next(e["seq"] for e in holder.events if e["topic"] == f"Q.{sym}")
     assert relay.get(f"/cache/events/{q_seq}", params={"token": LIMITED}).status_code == 404
     assert relay.get(f"/cache/events/{q_seq}", params={"token": FULL}).status_code == 200
-    wait_until(lambda: len(topics_of("/history", FULL)) == 2, 15, "both events in the store")
+    wait_until(lambda: len(topics_of("/history", FULL, topics=f"T.{sym},Q.{sym}")) == 2, 20, "both events stored",
+               interval_s=0.3)
     assert topics_of("/history", LIMITED) == [f"T.{sym}"]
     assert relay.get("/history", params={"token": LIMITED, "topics": "*"}).status_code == 403
 
@@ -455,3 +455,30 @@ def test_with_the_demo_feed_a_ws_client_on_aapl_subscribes_the_relay_upstream_an
     client.close()
     wait_until(lambda: relay.health()["upstream"]["subscriptions"] == [], 10, "the unsubscribes")
     assert time.monotonic() - closed_at >= 1.0
+
+
+def test_past_the_upstream_limit_a_client_is_told_and_served_once_there_is_room(launch_relay, ws, market):
+    fake = FakeUpstream(polygon=True).start()
+    try:
+        relay = launch_relay(fake, {"UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_MAX_SUBSCRIPTIONS": "2",
+                                    "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "300"})
+        sym = unique_sym()
+        first, second, third = f"T.{sym}A", f"T.{sym}B", f"T.{sym}C"
+        holder = ws(relay, topics=f"{first},{second}", snapshot=0)
+        holder.read_snapshot()
+        wait_actions(fake, {first, second}, 2)
+        late = market(relay)
+        late.send("subscribe", third)
+        assert late.read()[0]["status"] == "success"  # the relay's own ack: it carries the topic if it comes
+        error = late.read_until(lambda f: f[0].get("status") == "error")
+        assert error == [{"ev": "status", "status": "error",
+                          "message": f"the relay's upstream subscription limit (2 patterns) is reached: {third}"}]
+        assert actions_about(fake, {third}) == []
+        holder.close()  # room again once the delay has passed
+        wait_actions(fake, {first, second, third}, 5)
+        assert sorted(actions_about(fake, {first, second, third})[2:]) == [
+            ("subscribe", third), ("unsubscribe", first), ("unsubscribe", second)]
+        fake.emit_subscribed([trade(f"{sym}C", 1)])
+        assert late.read_until(lambda f: f[0].get("ev") == "T") == [trade(f"{sym}C", 1)]
+    finally:
+        fake.stop()
