@@ -138,6 +138,7 @@ class UpstreamSubscriptions:
         self._local_changed = True
         self._remote_changed = True
         self.sent_messages = 0
+        self._published: bool | None = None  # the leader's view is in Redis for the other workers
 
     # -- from the hub and the upstream (never yield) -----------------------------------------
 
@@ -255,7 +256,10 @@ class UpstreamSubscriptions:
                 self._local_changed = False
                 self.union = self._local_union()
         else:
-            self.union = self.registry.union()  # each wake: a change somewhere, a deadline, or the refresh
+            union = self.registry.union()  # each wake: a change somewhere, a deadline, or the refresh
+            if union != self.union:
+                self._published = None  # other workers' /health shows the new counts
+            self.union = union
             self._remote_changed = False
         now = now_ms()
         self.plan.want(self.union, now)
@@ -276,13 +280,15 @@ class UpstreamSubscriptions:
                       "message": f"the relay's upstream subscription limit ({limit} patterns) is reached"}
             for pattern in step.over_limit:
                 self.notify([pattern], {**status, "message": f"{status['message']}: {pattern}"})
-        if self.registry is not None and step.messages:
+        if self.registry is not None and (step.messages or self._published is None):
+            self._published = True
             gevent.spawn(self._publish_upstream)
 
     def _publish_upstream(self) -> None:
         try:
             self.registry.publish_upstream(self.plan.subscribed(), self.union)
         except self.registry.failures as exc:
+            self._published = None
             log.warning("subscriptions: could not record the upstream's subscriptions: %s", exc)
 
     def stop(self) -> None:
@@ -299,7 +305,9 @@ class UpstreamSubscriptions:
         """/health upstream.subscriptions and the monitor: what is subscribed upstream, with client counts."""
         if not self.enabled:
             return {"subscribed": [], "clients": {}}
-        if self.leading() or self.registry is None:
+        if self.registry is None:  # client counts change without changing the union: read them now
+            return {"subscribed": self.plan.subscribed(), "clients": self._local_union()}
+        if self.leading():  # the cluster's counts as of the last read (at most a third of a lease old)
             return {"subscribed": self.plan.subscribed(), "clients": dict(self.union)}
         try:
             return self.registry.upstream()
