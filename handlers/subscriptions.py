@@ -105,6 +105,17 @@ def merge_counts(tables: Iterable[Mapping[str, int]]) -> dict[str, int]:
     return total
 
 
+def capped_counts(counts: Mapping[str, int], limit: int) -> tuple[dict[str, int], tuple[str, ...]]:
+    """At most `limit` patterns, those with the most clients first (then by name): (kept, cut).
+
+    A worker reports no more than the upstream could ever take, so a flood of
+    clients with distinct patterns cannot grow what it writes to Redis past it."""
+    if len(counts) <= limit:
+        return dict(counts), ()
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return dict(ranked[:limit]), tuple(sorted(p for p, _ in ranked[limit:]))
+
+
 # -- the leader: what the upstream is subscribed to -------------------------------------------
 
 

@@ -29,7 +29,7 @@ from gevent.event import Event as Signal
 
 from handlers.polygon import status_frame
 from handlers.protocol import error_message
-from handlers.subscriptions import ClientTable, UpstreamPlan, blamed_patterns, merge_counts
+from handlers.subscriptions import ClientTable, Step, UpstreamPlan, blamed_patterns, capped_counts, merge_counts
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,27 @@ class RedisRegistry:
         # patterns leave the union within one lease period
         self.ttl_ms = max(100, lease_ms * 2 // 3)
         self.refresh_s = lease_ms / 3000.0
+        self._written: dict[str, int] | None = None  # what the hash holds, as far as this worker knows
 
     def write(self, counts: dict[str, int], announce: bool) -> None:
+        """This worker's patterns, rewritten when they changed, else only kept alive."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.key)
+        if counts != self._written:
+            pipe.delete(self.key)
+            if counts:
+                pipe.hset(self.key, mapping=counts)
         if counts:
-            pipe.hset(self.key, mapping=counts)
             pipe.pexpire(self.key, self.ttl_ms)
         pipe.zadd(self.index, {self.worker: now_ms()})
         pipe.zremrangebyscore(self.index, "-inf", now_ms() - 100 * self.ttl_ms)  # long-gone workers
         if announce:
             pipe.publish(self.channel, b'{"changed":1}')
-        pipe.execute()
+        try:
+            pipe.execute()
+        except self.failures:
+            self._written = None  # unknown: written in full next time
+            raise
+        self._written = dict(counts)
 
     def remove(self) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -138,6 +147,7 @@ class UpstreamSubscriptions:
         self._local_changed = True
         self._remote_changed = True
         self.sent_messages = 0
+        self._cut: set[str] = set()  # patterns past the limit on this worker, their clients told
         self._published: bool | None = None  # the leader's view is in Redis for the other workers
 
     # -- from the hub and the upstream (never yield) -----------------------------------------
@@ -235,7 +245,7 @@ class UpstreamSubscriptions:
                     if self.registry is not None and (self._local_changed
                                                       or time.monotonic() - refreshed >= self.registry.refresh_s):
                         announce, self._local_changed = self._local_changed, False
-                        self.registry.write(self.table.counts(), announce)
+                        self.registry.write(self._reported_counts(), announce)
                         refreshed = time.monotonic()
                     if self.leading():
                         self._lead_step()
@@ -246,6 +256,15 @@ class UpstreamSubscriptions:
         finally:
             if self.registry is not None:
                 listener.kill(block=False)
+
+    def _reported_counts(self) -> dict[str, int]:
+        """What this worker writes to Redis: at most UPSTREAM_MAX_SUBSCRIPTIONS patterns; the clients
+        of a pattern left out are told once, as the leader would tell them."""
+        counts, cut = capped_counts(self.table.counts(), self.plan.max_patterns)
+        fresh = [p for p in cut if p not in self._cut]
+        self._cut = set(cut)
+        self._tell_over_limit(fresh, everywhere=False)
+        return counts
 
     def _local_union(self) -> dict[str, int]:
         return merge_counts([self.table.counts()])
@@ -273,13 +292,19 @@ class UpstreamSubscriptions:
                 log.info("upstream %s: %s", message["action"], message["params"])
         self._after_step(step)
 
-    def _after_step(self, step) -> None:
-        if step.over_limit:
-            limit = self.plan.max_patterns
-            status = {"ev": "status", "status": "error",
-                      "message": f"the relay's upstream subscription limit ({limit} patterns) is reached"}
-            for pattern in step.over_limit:
-                self.notify([pattern], {**status, "message": f"{status['message']}: {pattern}"})
+    def _tell_over_limit(self, patterns, everywhere: bool) -> None:
+        """Clients of patterns past the limit are told: this worker's, or (the leader) every worker's."""
+        message = f"the relay's upstream subscription limit ({self.plan.max_patterns} patterns) is reached"
+        for pattern in patterns:
+            status = {"ev": "status", "status": "error", "message": f"{message}: {pattern}"}
+            if everywhere and self.registry is not None:
+                gevent.spawn(self._broadcast_error, [pattern], status)
+            else:
+                self.notify([pattern], status)
+
+    def _after_step(self, step: Step) -> None:
+        """The leader's follow-up of a step: the clients past the limit told, the view shared."""
+        self._tell_over_limit(step.over_limit, everywhere=True)
         if self.registry is not None and (step.messages or self._published is None):
             self._published = True
             gevent.spawn(self._publish_upstream)

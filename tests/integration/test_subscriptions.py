@@ -393,7 +393,7 @@ def test_in_a_cluster_the_union_spans_the_workers_and_a_killed_workers_patterns_
     fake = FakeUpstream(polygon=True).start()
     try:
         env = {"REDIS_URL": SHARED_REDIS, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500", "STARTUP_GRACE_S": "0",
-               "UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "500"}
+               "UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "500", "UPSTREAM_MAX_SUBSCRIPTIONS": "3"}
         leader = launch_relay(fake, env)
         follower = launch_relay(fake, env, wait_upstream=False)
         wait_until(lambda: follower.health()["role"] == "follower", 10, "the second relay to follow")
@@ -410,6 +410,12 @@ def test_in_a_cluster_the_union_spans_the_workers_and_a_killed_workers_patterns_
                    "the follower's /health to show the leader's subscriptions")
         fake.emit_subscribed([trade(on_follower.split(".")[1], 1)])
         theirs.wait_for_events(1)  # served through the stream, on the other worker
+        extra = f"T.{unique_sym()}"  # a fourth pattern, asked on the follower: past the limit, told there
+        theirs.send_json({"action": "subscribe", "topics": [extra]})
+        assert extra in theirs.next_frame("error")["message"]
+        assert not actions_about(fake, {extra})
+        theirs.send_json({"action": "unsubscribe", "topics": [extra]})
+        theirs.next_frame("subscribed")
 
         killed_at = time.monotonic()
         os.killpg(follower.proc.pid, signal.SIGKILL)

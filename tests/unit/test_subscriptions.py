@@ -9,6 +9,7 @@ from handlers.subscriptions import (
     UpstreamPlan,
     action_messages,
     blamed_patterns,
+    capped_counts,
     feed_action,
     feed_select,
     is_upstream_form,
@@ -207,3 +208,8 @@ def test_a_feed_peer_gets_only_the_market_data_of_its_subscriptions():
     assert feed_select(elements, patterns) == [{"ev": "T", "sym": "AAPL"}, {"ev": "status", "status": "x", "sym": "?"},
                                                {"other": 1}, 7]
     assert feed_action({"action": "auth", "params": "k"}, patterns) is None
+
+
+def test_a_worker_reports_at_most_the_limit_keeping_the_most_held_patterns():
+    assert capped_counts({"T.A": 1, "T.B": 3}, 5) == ({"T.A": 1, "T.B": 3}, ())
+    assert capped_counts({"T.A": 1, "T.B": 3, "T.C": 1, "T.D": 2}, 2) == ({"T.B": 3, "T.D": 2}, ("T.A", "T.C"))
