@@ -488,3 +488,41 @@ def test_past_the_upstream_limit_a_client_is_told_and_served_once_there_is_room(
         assert late.read_until(lambda f: f[0].get("ev") == "T") == [trade(f"{sym}C", 1)]
     finally:
         fake.stop()
+
+
+def test_two_gunicorn_workers_share_one_union_and_a_killed_workers_patterns_leave_it(prefix, launch_relay, ws):
+    from support.procnet import children, owner_of_connection
+
+    fake = FakeUpstream(polygon=True).start()
+    try:
+        relay = launch_relay(fake, {"REDIS_URL": SHARED_REDIS, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500",
+                                    "STARTUP_GRACE_S": "0", "WEB_CONCURRENCY": "2", "UPSTREAM_SUBSCRIBE": "polygon",
+                                    "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "300"})
+        workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 2 else None, 20,
+                             "two workers")
+        holder = wait_until(lambda: relay.health()["bus"]["lease_holder"], 10, "the lease holder")
+        leader_pid = int(holder.split(":")[1])
+        by_worker: dict[int, object] = {}
+        for _ in range(100):  # the kernel spreads connections over the workers: one client on each
+            topic = f"T.{unique_sym()}"
+            client = ws(relay, topics=topic, snapshot=0)
+            client.read_snapshot()
+            pid = owner_of_connection(relay.port, client.conn.socket.getsockname()[1], workers)
+            if pid in by_worker:
+                client.close()
+                continue
+            by_worker[pid] = (client, topic)
+            if len(by_worker) == 2:
+                break
+        assert set(by_worker) == set(workers), "could not place a client on each worker"
+        topics = {topic for _, topic in by_worker.values()}
+        wait_actions(fake, topics, 2)
+        assert sorted(actions_about(fake, topics)) == sorted(("subscribe", t) for t in topics)
+        follower_pid = next(pid for pid in workers if pid != leader_pid)
+        _, gone = by_worker[follower_pid]
+        os.kill(follower_pid, signal.SIGKILL)  # gunicorn starts another worker; the dead one's patterns expire
+        wait_actions(fake, topics, 3, timeout_s=10)
+        assert actions_about(fake, topics)[2] == ("unsubscribe", gone)
+        assert fake.connection_count == 1
+    finally:
+        fake.stop()
