@@ -526,3 +526,54 @@ def test_two_gunicorn_workers_share_one_union_and_a_killed_workers_patterns_leav
         assert fake.connection_count == 1
     finally:
         fake.stop()
+
+
+def test_the_worked_example_of_docs_polygon_md_happens_as_written(launch_relay, market, official):
+    """docs/polygon.md §3, step by step: what the vendor sees on the relay's one connection."""
+    fake = FakeUpstream(polygon=True).start()
+    try:
+        relay = launch_relay(fake, {
+            "UPSTREAM_INIT": json.dumps([{"action": "auth", "params": "YOUR_VENDOR_KEY"}]),
+            "UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_TOPICS": "AM.SPY", "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "1000",
+            "API_TOKENS": "dash-token,quant-token,exec-token",
+            "TOKEN_TOPICS": json.dumps({"dash-token": ["T.AAPL", "T.MSFT"], "quant-token": ["Q.*"]})})
+        record = fake.connections[-1]
+        # 1. after connecting: auth, then UPSTREAM_TOPICS
+        assert fake.wait_for_received(record, 2)[:2] == ['{"action":"auth","params":"YOUR_VENDOR_KEY"}',
+                                                         '{"action":"subscribe","params":"AM.SPY"}']
+        # 2. the dashboard (the official client): both symbols in one message
+        dash = official(relay, "dash-token", ["T.AAPL", "T.MSFT"])
+        assert fake.wait_for_actions(record, 2)[1] == ("subscribe", ["T.AAPL", "T.MSFT"])
+        # 3. the quant job
+        quant = market(relay, "quant-token")
+        quant.send("subscribe", "Q.NVDA")
+        assert quant.read()[0]["message"] == "subscribed to: Q.NVDA"
+        assert fake.wait_for_actions(record, 3)[2] == ("subscribe", ["Q.NVDA"])
+        # 4. the execution service: T.* alone; T.AAPL and T.MSFT stay
+        execution = market(relay, "exec-token")
+        execution.send("subscribe", "T.*")
+        assert fake.wait_for_actions(record, 4)[3] == ("subscribe", ["T.*"])
+        # 5. a second dashboard on T.AAPL: nothing; (a marker afterwards shows nothing came before it)
+        second = market(relay, "dash-token")
+        second.send("subscribe", "T.AAPL")
+        second.read()
+        execution.send("subscribe", "Q.MARKER")
+        assert fake.wait_for_actions(record, 5)[4] == ("subscribe", ["Q.MARKER"])
+        # the quant job asks for T.AAPL: refused for that topic, its subscription stays
+        quant.send("subscribe", "T.AAPL")
+        assert quant.read() == [
+            {"ev": "status", "status": "error", "message": "not allowed for this key: T.AAPL"}]
+        # 6. the quant job stops: Q.NVDA leaves after the delay
+        stopped_at = time.monotonic()
+        quant.close()
+        assert fake.wait_for_actions(record, 6)[5] == ("unsubscribe", ["Q.NVDA"])
+        assert time.monotonic() - stopped_at >= 1.0
+        fake.emit_subscribed([trade("AAPL", 1), trade("MSFT", 2), trade("TSLA", 3)])
+        wait_until(lambda: dash.symbols() == {("T", "AAPL"), ("T", "MSFT")}, 10, "the dashboard's two symbols")
+        health = relay.health()["upstream"]
+        assert health["subscriptions"] == ["AM.SPY", "Q.MARKER", "T.*", "T.AAPL", "T.MSFT"]
+        assert health["subscription_clients"]["T.AAPL"] == 2
+        dash.stop()
+        assert dash.symbols() == {("T", "AAPL"), ("T", "MSFT")}
+    finally:
+        fake.stop()
