@@ -29,7 +29,15 @@ from gevent.event import Event as Signal
 
 from handlers.polygon import status_frame
 from handlers.protocol import error_message
-from handlers.subscriptions import ClientTable, Step, UpstreamPlan, blamed_patterns, capped_counts, merge_counts
+from handlers.subscriptions import (
+    BATCH_MS,
+    ClientTable,
+    Step,
+    UpstreamPlan,
+    blamed_patterns,
+    capped_counts,
+    merge_counts,
+)
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -231,7 +239,7 @@ class UpstreamSubscriptions:
             return
         if self.registry is not None:
             listener = gevent.spawn(self.registry.listen, self._on_channel)
-        refreshed = 0.0
+        refreshed = last_round = 0.0
         try:
             while True:
                 wake_at = self.plan.wake_at() if self.leading() else None
@@ -240,6 +248,10 @@ class UpstreamSubscriptions:
                     until = max(0.0, (wake_at - now_ms()) / 1000)
                     timeout = until if timeout is None else min(timeout, until)
                 self._wake.wait(timeout)
+                if self.registry is not None:
+                    # a burst of changes (a subscribe flood) costs one Redis round per batch window
+                    gevent.sleep(max(0.0, BATCH_MS / 1000 - (time.monotonic() - last_round)))
+                    last_round = time.monotonic()
                 self._wake.clear()
                 try:
                     if self.registry is not None and (self._local_changed
