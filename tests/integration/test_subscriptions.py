@@ -392,7 +392,7 @@ def prefix() -> Iterator[str]:
 def test_in_a_cluster_the_union_spans_the_workers_and_a_killed_workers_patterns_leave_it(prefix, launch_relay, ws):
     fake = FakeUpstream(polygon=True).start()
     try:
-        env = {"REDIS_URL": SHARED_REDIS, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500", "STARTUP_GRACE_S": "0",
+        env = {"REDIS_URL": SHARED_REDIS, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "3000", "STARTUP_GRACE_S": "0",
                "UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "500", "UPSTREAM_MAX_SUBSCRIPTIONS": "3"}
         leader = launch_relay(fake, env)
         follower = launch_relay(fake, env, wait_upstream=False)
@@ -419,7 +419,7 @@ def test_in_a_cluster_the_union_spans_the_workers_and_a_killed_workers_patterns_
 
         killed_at = time.monotonic()
         os.killpg(follower.proc.pid, signal.SIGKILL)
-        wait_actions(fake, topics, 4, timeout_s=1.5 + 0.5 + 5)
+        wait_actions(fake, topics, 4, timeout_s=3 + 0.5 + 7)  # within one lease, then the delay
         took = time.monotonic() - killed_at
         assert actions_about(fake, topics)[3] == ("unsubscribe", on_follower)
         assert took >= 0.5
@@ -495,7 +495,7 @@ def test_two_gunicorn_workers_share_one_union_and_a_killed_workers_patterns_leav
 
     fake = FakeUpstream(polygon=True).start()
     try:
-        relay = launch_relay(fake, {"REDIS_URL": SHARED_REDIS, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500",
+        relay = launch_relay(fake, {"REDIS_URL": SHARED_REDIS, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "3000",
                                     "STARTUP_GRACE_S": "0", "WEB_CONCURRENCY": "2", "UPSTREAM_SUBSCRIBE": "polygon",
                                     "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "300"})
         workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 2 else None, 20,
@@ -521,7 +521,7 @@ def test_two_gunicorn_workers_share_one_union_and_a_killed_workers_patterns_leav
         follower_pid = next(pid for pid in workers if pid != leader_pid)
         _, gone = by_worker[follower_pid]
         os.kill(follower_pid, signal.SIGKILL)  # gunicorn starts another worker; the dead one's patterns expire
-        wait_actions(fake, topics, 3, timeout_s=10)
+        wait_actions(fake, topics, 3, timeout_s=3 + 0.3 + 7)
         assert actions_about(fake, topics)[2] == ("unsubscribe", gone)
         assert fake.connection_count == 1
     finally:
