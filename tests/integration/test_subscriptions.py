@@ -33,6 +33,7 @@ RELAY_ENV = {
     "UPSTREAM_UNSUBSCRIBE_DELAY_MS": str(DELAY_MS),
     "API_TOKENS": f"{FULL},{LIMITED}",
     "TOKEN_TOPICS": json.dumps({LIMITED: ["T.*", "Q.AAPL"]}),
+    "SSE_KEEPALIVE_S": "0.5",  # a closed /sse stream is noticed at the next write
     "CLICKHOUSE_URL": "",  # the embedded chDB store: /history and /query need one
 }
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -212,6 +213,16 @@ def test_overlapping_clients_share_one_upstream_subscription_per_pattern_until_t
     wait_until(lambda: not set(relay.health()["upstream"]["subscriptions"]) & topics, 10, "/health to drop them")
 
 
+def test_an_sse_stream_subscribes_upstream_too_and_its_end_unsubscribes(relay, upstream, sse):
+    topic = f"Q.{unique_sym()}"
+    stream = sse(relay, topics=topic, token=FULL)
+    wait_actions(upstream, {topic}, 1)
+    upstream.emit_subscribed([{"ev": "Q", "sym": topic[2:], "n": 1}])
+    assert stream.events(1)[0]["topic"] == topic
+    stream.close()
+    assert wait_actions(upstream, {topic}, 2) == [("subscribe", topic), ("unsubscribe", topic)]
+
+
 def test_a_client_back_within_the_delay_causes_no_message(relay, upstream, ws):
     sym = unique_sym()
     topic = f"T.{sym}"
@@ -344,7 +355,8 @@ def test_sse_query_cache_and_history_keep_a_limited_token_to_its_topics(relay, u
     assert stream.events(1)[0]["topic"] == f"T.{sym}"  # within scope: served
 
     def topics_of(path: str, token: str, **params) -> list[str]:
-        response = relay.get(path, params={"token": token, "limit": 1000, **params})
+        # chDB answers in milliseconds, but took over 10 s once here while the machine was loaded
+        response = relay.get(path, params={"token": token, "limit": 1000, **params}, timeout=30)
         assert response.status_code == 200, response.text
         return [e["topic"] for e in response.json()["events"] if e["data"].get("sym") == sym]
 
