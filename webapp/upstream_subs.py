@@ -242,7 +242,8 @@ class UpstreamSubscriptions:
         refreshed = last_round = 0.0
         try:
             while True:
-                wake_at = self.plan.wake_at() if self.leading() else None
+                # deadlines matter only with a connection to send on; a (re)connect sends the union itself
+                wake_at = self.plan.wake_at() if self.leading() and self.upstream().state.connected else None
                 timeout = self.registry.refresh_s if self.registry is not None else None
                 if wake_at is not None:
                     until = max(0.0, (wake_at - now_ms()) / 1000)

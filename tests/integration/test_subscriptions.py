@@ -67,6 +67,12 @@ def wait_actions(upstream: FakeUpstream, topics: set[str], count: int, timeout_s
                       describe=lambda: repr(actions_about(upstream, topics)))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def trade(sym: str, n: int, ev: str = "T") -> dict[str, Any]:
     return {"ev": ev, "sym": sym, "n": n, "p": 1.5, "s": 100}
 
@@ -587,5 +593,31 @@ def test_the_worked_example_of_docs_polygon_md_happens_as_written(launch_relay, 
         assert health["subscription_clients"]["T.AAPL"] == 2
         dash.stop()
         assert dash.symbols() == {("T", "AAPL"), ("T", "MSFT")}
+    finally:
+        fake.stop()
+
+
+def test_clients_that_subscribe_while_the_upstream_is_down_are_served_once_it_is_back(launch_relay, ws):
+    fake = FakeUpstream(polygon=True).start()
+    try:
+        relay = launch_relay(fake, {"UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_BACKOFF_MAX_MS": "200"})
+        fake.stop()
+        wait_until(lambda: not relay.health()["upstream"]["connected"], 10, "the relay to see the upstream gone")
+        topic = f"T.{unique_sym()}"
+        client = ws(relay, topics=topic, snapshot=0)
+        client.read_snapshot()
+        from support.procnet import children
+
+        worker = children(relay.proc.pid)[0]
+        before, started = cpu_seconds(worker), time.monotonic()
+        time.sleep(1.0)
+        busy = (cpu_seconds(worker) - before) / (time.monotonic() - started)
+        assert busy < 0.5, f"the worker used {busy:.0%} of a core with nobody to send to"
+        assert relay.health()["upstream"]["subscriptions"] == []
+        fake.start()
+        record = fake.wait_for_connections(2)
+        assert fake.wait_for_actions(record, 1) == [("subscribe", [topic])]
+        fake.emit_subscribed([trade(topic[2:], 1)])
+        client.wait_for_events(1)
     finally:
         fake.stop()
