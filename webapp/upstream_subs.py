@@ -28,7 +28,7 @@ import orjson
 from gevent.event import Event as Signal
 
 from handlers.polygon import status_frame
-from handlers.protocol import error_message
+from handlers.protocol import error_message, ws_frame
 from handlers.subscriptions import (
     BATCH_MS,
     ClientTable,
@@ -213,7 +213,12 @@ class UpstreamSubscriptions:
                 if client in told or getattr(client, "closed", False):
                     continue
                 if client.kind == "ws":
-                    client.send(error_message(f"upstream refused {pattern}: {status.get('message', '')}"))
+                    frame = error_message(f"upstream refused {pattern}: {status.get('message', '')}")
+                    held = getattr(client, "held", None)
+                    if held is not None:  # its snapshot is still being fetched: the snapshot comes first
+                        held.append((ws_frame(frame), 0))
+                    else:
+                        client.send(frame)
                 elif client.kind == "polygon":
                     told.add(client)
                     client.send(status_frame(status))
