@@ -165,6 +165,22 @@ class UpstreamSubscriptions:
         if first or empty:
             self._local_changed = True
             self._wake.set()
+        if self.plan.failed or self.plan.over:
+            known = [p for p in after if (p in self.plan.failed or p in self.plan.over) and p not in before]
+            if known:  # later, not here: the hub's membership changes never yield, and a snapshot goes first
+                gevent.spawn(self._tell_late_client, client, known)
+
+    def _tell_late_client(self, client, patterns: list[str]) -> None:
+        """A client that asks for a pattern the upstream already refused (or that is past the limit) hears
+        it too; the relay does not ask again while the pattern is held. (The leader's worker knows which.)"""
+        for pattern in patterns:
+            if pattern in self.plan.failed:
+                status = {"ev": "status", "status": "error", "message": self.plan.failed[pattern]}
+            elif pattern in self.plan.over:
+                status = {"ev": "status", "status": "error", "message": self._over_limit_message(pattern)}
+            else:
+                continue
+            self._notify_one(client, pattern, status)
 
     def connected_messages(self) -> list[dict]:
         """Called by the upstream after UPSTREAM_INIT on every (re)connect: the whole union."""
@@ -206,22 +222,28 @@ class UpstreamSubscriptions:
     # -- what clients are told ------------------------------------------------------------------
 
     def notify(self, patterns: list[str], status: dict) -> None:
-        """/ws: an `error` frame naming the pattern; /<market>: the status as the upstream sent it."""
+        """/ws: an `error` frame naming the pattern; /<market>: the status as the upstream sent it (once)."""
         told = set()
         for pattern in patterns:
             for client in self.table.owners(pattern):
-                if client in told or getattr(client, "closed", False):
-                    continue
-                if client.kind == "ws":
-                    frame = error_message(f"upstream refused {pattern}: {status.get('message', '')}")
-                    held = getattr(client, "held", None)
-                    if held is not None:  # its snapshot is still being fetched: the snapshot comes first
-                        held.append((ws_frame(frame), 0))
-                    else:
-                        client.send(frame)
-                elif client.kind == "polygon":
-                    told.add(client)
-                    client.send(status_frame(status))
+                if client not in told:
+                    self._notify_one(client, pattern, status)
+                    if client.kind == "polygon":
+                        told.add(client)
+
+    @staticmethod
+    def _notify_one(client, pattern: str, status: dict) -> None:
+        if getattr(client, "closed", False):
+            return
+        if client.kind == "ws":
+            frame = error_message(f"upstream refused {pattern}: {status.get('message', '')}")
+            held = getattr(client, "held", None)
+            if held is not None:  # its snapshot is still being fetched: the snapshot comes first
+                held.append((ws_frame(frame), 0))
+            else:
+                client.send(frame)
+        elif client.kind == "polygon":
+            client.send(status_frame(status))
 
     def _broadcast_error(self, patterns: list[str], status: dict) -> None:
         try:
@@ -310,11 +332,13 @@ class UpstreamSubscriptions:
                 log.info("upstream %s: %s", message["action"], message["params"])
         self._after_step(step)
 
+    def _over_limit_message(self, pattern: str) -> str:
+        return f"the relay's upstream subscription limit ({self.plan.max_patterns} patterns) is reached: {pattern}"
+
     def _tell_over_limit(self, patterns, everywhere: bool) -> None:
         """Clients of patterns past the limit are told: this worker's, or (the leader) every worker's."""
-        message = f"the relay's upstream subscription limit ({self.plan.max_patterns} patterns) is reached"
         for pattern in patterns:
-            status = {"ev": "status", "status": "error", "message": f"{message}: {pattern}"}
+            status = {"ev": "status", "status": "error", "message": self._over_limit_message(pattern)}
             if everywhere and self.registry is not None:
                 gevent.spawn(self._broadcast_error, [pattern], status)
             else:

@@ -283,6 +283,10 @@ def test_an_upstream_error_status_reaches_the_clients_that_asked_and_only_them(r
     asker.send_json({"action": "subscribe", "topics": [bad_ws]})
     error = asker.next_frame("error")
     assert bad_ws in error["message"] and "not authorized" in error["message"]
+    late = ws(relay, topics=bad_ws, token=FULL, snapshot=0)  # asks while the refused pattern is still held
+    late.read_snapshot()
+    assert late.next_frame("error")["message"] == f"upstream refused {bad_ws}: not authorized to subscribe to {bad_ws}"
+    assert actions_about(upstream, {bad_ws}) == [("subscribe", bad_ws)]  # not asked again
 
     sock = market(relay)
     sock.send("subscribe", bad_market)
