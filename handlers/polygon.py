@@ -10,10 +10,11 @@ The same status shape, arriving from a Polygon upstream, is told apart from
 market data by `split_statuses`, so that the relay does not number or store it.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 from handlers import jsonx
+from handlers.entitlements import split_by_scope
 from handlers.events import Event
 from handlers.frames import Element
 from handlers.topics import PatternError, parse_patterns
@@ -79,6 +80,7 @@ class TopicChange:
     kind: str  # "subscribe" | "unsubscribe"
     topics: tuple[str, ...]
     refused: tuple[tuple[str, str], ...] = ()
+    forbidden: tuple[str, ...] = ()  # outside the key's TOKEN_TOPICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,16 @@ def change_reply(change: TopicChange, current: tuple[str, ...]) -> tuple[tuple[s
         topics = tuple(t for t in current if t not in gone)
         statuses.extend(status("success", f"unsubscribed to: {topic}") for topic in change.topics)
     statuses.extend(status("error", f"invalid topic {topic!r}: {why}") for topic, why in change.refused)
+    statuses.extend(status("error", f"not allowed for this key: {topic}") for topic in change.forbidden)
     return topics, status_frame(*statuses)
+
+
+def limit_change(change: TopicChange, scope: tuple[str, ...] | None) -> TopicChange:
+    """A subscribe within the key's TOKEN_TOPICS patterns; the others become `forbidden` (None: no limit)."""
+    if scope is None or change.kind != "subscribe":
+        return change
+    allowed, forbidden = split_by_scope(change.topics, scope)
+    return replace(change, topics=allowed, forbidden=forbidden)
 
 
 # -- server -> client: data -------------------------------------------------------

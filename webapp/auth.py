@@ -1,10 +1,17 @@
-"""Who may call what: client routes need an API token when API_TOKENS is set; admin routes the admin token or loopback."""
+"""Who may call what: client routes need an API token when API_TOKENS is set; admin routes the admin token or loopback;
+TOKEN_TOPICS limits the topics a token may subscribe to and read."""
 
 import hmac
 import ipaddress
+from dataclasses import replace
 from typing import Callable
 
 from flask import Request
+from werkzeug.exceptions import Forbidden
+
+from handlers.entitlements import Scope, refusal_message, split_by_scope
+from handlers.params import StreamParams, topics_param
+from handlers.protocol import Action, error_message
 
 OPEN, CLIENT, ADMIN = "open", "client", "admin"
 
@@ -56,3 +63,56 @@ def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_tok
         elif not is_loopback(request.remote_addr):
             return 403, "admin routes are only open to loopback peers when ADMIN_TOKEN is unset"
     return None
+
+
+# -- TOKEN_TOPICS: what a token may subscribe to (checked where subscriptions are made) ------------
+
+
+class TopicsForbidden(Forbidden):
+    """A `topics=` outside the token's TOKEN_TOPICS patterns: 403, naming them."""
+
+    def __init__(self, refused: tuple[str, ...]):
+        super().__init__(refusal_message(refused))
+
+
+def request_token(request: Request) -> str | None:
+    return request.args.get("token") or bearer_token(request)
+
+
+def request_scope(request: Request, settings) -> Scope:
+    """The patterns this request's token may subscribe to; None when it is not limited."""
+    return settings.topic_scope(request_token(request)) if settings.token_topics else None
+
+
+def scoped_topics(args, scope: Scope) -> tuple[str, ...]:
+    """`topics=` for REST and /sse: the token's own patterns when absent; a 403 when any is outside them."""
+    if scope is None:
+        return topics_param(args)
+    if not args.get("topics"):
+        return scope
+    patterns = topics_param(args)
+    _, refused = split_by_scope(patterns, scope)
+    if refused:
+        raise TopicsForbidden(refused)
+    return patterns
+
+
+def scoped_stream(params: StreamParams, args, scope: Scope) -> tuple[StreamParams, tuple[str, ...]]:
+    """/ws and /sse parameters within the scope, and the patterns left out (/sse answers those with 403,
+    /ws with an error frame, the rest of the subscription applying)."""
+    if scope is None:
+        return params, ()
+    if not args.get("topics"):
+        return replace(params, topics=scope), ()
+    allowed, refused = split_by_scope(params.topics, scope)
+    return replace(params, topics=allowed), refused
+
+
+def scoped_action(action, scope: Scope, refuse: Callable[[bytes], None]):
+    """A /ws subscribe with what the scope allows; `refuse` gets the error frame for the rest."""
+    if scope is None or not isinstance(action, Action) or action.kind != "subscribe":
+        return action
+    allowed, refused = split_by_scope(action.topics, scope)
+    if refused:
+        refuse(error_message(refusal_message(refused)))
+    return replace(action, topics=allowed)

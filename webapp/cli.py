@@ -91,7 +91,10 @@ def record(url: str, file: str, duration: float | None, max_frames: int | None) 
               help="Port to serve on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--loop", is_flag=True, help="Start over after the last frame, forever.")
-def replay(file, speed: float, port: int, host: str, loop: bool) -> None:
+@click.option("--honour-subscriptions", is_flag=True,
+              help="Act as a Polygon upstream: answer auth, and send each peer only the topics it "
+                   "subscribed to (for UPSTREAM_SUBSCRIBE=polygon).")
+def replay(file, speed: float, port: int, host: str, loop: bool, honour_subscriptions: bool) -> None:
     """Serve a capture as an upstream WebSocket feed, at the recorded pace times --speed.
 
     Playing starts when the first peer (the relay) connects; every connected
@@ -105,7 +108,7 @@ def replay(file, speed: float, port: int, host: str, loop: bool) -> None:
     if not frames:
         raise click.ClickException(f"{file.name}: no frames")
     offsets = replay_offsets_s(frames, speed)
-    server = FeedServer(host=host, port=port)
+    server = FeedServer(host=host, port=port, honour_subscriptions=honour_subscriptions)
     try:
         server.start()
     except OSError as exc:

@@ -3,7 +3,6 @@
 import time
 
 import gevent
-import orjson
 
 from handlers.demo import DemoMarket
 from webapp.feedserver import FeedServer
@@ -12,10 +11,12 @@ from webapp.feedserver import FeedServer
 class DemoFeed:
     """A FeedServer on loopback plus a greenlet emitting market events at `rate_per_s`."""
 
-    def __init__(self, rate_per_s: float, port: int = 0, seed: int | None = None):
+    def __init__(self, rate_per_s: float, port: int = 0, seed: int | None = None,
+                 honour_subscriptions: bool = False):
         self.rate_per_s = rate_per_s
         self.port = port
-        self.server = FeedServer(port=port)
+        self.honour_subscriptions = honour_subscriptions  # UPSTREAM_SUBSCRIBE=polygon: a peer gets what it subscribed to
+        self.server = FeedServer(port=port, honour_subscriptions=honour_subscriptions)
         self.market = DemoMarket(seed=seed if seed is not None else int(time.time()))
         self._greenlet: gevent.Greenlet | None = None
 
@@ -29,7 +30,7 @@ class DemoFeed:
 
     def start(self) -> None:
         if self.server is None:  # stopped before (a leader that stepped down and came back)
-            self.server = FeedServer(port=self.port)
+            self.server = FeedServer(port=self.port, honour_subscriptions=self.honour_subscriptions)
         self.server.start()
         self._greenlet = gevent.spawn(self._emit)
 
@@ -52,4 +53,4 @@ class DemoFeed:
             n, owed = int(owed), owed - int(owed)
             if n and self.server.peer_count:
                 now_ms = int(time.time() * 1000)
-                self.server.broadcast(orjson.dumps(self.market.tick(now_ms, n)).decode())
+                self.server.broadcast_elements(self.market.tick(now_ms, n))

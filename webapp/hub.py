@@ -78,10 +78,18 @@ class Hub:
         self._on_flush = on_flush  # seconds one flush took
         self.closing = False
         self.clients_by_kind: dict[str, int] = {}
+        # (client, patterns before, patterns after) on every membership change: the upstream's
+        # subscriptions follow the clients (webapp/upstream_subs.py); never called per event
+        self.on_subscription: Callable[[Subscriber, tuple, tuple], None] | None = None
 
     # -- membership (never yields: callers rely on this for snapshot atomicity) --
 
     def add(self, client: Subscriber) -> None:
+        self._add(client)
+        if self.on_subscription is not None:
+            self.on_subscription(client, (), client.matcher.patterns)
+
+    def _add(self, client: Subscriber) -> None:
         key = client.matcher.patterns
         group = self._groups.get(key)
         if group is None:
@@ -91,20 +99,28 @@ class Hub:
         self.clients_by_kind[client.kind] = self.clients_by_kind.get(client.kind, 0) + 1
 
     def remove(self, client: Subscriber) -> None:
+        if self._remove(client) and self.on_subscription is not None:
+            self.on_subscription(client, client.matcher.patterns, ())
+
+    def _remove(self, client: Subscriber) -> bool:
         key = client.matcher.patterns
         group = self._groups.get(key)
         if group is None or client not in group.clients:
-            return
+            return False
         group.clients.discard(client)
         group.changed()
         if not group.clients:
             del self._groups[key]
         self.clients_by_kind[client.kind] -= 1
+        return True
 
     def resubscribe(self, client: Subscriber, patterns: tuple[str, ...]) -> None:
-        self.remove(client)
+        before = client.matcher.patterns
+        was_in = self._remove(client)
         client.matcher = compile_patterns(patterns)
-        self.add(client)
+        self._add(client)
+        if self.on_subscription is not None:
+            self.on_subscription(client, before if was_in else (), patterns)
 
     @property
     def client_count(self) -> int:

@@ -24,6 +24,8 @@ class Metrics:
         self.parse_errors = Counter("relayhouse_upstream_parse_errors", "Upstream frames that were not JSON (kept as raw events)", registry=r)
         self.oversize_frames = Counter("relayhouse_upstream_oversize_frames", "Upstream frames skipped for exceeding UPSTREAM_MAX_FRAME_BYTES", registry=r)
         self.upstream_connected = Gauge("relayhouse_upstream_connected", "1 while the upstream connection is up", registry=r)
+        self.upstream_subscriptions = Gauge("relayhouse_upstream_subscriptions", "Patterns the upstream is subscribed to "
+                                            "by the relay (UPSTREAM_SUBSCRIBE)", registry=r)
         self.upstream_reconnects = Counter("relayhouse_upstream_reconnects", "Upstream reconnect attempts", registry=r)
         self.events_out = Counter("relayhouse_events_out", "Event deliveries to clients", ["transport"], registry=r)
         self.frames_out = Counter("relayhouse_frames_out", "Frames written to clients", ["transport"], registry=r)

@@ -62,6 +62,8 @@ TOO_LARGE = _error("the body exceeds MAX_BODY_BYTES (publish: UPSTREAM_MAX_FRAME
 BODY_TIMEOUT = _error("the request body did not arrive within BODY_TIMEOUT_S; the connection is closed")
 NO_STORE = _error("no store (CLICKHOUSE_URL=none) or the store is unreachable")
 NOT_READY = _error("the relay is starting (seq base not known yet) or shutting down")
+TOPICS_FORBIDDEN = _error("TOKEN_TOPICS limits this token and a pattern of topics= is outside its patterns")
+QUERY_FORBIDDEN = _error("TOKEN_TOPICS limits this token to some topics: SQL would read them all")
 URI_TOO_LONG = _error("the request line is over 4094 bytes (gunicorn's limit): use POST /query for long SQL")
 
 CLIENT = [{"bearer": []}, {"token": []}]  # only when API_TOKENS is set; open otherwise
@@ -130,7 +132,13 @@ def _schemas() -> dict[str, Any]:
                                  "last_error": nullable_str, "events": {"type": "integer"},
                                  "parse_errors": {"type": "integer"}, "oversize_frames": {"type": "integer"},
                                  "statuses": {"type": "array", "description": "the upstream's own status "
-                                                                             "messages (Polygon feeds)"}}},
+                                                                             "messages (Polygon feeds)"},
+                                 "subscriptions": {"type": "array", "items": {"type": "string"},
+                                                   "description": "patterns the relay has the upstream "
+                                                                  "subscribed to (UPSTREAM_SUBSCRIBE)"},
+                                 "subscription_clients": {"type": "object",
+                                                          "additionalProperties": {"type": "integer"}},
+                                 "managed_subscriptions": {"type": "boolean"}}},
                 "store": {"type": "object", "required": ["backend", "ok", "pending", "spooled", "spooled_bytes"],
                           "properties": {
                               "backend": {"type": "string", "enum": ["clickhouse", "chdb", "none"]},
@@ -220,7 +228,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
         "/cache/recent": {"get": {
             "summary": "the most recent unexpired events", "security": CLIENT,
             "parameters": [_int("limit", "query", 1, 1000, "how many (default 50)"), TOPICS],
-            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED}}},
+            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN}}},
         "/cache/search": {"get": {
             "summary": "the most recent matching events in the cache", "security": CLIENT,
             "parameters": [
@@ -228,7 +236,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 _str("field", "dotted path inside data (digits index arrays); needs value"),
                 _str("value", "exact value of field: strings without quotes, others as JSON text; needs field"),
                 _int("limit", "query", 1, 1000, "how many (default 50)"), TOPICS],
-            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED}}},
+            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN}}},
         "/cache/events/{seq}": {"get": {
             "summary": "one event by seq", "security": CLIENT,
             "parameters": [_int("seq", "path", 0, MAX_SEQ, "the event's seq", required=True)],
@@ -258,7 +266,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 _int("from_ts", "query", 0, MAX_TS_MS, "inclusive, ms since the Unix epoch"),
                 _int("to_ts", "query", 0, MAX_TS_MS, "inclusive, ms since the Unix epoch; not before from_ts"),
                 _int("limit", "query", 1, s.history_max_limit, "how many (default 100)")],
-            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED,
+            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN,
                           "500": _error("the store refused the relay's own query"), "503": NO_STORE,
                           "504": _error("the store did not answer in time")}}},
         "/query": {
@@ -267,13 +275,14 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                         required=True)],
                     "responses": {"200": _ok("the result", _ref("QueryResult")),
                                   "400": _error("refused, or a ClickHouse error (its message)"),
-                                  "401": UNAUTHORIZED, "414": URI_TOO_LONG, "503": NO_STORE,
+                                  "401": UNAUTHORIZED, "403": QUERY_FORBIDDEN, "414": URI_TOO_LONG, "503": NO_STORE,
                                   "504": _error("QUERY_TIMEOUT_S passed")}},
             "post": {"summary": "read-only SQL on the store, with parameters", "security": CLIENT,
                                           "requestBody": {"required": True, "content": {JSON: {"schema": _ref("QueryRequest")}}},
                      "responses": {"200": _ok("the result", _ref("QueryResult")),
                                    "400": _error("refused, or a ClickHouse error (its message)"),
-                                   "401": UNAUTHORIZED, "408": BODY_TIMEOUT, "413": TOO_LARGE, "503": NO_STORE,
+                                   "401": UNAUTHORIZED, "403": QUERY_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE,
+                                   "503": NO_STORE,
                                    "504": _error("QUERY_TIMEOUT_S passed")}}},
         "/sse": {"get": {
             "summary": "the event stream as Server-Sent Events (docs/api.md)", "security": CLIENT,
@@ -283,7 +292,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}}],
             "responses": {"200": _ok("the stream: retry, optional gap, then one message per event",
                                      {"type": "string"}, "text/event-stream"),
-                          "400": BAD, "401": UNAUTHORIZED, "503": NOT_READY}}},
+                          "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN, "503": NOT_READY}}},
         "/ws": {"get": {
             "summary": "the event stream over a WebSocket (docs/api.md); a plain GET is refused", "security": CLIENT,
             "parameters": _stream_parameters(s),

@@ -26,6 +26,7 @@ from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
 from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
+from webapp.upstream_subs import RedisRegistry, UpstreamSubscriptions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class Runtime:
             self.bus = MemoryBus(self._serve)
         self.clustered = settings.redis_url is not None
         self.role = "starting"
+        registry = None
+        if settings.upstream_subscribe and self.clustered:
+            registry = RedisRegistry(settings.redis_url, settings.redis_prefix, self.bus.lease.holder,
+                                     settings.leader_lease_ms)
+        self.subs = UpstreamSubscriptions(settings, leading=lambda: self.role in ("single", "leader"),
+                                          upstream=lambda: self.upstream, registry=registry)
+        if self.subs.enabled:
+            self.hub.on_subscription = self.subs.client_changed
         self.store = make_store(settings)
         self.store_backend = settings.store_backend
         self.spool = self.seq_state = self.writer = None
@@ -95,7 +104,8 @@ class Runtime:
         if settings.upstream_url is None:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
 
-            self.demo = DemoFeed(settings.demo_rate, settings.demo_port)
+            self.demo = DemoFeed(settings.demo_rate, settings.demo_port,
+                                 honour_subscriptions=settings.upstream_subscribe == "polygon")
         self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
         if self.store is None and not self.clustered:
@@ -126,6 +136,7 @@ class Runtime:
             backoff_max_ms=s.upstream_backoff_max_ms,
             healthy_after_s=s.upstream_healthy_after_s,
             on_state=self._on_upstream_state,
+            after_init=self.subs.connected_messages,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -136,6 +147,8 @@ class Runtime:
             return
         self.running = True
         self._greenlets = [gevent.spawn(self.hub.run), gevent.spawn(self._boot)]
+        if self.subs.enabled:
+            self._greenlets.append(gevent.spawn(self.subs.run))
 
     def _boot(self) -> None:
         if self.clustered:
@@ -375,6 +388,7 @@ class Runtime:
                     log.warning("could not release the lease: %s", exc)
             for greenlet in [*self._leading, *self._greenlets]:
                 greenlet.kill(block=False)
+            self.subs.stop()
         finally:
             self._stopped.set()
 
@@ -438,9 +452,12 @@ class Runtime:
                 self.upstream.state.last_error = problem  # the monitor shows it as the upstream's error
                 log.warning("%s", problem)
         del self.upstream_statuses[:-STATUS_HISTORY]
+        self.subs.upstream_statuses(statuses, recv_ms)
 
     def _on_upstream_state(self, state) -> None:
         self.metrics.upstream_connected.set(1 if state.connected else 0)
+        if not state.connected:
+            self.subs.disconnected()
         new_reconnects = state.reconnects - self._reconnects_counted
         if new_reconnects > 0:
             self.metrics.upstream_reconnects.inc(new_reconnects)
@@ -496,6 +513,7 @@ class Runtime:
         lag = self.stream_lag()
         m.bus_lag.set(-1 if lag is None else lag)
         m.bus_gaps.set(self.bus.gaps)
+        m.upstream_subscriptions.set(len(self.subs.view()["subscribed"]))
         return m.render()
 
     def stream_lag(self) -> int | None:
@@ -542,6 +560,11 @@ class Runtime:
     def _leader_known(self) -> bool:
         return self._leader_cached is not None
 
+    def _subscriptions_health(self) -> dict:
+        view = self.subs.view()
+        return {"subscriptions": view["subscribed"], "subscription_clients": view["clients"],
+                "managed_subscriptions": self.subs.enabled}
+
     def health(self) -> dict:
         s = self.upstream.state
         now = time.time()
@@ -572,6 +595,7 @@ class Runtime:
                 "parse_errors": self.ingest.parse_errors,
                 "oversize_frames": self.ingest.oversize_frames,
                 "statuses": list(self.upstream_statuses),
+                **self._subscriptions_health(),
             },
             "store": store,
             "clients": self.hub.client_count,

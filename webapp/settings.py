@@ -1,11 +1,14 @@
 """Settings: one frozen object built once from an environment mapping, every problem reported together."""
 
+import hmac
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from handlers.sql import SqlError, check_read_only_sql, placeholder_names
+from handlers.subscriptions import is_upstream_form
+from handlers.topics import PatternError, parse_patterns
 
 
 class SettingsError(Exception):
@@ -134,6 +137,42 @@ def _origins(text: str) -> tuple[str, ...]:
     return origins
 
 
+def _subscribe_mode(text: str) -> str | None:
+    mode = text.strip().lower()
+    if mode not in ("polygon", "none"):
+        raise ValueError(f"expected polygon (or none), got {text.strip()[:40]!r}")
+    return None if mode == "none" else mode
+
+
+def _upstream_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [p for p in patterns if not is_upstream_form(p)]
+    if bad:
+        raise ValueError(f"expected patterns like T.AAPL or Q.*, not {', '.join(repr(p[:40]) for p in bad[:5])}")
+    return patterns
+
+
+def _token_topics(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """TOKEN_TOPICS: {"token": ["T.AAPL", "Q.*"], ...}; problems never quote a token."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"malformed JSON ({exc})") from None
+    if not isinstance(value, dict) or not value:
+        raise ValueError('expected a JSON object of token to a list of topic patterns: {"token": ["T.AAPL", "Q.*"]}')
+    scopes = []
+    for n, (token, patterns) in enumerate(value.items(), 1):
+        if not token.strip():
+            raise ValueError(f"entry {n}: an empty token")
+        if not isinstance(patterns, list) or not patterns:
+            raise ValueError(f"entry {n}: expected a non-empty list of topic patterns")
+        try:
+            scopes.append((token, parse_patterns(patterns)))
+        except PatternError as exc:
+            raise ValueError(f"entry {n}: {exc}") from None
+    return tuple(scopes)
+
+
 def env(name: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     """Declare a setting read from environment variable `name`."""
     return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
@@ -155,6 +194,11 @@ class Settings:
     upstream_backoff_min_ms: int = env("UPSTREAM_BACKOFF_MIN_MS", 50, _int(1, 600_000), "first reconnect delay")
     upstream_backoff_max_ms: int = env("UPSTREAM_BACKOFF_MAX_MS", 1000, _int(1, 600_000), "reconnect delay cap (jittered)")
     upstream_healthy_after_s: float = env("UPSTREAM_HEALTHY_AFTER_S", 5.0, _float(0, 3600), "a connection up this long resets the backoff")
+    upstream_subscribe: str | None = env("UPSTREAM_SUBSCRIBE", None, _subscribe_mode, "polygon: the relay subscribes the upstream to what its clients want; unset: UPSTREAM_INIT fixes it")
+    upstream_topics: tuple = env("UPSTREAM_TOPICS", (), _upstream_patterns, "comma-separated patterns always subscribed upstream (with UPSTREAM_SUBSCRIBE)")
+    upstream_unsubscribe_delay_ms: int = env("UPSTREAM_UNSUBSCRIBE_DELAY_MS", 5000, _int(0, 86_400_000), "a pattern stays subscribed upstream this long after its last client left")
+    upstream_max_subscriptions: int = env("UPSTREAM_MAX_SUBSCRIPTIONS", 10_000, _int(1, 1_000_000), "most patterns subscribed upstream at once; clients past it get an error")
+    token_topics: tuple = env("TOKEN_TOPICS", (), _token_topics, "JSON object: token -> patterns it may subscribe to; unlisted tokens may take any")
     topic_fields: tuple = env("TOPIC_FIELDS", ("ev", "sym"), _names, "fields joined with '.' to form the topic")
     cache_max_items: int = env("CACHE_MAX_ITEMS", 10_000, _int(1, 10_000_000), "cache size bound")
     cache_ttl_seconds: int = env("CACHE_TTL_SECONDS", 3600, _int(1, 31_536_000), "cache age bound")
@@ -240,9 +284,24 @@ class Settings:
                 problems.append("ENRICH_SQL: needs a store (CLICKHOUSE_URL is none, or unset with REDIS_URL)")
         if self.clickhouse_query_url and (self.store_backend != "clickhouse" or self.clickhouse_query_url == "none"):
             problems.append("CLICKHOUSE_QUERY_URL: needs CLICKHOUSE_URL set to a ClickHouse server, and a server URL itself")
+        if self.upstream_topics and not self.upstream_subscribe:
+            problems.append("UPSTREAM_TOPICS: needs UPSTREAM_SUBSCRIBE=polygon")
+        if self.token_topics:
+            unknown = sum(1 for token, _ in self.token_topics if token not in self.api_tokens)
+            if unknown:
+                problems.append(f"TOKEN_TOPICS: {unknown} of its tokens are not in API_TOKENS (tokens are not shown)")
         if self.cors_allow_credentials and "*" in self.cors_origins:
             problems.append("CORS_ALLOW_CREDENTIALS: credentials need an explicit CORS_ORIGINS list, not *")
         return problems
+
+    def topic_scope(self, token: str | None) -> tuple[str, ...] | None:
+        """The patterns `token` may subscribe to (TOKEN_TOPICS), None when it is not limited."""
+        if token is None or not self.token_topics:
+            return None
+        for listed, patterns in self.token_topics:
+            if hmac.compare_digest(listed.encode(), token.encode()):
+                return patterns
+        return None
 
     @property
     def store_backend(self) -> str:

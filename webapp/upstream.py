@@ -174,10 +174,11 @@ class Upstream:
                  headers: tuple = (), ping_interval_s: float = 20.0, ping_timeout_s: float = 10.0,
                  connect_timeout_s: float = 10.0, backoff_min_ms: int = 50, backoff_max_ms: int = 1000,
                  healthy_after_s: float = 5.0, on_state: Callable[[UpstreamState], None] | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, after_init: Callable[[], list] | None = None):
         self.url = url
         self.on_frames = on_frames  # every data frame of one read, in one call
         self.init_messages = init_messages
+        self.after_init = after_init  # messages sent after init_messages on every connect (the subscriptions)
         self.headers = [f"{k}: {v}" for k, v in headers]
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
@@ -233,6 +234,8 @@ class Upstream:
         ws.settimeout(None)  # reads block this greenlet only; the pinger detects a dead peer
         for message in self.init_messages:
             ws.send(message if isinstance(message, str) else orjson.dumps(message).decode())
+        for message in self.after_init() if self.after_init is not None else ():
+            ws.send(orjson.dumps(message).decode())
         self.state.connected = True
         self.state.connects += 1
         self.state.connected_since = time.time()
@@ -247,6 +250,19 @@ class Upstream:
             pinger.kill(block=False)
             ws.shutdown()
             self._ws = None
+
+    def send(self, message: dict) -> bool:
+        """Send one JSON message on the open connection (False when there is none: the next
+        connect sends what matters again)."""
+        ws = self._ws
+        if ws is None or not self.state.connected:
+            return False
+        try:
+            ws.send(orjson.dumps(message).decode())  # enable_multithread: sends hold the library's lock
+        except (OSError, websocket.WebSocketException) as exc:
+            log.warning("upstream: could not send %s: %s", message.get("action", "a message"), exc)
+            return False
+        return True
 
     def _read(self, ws: websocket.WebSocket) -> None:
         sock = ws.sock  # ws.shutdown() (stop, the pinger) sets ws.sock to None and closes this

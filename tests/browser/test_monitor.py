@@ -378,3 +378,27 @@ def test_demo_feed_streams_and_screenshots_are_saved(launch_relay, open_monitor,
     phone.page.screenshot(path=str(artifacts / "monitor-390-phone.png"), animations="disabled")
     phone.page.locator("#feed").scroll_into_view_if_needed()
     phone.page.screenshot(path=str(artifacts / "monitor-390-phone-feed.png"), animations="disabled")
+
+
+def test_the_upstream_panel_lists_the_subscriptions_with_their_clients(launch_relay, open_monitor) -> None:
+    fake = FakeUpstream(polygon=True).start()
+    try:
+        relay = launch_relay(fake, {"UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_TOPICS": "AM.SPY"})
+        monitor = open_monitor(relay)  # its own /ws (topics *) changes nothing upstream
+        page = monitor.page
+        expect(page.locator("#upstream-subs")).to_have_text("AM.SPY ×0")
+        from support.clients import WsClient
+        clients = [WsClient(relay.ws_url("/ws", topics="T.AAPL,Q.*", snapshot=0)) for _ in range(2)]
+        try:
+            expect(page.locator("#upstream-subs")).to_have_text("AM.SPY ×0, Q.* ×2, T.AAPL ×2", timeout=10_000)
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        fake.stop()
+
+
+def test_the_subscriptions_row_is_hidden_when_the_relay_does_not_manage_them(relay: Relay, open_monitor) -> None:
+    page = open_monitor(relay).page
+    expect(page.locator("#upstream-badge")).to_have_text("Connected")
+    expect(page.locator("#upstream-subs")).to_be_hidden()

@@ -187,3 +187,18 @@ def test_replay_names_the_bad_line_of_a_broken_capture(flask_command, tmp_path):
     replay = flask_command("replay", str(broken), "--port", "0")
     assert replay.wait() == 1
     assert "line 2: not JSON" in replay.output()
+
+
+def test_replay_honouring_subscriptions_sends_the_relay_only_what_its_clients_subscribed_to(flask_command,
+                                                                                          launch_relay, ws):
+    _, feed = start_replay(flask_command, CAPTURE, "--speed", "4", "--loop", "--honour-subscriptions")
+    relay = launch_relay(feed, {"UPSTREAM_SUBSCRIBE": "polygon"})
+    client = ws(relay, topics="T.NVDA", snapshot=0)
+    client.read_snapshot()
+    wait_until(lambda: relay.health()["upstream"]["subscriptions"] == ["T.NVDA"], 10, "T.NVDA upstream")
+    client.wait_for_events(3, timeout_s=20)
+    recent = relay.get("/cache/recent", params={"limit": 1000}).json()["events"]
+    assert {e["topic"] for e in recent} == {"T.NVDA"}, "the replay sent topics nobody subscribed to"
+    statuses = relay.health()["upstream"]["statuses"]
+    assert {"status": "success", "message": "subscribed to: T.NVDA"} in [
+        {"status": s["status"], "message": s["message"]} for s in statuses]

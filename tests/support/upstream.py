@@ -4,6 +4,12 @@ It listens on 127.0.0.1 on a port chosen once, so the relay can be pointed at
 it and it can be stopped and started again underneath the relay. It records
 every connection the relay makes (handshake headers, messages the relay sent)
 and sends whatever frames the test asks for to every open connection.
+
+With `polygon=True` it also behaves as a Polygon/Massive upstream: it greets
+with `connected`, answers `auth`, keeps each connection's `subscribe` /
+`unsubscribe` set (answering `success` per topic, or the error status the test
+put in `refuse` for a topic), and `emit_subscribed` sends each connection only
+the market data (`ev`, `sym`) it is subscribed to.
 """
 
 from __future__ import annotations
@@ -44,18 +50,29 @@ class UpstreamConnection:
     connection: ServerConnection
     received: list[str | bytes] = field(default_factory=list)
     closed: threading.Event = field(default_factory=threading.Event)
+    subscriptions: set[str] = field(default_factory=set)  # polygon mode: what the relay subscribed to
 
     def received_json(self) -> list[Any]:
         """The relay's messages on this connection, parsed as JSON."""
         return [json.loads(message) for message in self.received]
 
+    def actions(self) -> list[tuple[str, list[str]]]:
+        """The relay's subscribe/unsubscribe messages, in order: (action, [topics])."""
+        out = []
+        for message in self.received_json():
+            if isinstance(message, dict) and message.get("action") in ("subscribe", "unsubscribe"):
+                out.append((message["action"], [t.strip() for t in str(message["params"]).split(",") if t.strip()]))
+        return out
+
 
 class FakeUpstream:
     """A threaded WebSocket server standing in for the upstream feed."""
 
-    def __init__(self, host: str = "127.0.0.1", path: str = "/feed") -> None:
+    def __init__(self, host: str = "127.0.0.1", path: str = "/feed", *, polygon: bool = False) -> None:
         self.host = host
         self.path = path
+        self.polygon = polygon
+        self.refuse: dict[str, str] = {}  # polygon mode: topic -> the error message its subscribe gets
         self.port = 0
         self._server: Server | None = None
         self._serve_thread: threading.Thread | None = None
@@ -184,7 +201,59 @@ class FakeUpstream:
                     f"fake upstream has {receivers} open relay connection(s), expected exactly 1"
                 )
 
+    def wait_for_actions(self, record: UpstreamConnection, count: int, timeout_s: float = 10.0
+                         ) -> list[tuple[str, list[str]]]:
+        """Wait until the relay has sent `count` subscribe/unsubscribe messages on `record`."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(record.actions()) >= count, timeout_s):
+                raise AssertionError(f"relay sent {record.actions()!r} on upstream connection #{record.index} "
+                                     f"within {timeout_s}s, expected {count} subscription messages")
+            return record.actions()
+
+    def emit_subscribed(self, items: Sequence[Any], *, batch: int = 50) -> int:
+        """Polygon mode: each open connection gets the items it is subscribed to (statuses and other
+        shapes go to all), as JSON arrays of up to `batch`; returns how many items went out in all."""
+        sent = 0
+        for record in self.open_connections():
+            with self._changed:
+                patterns = set(record.subscriptions)
+            chosen = [item for item in items if _subscribed(item, patterns)]
+            for frame in frames_of(chosen, batch=batch):
+                try:
+                    record.connection.send(frame)
+                except ConnectionClosed:
+                    break
+            sent += len(chosen)
+        return sent
+
     # -- server side --------------------------------------------------------
+
+    def _answer(self, record: UpstreamConnection, message: str | bytes) -> None:
+        """Polygon mode: the vendor's answers to auth, subscribe and unsubscribe."""
+        try:
+            action = json.loads(message)
+        except ValueError:
+            return
+        if not isinstance(action, dict):
+            return
+        kind, params = action.get("action"), action.get("params")
+        if kind == "auth":
+            replies = [_status("auth_success", "authenticated")]
+        elif kind in ("subscribe", "unsubscribe") and isinstance(params, str):
+            replies = []
+            for topic in (t.strip() for t in params.split(",") if t.strip()):
+                if kind == "subscribe" and topic in self.refuse:
+                    replies.append(_status("error", self.refuse[topic]))
+                    continue
+                with self._changed:
+                    (record.subscriptions.add if kind == "subscribe" else record.subscriptions.discard)(topic)
+                replies.append(_status("success", f"{kind}d to: {topic}"))
+        else:
+            return
+        try:
+            record.connection.send(json.dumps(replies))
+        except ConnectionClosed:
+            pass
 
     def _handle(self, connection: ServerConnection) -> None:
         _OWNED_THREADS.add(threading.current_thread())
@@ -201,7 +270,11 @@ class FakeUpstream:
             self.connections.append(record)
             self._changed.notify_all()
         try:
+            if self.polygon:
+                connection.send(json.dumps([_status("connected", "Connected Successfully")]))
             for message in connection:
+                if self.polygon:
+                    self._answer(record, message)  # before the record: a test that saw it sees the answer sent
                 with self._changed:
                     record.received.append(message)
                     self._changed.notify_all()
@@ -211,6 +284,18 @@ class FakeUpstream:
             with self._changed:
                 record.closed.set()
                 self._changed.notify_all()
+
+
+def _status(state: str, message: str) -> dict[str, str]:
+    return {"ev": "status", "status": state, "message": message}
+
+
+def _subscribed(item: Any, patterns: set[str]) -> bool:
+    """Whether a Polygon upstream subscribed to `patterns` sends `item` (only market data is chosen)."""
+    if not (isinstance(item, dict) and "ev" in item and "sym" in item) or item["ev"] == "status":
+        return True
+    topic = f"{item['ev']}.{item['sym']}"
+    return topic in patterns or f"{item['ev']}.*" in patterns
 
 
 def frames_of(items: Sequence[Any], *, batch: int | None = 50) -> Iterable[str | bytes]:

@@ -121,3 +121,15 @@ def test_publish_queues_events_for_the_next_flush():
     hub.publish(events("x", "y"))
     hub.publish([])
     assert [e.seq for e in hub._pending] == [1, 2]
+
+
+def test_every_membership_change_is_reported_once_with_the_patterns_before_and_after():
+    hub, _ = make_hub()
+    changes = []
+    hub.on_subscription = lambda client, before, after: changes.append((client, before, after))
+    a = FakeClient(("T.AAPL",))
+    hub.add(a)
+    hub.resubscribe(a, ("T.AAPL", "Q.*"))
+    hub.remove(a)
+    hub.remove(a)  # already gone: nothing to report
+    assert changes == [(a, (), ("T.AAPL",)), (a, ("T.AAPL",), ("T.AAPL", "Q.*")), (a, ("T.AAPL", "Q.*"), ())]

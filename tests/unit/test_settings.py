@@ -79,3 +79,32 @@ def test_a_cluster_without_a_clickhouse_server_runs_without_persistence():
     assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}).store_backend == "none"
     both = Settings.from_env({"REDIS_URL": "redis://r:6379/0", "CLICKHOUSE_URL": "clickhouse://u:p@h:9000/d"})
     assert both.store_backend == "clickhouse"
+
+
+def test_upstream_subscriptions_and_token_topics_are_parsed():
+    s = Settings.from_env({"UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_TOPICS": "T.SPY, Q.*",
+                           "UPSTREAM_UNSUBSCRIBE_DELAY_MS": "250", "API_TOKENS": "a,b",
+                           "TOKEN_TOPICS": '{"a": ["T.*", "Q.AAPL"]}'})
+    assert (s.upstream_subscribe, s.upstream_topics, s.upstream_unsubscribe_delay_ms) == ("polygon", ("T.SPY", "Q.*"), 250)
+    assert s.topic_scope("a") == ("T.*", "Q.AAPL")
+    assert s.topic_scope("b") is None and s.topic_scope(None) is None
+    assert Settings.from_env({}).upstream_subscribe is None
+    assert Settings.from_env({"UPSTREAM_SUBSCRIBE": "none"}).upstream_subscribe is None
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"UPSTREAM_SUBSCRIBE": "yes"}, "UPSTREAM_SUBSCRIBE: expected polygon"),
+    ({"UPSTREAM_SUBSCRIBE": "polygon", "UPSTREAM_TOPICS": "T.AA*"}, "UPSTREAM_TOPICS: expected patterns like T.AAPL"),
+    ({"UPSTREAM_TOPICS": "T.SPY"}, "UPSTREAM_TOPICS: needs UPSTREAM_SUBSCRIBE=polygon"),
+    ({"UPSTREAM_UNSUBSCRIBE_DELAY_MS": "-1"}, "UPSTREAM_UNSUBSCRIBE_DELAY_MS: -1 is outside"),
+    ({"API_TOKENS": "a", "TOKEN_TOPICS": "{a: 1}"}, "TOKEN_TOPICS: malformed JSON"),
+    ({"API_TOKENS": "a", "TOKEN_TOPICS": '["T.*"]'}, "TOKEN_TOPICS: expected a JSON object"),
+    ({"API_TOKENS": "a", "TOKEN_TOPICS": '{"a": []}'}, "TOKEN_TOPICS: entry 1: expected a non-empty list"),
+    ({"API_TOKENS": "a", "TOKEN_TOPICS": '{"a": ["T*x"]}'}, "TOKEN_TOPICS: entry 1: '*' may only end"),
+    ({"API_TOKENS": "a", "TOKEN_TOPICS": '{"secret-b": ["T.*"]}'}, "TOKEN_TOPICS: 1 of its tokens are not in API_TOKENS"),
+])
+def test_bad_subscription_settings_stop_start_up_with_a_clear_message(env, problem):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+    assert "secret-b" not in str(caught.value)  # a token is never shown

@@ -2,9 +2,10 @@
 
 from flask import Blueprint, request
 
-from handlers.params import MAX_SEQ, ParamError, int_param, topics_param
+from handlers.entitlements import pattern_within
+from handlers.params import MAX_SEQ, ParamError, int_param
 from handlers.topics import compile_patterns
-from webapp.auth import ADMIN, CLIENT, access
+from webapp.auth import ADMIN, CLIENT, access, request_scope, scoped_topics
 from webapp.responses import event_response, events_response, json_error, json_response
 from webapp.routes import runtime
 
@@ -26,7 +27,7 @@ def stats():
 def recent():
     rt = runtime()
     limit = int_param(request.args, "limit", 50, 1, 1000)
-    matcher = compile_patterns(topics_param(request.args))
+    matcher = compile_patterns(scoped_topics(request.args, request_scope(request, rt.settings)))
     return events_response(rt.cache.recent(limit, rt.now_ms(), matcher))
 
 
@@ -36,7 +37,7 @@ def search():
     rt = runtime()
     args = request.args
     limit = int_param(args, "limit", 50, 1, 1000)
-    matcher = compile_patterns(topics_param(args))
+    matcher = compile_patterns(scoped_topics(args, request_scope(request, rt.settings)))
     q = args.get("q") or None
     field, value = args.get("field") or None, args.get("value")
     if field is not None and value is None:
@@ -54,7 +55,8 @@ def event_by_seq(seq: str):
     rt = runtime()
     number = int_param({"seq": seq}, "seq", None, 0, MAX_SEQ)
     event = rt.cache.get(number, rt.now_ms())
-    if event is None:
+    scope = request_scope(request, rt.settings)
+    if event is None or (scope is not None and not pattern_within(event.topic, scope)):
         return json_error(404, f"event {number} is not in the cache")
     return event_response(event)
 

@@ -2,8 +2,8 @@
 
 from flask import Blueprint, request
 
-from handlers.params import MAX_SEQ, int_param, topics_param
-from webapp.auth import CLIENT, access
+from handlers.params import MAX_SEQ, int_param
+from webapp.auth import CLIENT, access, request_scope, scoped_topics
 from webapp.responses import events_response, json_error
 from webapp.routes import NO_STORE, runtime, store_failure
 from webapp.store.base import StoreError, topic_condition
@@ -22,7 +22,7 @@ def history():
     since = int_param(args, "since", None, 0, MAX_SEQ)
     from_ts = int_param(args, "from_ts", None, 0, MAX_TS_MS)
     to_ts = int_param(args, "to_ts", None, 0, MAX_TS_MS)
-    patterns = topics_param(args)
+    patterns = scoped_topics(args, request_scope(request, rt.settings))
     if from_ts is not None and to_ts is not None and from_ts > to_ts:
         return json_error(400, "'from_ts' is after 'to_ts'")
     if rt.store is None:

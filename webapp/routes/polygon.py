@@ -29,6 +29,7 @@ from handlers.polygon import (
     closing_frame,
     data_frames,
     error_frame,
+    limit_change,
     parse_action,
 )
 from handlers.protocol import ws_frame
@@ -52,12 +53,13 @@ class PolygonClient(SocketClient):
     """One /<market> connection as the hub sees it; no topics (so no data) until it subscribes."""
 
     kind = "polygon"
-    __slots__ = ("authenticated",)
+    __slots__ = ("authenticated", "scope")
     closing_message = staticmethod(closing_frame)
 
     def __init__(self, ws, wire: WireSocket, rt):
         super().__init__(ws, wire, rt, NOTHING)
         self.authenticated = False
+        self.scope = None  # TOKEN_TOPICS patterns of the key it authenticated with (None: not limited)
 
     @staticmethod
     def encode(events: list[Event]) -> bytes:
@@ -132,12 +134,13 @@ def answer(client: PolygonClient, action) -> None:
             client.refuse(AUTH_FAILED, CLOSE_POLICY_VIOLATION, "auth_failed")
         else:
             client.authenticated = True
+            client.scope = client.rt.settings.topic_scope(action.key)
             client.send(AUTH_SUCCESS)
     elif not client.authenticated:
         client.rt.metrics.client_errors.inc()
         client.send(AUTH_REQUIRED)
     else:
-        topics, reply = change_reply(action, client.matcher.patterns)
+        topics, reply = change_reply(limit_change(action, client.scope), client.matcher.patterns)
         # no yield between the change and its ack: data for a new topic comes after the ack
         client.subscribe(topics)
         client.send(reply)

@@ -3,7 +3,7 @@
 from flask import Blueprint, request
 
 from handlers.sql import SqlError, check_read_only_sql, render_params
-from webapp.auth import CLIENT, access
+from webapp.auth import CLIENT, access, request_scope
 from webapp.responses import json_error, json_response
 from webapp.routes import NO_STORE, runtime, store_failure
 from webapp.store.base import StoreError
@@ -17,6 +17,8 @@ MAX_SQL_CHARS = 100_000
 @access(CLIENT)
 def query():
     rt = runtime()
+    if request_scope(request, rt.settings) is not None:
+        return json_error(403, "this token is limited to some topics (TOKEN_TOPICS): /query is not open to it")
     if request.method == "POST":
         body = request.get_json(silent=True)
         if not isinstance(body, dict):

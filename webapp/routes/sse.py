@@ -11,7 +11,7 @@ from handlers.events import Event
 from handlers.params import stream_params
 from handlers.protocol import SSE_KEEPALIVE, sse_closing, sse_events, sse_gap
 from handlers.topics import compile_patterns
-from webapp.auth import CLIENT, access
+from webapp.auth import CLIENT, TopicsForbidden, access, request_scope, scoped_stream
 from webapp.responses import json_error
 from webapp.routes import runtime
 from webapp.streams import fill_from_store, open_stream
@@ -94,6 +94,9 @@ def stream():
         return json_error(503, "the relay is starting or stopping: retry in a moment")
     params = stream_params(request.args, request.headers.get("Last-Event-ID"),
                            rt.settings.snapshot_default, rt.settings.snapshot_max)
+    params, refused = scoped_stream(params, request.args, request_scope(request, rt.settings))
+    if refused:
+        raise TopicsForbidden(refused)
     client = SseClient(compile_patterns(params.topics), rt)
     # Snapshot and registration without a yield between them (see streams.py);
     # live events queue in the client while older ones come from the store.

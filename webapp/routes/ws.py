@@ -6,6 +6,7 @@ from flask import Blueprint, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from handlers.entitlements import refusal_message
 from handlers.events import Event
 from handlers.params import ParamError, stream_params
 from handlers.protocol import (
@@ -20,7 +21,7 @@ from handlers.protocol import (
     ws_frame,
 )
 from handlers.topics import compile_patterns, merge_patterns, remove_patterns
-from webapp.auth import CLIENT, access
+from webapp.auth import CLIENT, access, request_scope, scoped_action, scoped_stream
 from webapp.responses import json_error
 from webapp.routes import runtime
 from webapp.sockets import SocketClient, serve_sockets_lightly, take_socket
@@ -84,6 +85,8 @@ def prepare_upgrade():
         g.stream = stream_params(request.args, None, rt.settings.snapshot_default, rt.settings.snapshot_max)
     except ParamError as exc:
         return json_error(400, str(exc))
+    g.scope = request_scope(request, rt.settings)  # TOKEN_TOPICS
+    g.stream, g.refused_topics = scoped_stream(g.stream, request.args, g.scope)
     return take_socket(rt, request.environ)
 
 
@@ -106,10 +109,12 @@ def stream(ws):
         client.send(snapshot_message(opening.epoch, opening.last_seq, opening.recovered, opening.events,
                                      opening.missing))
         client.release()
+        if g.refused_topics:
+            client.send(error_message(refusal_message(g.refused_topics)))
         while not client.closed:
             text = ws.receive()
             if text is not None:
-                answer(client, parse_client_message(text))
+                answer(client, scoped_action(parse_client_message(text), g.scope, client.send))
     except ConnectionClosed:
         pass
     finally:

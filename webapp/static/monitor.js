@@ -418,6 +418,19 @@
     return problems;
   }
 
+  // UPSTREAM_SUBSCRIBE: each pattern subscribed upstream with its clients ("T.AAPL ×3"); text only
+  function renderSubscriptions(up) {
+    const managed = !!up.managed_subscriptions;
+    $('upstream-subs-label').hidden = !managed;
+    $('upstream-subs').hidden = !managed;
+    if (!managed) return;
+    const counts = up.subscription_clients || {};
+    const subs = Array.isArray(up.subscriptions) ? up.subscriptions : [];
+    const shown = subs.slice(0, 200).map((p) => `${p} ×${fmtInt(counts[p] || 0)}`);
+    const more = subs.length > shown.length ? ` … ${fmtInt(subs.length - shown.length)} more` : '';
+    setText('upstream-subs', subs.length ? shown.join(', ') + more : 'nothing yet: no client has asked');
+  }
+
   function renderHealth(h) {
     const up = h.upstream || {}, store = h.store || {};
     let state, text;
@@ -460,6 +473,7 @@
     setText('upstream-events', `${fmtInt(up.events)}${parseErrors}`);
     setText('upstream-error', up.last_error || '–');
     if ($('upstream-error').title !== (up.last_error || '')) $('upstream-error').title = up.last_error || '';
+    renderSubscriptions(up);
 
     // store
     const storeGroup = $('group-store');
