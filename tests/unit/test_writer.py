@@ -78,6 +78,8 @@ def test_an_outage_spools_and_recovery_writes_everything_once_in_order(tmp_path)
 
 def test_an_insert_that_landed_before_failing_is_not_written_twice(tmp_path):
     writer, store = make_writer(tmp_path)
+    # a retry delay no loaded machine outlasts within one cycle (1 ms did: the same cycle retried)
+    writer.retry_min_ms = writer.retry_max_ms = 60_000
     store.land_then_fail = True
     writer.enqueue(events(1, 4))
     writer.cycle()
