@@ -24,6 +24,7 @@ from webapp.store import SeqState, make_store
 from webapp.store.base import StoreError
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
+from webapp.tasks import EXIT, Tasks
 from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
 
@@ -59,6 +60,8 @@ class Runtime:
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
                        on_flush=self.metrics.flush_seconds.observe)
+        self.tasks = Tasks(lambda name: self.metrics.task_crashes.labels(name).inc(), self._crashed,
+                           backoff_max_ms=settings.task_backoff_max_ms, fault_hooks=settings.fault_hooks)
         if settings.redis_url:
             from webapp.bus.redis import RedisBus
 
@@ -79,7 +82,8 @@ class Runtime:
             self.writer = StoreWriter(
                 self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
                 retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, on_dropped=self._on_dropped,
-                in_thread=call_in_thread)
+                in_thread=call_in_thread, poison_attempts=settings.store_poison_attempts,
+                dead_letter_dir=os.path.join(settings.data_dir, "dead-letter"))
         self.enricher = None
         if settings.enrich_sql and self.store is not None:
             from webapp.enrich import Enricher
@@ -135,7 +139,7 @@ class Runtime:
         if self.running:
             return
         self.running = True
-        self._greenlets = [gevent.spawn(self.hub.run), gevent.spawn(self._boot)]
+        self._greenlets = [self.tasks.spawn("hub", self.hub.run), self.tasks.spawn("boot", self._boot, policy=EXIT)]
 
     def _boot(self) -> None:
         if self.clustered:
@@ -155,20 +159,18 @@ class Runtime:
         self.upstream = self._make_upstream()
         self._leading = []
         if self.writer is not None:
-            self._leading.append(gevent.spawn(self.writer.run))
+            self._leading.append(self.tasks.spawn("writer", self.writer.run))
         if self.enricher is not None:
-            self._leading.append(gevent.spawn(self.ingest.run))
+            self._leading.append(self.tasks.spawn("ingest", self.ingest.run))
         if self.clustered:
-            self._leading.append(gevent.spawn(self.bus.run_publisher))
-        self._leading.append(gevent.spawn(self.upstream.run))
-        for greenlet in self._leading:
-            greenlet.link_exception(self._crashed)
+            self._leading.append(self.tasks.spawn("publisher", self.bus.run_publisher))
+        self._leading.append(self.tasks.spawn("upstream", self.upstream.run))
         log.info("relay leading (pid %d, epoch %s, seq continues after %d, store %s, bus %s)",
                  os.getpid(), self.epoch, self.ingest.last_seq, self.store_backend, self.bus.backend)
 
-    def _crashed(self, greenlet: gevent.Greenlet) -> None:
-        """A relay loop died of a bug: better a restarted worker than one that silently stops relaying."""
-        log.critical("%s crashed: %r; restarting this worker", greenlet, greenlet.exception)
+    def _crashed(self, task: str, exc: BaseException) -> None:
+        """A loop that cannot be restarted safely died: better a fresh worker than one that silently stops."""
+        log.critical("%s crashed: %r; restarting this worker", task, exc)
         if self.clustered:
             try:
                 self.bus.lease.release()  # let a healthy worker take over at once
@@ -213,8 +215,8 @@ class Runtime:
             self.epoch = epoch
         self.role = "follower"
         self.ready.set()
-        self._greenlets.append(gevent.spawn(bus.run_reader))
-        self._greenlets.append(gevent.spawn(self._stand_for_leader))
+        self._greenlets.append(self.tasks.spawn("reader", bus.run_reader))
+        self._greenlets.append(self.tasks.spawn("lease", self._stand_for_leader))
         log.info("joined the cluster as a follower (epoch %s, last seq %d)", self.epoch, bus.last_seq)
 
     def _stand_for_leader(self) -> None:
@@ -227,7 +229,7 @@ class Runtime:
                         self._stop_leading("the lease was taken over")
                 elif lease.acquire():
                     self.role = "leader"
-                    self._leading = [gevent.spawn(self._take_over)]
+                    self._leading = [self.tasks.spawn("take_over", self._take_over, policy=EXIT)]
                 self._leader_cached = lease.current_holder()
                 if self.role == "follower" and self.bus.epoch is None:
                     # no event read yet: take the leader's epoch, so that snapshots and
@@ -373,8 +375,7 @@ class Runtime:
                     self.bus.lease.release()  # a follower takes over without waiting for the lease to lapse
                 except REDIS_FAILURES as exc:
                     log.warning("could not release the lease: %s", exc)
-            for greenlet in [*self._leading, *self._greenlets]:
-                greenlet.kill(block=False)
+            self.tasks.shutdown(timeout_s=2.0)  # every loop stopped and waited for
         finally:
             self._stopped.set()
 
@@ -474,6 +475,8 @@ class Runtime:
             "spool_full": w.spool_full,
             "dropped": w.dropped,
             "written": w.written,
+            "dead_letter": {"events": w.dead_letter_events, "batches": w.dead_letter_batches,
+                            "last": w.dead_letter_last, "dir": w.dead_letter_dir},
             "last_error": w.last_error or self.boot_error or self.state_error,
         }
 
@@ -491,6 +494,7 @@ class Runtime:
         m.spool_events.set(store["spooled"])
         m.spool_full.set(1 if store.get("spool_full") else 0)
         m.store_dropped.set(store.get("dropped", 0))
+        m.dead_letter_events.set(store["dead_letter"]["events"] if "dead_letter" in store else 0)
         m.leader.set(1 if self.role in ("single", "leader") else 0)
         m.bus_ok.set(1 if self.bus.ok else 0)
         lag = self.stream_lag()
@@ -549,7 +553,7 @@ class Runtime:
         store = self.store_health()
         leading = self.role in ("single", "leader")
         degraded = ((leading and not s.connected and not in_grace) or self.shutting_down or not store["ok"]
-                    or store["spooled"] > 0 or not self.ready.is_set() or not self.bus.ok
+                    or store["spooled"] > 0 or not self.ready.is_set() or not self.bus.ok or self.tasks.restarting
                     or (self.clustered and self.role == "follower" and not in_grace and not self._leader_known()))
         return {
             "status": "degraded" if degraded else "ok",
@@ -574,6 +578,7 @@ class Runtime:
                 "statuses": list(self.upstream_statuses),
             },
             "store": store,
+            "tasks": self.tasks.status(),
             "clients": self.hub.client_count,
             "clients_by_transport": dict(self.hub.clients_by_kind),
             "delivered": self.delivered,

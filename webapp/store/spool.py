@@ -106,27 +106,42 @@ class Spool:
 
     def records(self) -> list[SpoolRecord]:
         """Every intact record, oldest first; cuts a torn tail off the last segment."""
-        out: list[SpoolRecord] = []
         segments = self.segments()
-        for index, path in enumerate(segments):
-            with open(path, "rb") as f:
-                blob = f.read()
-            offset = 0
-            while offset < len(blob):
-                if offset + HEADER.size > len(blob):
-                    break
-                magic, length, crc = HEADER.unpack_from(blob, offset)
-                payload = blob[offset + HEADER.size: offset + HEADER.size + length]
-                if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-                    break
-                out.append(SpoolRecord(path, [event_from_json(line) for line in payload.split(b"\n")]))
-                offset += HEADER.size + length
-            if offset < len(blob):
-                self.torn_records += 1
-                log.warning("spool %s: damaged record at byte %d of %d (%s); cutting it off",
-                            path, offset, len(blob), "last segment" if index == len(segments) - 1 else "mid-spool")
-                self._truncate(path, offset)
+        return [record for index, path in enumerate(segments)
+                for record in self.segment_records(path, last=index == len(segments) - 1)]
+
+    def segment_records(self, path: str, last: bool = True) -> list[SpoolRecord]:
+        """The intact records of one segment (at most SEGMENT_BYTES and one record: the drain's chunk)."""
+        out: list[SpoolRecord] = []
+        with open(path, "rb") as f:
+            blob = f.read()
+        offset = 0
+        while offset < len(blob):
+            if offset + HEADER.size > len(blob):
+                break
+            magic, length, crc = HEADER.unpack_from(blob, offset)
+            payload = blob[offset + HEADER.size: offset + HEADER.size + length]
+            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            out.append(SpoolRecord(path, [event_from_json(line) for line in payload.split(b"\n")]))
+            offset += HEADER.size + length
+        if offset < len(blob):
+            self.torn_records += 1
+            log.warning("spool %s: damaged record at byte %d of %d (%s); cutting it off",
+                        path, offset, len(blob), "last segment" if last else "mid-spool")
+            self._truncate(path, offset)
         return out
+
+    def remove_segment(self, path: str, events: int) -> None:
+        """A segment whose `events` are all in the store (or dead-lettered) is deleted."""
+        if path == self._active and self._handle is not None:
+            self._handle.close()
+            self._handle = None
+            self._active = None
+        size = os.path.getsize(path)
+        os.remove(path)
+        self.bytes = max(0, self.bytes - size)
+        self.events = max(0, self.events - events)
 
     def _truncate(self, path: str, size: int) -> None:
         if path == self._active and self._handle is not None:
