@@ -28,7 +28,7 @@ class Ingest:
     def __init__(self, publish: Callable[[list[Event]], None], metrics: Metrics, *,
                  topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0,
                  persist: Callable[[list[Event]], None] | None = None, enricher=None,
-                 on_statuses: Callable[[list[dict], int], None] | None = None):
+                 on_statuses: Callable[[list[dict], int], None] | None = None, queue_max: int = 100_000):
         self.publish_events = publish  # to the bus: every worker's cache and hub
         self.metrics = metrics
         # upstream frames, and events numbered per source: plain ints on the hot path, added
@@ -46,6 +46,10 @@ class Ingest:
         self.enricher = enricher
         self.on_statuses = on_statuses  # Polygon status messages: shown, never numbered
         self._queue: gevent.queue.Queue | None = gevent.queue.Queue() if enricher is not None else None
+        # past this many queued frames the ingest stops waiting for enrichment (frames go out with
+        # what is cached, counted), so the queue drains at the speed of the plain path
+        self.queue_max = queue_max
+        self.unenriched = 0  # frames handled without waiting because the queue was full
 
     def submit_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> int:
         """Hand on every frame of one upstream read together: numbered in order, then cached,
@@ -67,18 +71,30 @@ class Ingest:
         return done.get()
 
     def run(self) -> None:
-        """The ingest greenlet (only when enrichment is on)."""
+        """The ingest greenlet (only when enrichment is on).
+
+        A frame leaves the queue only once handled: a run that dies while it waits
+        for enrichment (before numbering) is restarted by the supervisor and
+        handles the same frame again, so nothing is lost or numbered twice."""
         while True:
-            payload, binary, recv_ms, source, done = self._queue.get()
-            events = self.handle_frame(payload, binary, recv_ms, source)
+            payload, binary, recv_ms, source, done = self._queue.peek()
+            wait = self._queue.qsize() < self.queue_max
+            if not wait:
+                self.unenriched += 1
+            events = self.handle_frames(((payload, binary),), recv_ms, source, wait=wait)
+            self._queue.get()
             if done is not None:
                 done.set(events)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
 
     def handle_frame(self, payload: bytes | str, binary: bool, recv_ms: int,
                      source: str = "upstream") -> list[Event]:
         return self.handle_frames(((payload, binary),), recv_ms, source)
 
-    def handle_frames(self, frames, recv_ms: int, source: str = "upstream") -> list[Event]:
+    def handle_frames(self, frames, recv_ms: int, source: str = "upstream", wait: bool = True) -> list[Event]:
         """Frames received together (one read, or one request) into events, handed on as one batch."""
         elements: list = []
         for payload, binary in frames:
@@ -97,7 +113,7 @@ class Ingest:
             elements.extend(market)
         enrichment = None
         if self.enricher is not None and elements:
-            enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields))
+            enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields), wait)
         # no yield from here to the end: seqs are handed out in one piece
         events = number_elements(elements, self.last_seq + 1, recv_ms, self.topic_fields, enrichment)
         if not events:

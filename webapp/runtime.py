@@ -89,11 +89,12 @@ class Runtime:
             from webapp.enrich import Enricher
 
             self.enricher = Enricher(self.store, settings.enrich_sql, settings.enrich_ttl_ms,
-                                     settings.enrich_timeout_ms, self.metrics)
+                                     settings.enrich_timeout_ms, self.metrics, cache_max=settings.enrich_cache_max,
+                                     concurrency=settings.enrich_concurrency)
         self.ingest = Ingest(self._publish, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes,
                              persist=self._persist if self.store is not None else None, enricher=self.enricher,
-                             on_statuses=self._on_upstream_statuses)
+                             on_statuses=self._on_upstream_statuses, queue_max=settings.enrich_queue_max)
         self.upstream_statuses: list[dict] = []  # the upstream's last status messages (Polygon)
         self.demo = None
         if settings.upstream_url is None:

@@ -35,8 +35,12 @@ RESTART, EXIT = "restart", "exit"
 HEALTHY_AFTER_S = 30.0  # a run that lasted this long resets the restart backoff
 
 
-class FaultInjected(Exception):
-    """Raised inside a task by the test-only fault hook."""
+class FaultInjected(BaseException):  # noqa: N818  (named for what happened, like GreenletExit)
+    """Raised inside a task by the test-only fault hook.
+
+    A BaseException, like GreenletExit: no `except Exception` inside a loop (the
+    writer's poison-batch handling, say) can absorb it, so the test measures the
+    supervisor and the loop's restart, not the loop's own error handling."""
 
 
 @dataclass

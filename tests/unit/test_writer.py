@@ -1,10 +1,10 @@
 """The store writer keeps every event exactly once in the store, through outages, ambiguous failures and restarts."""
 
-from handlers.events import make_event
 import gevent
 import gevent.event
 import orjson
 
+from handlers.events import make_event
 from webapp.store.base import QueryRefused, StoreUnavailable
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter, split_by_day
