@@ -11,6 +11,7 @@ from gevent.event import AsyncResult
 from handlers.events import Event, number_elements, topics_of
 from handlers.frames import parse_frame
 from handlers.polygon import split_statuses
+from webapp.logs import Throttle, held_note
 from webapp.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Ingest:
         # what is cached, counted), so the queue drains at the speed of the plain path
         self.queue_max = queue_max
         self.unenriched = 0  # frames handled without waiting because the queue was full
+        self._said = Throttle()  # lines that could come once per frame
 
     def submit_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> int:
         """Hand on every frame of one upstream read together: numbered in order, then cached,
@@ -81,6 +83,11 @@ class Ingest:
             wait = self._queue.qsize() < self.queue_max
             if not wait:
                 self.unenriched += 1
+                self.metrics.bound_hits.labels("enrich_queue").inc()
+                held = self._said.allow("enrich_queue")
+                if held is not None:
+                    log.warning("ingest queue at ENRICH_QUEUE_MAX (%d): frames go out without waiting for "
+                                "enrichment%s", self.queue_max, held_note(held))
             events = self.handle_frames(((payload, binary),), recv_ms, source, wait=wait)
             self._queue.get()
             if done is not None:
@@ -100,9 +107,7 @@ class Ingest:
         for payload, binary in frames:
             parsed = parse_frame(payload, binary=binary, max_bytes=self.max_frame_bytes)
             if parsed.oversize:
-                self.oversize_frames += 1
-                self.metrics.oversize_frames.inc()
-                log.warning("skipped a %s frame: %s", source, parsed.parse_error)
+                self.skipped_oversize(len(payload), source)
                 continue
             if parsed.parse_error is not None:
                 self.parse_errors += 1
@@ -124,6 +129,15 @@ class Ingest:
             self.persist(events)
         self.numbered[source] = self.numbered.get(source, 0) + len(events)
         return events
+
+    def skipped_oversize(self, length: int, source: str = "upstream") -> None:
+        """A frame over UPSTREAM_MAX_FRAME_BYTES was skipped (by the reader, from its header, or here)."""
+        self.oversize_frames += 1
+        self.metrics.oversize_frames.inc()
+        held = self._said.allow("oversize")
+        if held is not None:
+            log.warning("skipped a %s frame of %d bytes (over %d)%s", source, length, self.max_frame_bytes,
+                        held_note(held))
 
     @property
     def upstream_events(self) -> int:

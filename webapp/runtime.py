@@ -131,6 +131,8 @@ class Runtime:
             backoff_max_ms=s.upstream_backoff_max_ms,
             healthy_after_s=s.upstream_healthy_after_s,
             on_state=self._on_upstream_state,
+            max_frame_bytes=s.upstream_max_frame_bytes,
+            on_oversize=self.ingest.skipped_oversize,
         )
 
     # -- lifecycle -------------------------------------------------------------
