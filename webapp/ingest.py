@@ -136,7 +136,7 @@ class Ingest:
         self.metrics.oversize_frames.inc()
         held = self._said.allow("oversize")
         if held is not None:
-            log.warning("skipped a %s frame of %d bytes (over %d)%s", source, length, self.max_frame_bytes,
+            log.warning("skipped a frame from %s of %d bytes (over %d)%s", source, length, self.max_frame_bytes,
                         held_note(held))
 
     @property
