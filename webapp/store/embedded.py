@@ -63,11 +63,13 @@ class EmbeddedStore:
 
     def _sql(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact") -> Any:
         """Run in the pool thread; map chDB's errors onto the store's."""
+        sess = None
         try:
             sess = self._open()
             result = sess.query(sql, fmt, params=params) if params else sess.query(sql, fmt)
         except RuntimeError as exc:
-            self._drain_output(sess)
+            if sess is not None:  # opening chDB itself failed: nothing to drain
+                self._drain_output(sess)
             code = CODE.search(str(exc))
             if code and int(code.group(1)) == TIMEOUT_EXCEEDED:
                 raise QueryTimedOut(_message(exc)) from exc
