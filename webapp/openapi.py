@@ -137,7 +137,16 @@ def _schemas() -> dict[str, Any]:
                               "ok": {"type": "boolean"}, "pending": {"type": "integer"},
                               "spooled": {"type": "integer"}, "spooled_bytes": {"type": "integer"},
                               "spool_full": {"type": "boolean"}, "dropped": {"type": "integer"},
-                              "written": {"type": "integer"}, "last_error": nullable_str}},
+                              "written": {"type": "integer"}, "last_error": nullable_str,
+                              "dead_letter": {"type": "object", "description": "batches the store refused for "
+                                              "good, under DATA_DIR/dead-letter"}}},
+                "tasks": {"type": "object", "description": "every supervised background loop by name",
+                          "additionalProperties": {"type": "object", "properties": {
+                              "state": {"type": "string", "enum": ["running", "restarting", "finished", "stopped",
+                                                                   "crashed"]},
+                              "policy": {"type": "string", "enum": ["restart", "exit"]},
+                              "crashes": {"type": "integer"}, "last_error": nullable_str,
+                              "last_crash_at": {"type": "number", "nullable": True}}}},
                 "clients": {"type": "integer"},
                 "clients_by_transport": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "delivered": {"type": "integer"},

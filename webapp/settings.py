@@ -205,7 +205,6 @@ class Settings:
     enrich_queue_max: int = env("ENRICH_QUEUE_MAX", 100_000, _int(1, 100_000_000), "frames waiting for enrichment; past it frames go out without enrichment")
     enrich_cache_max: int = env("ENRICH_CACHE_MAX", 10_000, _int(1, 10_000_000), "topics whose enrichment is cached (least recently used evicted)")
     enrich_concurrency: int = env("ENRICH_CONCURRENCY", 4, _int(1, 1000), "enrichment queries running at once")
-    spool_drain_bytes: int = env("SPOOL_DRAIN_BYTES", 16 * 1024 * 1024, _int(1024, 1 << 40), "spool records read back per step of a drain")
     fault_hooks: bool = env("RELAYHOUSE_FAULT_HOOKS", False, _bool, "TEST ONLY: enables POST /debug/fault, which makes a named background loop raise")
 
     @classmethod

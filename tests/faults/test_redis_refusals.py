@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from support.events import unique_sym
 from support.relay import free_port
 from support.waiting import wait_until
 
-from faults.harness import Pump, assert_in_order_once, metric_value, worker_pid
+from faults.harness import assert_in_order_once, metric_value, pumped_client, worker_pid
 
 RATE_PER_S = 300
 
@@ -66,11 +65,7 @@ def no_crashes(relay) -> None:
 
 def refuse_and_recover(relay, fresh_upstream, ws, refuse, accept, expect: str) -> None:
     pid = worker_pid(relay.proc.pid)
-    sym = unique_sym()
-    client = ws(relay, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    pump = Pump(fresh_upstream, sym, RATE_PER_S, per_frame=10).start()
-    try:
+    with pumped_client(ws, relay, fresh_upstream, RATE_PER_S) as (client, pump):
         client.wait_for_events(100, timeout_s=20)
         refuse()
         # (a replica's first answer to the blocked reader is "UNBLOCKED ... master -> replica": refused too)
@@ -81,8 +76,6 @@ def refuse_and_recover(relay, fresh_upstream, ws, refuse, accept, expect: str) -
         wait_until(lambda: relay.health()["bus"]["ok"], 15, "the bus to be ok again")
         client.wait_for_events(len(pump.sent) + 100, timeout_s=20)
         sent = pump.pause()
-    finally:
-        pump.stop()
     events = client.wait_for_events(sent, timeout_s=20)
     assert_in_order_once(events[:sent], pump.sent, "/ws client across the refusal", first_seq=1)
     assert worker_pid(relay.proc.pid) == pid
@@ -113,19 +106,13 @@ def test_a_cluster_loop_that_raises_is_restarted_and_no_event_is_lost(task, own_
                                                                       ws):
     relay = start_relay(fresh_upstream, cluster_env(own_redis))
     pid = worker_pid(relay.proc.pid)
-    sym = unique_sym()
-    client = ws(relay, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    pump = Pump(fresh_upstream, sym, RATE_PER_S, per_frame=10).start()
-    try:
+    with pumped_client(ws, relay, fresh_upstream, RATE_PER_S) as (client, pump):
         client.wait_for_events(100, timeout_s=20)
         assert relay.request("POST", "/debug/fault", json={"task": task}).status_code == 200
         wait_until(lambda: relay.health()["tasks"][task]["crashes"] == 1
                    and relay.health()["tasks"][task]["state"] == "running", 15, f"{task} to be back")
         client.wait_for_events(len(pump.sent) + 100, timeout_s=20)
         sent = pump.pause()
-    finally:
-        pump.stop()
     events = client.wait_for_events(sent, timeout_s=20)
     assert_in_order_once(events[:sent], pump.sent, f"/ws client after {task} crashed", first_seq=1)
     assert worker_pid(relay.proc.pid) == pid and relay.health()["role"] == "leader"

@@ -13,14 +13,13 @@ worker (boot) is shown to do exactly that, and the fresh worker then serves.
 from __future__ import annotations
 
 import pytest
-from support.events import unique_sym
 from support.waiting import wait_until
 
 from faults.harness import (
-    Pump,
     assert_in_order_once,
     assert_store_holds,
     metric_value,
+    pumped_client,
     store_env,
     worker_pid,
 )
@@ -58,11 +57,7 @@ def test_a_loop_that_raises_is_restarted_and_no_event_is_lost(task, fresh_upstre
         extra["ENRICH_SQL"] = f"SELECT count() AS n FROM {url.rsplit('/', 1)[1]}.events WHERE topic = %(topic)s"
     relay = start_relay(fresh_upstream, fault_env(url, **extra))
     pid = worker_pid(relay.proc.pid)
-    sym = unique_sym()
-    client = ws(relay, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    pump = Pump(fresh_upstream, sym, RATE_PER_S, per_frame=10).start()
-    try:
+    with pumped_client(ws, relay, fresh_upstream, RATE_PER_S) as (client, pump):
         client.wait_for_events(200, timeout_s=20)
         if task == "upstream":
             # data still in the socket's buffer when the connection is dropped is the upstream's to
@@ -76,8 +71,6 @@ def test_a_loop_that_raises_is_restarted_and_no_event_is_lost(task, fresh_upstre
             pump.resume()
         client.wait_for_events(len(pump.sent) + 200, timeout_s=20)
         sent = pump.pause()
-    finally:
-        pump.stop()
     assert worker_pid(relay.proc.pid) == pid, "a restartable loop must not cost the worker"
     assert crashes(relay, task) == 1
     status = relay.health()["tasks"][task]
@@ -103,15 +96,9 @@ def test_a_crash_of_the_boot_exits_the_worker_and_the_fresh_worker_serves(fresh_
     relay.wait_ready(timeout_s=60)
     assert "task boot crashed" in relay.log_text()
     assert "cannot be restarted safely" in relay.log_text()
-    sym = unique_sym()
-    client = ws(relay, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    pump = Pump(fresh_upstream, sym, RATE_PER_S, per_frame=10).start()
-    try:
+    with pumped_client(ws, relay, fresh_upstream, RATE_PER_S) as (client, pump):
         client.wait_for_events(100, timeout_s=20)
         sent = pump.pause()
-    finally:
-        pump.stop()
     assert_in_order_once(client.wait_for_events(sent, timeout_s=20)[:sent], pump.sent, "/ws client", first_seq=1)
 
 

@@ -301,3 +301,24 @@ def test_a_cycle_killed_before_its_batch_reached_the_spool_puts_the_batch_back(t
     gate.set()
     writer.cycle()
     assert store.rows == [1, 2, 3]
+
+
+def test_the_spool_is_drained_one_segment_at_a_time_and_each_written_segment_removed(tmp_path, monkeypatch):
+    import webapp.store.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 1)  # every record in a segment of its own
+    writer, store = make_writer(tmp_path)
+    store.down = True
+    for first in (1, 4, 7):
+        writer.enqueue(events(first, 3))
+        writer.cycle()
+    assert len(writer.spool.segments()) == 3 and writer.spool.events == 9
+    read = []
+    real = writer.spool.segment_records
+    writer.spool.segment_records = lambda path, last=True: read.append(path) or real(path, last)
+    store.down = False
+    store.poison = {7}  # the third segment is refused: the first two are in and gone
+    cycles(writer, 1)
+    assert sorted(store.rows) == [1, 2, 3, 4, 5, 6]
+    assert len(writer.spool.segments()) == 1 and writer.spool.events == 3
+    assert len(read) == 3 and len(set(read)) == 3  # each segment read once, alone
