@@ -100,7 +100,7 @@ class Runtime:
         if settings.upstream_url is None:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
 
-            self.demo = DemoFeed(settings.demo_rate, settings.demo_port)
+            self.demo = DemoFeed(settings.demo_rate, settings.demo_port, spawn=lambda run: self.tasks.spawn("demo", run))
         self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
         if self.store is None and not self.clustered:
