@@ -112,6 +112,8 @@ def _schemas() -> dict[str, Any]:
                          "upstream", "store", "clients", "clients_by_transport", "delivered", "cache"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "reasons": {"type": "array", "items": {"type": "string"},
+                            "description": "why the relay is degraded, in words (empty when ok)"},
                 "version": {"type": "string"}, "uptime_s": {"type": "number"}, "now": {"type": "number"},
                 "epoch": {"type": "string"}, "last_seq": {"type": "integer"}, "ready": {"type": "boolean"},
                 "role": {"type": "string", "enum": ["starting", "single", "leader", "follower"]},

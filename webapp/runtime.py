@@ -13,6 +13,7 @@ import gevent.event
 from handlers.backoff import reconnect_delay_ms
 from handlers.cache import EventCache
 from handlers.events import Event
+from handlers.health import HealthFacts, degraded_reasons
 from handlers.polygon import status_problem
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
@@ -555,11 +556,14 @@ class Runtime:
         in_grace = now - self.started_at < self.settings.startup_grace_s
         store = self.store_health()
         leading = self.role in ("single", "leader")
-        degraded = ((leading and not s.connected and not in_grace) or self.shutting_down or not store["ok"]
-                    or store["spooled"] > 0 or not self.ready.is_set() or not self.bus.ok or self.tasks.restarting
-                    or (self.clustered and self.role == "follower" and not in_grace and not self._leader_known()))
+        reasons = degraded_reasons(HealthFacts(
+            leading=leading, upstream_connected=s.connected, in_grace=in_grace, shutting_down=self.shutting_down,
+            ready=self.ready.is_set(), store_ok=store["ok"], spooled=store["spooled"], bus_ok=self.bus.ok,
+            follower_without_leader=self.clustered and self.role == "follower" and not self._leader_known(),
+            tasks_down=tuple(self.tasks.restarting)))
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": list(reasons),
             "version": VERSION,
             "uptime_s": round(now - self.started_at, 3),
             "now": now,
