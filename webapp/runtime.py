@@ -15,6 +15,7 @@ from handlers.cache import EventCache
 from handlers.events import Event
 from handlers.health import HealthFacts, degraded_reasons
 from handlers.polygon import status_problem
+from handlers.recovery import plan_recovery
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 from webapp.hub import Hub
@@ -314,19 +315,18 @@ class Runtime:
                 gevent.sleep(delay_ms / 1000)
         self.boot_error = None
         spool_max = spooled[-1].seq if spooled else 0
-        reserved = 0 if self.clustered else self.seq_state.reserved
-        last_seq = max(store_max or 0, spool_max, reserved, floor_seq)
-        self.epoch = floor_epoch or stored_epoch or local_epoch or self.epoch
-        if last_seq == 0:
-            self.epoch = new_epoch()  # nothing to continue: a fresh seq space
+        plan = plan_recovery(store_max=store_max, spool_max=spool_max,
+                             reserved=0 if self.clustered else self.seq_state.reserved, floor_seq=floor_seq,
+                             floor_epoch=floor_epoch, stored_epoch=stored_epoch, local_epoch=local_epoch,
+                             current_epoch=self.epoch, clustered=self.clustered, block=self.settings.seq_reserve_block)
+        last_seq = plan.last_seq
+        self.epoch = plan.epoch or new_epoch()  # nothing to continue: a fresh seq space
         self.ingest.last_seq = last_seq
-        persisted = max(store_max, spool_max) if store_max is not None else None
-        if not self.clustered and persisted is not None and last_seq > persisted:
-            # numbered before a crash and never persisted: resuming clients are told
-            self.lost_range = (persisted + 1, last_seq)
+        if plan.lost is not None:
+            self.lost_range = plan.lost
             log.warning("seqs %d..%d were numbered before a crash and are lost", *self.lost_range)
-        if not self.clustered:
-            call_in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
+        if plan.reserve_to is not None:
+            call_in_thread(self.seq_state.save, self.epoch, plan.reserve_to)
         if store_max is not None and stored_epoch != self.epoch:
             try:
                 self.store.set_meta("epoch", self.epoch)
@@ -337,7 +337,7 @@ class Runtime:
         self.bus.last_seq = max(self.bus.last_seq, last_seq)
         self.bus.epoch = self.epoch
         self.writer.start_from(store_max, spooled=bool(records))
-        unwritten = [e for e in stream if store_max is not None and e.seq > store_max and e.seq > spool_max]
+        unwritten = [e for e in stream if plan.unwritten_after is not None and e.seq > plan.unwritten_after]
         if unwritten:
             log.info("writing %d events the previous leader published but had not stored", len(unwritten))
             self.writer.enqueue(unwritten)
