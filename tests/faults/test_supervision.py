@@ -107,3 +107,14 @@ def test_the_fault_route_does_not_exist_without_the_test_only_variable(fresh_ups
     relay = start_relay(fresh_upstream, store_env(url))
     assert relay.request("POST", "/debug/fault", json={"task": "hub"}).status_code == 404
     assert set(relay.health()["tasks"]) >= {"hub", "boot", "writer", "upstream"}
+
+
+def test_the_demo_feeds_emitter_is_supervised_too(fresh_upstream, start_relay):
+    relay = start_relay(fresh_upstream, {"CLICKHOUSE_URL": "none", "UPSTREAM_URL": "", "DEMO_RATE": "200",
+                                          "RELAYHOUSE_FAULT_HOOKS": "1", "TASK_BACKOFF_MAX_MS": "300"})
+    wait_until(lambda: relay.health()["last_seq"] > 20, 10, "demo events")
+    inject(relay, "demo")
+    task_back(relay, "demo")
+    after = relay.health()["last_seq"]
+    wait_until(lambda: relay.health()["last_seq"] > after + 20, 10, "demo events after the restart")
+    assert crashes(relay, "demo") == 1
