@@ -322,3 +322,28 @@ def test_the_spool_is_drained_one_segment_at_a_time_and_each_written_segment_rem
     assert sorted(store.rows) == [1, 2, 3, 4, 5, 6]
     assert len(writer.spool.segments()) == 1 and writer.spool.events == 3
     assert len(read) == 3 and len(set(read)) == 3  # each segment read once, alone
+
+
+def test_a_batch_being_inserted_is_not_reported_as_spooled_backlog(tmp_path):
+    writer, store = make_writer(tmp_path)
+    store.hold = gevent.event.Event()
+    writer.enqueue(events(1, 3))
+    cycle = gevent.spawn(writer.cycle)
+    gevent.sleep(0.01)  # inside the insert
+    assert writer._backlog is False  # /health counts spooled events only while there is a backlog
+    store.hold.set()
+    cycle.join(5)
+    assert store.rows == [1, 2, 3]
+
+
+def test_a_cycle_killed_during_the_insert_of_a_spooled_batch_leaves_it_to_the_drain(tmp_path):
+    writer, store = make_writer(tmp_path)
+    store.hold = gevent.event.Event()
+    writer.enqueue(events(1, 3))
+    cycle = gevent.spawn(writer.cycle)
+    gevent.sleep(0.01)
+    cycle.kill(ValueError("crashed"))
+    assert writer._backlog is True and writer.pending == []
+    store.hold.set()
+    cycles(writer, 1)
+    assert store.rows == [1, 2, 3] and writer.spool.events == 0

@@ -86,6 +86,7 @@ class StoreWriter:
         self.dead_letter_last: tuple[int, int] | None = None
         self._refusals = 0  # consecutive refusals of the batch being inserted
         self._in_hand: list[Event] | None = None  # taken from pending, not yet in the spool
+        self._unconfirmed = False  # a spooled batch is being inserted
         self._wake = Signal()
         self._cycling = BoundedSemaphore(1)
 
@@ -135,6 +136,9 @@ class StoreWriter:
             if self._in_hand is not None:
                 self.pending[:0] = self._in_hand
                 self._in_hand = None
+            if self._unconfirmed:  # spooled, insert unknown: the drain writes what the store lacks
+                self._backlog = True
+                self._unconfirmed = False
             self.store_max = None
             raise
         finally:
@@ -174,10 +178,13 @@ class StoreWriter:
             return
         if self._backlog:
             return  # order: it waits behind what the spool already holds
-        self._backlog = True  # until the insert is known to be in, the spool holds the batch
-        if self._insert(batch):
+        self._unconfirmed = True  # in the spool, not yet known to be in the store
+        inserted = self._insert(batch)
+        self._unconfirmed = False
+        if inserted:
             self.in_thread(self.spool.clear)
-            self._backlog = False
+        else:
+            self._backlog = True
 
     def _drain(self) -> None:
         """Write the spool back in order, one segment at a time (bounded memory), removing each when done."""
