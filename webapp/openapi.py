@@ -142,6 +142,9 @@ def _schemas() -> dict[str, Any]:
                               "written": {"type": "integer"}, "last_error": nullable_str,
                               "dead_letter": {"type": "object", "description": "batches the store refused for "
                                               "good, under DATA_DIR/dead-letter"}}},
+                "enrich": {"type": "object", "nullable": True, "description": "with ENRICH_SQL: frames queued, "
+                           "frames sent without waiting (queue full), topics that found every query slot busy, "
+                           "errors, time-outs, topics cached"},
                 "tasks": {"type": "object", "description": "every supervised background loop by name",
                           "additionalProperties": {"type": "object", "properties": {
                               "state": {"type": "string", "enum": ["running", "restarting", "finished", "stopped",

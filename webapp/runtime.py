@@ -586,6 +586,10 @@ class Runtime:
             },
             "store": store,
             "tasks": self.tasks.status(),
+            "enrich": None if self.enricher is None else {
+                "queued": self.ingest.queued, "unenriched": self.ingest.unenriched, "busy": self.enricher.busy,
+                "errors": self.enricher.errors, "timeouts": self.enricher.timeouts,
+                "cached_topics": self.enricher.cached_topics},
             "clients": self.hub.client_count,
             "clients_by_transport": dict(self.hub.clients_by_kind),
             "delivered": self.delivered,

@@ -135,6 +135,8 @@ def test_an_enrichment_source_that_never_answers_in_time_leaves_a_bounded_queue_
     hits = metric_value(relay.get("/metrics").text, "relayhouse_bound_hits_total", 'bound="enrich_queue"')
     assert hits > 0, "the queue must have reached its bound (the source never answers within the wait)"
     assert sum(1 for e in events if "enrichment" not in e) > sent / 2
+    enrich = relay.health()["enrich"]
+    assert enrich["unenriched"] == hits and enrich["cached_topics"] <= 1000, enrich
     busy = metric_value(relay.get("/metrics").text, "relayhouse_enrich_errors_total", 'kind="busy"')
     assert busy > 0, "with every query slot taken, topics must go without instead of queueing queries"
     print(f"enrichment that never answers: worker RSS grew by at most {peak / MIB:.1f} MiB")
