@@ -289,7 +289,7 @@ class Runtime:
         were never seen by anyone, and the new leader persists what the old one
         published but had not written (`stream`, above the store's maximum).
         """
-        records = call_in_thread(self.spool.load)
+        records = call_in_thread(self.spool.load, self.settings.cache_max_items)  # the newest: seq base, warm cache
         spooled = [e for r in records for e in r.events]
         if not self.clustered:
             call_in_thread(self.seq_state.load)

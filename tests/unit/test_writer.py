@@ -347,3 +347,14 @@ def test_a_cycle_killed_during_the_insert_of_a_spooled_batch_leaves_it_to_the_dr
     store.hold.set()
     cycles(writer, 1)
     assert store.rows == [1, 2, 3] and writer.spool.events == 0
+
+
+def test_loading_a_spool_at_start_keeps_only_the_newest_records_but_counts_them_all(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), 1 << 20, fsync=False)
+    for first in range(1, 100, 10):
+        spool.append(events(first, 10))
+    again = Spool(str(tmp_path / "spool"), 1 << 20)
+    kept = again.load(keep_events=25)
+    assert [e.seq for r in kept for e in r.events] == list(range(71, 101))  # whole records covering 25
+    assert again.events == 100
+    assert [e.seq for r in Spool(str(tmp_path / "spool"), 1 << 20).load() for e in r.events] == list(range(1, 101))

@@ -152,12 +152,25 @@ class Spool:
             f.truncate(size)
         self.bytes = sum(os.path.getsize(p) for p in self.segments())
 
-    def load(self) -> list[SpoolRecord]:
-        """Records left by an earlier process; sets the event count."""
-        records = self.records()
-        self.events = sum(len(r.events) for r in records)
+    def load(self, keep_events: int | None = None) -> list[SpoolRecord]:
+        """Records left by an earlier process; sets the event count.
+
+        With `keep_events`, only the newest records holding that many events are
+        returned (what a start needs: the highest seq and a warm cache), and the
+        spool is read one segment at a time, so a large spool is never in memory whole."""
+        segments = self.segments()
+        kept: list[SpoolRecord] = []
+        held = total = 0
+        for index, path in enumerate(segments):
+            for record in self.segment_records(path, last=index == len(segments) - 1):
+                kept.append(record)
+                held += len(record.events)
+                total += len(record.events)
+                while keep_events is not None and len(kept) > 1 and held - len(kept[0].events) >= keep_events:
+                    held -= len(kept.pop(0).events)
+        self.events = total
         self.bytes = sum(os.path.getsize(p) for p in self.segments())
-        return records
+        return kept
 
     def clear(self) -> None:
         """Everything spooled is in the store: remove every segment."""
