@@ -70,7 +70,7 @@ class Runtime:
             self.bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix, worker_name(), self._serve,
                                      lease_ms=settings.leader_lease_ms,
                                      stream_maxlen=settings.stream_maxlen or settings.cache_max_items)
-            self.bus.on_fenced = lambda: gevent.spawn(self._stop_leading, "the lease was taken over")
+            self.bus.on_fenced = lambda: self.tasks.spawn("stand_down", self._stop_leading, "the lease was taken over")
         else:
             self.bus = MemoryBus(self._serve)
         self.clustered = settings.redis_url is not None

@@ -23,7 +23,6 @@ import os
 import time
 from typing import Callable
 
-import gevent
 import orjson
 from gevent.event import Event as Signal
 from gevent.lock import BoundedSemaphore
@@ -290,6 +289,3 @@ def _write_dead_letter(path: str, events: list[Event], reason: str) -> None:
         f.flush()
         os.fsync(f.fileno())
 
-
-def spawn_writer(writer: StoreWriter) -> gevent.Greenlet:
-    return gevent.spawn(writer.run)
