@@ -17,7 +17,7 @@ from handlers import jsonx
 from handlers.entitlements import split_by_scope
 from handlers.events import Event
 from handlers.frames import Element
-from handlers.topics import PatternError, parse_patterns
+from handlers.topics import PatternError, add_patterns, parse_patterns
 
 MARKETS = ("stocks", "options", "forex", "crypto", "indices")
 
@@ -131,18 +131,15 @@ def split_params(params: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], .
     return tuple(topics), tuple(refused)
 
 
-def change_reply(change: TopicChange, current: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
+def change_reply(change: TopicChange, current: tuple[str, ...],
+                 limit: int = MAX_TOPICS) -> tuple[tuple[str, ...], bytes]:
     """Apply a subscribe/unsubscribe to `current`: the new topics and the frame of per-topic statuses."""
     statuses = []
     if change.kind == "subscribe":
-        after = dict.fromkeys(current)
-        for topic in change.topics:
-            if topic not in after and len(after) >= MAX_TOPICS:
-                statuses.append(status("error", f"subscription limit of {MAX_TOPICS} topics reached: {topic}"))
-                continue
-            after[topic] = None
-            statuses.append(status("success", f"subscribed to: {topic}"))
-        topics = tuple(after)
+        topics, refused = add_patterns(current, change.topics, limit)
+        over = set(refused)
+        statuses.extend(status("error", f"subscription limit of {limit} topics reached: {topic}") if topic in over
+                        else status("success", f"subscribed to: {topic}") for topic in change.topics)
     else:
         gone = set(change.topics)
         topics = tuple(t for t in current if t not in gone)

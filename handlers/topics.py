@@ -80,9 +80,26 @@ def compile_patterns(patterns: Iterable[str]) -> Matcher:
 MATCH_ALL = compile_patterns(("*",))
 
 
-def merge_patterns(current: tuple[str, ...], added: Iterable[str]) -> tuple[str, ...]:
-    """The subscription after a subscribe: current patterns then new ones, no duplicates."""
-    return tuple(dict.fromkeys((*current, *added)))
+def add_patterns(current: tuple[str, ...], added: Iterable[str],
+                 limit: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A subscribe under a cap: the subscription after it, and the new patterns refused because it
+    would hold more than `limit` (the ones already held always stay; the first new ones win)."""
+    after = dict.fromkeys(current)
+    refused: list[str] = []
+    for pattern in added:
+        if pattern in after:
+            continue
+        if len(after) >= limit:
+            refused.append(pattern)
+            continue
+        after[pattern] = None
+    return tuple(after), tuple(refused)
+
+
+def limit_message(limit: int, refused: tuple[str, ...]) -> str:
+    """What a client is told when its subscribe passed the cap."""
+    return (f"subscription limit of {limit} patterns reached: {len(refused)} not subscribed "
+            f"(first: {refused[0][:64]!r})")
 
 
 def remove_patterns(current: tuple[str, ...], removed: Iterable[str]) -> tuple[str, ...]:

@@ -39,6 +39,12 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     app.extensions["relayhouse"] = services or Runtime(settings)
     for module in (status, cache, publish, ws, sse, polygon, query, history, monitor):
         app.register_blueprint(module.bp)
+    if settings.fault_hooks:  # test-only: the fault suite makes named loops raise through it
+        from webapp.routes import debug
+
+        log.warning("RELAYHOUSE_FAULT_HOOKS is on: POST /debug/fault can crash loops "
+                    "(a test-only setting; never set it in production)")
+        app.register_blueprint(debug.bp)
     register_commands(app)
     register_cors(app, settings)  # before the access check: preflights carry no token
 

@@ -12,13 +12,14 @@ class DemoFeed:
     """A FeedServer on loopback plus a greenlet emitting market events at `rate_per_s`."""
 
     def __init__(self, rate_per_s: float, port: int = 0, seed: int | None = None,
-                 honour_subscriptions: bool = False):
+                 honour_subscriptions: bool = False, spawn=gevent.spawn):
         self.rate_per_s = rate_per_s
         self.port = port
         self.honour_subscriptions = honour_subscriptions  # UPSTREAM_SUBSCRIBE=polygon: a peer gets what it subscribed to
         self.server = FeedServer(port=port, honour_subscriptions=honour_subscriptions)
         self.market = DemoMarket(seed=seed if seed is not None else int(time.time()))
         self._greenlet: gevent.Greenlet | None = None
+        self._spawn = spawn  # the runtime passes its supervised spawn (webapp/tasks.py)
 
     @property
     def url(self) -> str:
@@ -32,7 +33,7 @@ class DemoFeed:
         if self.server is None:  # stopped before (a leader that stepped down and came back)
             self.server = FeedServer(port=self.port, honour_subscriptions=self.honour_subscriptions)
         self.server.start()
-        self._greenlet = gevent.spawn(self._emit)
+        self._greenlet = self._spawn(self._emit)
 
     def stop(self) -> None:
         if self._greenlet is not None:

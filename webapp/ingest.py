@@ -11,6 +11,7 @@ from gevent.event import AsyncResult
 from handlers.events import Event, number_elements, topics_of
 from handlers.frames import parse_frame
 from handlers.polygon import split_statuses
+from webapp.logs import Throttle, held_note
 from webapp.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Ingest:
     def __init__(self, publish: Callable[[list[Event]], None], metrics: Metrics, *,
                  topic_fields: tuple[str, ...], max_frame_bytes: int, last_seq: int = 0,
                  persist: Callable[[list[Event]], None] | None = None, enricher=None,
-                 on_statuses: Callable[[list[dict], int], None] | None = None):
+                 on_statuses: Callable[[list[dict], int], None] | None = None, queue_max: int = 100_000):
         self.publish_events = publish  # to the bus: every worker's cache and hub
         self.metrics = metrics
         # upstream frames, and events numbered per source: plain ints on the hot path, added
@@ -46,6 +47,11 @@ class Ingest:
         self.enricher = enricher
         self.on_statuses = on_statuses  # Polygon status messages: shown, never numbered
         self._queue: gevent.queue.Queue | None = gevent.queue.Queue() if enricher is not None else None
+        # past this many queued frames the ingest stops waiting for enrichment (frames go out with
+        # what is cached, counted), so the queue drains at the speed of the plain path
+        self.queue_max = queue_max
+        self.unenriched = 0  # frames handled without waiting because the queue was full
+        self._said = Throttle()  # lines that could come once per frame
 
     def submit_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> int:
         """Hand on every frame of one upstream read together: numbered in order, then cached,
@@ -67,26 +73,41 @@ class Ingest:
         return done.get()
 
     def run(self) -> None:
-        """The ingest greenlet (only when enrichment is on)."""
+        """The ingest greenlet (only when enrichment is on).
+
+        A frame leaves the queue only once handled: a run that dies while it waits
+        for enrichment (before numbering) is restarted by the supervisor and
+        handles the same frame again, so nothing is lost or numbered twice."""
         while True:
-            payload, binary, recv_ms, source, done = self._queue.get()
-            events = self.handle_frame(payload, binary, recv_ms, source)
+            payload, binary, recv_ms, source, done = self._queue.peek()
+            wait = self._queue.qsize() < self.queue_max
+            if not wait:
+                self.unenriched += 1
+                self.metrics.bound_hits.labels("enrich_queue").inc()
+                held = self._said.allow("enrich_queue")
+                if held is not None:
+                    log.warning("ingest queue at ENRICH_QUEUE_MAX (%d): frames go out without waiting for "
+                                "enrichment%s", self.queue_max, held_note(held))
+            events = self.handle_frames(((payload, binary),), recv_ms, source, wait=wait)
+            self._queue.get()
             if done is not None:
                 done.set(events)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
 
     def handle_frame(self, payload: bytes | str, binary: bool, recv_ms: int,
                      source: str = "upstream") -> list[Event]:
         return self.handle_frames(((payload, binary),), recv_ms, source)
 
-    def handle_frames(self, frames, recv_ms: int, source: str = "upstream") -> list[Event]:
+    def handle_frames(self, frames, recv_ms: int, source: str = "upstream", wait: bool = True) -> list[Event]:
         """Frames received together (one read, or one request) into events, handed on as one batch."""
         elements: list = []
         for payload, binary in frames:
             parsed = parse_frame(payload, binary=binary, max_bytes=self.max_frame_bytes)
             if parsed.oversize:
-                self.oversize_frames += 1
-                self.metrics.oversize_frames.inc()
-                log.warning("skipped a %s frame: %s", source, parsed.parse_error)
+                self.skipped_oversize(len(payload), source)
                 continue
             if parsed.parse_error is not None:
                 self.parse_errors += 1
@@ -97,7 +118,7 @@ class Ingest:
             elements.extend(market)
         enrichment = None
         if self.enricher is not None and elements:
-            enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields))
+            enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields), wait)
         # no yield from here to the end: seqs are handed out in one piece
         events = number_elements(elements, self.last_seq + 1, recv_ms, self.topic_fields, enrichment)
         if not events:
@@ -108,6 +129,15 @@ class Ingest:
             self.persist(events)
         self.numbered[source] = self.numbered.get(source, 0) + len(events)
         return events
+
+    def skipped_oversize(self, length: int, source: str = "upstream") -> None:
+        """A frame over UPSTREAM_MAX_FRAME_BYTES was skipped (by the reader, from its header, or here)."""
+        self.oversize_frames += 1
+        self.metrics.oversize_frames.inc()
+        held = self._said.allow("oversize")
+        if held is not None:
+            log.warning("skipped a frame from %s of %d bytes (over %d)%s", source, length, self.max_frame_bytes,
+                        held_note(held))
 
     @property
     def upstream_events(self) -> int:

@@ -53,6 +53,11 @@ class Metrics:
         self.bus_lag = Gauge("relayhouse_bus_lag_events", "Events this worker is behind on the stream (leader: numbered, not yet "
                              "read back; follower: the stream's newest minus its last read; -1 unknown)", registry=r)
         self.bus_gaps = Gauge("relayhouse_bus_gaps", "Seq jumps seen on the bus (events trimmed before this worker read them)", registry=r)
+        self.task_crashes = Counter("relayhouse_task_crashes", "Background loops that died of an exception (then restarted, "
+                                    "or the worker exited)", ["task"], registry=r)
+        self.dead_letter_events = Gauge("relayhouse_store_dead_letter_events", "Events the store refused for good, written to "
+                                        "DATA_DIR/dead-letter", registry=r)
+        self.bound_hits = Counter("relayhouse_bound_hits", "Inputs refused or cut short by a configured bound", ["bound"], registry=r)
         self.flush_seconds = Histogram(
             "relayhouse_hub_flush_seconds", "Time to hand one batch to every client", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),

@@ -114,6 +114,8 @@ def _schemas() -> dict[str, Any]:
                          "upstream", "store", "clients", "clients_by_transport", "delivered", "cache"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "reasons": {"type": "array", "items": {"type": "string"},
+                            "description": "why the relay is degraded, in words (empty when ok)"},
                 "version": {"type": "string"}, "uptime_s": {"type": "number"}, "now": {"type": "number"},
                 "epoch": {"type": "string"}, "last_seq": {"type": "integer"}, "ready": {"type": "boolean"},
                 "role": {"type": "string", "enum": ["starting", "single", "leader", "follower"]},
@@ -145,7 +147,19 @@ def _schemas() -> dict[str, Any]:
                               "ok": {"type": "boolean"}, "pending": {"type": "integer"},
                               "spooled": {"type": "integer"}, "spooled_bytes": {"type": "integer"},
                               "spool_full": {"type": "boolean"}, "dropped": {"type": "integer"},
-                              "written": {"type": "integer"}, "last_error": nullable_str}},
+                              "written": {"type": "integer"}, "last_error": nullable_str,
+                              "dead_letter": {"type": "object", "description": "batches the store refused for "
+                                              "good, under DATA_DIR/dead-letter"}}},
+                "enrich": {"type": "object", "nullable": True, "description": "with ENRICH_SQL: frames queued, "
+                           "frames sent without waiting (queue full), topics that found every query slot busy, "
+                           "errors, time-outs, topics cached"},
+                "tasks": {"type": "object", "description": "every supervised background loop by name",
+                          "additionalProperties": {"type": "object", "properties": {
+                              "state": {"type": "string", "enum": ["running", "restarting", "finished", "stopped",
+                                                                   "crashed"]},
+                              "policy": {"type": "string", "enum": ["restart", "exit"]},
+                              "crashes": {"type": "integer"}, "last_error": nullable_str,
+                              "last_crash_at": {"type": "number", "nullable": True}}}},
                 "clients": {"type": "integer"},
                 "clients_by_transport": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "delivered": {"type": "integer"},

@@ -13,7 +13,9 @@ import gevent.event
 from handlers.backoff import reconnect_delay_ms
 from handlers.cache import EventCache
 from handlers.events import Event
+from handlers.health import HealthFacts, degraded_reasons
 from handlers.polygon import status_problem
+from handlers.recovery import plan_recovery
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 from webapp.hub import Hub
@@ -24,6 +26,7 @@ from webapp.store import SeqState, make_store
 from webapp.store.base import StoreError
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
+from webapp.tasks import EXIT, Tasks
 from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
 from webapp.upstream_subs import RedisRegistry, UpstreamSubscriptions
@@ -60,13 +63,15 @@ class Runtime:
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
                        on_flush=self.metrics.flush_seconds.observe)
+        self.tasks = Tasks(lambda name: self.metrics.task_crashes.labels(name).inc(), self._crashed,
+                           backoff_max_ms=settings.task_backoff_max_ms, fault_hooks=settings.fault_hooks)
         if settings.redis_url:
             from webapp.bus.redis import RedisBus
 
             self.bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix, worker_name(), self._serve,
                                      lease_ms=settings.leader_lease_ms,
                                      stream_maxlen=settings.stream_maxlen or settings.cache_max_items)
-            self.bus.on_fenced = lambda: gevent.spawn(self._stop_leading, "the lease was taken over")
+            self.bus.on_fenced = lambda: self.tasks.spawn("stand_down", self._stop_leading, "the lease was taken over")
         else:
             self.bus = MemoryBus(self._serve)
         self.clustered = settings.redis_url is not None
@@ -88,24 +93,27 @@ class Runtime:
             self.writer = StoreWriter(
                 self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
                 retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, on_dropped=self._on_dropped,
-                in_thread=call_in_thread)
+                in_thread=call_in_thread, poison_attempts=settings.store_poison_attempts,
+                dead_letter_dir=os.path.join(settings.data_dir, "dead-letter"))
         self.enricher = None
         if settings.enrich_sql and self.store is not None:
             from webapp.enrich import Enricher
 
             self.enricher = Enricher(self.store, settings.enrich_sql, settings.enrich_ttl_ms,
-                                     settings.enrich_timeout_ms, self.metrics)
+                                     settings.enrich_timeout_ms, self.metrics, cache_max=settings.enrich_cache_max,
+                                     concurrency=settings.enrich_concurrency)
         self.ingest = Ingest(self._publish, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes,
                              persist=self._persist if self.store is not None else None, enricher=self.enricher,
-                             on_statuses=self._on_upstream_statuses)
+                             on_statuses=self._on_upstream_statuses, queue_max=settings.enrich_queue_max)
         self.upstream_statuses: list[dict] = []  # the upstream's last status messages (Polygon)
         self.demo = None
         if settings.upstream_url is None:
             from webapp.demo import DemoFeed  # only a relay without an upstream needs it
 
             self.demo = DemoFeed(settings.demo_rate, settings.demo_port,
-                                 honour_subscriptions=settings.upstream_subscribe == "polygon")
+                                 honour_subscriptions=settings.upstream_subscribe == "polygon",
+                                 spawn=lambda run: self.tasks.spawn("demo", run))
         self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
         if self.store is None and not self.clustered:
@@ -137,6 +145,8 @@ class Runtime:
             healthy_after_s=s.upstream_healthy_after_s,
             on_state=self._on_upstream_state,
             after_init=self.subs.connected_messages,
+            max_frame_bytes=s.upstream_max_frame_bytes,
+            on_oversize=self.ingest.skipped_oversize,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -146,9 +156,9 @@ class Runtime:
         if self.running:
             return
         self.running = True
-        self._greenlets = [gevent.spawn(self.hub.run), gevent.spawn(self._boot)]
+        self._greenlets = [self.tasks.spawn("hub", self.hub.run), self.tasks.spawn("boot", self._boot, policy=EXIT)]
         if self.subs.enabled:
-            self._greenlets.append(gevent.spawn(self.subs.run))
+            self._greenlets.append(self.tasks.spawn("subscriptions", self.subs.run))
 
     def _boot(self) -> None:
         if self.clustered:
@@ -168,20 +178,18 @@ class Runtime:
         self.upstream = self._make_upstream()
         self._leading = []
         if self.writer is not None:
-            self._leading.append(gevent.spawn(self.writer.run))
+            self._leading.append(self.tasks.spawn("writer", self.writer.run))
         if self.enricher is not None:
-            self._leading.append(gevent.spawn(self.ingest.run))
+            self._leading.append(self.tasks.spawn("ingest", self.ingest.run))
         if self.clustered:
-            self._leading.append(gevent.spawn(self.bus.run_publisher))
-        self._leading.append(gevent.spawn(self.upstream.run))
-        for greenlet in self._leading:
-            greenlet.link_exception(self._crashed)
+            self._leading.append(self.tasks.spawn("publisher", self.bus.run_publisher))
+        self._leading.append(self.tasks.spawn("upstream", self.upstream.run))
         log.info("relay leading (pid %d, epoch %s, seq continues after %d, store %s, bus %s)",
                  os.getpid(), self.epoch, self.ingest.last_seq, self.store_backend, self.bus.backend)
 
-    def _crashed(self, greenlet: gevent.Greenlet) -> None:
-        """A relay loop died of a bug: better a restarted worker than one that silently stops relaying."""
-        log.critical("%s crashed: %r; restarting this worker", greenlet, greenlet.exception)
+    def _crashed(self, task: str, exc: BaseException) -> None:
+        """A loop that cannot be restarted safely died: better a fresh worker than one that silently stops."""
+        log.critical("%s crashed: %r; restarting this worker", task, exc)
         if self.clustered:
             try:
                 self.bus.lease.release()  # let a healthy worker take over at once
@@ -226,8 +234,8 @@ class Runtime:
             self.epoch = epoch
         self.role = "follower"
         self.ready.set()
-        self._greenlets.append(gevent.spawn(bus.run_reader))
-        self._greenlets.append(gevent.spawn(self._stand_for_leader))
+        self._greenlets.append(self.tasks.spawn("reader", bus.run_reader))
+        self._greenlets.append(self.tasks.spawn("lease", self._stand_for_leader))
         log.info("joined the cluster as a follower (epoch %s, last seq %d)", self.epoch, bus.last_seq)
 
     def _stand_for_leader(self) -> None:
@@ -240,7 +248,7 @@ class Runtime:
                         self._stop_leading("the lease was taken over")
                 elif lease.acquire():
                     self.role = "leader"
-                    self._leading = [gevent.spawn(self._take_over)]
+                    self._leading = [self.tasks.spawn("take_over", self._take_over, policy=EXIT)]
                 self._leader_cached = lease.current_holder()
                 if self.role == "follower" and self.bus.epoch is None:
                     # no event read yet: take the leader's epoch, so that snapshots and
@@ -295,7 +303,7 @@ class Runtime:
         were never seen by anyone, and the new leader persists what the old one
         published but had not written (`stream`, above the store's maximum).
         """
-        records = call_in_thread(self.spool.load)
+        records = call_in_thread(self.spool.load, self.settings.cache_max_items)  # the newest: seq base, warm cache
         spooled = [e for r in records for e in r.events]
         if not self.clustered:
             call_in_thread(self.seq_state.load)
@@ -321,19 +329,18 @@ class Runtime:
                 gevent.sleep(delay_ms / 1000)
         self.boot_error = None
         spool_max = spooled[-1].seq if spooled else 0
-        reserved = 0 if self.clustered else self.seq_state.reserved
-        last_seq = max(store_max or 0, spool_max, reserved, floor_seq)
-        self.epoch = floor_epoch or stored_epoch or local_epoch or self.epoch
-        if last_seq == 0:
-            self.epoch = new_epoch()  # nothing to continue: a fresh seq space
+        plan = plan_recovery(store_max=store_max, spool_max=spool_max,
+                             reserved=0 if self.clustered else self.seq_state.reserved, floor_seq=floor_seq,
+                             floor_epoch=floor_epoch, stored_epoch=stored_epoch, local_epoch=local_epoch,
+                             current_epoch=self.epoch, clustered=self.clustered, block=self.settings.seq_reserve_block)
+        last_seq = plan.last_seq
+        self.epoch = plan.epoch or new_epoch()  # nothing to continue: a fresh seq space
         self.ingest.last_seq = last_seq
-        persisted = max(store_max, spool_max) if store_max is not None else None
-        if not self.clustered and persisted is not None and last_seq > persisted:
-            # numbered before a crash and never persisted: resuming clients are told
-            self.lost_range = (persisted + 1, last_seq)
+        if plan.lost is not None:
+            self.lost_range = plan.lost
             log.warning("seqs %d..%d were numbered before a crash and are lost", *self.lost_range)
-        if not self.clustered:
-            call_in_thread(self.seq_state.save, self.epoch, last_seq + self.settings.seq_reserve_block)
+        if plan.reserve_to is not None:
+            call_in_thread(self.seq_state.save, self.epoch, plan.reserve_to)
         if store_max is not None and stored_epoch != self.epoch:
             try:
                 self.store.set_meta("epoch", self.epoch)
@@ -344,7 +351,7 @@ class Runtime:
         self.bus.last_seq = max(self.bus.last_seq, last_seq)
         self.bus.epoch = self.epoch
         self.writer.start_from(store_max, spooled=bool(records))
-        unwritten = [e for e in stream if store_max is not None and e.seq > store_max and e.seq > spool_max]
+        unwritten = [e for e in stream if plan.unwritten_after is not None and e.seq > plan.unwritten_after]
         if unwritten:
             log.info("writing %d events the previous leader published but had not stored", len(unwritten))
             self.writer.enqueue(unwritten)
@@ -386,9 +393,8 @@ class Runtime:
                     self.bus.lease.release()  # a follower takes over without waiting for the lease to lapse
                 except REDIS_FAILURES as exc:
                     log.warning("could not release the lease: %s", exc)
-            for greenlet in [*self._leading, *self._greenlets]:
-                greenlet.kill(block=False)
             self.subs.stop()
+            self.tasks.shutdown(timeout_s=2.0)  # every loop stopped and waited for
         finally:
             self._stopped.set()
 
@@ -491,6 +497,8 @@ class Runtime:
             "spool_full": w.spool_full,
             "dropped": w.dropped,
             "written": w.written,
+            "dead_letter": {"events": w.dead_letter_events, "batches": w.dead_letter_batches,
+                            "last": w.dead_letter_last, "dir": w.dead_letter_dir},
             "last_error": w.last_error or self.boot_error or self.state_error,
         }
 
@@ -508,6 +516,7 @@ class Runtime:
         m.spool_events.set(store["spooled"])
         m.spool_full.set(1 if store.get("spool_full") else 0)
         m.store_dropped.set(store.get("dropped", 0))
+        m.dead_letter_events.set(store["dead_letter"]["events"] if "dead_letter" in store else 0)
         m.leader.set(1 if self.role in ("single", "leader") else 0)
         m.bus_ok.set(1 if self.bus.ok else 0)
         lag = self.stream_lag()
@@ -571,11 +580,14 @@ class Runtime:
         in_grace = now - self.started_at < self.settings.startup_grace_s
         store = self.store_health()
         leading = self.role in ("single", "leader")
-        degraded = ((leading and not s.connected and not in_grace) or self.shutting_down or not store["ok"]
-                    or store["spooled"] > 0 or not self.ready.is_set() or not self.bus.ok
-                    or (self.clustered and self.role == "follower" and not in_grace and not self._leader_known()))
+        reasons = degraded_reasons(HealthFacts(
+            leading=leading, upstream_connected=s.connected, in_grace=in_grace, shutting_down=self.shutting_down,
+            ready=self.ready.is_set(), store_ok=store["ok"], spooled=store["spooled"], bus_ok=self.bus.ok,
+            follower_without_leader=self.clustered and self.role == "follower" and not self._leader_known(),
+            tasks_down=tuple(self.tasks.restarting)))
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": list(reasons),
             "version": VERSION,
             "uptime_s": round(now - self.started_at, 3),
             "now": now,
@@ -598,6 +610,11 @@ class Runtime:
                 **self._subscriptions_health(),
             },
             "store": store,
+            "tasks": self.tasks.status(),
+            "enrich": None if self.enricher is None else {
+                "queued": self.ingest.queued, "unenriched": self.ingest.unenriched, "busy": self.enricher.busy,
+                "errors": self.enricher.errors, "timeouts": self.enricher.timeouts,
+                "cached_topics": self.enricher.cached_topics},
             "clients": self.hub.client_count,
             "clients_by_transport": dict(self.hub.clients_by_kind),
             "delivered": self.delivered,

@@ -245,6 +245,13 @@ class Settings:
     cors_origins: tuple = env("CORS_ORIGINS", (), _origins, "origins whose pages may read HTTP answers (comma-separated, or *); unset = none")
     cors_allow_credentials: bool = env("CORS_ALLOW_CREDENTIALS", False, _bool, "send Access-Control-Allow-Credentials to listed origins (never with *)")
     cors_max_age_s: int = env("CORS_MAX_AGE_S", 600, _int(0, 86_400), "how long browsers may cache a CORS preflight answer")
+    task_backoff_max_ms: int = env("TASK_BACKOFF_MAX_MS", 5000, _int(10, 600_000), "cap of the restart backoff of a crashed background loop")
+    store_poison_attempts: int = env("STORE_POISON_ATTEMPTS", 5, _int(1, 1000), "a batch the store refuses this many times in a row goes to DATA_DIR/dead-letter")
+    ws_max_patterns: int = env("WS_MAX_PATTERNS", 10_000, _int(1, 10_000_000), "most topic patterns one /ws or Polygon connection may hold")
+    enrich_queue_max: int = env("ENRICH_QUEUE_MAX", 100_000, _int(1, 100_000_000), "frames waiting for enrichment; past it frames go out without enrichment")
+    enrich_cache_max: int = env("ENRICH_CACHE_MAX", 10_000, _int(1, 10_000_000), "topics whose enrichment is cached (least recently used evicted)")
+    enrich_concurrency: int = env("ENRICH_CONCURRENCY", 4, _int(1, 1000), "enrichment queries running at once")
+    fault_hooks: bool = env("RELAYHOUSE_FAULT_HOOKS", False, _bool, "TEST ONLY: enables POST /debug/fault, which makes a named background loop raise")
 
     @classmethod
     def from_env(cls, mapping: Mapping[str, str]) -> "Settings":

@@ -43,7 +43,21 @@ def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
     if plan.missing is not None and not foreign and runtime.store is not None and runtime.ready.is_set():
         return Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, plan.missing)
     opening = Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events)
-    return opening if foreign else with_crash_gap(runtime, opening, params.since)
+    return opening if foreign else with_crash_gap(runtime, with_store_holes(runtime, opening, params.since, now),
+                                                  params.since)
+
+
+def with_store_holes(runtime, opening: Opening, since: int, now_ms: int) -> Opening:
+    """Seqs the store never got (dead-lettered, dropped while the spool was full) and the cache no longer
+    holds (it was warmed from the store after a restart) are missing, as on a resume from the store."""
+    if opening.missing is not None:
+        return opening
+    gone = [(lo, hi) for lo, hi in runtime.store_holes() if runtime.cache.get(lo, now_ms) is None]
+    end = last_hole_end(gone, since + 1, opening.last_seq)
+    if end is None:
+        return opening
+    return replace(opening, recovered=False, missing=(since + 1, end),
+                   events=[e for e in opening.events if e.seq > end])
 
 
 def with_crash_gap(runtime, opening: Opening, since: int) -> Opening:

@@ -3,7 +3,8 @@
 It only reads and hands the frames of each read to `on_frames` in one call,
 which never blocks (the ingest loop queues for the hub and the store). websocket-client's
 `create_connection` makes the connection (handshake, TLS, proxies, headers)
-and sends; reading is done here by `FrameReader`, which takes every frame out
+and sends; reading is done here by `FrameReader` (handlers/reader.py, sans I/O,
+bounded by UPSTREAM_MAX_FRAME_BYTES from the header), which takes every frame out
 of one large `recv` at a few microseconds each, where websocket-client's
 `recv_data` spends some 15 µs of Python per frame (and `WebSocketApp` tops
 out near 35 k events/s and neither backs off nor reconnects after a clean close).
@@ -21,6 +22,7 @@ import websocket
 from gevent.exceptions import ConcurrentObjectUseError
 
 from handlers.backoff import reconnect_delay_ms
+from handlers.reader import OP_BINARY, OP_CLOSE, OP_OVERSIZE, OP_PING, OP_TEXT, FrameReader, ProtocolViolation
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +30,6 @@ FramesHandler = Callable[[list[tuple[bytes, bool]], int], None]  # (payload, is_
 
 RECV_BYTES = 256 * 1024
 YIELD_AFTER_S = 0.005  # a reader that always finds data waiting never blocks: let the others run
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-class ProtocolViolation(websocket.WebSocketProtocolException):
-    """The upstream sent something RFC 6455 forbids (the connection is dropped and made again)."""
-
-
-def _unmask(data: bytes, key: bytes) -> bytes:
-    n = len(data)
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-
 
 def _yield_through_poll(sock) -> None:
     """Let the flusher, the store writer and requests run while data keeps coming.
@@ -61,95 +50,6 @@ def _yield_through_poll(sock) -> None:
         wait(sock._read_event)
     except ConcurrentObjectUseError:  # closed by another greenlet (stop, the pinger)
         raise websocket.WebSocketConnectionClosedException("the upstream socket was closed") from None
-
-
-class FrameReader:
-    """RFC 6455 messages out of a byte stream: `feed(chunk)` returns the (opcode, payload) completed by it.
-
-    Fragments are joined into one message; control frames come out as they
-    arrive, even between fragments. A frame larger than what is buffered is
-    gathered in a list and joined once, so a big frame costs one copy.
-    """
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._chunks: list[bytes] = []
-        self._have = 0
-        self._need = 2  # bytes that must be buffered before parsing can progress
-        self._message: list[bytes] = []
-        self._message_opcode = 0
-
-    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
-        self._chunks.append(chunk)
-        self._have += len(chunk)
-        if self._have < self._need:
-            return []
-        buf = self._buf + b"".join(self._chunks) if self._buf else (
-            self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks))
-        self._chunks.clear()
-        out: list[tuple[int, bytes]] = []
-        pos, end = 0, len(buf)
-        need = 2
-        while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            n = b1 & 0x7F
-            head = pos + 2
-            if n == 126:
-                if end - head < 2:
-                    need = 4
-                    break
-                n = (buf[head] << 8) | buf[head + 1]
-                head += 2
-            elif n == 127:
-                if end - head < 8:
-                    need = 10
-                    break
-                n = int.from_bytes(buf[head:head + 8], "big")
-                head += 8
-            key = None
-            if b1 & 0x80:  # servers must not mask, but a masked frame is still readable
-                if end - head < 4:
-                    need = head - pos + 4
-                    break
-                key = buf[head:head + 4]
-                head += 4
-            if end - head < n:
-                need = head - pos + n
-                break
-            payload = buf[head:head + n]
-            pos = head + n
-            if key is not None:
-                payload = _unmask(payload, key)
-            self._frame(b0, payload, out)
-        self._buf = buf[pos:] if pos < end else b""
-        self._have = len(self._buf)
-        self._need = need
-        return out
-
-    def _frame(self, b0: int, payload: bytes, out: list) -> None:
-        if b0 & 0x70:
-            raise ProtocolViolation("a frame with RSV bits set: no extension was negotiated")
-        opcode, fin = b0 & 0x0F, b0 & 0x80
-        if opcode >= 0x8:
-            if not fin or len(payload) > 125:
-                raise ProtocolViolation("a fragmented or oversized control frame")
-            out.append((opcode, payload))
-        elif opcode == OP_CONT:
-            if not self._message:
-                raise ProtocolViolation("a continuation frame outside a fragmented message")
-            self._message.append(payload)
-            if fin:
-                out.append((self._message_opcode, b"".join(self._message)))
-                self._message = []
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if self._message:
-                raise ProtocolViolation("a new message inside a fragmented one")
-            if fin:
-                out.append((opcode, payload))
-            else:
-                self._message_opcode, self._message = opcode, [payload]
-        else:
-            raise ProtocolViolation(f"unknown opcode {opcode:#x}")
 
 
 @dataclass
@@ -174,7 +74,8 @@ class Upstream:
                  headers: tuple = (), ping_interval_s: float = 20.0, ping_timeout_s: float = 10.0,
                  connect_timeout_s: float = 10.0, backoff_min_ms: int = 50, backoff_max_ms: int = 1000,
                  healthy_after_s: float = 5.0, on_state: Callable[[UpstreamState], None] | None = None,
-                 rng: random.Random | None = None, after_init: Callable[[], list] | None = None):
+                 rng: random.Random | None = None, after_init: Callable[[], list] | None = None,
+                 max_frame_bytes: int = 1 << 62, on_oversize: Callable[[int], None] = lambda n: None):
         self.url = url
         self.on_frames = on_frames  # every data frame of one read, in one call
         self.init_messages = init_messages
@@ -187,6 +88,8 @@ class Upstream:
         self.backoff_max_ms = backoff_max_ms
         self.healthy_after_s = healthy_after_s
         self.on_state = on_state or (lambda state: None)
+        self.max_frame_bytes = max_frame_bytes
+        self.on_oversize = on_oversize  # a message over max_frame_bytes was skipped (its announced length)
         self.rng = rng or random.Random()
         self.state = UpstreamState(url=url)
         self._ws: websocket.WebSocket | None = None
@@ -199,7 +102,7 @@ class Upstream:
             started = time.monotonic()
             try:
                 self._session()
-            except (OSError, websocket.WebSocketException) as exc:
+            except (OSError, websocket.WebSocketException, ProtocolViolation) as exc:
                 if self._stopping:
                     break
                 self.state.last_error = f"{type(exc).__name__}: {exc}"
@@ -266,7 +169,7 @@ class Upstream:
 
     def _read(self, ws: websocket.WebSocket) -> None:
         sock = ws.sock  # ws.shutdown() (stop, the pinger) sets ws.sock to None and closes this
-        reader = FrameReader()
+        reader = FrameReader(self.max_frame_bytes)
         state, on_frames = self.state, self.on_frames
         # one buffer for every read: recv(256 KiB) would malloc 256 KiB and shrink it each time,
         # which fragments the heap (RSS grew ~3 KB per read in the churn test)
@@ -279,15 +182,21 @@ class Upstream:
                 raise websocket.WebSocketConnectionClosedException("the upstream closed the TCP connection")
             chunk = bytes(view[:n])
             now = time.time()
-            state.last_message_at = now
             recv_ms = int(now * 1000)  # every frame of one read shares its receive time
             batch: list[tuple[bytes, bool]] = []
-            for opcode, payload in reader.feed(chunk):
+            items = reader.feed(chunk)
+            if items:
+                # alive means whole frames arrive: bytes of a frame that never ends (a header
+                # announcing 2^62 bytes) do not keep the connection from being made again
+                state.last_message_at = now
+            for opcode, payload in items:
                 if opcode == OP_TEXT or opcode == OP_BINARY:
                     state.frames += 1
                     batch.append((payload, opcode == OP_BINARY))
                 elif opcode == OP_PING:
                     ws.pong(payload)
+                elif opcode == OP_OVERSIZE:
+                    self.on_oversize(payload)
                 elif opcode == OP_CLOSE:
                     if batch:
                         on_frames(batch, recv_ms)

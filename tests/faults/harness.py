@@ -17,11 +17,13 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support.events import unique_sym
 from support.upstream import FakeUpstream
 
 # -- the upstream side ------------------------------------------------------------------------
@@ -116,6 +118,20 @@ class Pump:
         with self._lock:
             count = sum(1 for at in self.sent_at if start <= at < end)
         return count / max(end - start, 1e-9)
+
+
+@contextmanager
+def pumped_client(ws, relay, upstream: FakeUpstream, rate_per_s: float,
+                  per_frame: int = 10) -> Iterator[tuple[Any, Pump]]:
+    """A /ws client on a topic of its own, snapshot read, and a pump feeding that topic (stopped after)."""
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    pump = Pump(upstream, sym, rate_per_s, per_frame=per_frame).start()
+    try:
+        yield client, pump
+    finally:
+        pump.stop()
 
 
 # -- the client side ------------------------------------------------------------------------

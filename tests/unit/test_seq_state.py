@@ -4,6 +4,8 @@ import json
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from handlers.events import make_event
 from webapp.runtime import Runtime
 from webapp.store import SeqState
@@ -96,3 +98,51 @@ def test_a_reservation_that_cannot_be_saved_loses_no_event_and_is_reported_until
     rt.seq_state.fixed = True
     Runtime._persist(rt, batch)
     assert rt.state_error is None and "saved again" in caplog.text and rt.seq_state.calls == 3
+
+
+# -- off the ingest path ---------------------------------------------------------------------------
+
+def test_the_reservation_is_extended_in_the_background_half_a_block_before_it_runs_out(tmp_path):
+    spawned = []
+    state = SeqState(str(tmp_path), block=100, spawn=lambda fn, *args: spawned.append((fn, args)))
+    state.save("E1", 100)
+    state.ensure("E1", 40)
+    assert spawned == []  # far from the end: nothing to do
+    state.ensure("E1", 60)
+    state.ensure("E1", 70)  # one extension at a time
+    assert len(spawned) == 1 and state.sync_writes == 0 and state.reserved == 100
+    fn, args = spawned[0]
+    fn(*args)  # the pool thread's part
+    assert state.reserved == 160 and json.loads((tmp_path / "relay-state.json").read_text())["reserved"] == 160
+
+
+def test_a_late_extension_makes_the_caller_write_so_no_seq_passes_the_disk(tmp_path):
+    state = SeqState(str(tmp_path), block=100, spawn=lambda fn, *args: None)  # the extension never lands
+    state.save("E1", 100)
+    state.ensure("E1", 99)
+    assert state.sync_writes == 0
+    state.ensure("E1", 100)
+    assert state.sync_writes == 1 and state.reserved == 200
+    assert json.loads((tmp_path / "relay-state.json").read_text())["reserved"] == 200
+
+
+def test_a_failed_background_extension_is_raised_to_the_caller_until_one_succeeds(tmp_path):
+    spawned = []
+    state = SeqState(str(tmp_path), block=100, spawn=lambda fn, *args: spawned.append((fn, args)))
+    state.save("E1", 100)
+
+    def full_disk(fn, *args):
+        raise OSError(28, "No space left on device")
+
+    state._in_thread = full_disk
+    state.ensure("E1", 60)
+    fn, args = spawned.pop()
+    fn(*args)
+    with pytest.raises(OSError) as raised:
+        state.ensure("E1", 61)  # said, and tried again
+    assert raised.value.errno == 28 and state.reserved == 100
+    state._in_thread = lambda fn, *args: fn(*args)
+    fn, args = spawned.pop()
+    fn(*args)
+    state.ensure("E1", 62)  # no raise: saved again
+    assert state.reserved == 161

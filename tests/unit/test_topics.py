@@ -9,8 +9,9 @@ from handlers.topics import (
     MAX_PATTERNS,
     Matcher,
     PatternError,
+    add_patterns,
     compile_patterns,
-    merge_patterns,
+    limit_message,
     parse_patterns,
     remove_patterns,
     topic_of,
@@ -149,12 +150,21 @@ def test_parsed_patterns_compile_into_the_matcher_they_describe():
 
 
 def test_subscribing_adds_new_patterns_after_the_current_ones():
-    assert merge_patterns(("T.*", "Q.AAPL"), ("Q.AAPL", "AM.*", "AM.*")) == (
-        "T.*", "Q.AAPL", "AM.*")
+    assert add_patterns(("T.*", "Q.AAPL"), ("Q.AAPL", "AM.*", "AM.*"), 10) == (("T.*", "Q.AAPL", "AM.*"), ())
 
 
 def test_subscribing_to_nothing_keeps_the_subscription():
-    assert merge_patterns(("T.*",), ()) == ("T.*",)
+    assert add_patterns(("T.*",), (), 10) == (("T.*",), ())
+
+
+def test_a_subscribe_past_the_cap_keeps_the_first_new_patterns_and_names_the_rest():
+    after, refused = add_patterns(("A", "B"), ("B", "C", "D", "E"), 3)
+    assert (after, refused) == (("A", "B", "C"), ("D", "E"))
+    assert limit_message(3, refused) == "subscription limit of 3 patterns reached: 2 not subscribed (first: 'D')"
+
+
+def test_a_full_subscription_still_accepts_patterns_it_already_holds():
+    assert add_patterns(("A", "B"), ("A",), 2) == (("A", "B"), ())
 
 
 def test_unsubscribing_removes_exact_patterns_only():

@@ -1,7 +1,11 @@
 """The store writer keeps every event exactly once in the store, through outages, ambiguous failures and restarts."""
 
+import gevent
+import gevent.event
+import orjson
+
 from handlers.events import make_event
-from webapp.store.base import StoreUnavailable
+from webapp.store.base import QueryRefused, StoreUnavailable
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter, split_by_day
 
@@ -18,10 +22,18 @@ class FakeStore:
         self.inserts = []
         self.down = False
         self.land_then_fail = False
+        self.poison = set()  # seqs the store refuses, every time
+        self.refusals = 0
+        self.hold = None  # an Event the insert waits on (a slow store)
 
     def insert(self, events):
         if self.down:
             raise StoreUnavailable("down")
+        if self.hold is not None:
+            self.hold.wait()
+        if self.poison & {e.seq for e in events}:
+            self.refusals += 1
+            raise QueryRefused("Code: 53. Type mismatch")
         self.rows.extend(e.seq for e in events)
         self.inserts.append([e.seq for e in events])
         if self.land_then_fail:
@@ -38,10 +50,10 @@ def events(first, n, ts=1_000):
     return [make_event(seq, ts, "t", {"n": seq}) for seq in range(first, first + n)]
 
 
-def make_writer(tmp_path, store=None, max_bytes=1 << 20):
+def make_writer(tmp_path, store=None, max_bytes=1 << 20, poison_attempts=5):
     store = store or FakeStore()
     writer = StoreWriter(store, Spool(str(tmp_path / "spool"), max_bytes, fsync=False), batch_rows=100,
-                         batch_ms=10, retry_min_ms=1, retry_max_ms=1)
+                         batch_ms=10, retry_min_ms=1, retry_max_ms=1, poison_attempts=poison_attempts)
     writer.start_from(store.max_seq(), spooled=False)
     return writer, store
 
@@ -182,3 +194,169 @@ def test_a_spool_that_flaps_at_its_bound_is_reported_once(tmp_path, caplog):
     writer.cycle()
     assert writer.spool_full and writer.dropped == 80
     assert caplog.text.count("spool cannot take a batch") == 1
+
+
+def cycles(writer, n):
+    for _ in range(n):
+        writer._retry_at = 0
+        writer.cycle()
+
+
+def test_a_batch_the_store_always_refuses_goes_to_the_dead_letter_file_and_the_writer_moves_on(tmp_path):
+    writer, store = make_writer(tmp_path, poison_attempts=3)
+    holes = []
+    writer.on_dropped = lambda first, last: holes.append((first, last))
+    store.poison = {5}
+    writer.enqueue(events(1, 3))
+    writer.cycle()
+    writer.enqueue(events(4, 3))  # holds the poison
+    writer.cycle()
+    writer.enqueue(events(7, 3))  # waits behind it in the spool
+    cycles(writer, 3)
+    assert store.refusals == 3 and sorted(store.rows) == [1, 2, 3, 7, 8, 9]
+    assert holes == [(4, 6)] and writer.dead_letter_events == 3 and writer.dead_letter_last == (4, 6)
+    assert writer.ok and writer.spool.segments() == [] and writer.spool.events == 0
+    (letter,) = (tmp_path / "dead-letter").iterdir()
+    header, *lines = letter.read_bytes().splitlines()
+    assert orjson.loads(header)["first_seq"] == 4 and "Type mismatch" in orjson.loads(header)["reason"]
+    assert [orjson.loads(line)["seq"] for line in lines] == [4, 5, 6]
+    writer.enqueue(events(10, 2))
+    writer.cycle()
+    assert sorted(store.rows) == [1, 2, 3, 7, 8, 9, 10, 11]
+
+
+def test_a_poison_batch_left_in_the_spool_by_a_crash_is_dead_lettered_after_the_restart_not_crash_looped(tmp_path):
+    store = FakeStore()
+    store.poison = {2}
+    first, _ = make_writer(tmp_path, store, poison_attempts=2)
+    first.enqueue(events(1, 3))
+    first.cycle()  # refused once; the process dies here, the batch in the spool
+    second = StoreWriter(store, Spool(str(tmp_path / "spool"), 1 << 20, fsync=False), batch_rows=100,
+                         batch_ms=10, retry_min_ms=1, retry_max_ms=1, poison_attempts=2)
+    second.spool.load()
+    second.start_from(store.max_seq(), spooled=True)
+    second.enqueue(events(4, 2))
+    cycles(second, 3)
+    assert sorted(store.rows) == [4, 5] and second.dead_letter_events == 3 and second.ok
+
+
+def test_an_unreachable_store_is_never_mistaken_for_a_poison_batch(tmp_path):
+    writer, store = make_writer(tmp_path, poison_attempts=2)
+    store.down = True
+    writer.enqueue(events(1, 3))
+    cycles(writer, 10)
+    assert writer.dead_letter_events == 0 and writer.spool.events == 3
+    store.down = False
+    cycles(writer, 1)
+    assert store.rows == [1, 2, 3]
+
+
+def test_a_driver_error_on_one_batch_does_not_kill_the_writer(tmp_path):
+    writer, store = make_writer(tmp_path, poison_attempts=1)
+
+    def broken_insert(evs):
+        raise TypeError("cannot encode")
+
+    store.insert = broken_insert
+    writer.enqueue(events(1, 2))
+    writer.cycle()
+    assert writer.dead_letter_events == 2
+
+
+def test_the_shutdown_flush_never_runs_a_cycle_beside_the_writer_greenlets_own(tmp_path):
+    writer, store = make_writer(tmp_path)
+    store.hold = gevent.event.Event()
+    inside = []
+    real_insert = store.insert
+
+    def counting_insert(evs):
+        inside.append(1)
+        assert len(inside) == 1, "two inserts at once on one connection"
+        try:
+            real_insert(evs)
+        finally:
+            inside.pop()
+
+    store.insert = counting_insert
+    writer.enqueue(events(1, 3))
+    running = gevent.spawn(writer.cycle)
+    gevent.sleep(0.01)  # the writer greenlet is inside its insert
+    writer.enqueue(events(4, 3))
+    flushing = gevent.spawn(writer.flush, 2)
+    gevent.sleep(0.01)
+    store.hold.set()
+    gevent.joinall([running, flushing], timeout=5, raise_error=True)
+    assert flushing.value is True and sorted(store.rows) == list(range(1, 7))
+
+
+def test_a_cycle_killed_before_its_batch_reached_the_spool_puts_the_batch_back(tmp_path):
+    gate = gevent.event.Event()
+    store = FakeStore()
+    writer = StoreWriter(store, Spool(str(tmp_path / "spool"), 1 << 20, fsync=False), batch_rows=100, batch_ms=10,
+                         in_thread=lambda fn, *args: (gate.wait(), fn(*args))[1])
+    writer.start_from(0, spooled=False)
+    writer.enqueue(events(1, 3))
+    cycle = gevent.spawn(writer.cycle)
+    gevent.sleep(0.01)  # waiting on the spool's disk
+    cycle.kill(ValueError("crashed"))
+    assert [e.seq for e in writer.pending] == [1, 2, 3] and writer.store_max is None
+    gate.set()
+    writer.cycle()
+    assert store.rows == [1, 2, 3]
+
+
+def test_the_spool_is_drained_one_segment_at_a_time_and_each_written_segment_removed(tmp_path, monkeypatch):
+    import webapp.store.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 1)  # every record in a segment of its own
+    writer, store = make_writer(tmp_path)
+    store.down = True
+    for first in (1, 4, 7):
+        writer.enqueue(events(first, 3))
+        writer.cycle()
+    assert len(writer.spool.segments()) == 3 and writer.spool.events == 9
+    read = []
+    real = writer.spool.segment_records
+    writer.spool.segment_records = lambda path, last=True: read.append(path) or real(path, last)
+    store.down = False
+    store.poison = {7}  # the third segment is refused: the first two are in and gone
+    cycles(writer, 1)
+    assert sorted(store.rows) == [1, 2, 3, 4, 5, 6]
+    assert len(writer.spool.segments()) == 1 and writer.spool.events == 3
+    assert len(read) == 3 and len(set(read)) == 3  # each segment read once, alone
+
+
+def test_a_batch_being_inserted_is_not_reported_as_spooled_backlog(tmp_path):
+    writer, store = make_writer(tmp_path)
+    store.hold = gevent.event.Event()
+    writer.enqueue(events(1, 3))
+    cycle = gevent.spawn(writer.cycle)
+    gevent.sleep(0.01)  # inside the insert
+    assert writer._backlog is False  # /health counts spooled events only while there is a backlog
+    store.hold.set()
+    cycle.join(5)
+    assert store.rows == [1, 2, 3]
+
+
+def test_a_cycle_killed_during_the_insert_of_a_spooled_batch_leaves_it_to_the_drain(tmp_path):
+    writer, store = make_writer(tmp_path)
+    store.hold = gevent.event.Event()
+    writer.enqueue(events(1, 3))
+    cycle = gevent.spawn(writer.cycle)
+    gevent.sleep(0.01)
+    cycle.kill(ValueError("crashed"))
+    assert writer._backlog is True and writer.pending == []
+    store.hold.set()
+    cycles(writer, 1)
+    assert store.rows == [1, 2, 3] and writer.spool.events == 0
+
+
+def test_loading_a_spool_at_start_keeps_only_the_newest_records_but_counts_them_all(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), 1 << 20, fsync=False)
+    for first in range(1, 100, 10):
+        spool.append(events(first, 10))
+    again = Spool(str(tmp_path / "spool"), 1 << 20)
+    kept = again.load(keep_events=25)
+    assert [e.seq for r in kept for e in r.events] == list(range(71, 101))  # whole records covering 25
+    assert again.events == 100
+    assert [e.seq for r in Spool(str(tmp_path / "spool"), 1 << 20).load() for e in r.events] == list(range(1, 101))

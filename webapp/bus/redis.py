@@ -40,7 +40,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
+# Redis failures by kind; each is retried with a pause and shown in /health, never fatal to a loop:
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.InvalidResponse, OSError)  # no (sane) answer
+REFUSED = (redis.ResponseError,)  # an answer that says no: READONLY after a failover, OOM at maxmemory, ...
+FAILURES = UNREACHABLE + REFUSED
+# anything else (DataError: arguments this code built wrongly) is a bug: the task crashes and is restarted
+
+
+def failure_text(exc: Exception) -> str:
+    """What /health says: 'refused' for an answer that said no, 'unavailable' for no answer."""
+    kind = "refused" if isinstance(exc, REFUSED) else "unavailable"
+    return f"{kind}: {type(exc).__name__}: {exc}"
 
 
 class LostLease(Exception):
@@ -187,10 +197,11 @@ class RedisBus(Bus):
             self.received(events, epoch)
 
     def _failed(self, exc: Exception) -> None:
-        if self.ok:
-            log.error("bus: Redis unavailable: %s", exc)
+        text = failure_text(exc)
+        if self.ok or text.split(":", 1)[0] != (self.last_error or "").split(":", 1)[0]:
+            log.error("bus: Redis %s", text)  # once per outage and kind, not per retry
         self.ok = False
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = text
 
     # -- state for a new leader or a starting worker ---------------------------------
 

@@ -140,7 +140,8 @@ def answer(client: PolygonClient, action) -> None:
         client.rt.metrics.client_errors.inc()
         client.send(AUTH_REQUIRED)
     else:
-        topics, reply = change_reply(limit_change(action, client.scope), client.matcher.patterns)
+        topics, reply = change_reply(limit_change(action, client.scope), client.matcher.patterns,
+                                     client.rt.settings.ws_max_patterns)
         # no yield between the change and its ack: data for a new topic comes after the ack
         client.subscribe(topics)
         client.send(reply)

@@ -20,7 +20,7 @@ from handlers.protocol import (
     subscribed_message,
     ws_frame,
 )
-from handlers.topics import compile_patterns, merge_patterns, remove_patterns
+from handlers.topics import add_patterns, compile_patterns, limit_message, remove_patterns
 from webapp.auth import CLIENT, access, request_scope, scoped_action, scoped_stream
 from webapp.responses import json_error
 from webapp.routes import runtime
@@ -129,9 +129,15 @@ def answer(client: WsClient, action) -> None:
         client.send(PONG_MESSAGE)
     else:
         current = client.matcher.patterns
+        refused: tuple[str, ...] = ()
         if action.kind == "subscribe":
-            patterns = merge_patterns(current, action.topics)
+            limit = client.rt.settings.ws_max_patterns
+            patterns, refused = add_patterns(current, action.topics, limit)
         else:
             patterns = remove_patterns(current, action.topics)
-        client.rt.hub.resubscribe(client, patterns)
+        if patterns != current:
+            client.rt.hub.resubscribe(client, patterns)
+        if refused:
+            client.rt.metrics.bound_hits.labels("ws_patterns").inc()
+            client.send(error_message(limit_message(limit, refused)))
         client.send(subscribed_message(patterns))

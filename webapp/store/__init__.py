@@ -3,10 +3,15 @@
 import json
 import logging
 import os
+from typing import Callable
+
+import gevent
+from gevent.monkey import get_original
 
 from handlers.resume import add_hole as with_hole
 from webapp.settings import Settings
 from webapp.store.base import Store
+from webapp.threads import call_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +40,25 @@ class SeqState:
     relay continues above the reservation (the events numbered and lost in the
     crash leave a gap that resuming clients see as `missing`, never a reuse).
     A clean shutdown records the exact last seq.
+
+    The ingest never waits on this disk: `ensure` extends the reservation in a
+    pool thread half a block before it runs out; only when that extension is
+    late (more than half a block numbered during one write) does the caller
+    write it itself (`sync_writes` counts those).
     """
 
-    def __init__(self, data_dir: str, block: int):
+    def __init__(self, data_dir: str, block: int,
+                 spawn: Callable = lambda fn, *args: gevent.spawn(fn, *args),
+                 in_thread: Callable = call_in_thread):
         self.path = os.path.join(data_dir, "relay-state.json")
         self.block = block
+        self._spawn = spawn
+        self._in_thread = in_thread
+        # a real lock, not gevent's: writes come from pool threads and, rarely, from the hub itself
+        self._disk = get_original("threading", "Lock")()
+        self._extending = False
+        self._failed: OSError | None = None  # the last background extension failed with this
+        self.sync_writes = 0
         self.epoch: str | None = None
         self.reserved = 0
         # seq ranges of this epoch dropped from persistence (spool full while the store was
@@ -59,16 +78,17 @@ class SeqState:
             log.error("ignoring unreadable %s: %s", self.path, exc)
 
     def save(self, epoch: str, reserved: int) -> None:
-        if epoch != self.epoch:
-            self.holes = []  # another seq space: the old one's holes mean nothing in it
-        self.epoch, self.reserved = epoch, reserved
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"epoch": epoch, "reserved": reserved, "holes": self.holes}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        """Write the state (fsync'd); the new reservation counts only once it is on disk."""
+        with self._disk:
+            holes = self.holes if epoch == self.epoch else []  # another seq space: the old holes mean nothing
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"epoch": epoch, "reserved": reserved, "holes": holes}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self.epoch, self.reserved, self.holes = epoch, reserved, holes
 
     def add_hole(self, epoch: str, first: int, last: int) -> None:
         """Record first..last as never persisted (and save it)."""
@@ -77,6 +97,25 @@ class SeqState:
         self.save(epoch, self.reserved)
 
     def ensure(self, epoch: str, last_seq: int) -> None:
-        """Called as seqs are handed out: extend the reservation before it runs out."""
+        """Called as seqs are handed out (never yields): extend the reservation before it runs out.
+
+        Raises OSError while the reservation cannot be saved (the caller reports it)."""
         if last_seq >= self.reserved:
+            self.sync_writes += 1  # the background extension was late, or failed: no seq past the disk
             self.save(epoch, last_seq + self.block)
+            self._failed = None
+            return
+        if last_seq >= self.reserved - self.block // 2 and not self._extending:
+            self._extending = True
+            self._spawn(self._extend, epoch, last_seq + self.block)
+        if self._failed is not None:
+            raise self._failed
+
+    def _extend(self, epoch: str, reserved: int) -> None:
+        try:
+            self._in_thread(self.save, epoch, reserved)
+            self._failed = None
+        except OSError as exc:
+            self._failed = exc
+        finally:
+            self._extending = False

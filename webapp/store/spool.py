@@ -106,27 +106,42 @@ class Spool:
 
     def records(self) -> list[SpoolRecord]:
         """Every intact record, oldest first; cuts a torn tail off the last segment."""
-        out: list[SpoolRecord] = []
         segments = self.segments()
-        for index, path in enumerate(segments):
-            with open(path, "rb") as f:
-                blob = f.read()
-            offset = 0
-            while offset < len(blob):
-                if offset + HEADER.size > len(blob):
-                    break
-                magic, length, crc = HEADER.unpack_from(blob, offset)
-                payload = blob[offset + HEADER.size: offset + HEADER.size + length]
-                if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-                    break
-                out.append(SpoolRecord(path, [event_from_json(line) for line in payload.split(b"\n")]))
-                offset += HEADER.size + length
-            if offset < len(blob):
-                self.torn_records += 1
-                log.warning("spool %s: damaged record at byte %d of %d (%s); cutting it off",
-                            path, offset, len(blob), "last segment" if index == len(segments) - 1 else "mid-spool")
-                self._truncate(path, offset)
+        return [record for index, path in enumerate(segments)
+                for record in self.segment_records(path, last=index == len(segments) - 1)]
+
+    def segment_records(self, path: str, last: bool = True) -> list[SpoolRecord]:
+        """The intact records of one segment (at most SEGMENT_BYTES and one record: the drain's chunk)."""
+        out: list[SpoolRecord] = []
+        with open(path, "rb") as f:
+            blob = f.read()
+        offset = 0
+        while offset < len(blob):
+            if offset + HEADER.size > len(blob):
+                break
+            magic, length, crc = HEADER.unpack_from(blob, offset)
+            payload = blob[offset + HEADER.size: offset + HEADER.size + length]
+            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            out.append(SpoolRecord(path, [event_from_json(line) for line in payload.split(b"\n")]))
+            offset += HEADER.size + length
+        if offset < len(blob):
+            self.torn_records += 1
+            log.warning("spool %s: damaged record at byte %d of %d (%s); cutting it off",
+                        path, offset, len(blob), "last segment" if last else "mid-spool")
+            self._truncate(path, offset)
         return out
+
+    def remove_segment(self, path: str, events: int) -> None:
+        """A segment whose `events` are all in the store (or dead-lettered) is deleted."""
+        if path == self._active and self._handle is not None:
+            self._handle.close()
+            self._handle = None
+            self._active = None
+        size = os.path.getsize(path)
+        os.remove(path)
+        self.bytes = max(0, self.bytes - size)
+        self.events = max(0, self.events - events)
 
     def _truncate(self, path: str, size: int) -> None:
         if path == self._active and self._handle is not None:
@@ -137,12 +152,25 @@ class Spool:
             f.truncate(size)
         self.bytes = sum(os.path.getsize(p) for p in self.segments())
 
-    def load(self) -> list[SpoolRecord]:
-        """Records left by an earlier process; sets the event count."""
-        records = self.records()
-        self.events = sum(len(r.events) for r in records)
+    def load(self, keep_events: int | None = None) -> list[SpoolRecord]:
+        """Records left by an earlier process; sets the event count.
+
+        With `keep_events`, only the newest records holding that many events are
+        returned (what a start needs: the highest seq and a warm cache), and the
+        spool is read one segment at a time, so a large spool is never in memory whole."""
+        segments = self.segments()
+        kept: list[SpoolRecord] = []
+        held = total = 0
+        for index, path in enumerate(segments):
+            for record in self.segment_records(path, last=index == len(segments) - 1):
+                kept.append(record)
+                held += len(record.events)
+                total += len(record.events)
+                while keep_events is not None and len(kept) > 1 and held - len(kept[0].events) >= keep_events:
+                    held -= len(kept.pop(0).events)
+        self.events = total
         self.bytes = sum(os.path.getsize(p) for p in self.segments())
-        return records
+        return kept
 
     def clear(self) -> None:
         """Everything spooled is in the store: remove every segment."""

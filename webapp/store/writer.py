@@ -5,18 +5,31 @@ seq after every successful insert; after any failure it asks the store again
 before inserting, and only rows above that maximum are sent. A batch never
 spans two daily partitions, so each INSERT is one atomic part and "the maximum
 is in" means "everything up to it is in".
+
+A poison batch — one the store refuses (or the driver cannot encode) on
+every attempt, as opposed to a store that is unreachable — is tried
+`poison_attempts` times, then written to DATA_DIR/dead-letter with its seqs,
+counted, and skipped: the writer moves on, and a restart does not replay it
+into a crash loop. Its seq range is reported `missing` to resuming clients.
+
+One cycle at a time: the writer greenlet and the shutdown flush both run
+`cycle()`, under one lock, so two drains never share the store's connection.
+A cycle that dies half-way (the task is restarted by webapp/tasks.py) puts its
+batch back and forgets the store's maximum, so nothing is lost or doubled.
 """
 
 import logging
+import os
 import time
 from typing import Callable
 
-import gevent
+import orjson
 from gevent.event import Event as Signal
+from gevent.lock import BoundedSemaphore
 
 from handlers.backoff import reconnect_delay_ms
 from handlers.events import Event
-from webapp.store.base import Store, StoreError
+from webapp.store.base import Store, StoreError, StoreUnavailable
 from webapp.store.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -43,7 +56,8 @@ class StoreWriter:
                  retry_min_ms: int = 200, retry_max_ms: int = 5000,
                  on_written: Callable[[int, float], None] = lambda rows, seconds: None,
                  on_dropped: Callable[[int, int], None] = lambda first, last: None,
-                 in_thread: Callable = lambda fn, *args: fn(*args)):
+                 in_thread: Callable = lambda fn, *args: fn(*args),
+                 poison_attempts: int = 5, dead_letter_dir: str | None = None):
         self.store = store
         self.spool = spool
         self.batch_rows = batch_rows
@@ -64,9 +78,16 @@ class StoreWriter:
         self._backlog = False  # the spool holds records not yet in the store
         self._failures = 0
         self._retry_at = 0.0
+        self.poison_attempts = poison_attempts
+        self.dead_letter_dir = dead_letter_dir or os.path.join(os.path.dirname(spool.directory), "dead-letter")
+        self.dead_letter_events = 0  # events the store refused for good (this process)
+        self.dead_letter_batches = 0
+        self.dead_letter_last: tuple[int, int] | None = None
+        self._refusals = 0  # consecutive refusals of the batch being inserted
+        self._in_hand: list[Event] | None = None  # taken from pending, not yet in the spool
+        self._unconfirmed = False  # a spooled batch is being inserted
         self._wake = Signal()
-        self._idle = Signal()
-        self._idle.set()
+        self._cycling = BoundedSemaphore(1)
 
     # -- the ingest side --------------------------------------------------------------
 
@@ -91,12 +112,16 @@ class StoreWriter:
             self._wake.clear()
             self.cycle()
 
-    def cycle(self) -> None:
-        self._idle.clear()
+    def cycle(self, timeout_s: float | None = None) -> bool:
+        """One batch and, when due, a drain of the spool. False when another cycle held the lock past `timeout_s`."""
+        if not self._cycling.acquire(timeout=timeout_s):
+            return False
         try:
             batch, self.pending = self.pending, []
             if batch:
+                self._in_hand = batch
                 self._take(batch)
+                self._in_hand = None
             if self._backlog and time.monotonic() >= self._retry_at:
                 self._drain()
         except OSError as exc:
@@ -104,17 +129,29 @@ class StoreWriter:
             # segments): say so and try again next cycle; the writer must not die
             log.error("spool I/O failed: %s", exc)
             self._retry_at = time.monotonic() + self.retry_max_ms / 1000.0
+        except BaseException:
+            # killed or crashed mid-cycle: what was taken and not yet spooled goes back first,
+            # and an insert may have landed, so the store's maximum is asked again
+            if self._in_hand is not None:
+                self.pending[:0] = self._in_hand
+                self._in_hand = None
+            if self._unconfirmed:  # spooled, insert unknown: the drain writes what the store lacks
+                self._backlog = True
+                self._unconfirmed = False
+            self.store_max = None
+            raise
         finally:
-            self._idle.set()
+            self._cycling.release()
+        return True
 
     def flush(self, timeout_s: float) -> bool:
         """Write everything pending now (SIGTERM); True when nothing is left unspooled."""
         deadline = time.monotonic() + timeout_s
-        self._idle.wait(timeout_s)
         self._retry_at = 0.0
-        self.cycle()
+        if not self.cycle(timeout_s):
+            return False
         while self._backlog and time.monotonic() < deadline and self.ok:
-            self.cycle()
+            self.cycle(max(0.0, deadline - time.monotonic()))
         return not self.pending
 
     # -- one batch ------------------------------------------------------------------------
@@ -122,6 +159,7 @@ class StoreWriter:
     def _take(self, batch: list[Event]) -> None:
         try:
             self.in_thread(self.spool.append, batch)
+            self._in_hand = None  # durable in the spool from here on
             self.spool_full = False
         except (SpoolFull, OSError) as exc:
             now = time.monotonic()
@@ -139,24 +177,33 @@ class StoreWriter:
             return
         if self._backlog:
             return  # order: it waits behind what the spool already holds
-        if self._insert(batch):
+        self._unconfirmed = True  # in the spool, not yet known to be in the store
+        inserted = self._insert(batch)
+        self._unconfirmed = False
+        if inserted:
             self.in_thread(self.spool.clear)
         else:
             self._backlog = True
 
     def _drain(self) -> None:
-        """Write the spool back in order, then empty it."""
-        records = self.in_thread(self.spool.records)
-        for record in records:
-            if not self._insert(record.events):
-                return
+        """Write the spool back in order, one segment at a time (bounded memory), removing each when done."""
+        segments = self.in_thread(self.spool.segments)
+        for index, path in enumerate(segments):
+            records = self.in_thread(self.spool.segment_records, path, index == len(segments) - 1)
+            for record in records:
+                if not self._insert(record.events):
+                    return
+            self.in_thread(self.spool.remove_segment, path, sum(len(r.events) for r in records))
         self.in_thread(self.spool.clear)
         self._backlog = False
         log.info("spool written back: the store has every event")
 
     def _insert(self, events: list[Event]) -> bool:
-        """Insert what the store lacks; False (and a retry time) when the store failed."""
+        """Insert what the store lacks; False (and a retry time) when the store failed.
+
+        True also when the batch was dead-lettered: the writer is done with it."""
         started = time.perf_counter()
+        fresh: list[Event] = []
         try:
             if self.store_max is None:
                 self.store_max = self.store.max_seq()
@@ -165,16 +212,14 @@ class StoreWriter:
                 self.store.insert(run)
                 self.store_max = run[-1].seq
                 self.written += len(run)
+        except StoreUnavailable as exc:
+            self._refusals = 0
+            return self._failed(exc)
         except StoreError as exc:
-            self.store_max = None  # an insert may have landed: ask before the next one
-            self._failures += 1
-            delay_ms = reconnect_delay_ms(self._failures - 1, self.retry_min_ms, self.retry_max_ms, 0.5)
-            self._retry_at = time.monotonic() + delay_ms / 1000.0
-            if self.ok:
-                log.error("store write failed, spooling until it recovers: %s", exc)
-            self.ok = False
-            self.last_error = str(exc)
-            return False
+            return self._refused(fresh, exc)
+        except Exception as exc:  # noqa: BLE001  (a driver that cannot encode this batch: about the batch, not the store)
+            return self._refused(fresh, exc)
+        self._refusals = 0
         if not self.ok:
             log.info("store recovered after %d failed attempts", self._failures)
         self.ok = True
@@ -184,6 +229,63 @@ class StoreWriter:
             self.on_written(len(fresh), time.perf_counter() - started)
         return True
 
+    def _refused(self, fresh: list[Event], exc: Exception) -> bool:
+        """The store (or the driver) refused this batch: retried, then dead-lettered."""
+        self._refusals += 1
+        if not fresh or self._refusals < self.poison_attempts:
+            return self._failed(exc)
+        self.store_max = None
+        remaining = [e for e in fresh if e.seq > (self._ask_max() or 0)]
+        self._refusals = 0
+        if not remaining:
+            return True
+        self._dead_letter(remaining, exc)
+        return True
 
-def spawn_writer(writer: StoreWriter) -> gevent.Greenlet:
-    return gevent.spawn(writer.run)
+    def _ask_max(self) -> int | None:
+        try:
+            self.store_max = self.store.max_seq()
+        except StoreError:
+            return None
+        return self.store_max
+
+    def _dead_letter(self, events: list[Event], exc: Exception) -> None:
+        first, last = events[0].seq, events[-1].seq
+        path = os.path.join(self.dead_letter_dir, f"{first:020d}-{last:020d}.jsonl")
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            self.in_thread(_write_dead_letter, path, events, reason)
+        except OSError as write_exc:
+            log.error("could not write dead letter %s: %s", path, write_exc)
+        self.dead_letter_events += len(events)
+        self.dead_letter_batches += 1
+        self.dead_letter_last = (first, last)
+        log.error("the store refused seqs %d..%d %d times (%s): written to %s and skipped",
+                  first, last, self.poison_attempts, reason, path)
+        self.on_dropped(first, last)
+        if self.store_max is None or self.store_max < last:
+            # the next batch goes on from here: nothing below `last` will ever be inserted now
+            self.store_max = max(self.store_max or 0, last)
+
+    def _failed(self, exc: Exception) -> bool:
+        self.store_max = None  # an insert may have landed: ask before the next one
+        self._failures += 1
+        delay_ms = reconnect_delay_ms(self._failures - 1, self.retry_min_ms, self.retry_max_ms, 0.5)
+        self._retry_at = time.monotonic() + delay_ms / 1000.0
+        if self.ok:
+            log.error("store write failed, spooling until it recovers: %s", exc)
+        self.ok = False
+        self.last_error = str(exc)
+        return False
+
+
+def _write_dead_letter(path: str, events: list[Event], reason: str) -> None:
+    """One file per refused batch: a header line with the seqs and why, then the events as stored."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    header = orjson.dumps({"first_seq": events[0].seq, "last_seq": events[-1].seq, "events": len(events),
+                           "reason": reason, "at": time.time()})
+    with open(path, "wb") as f:
+        f.write(header + b"\n" + b"\n".join(e.json for e in events) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+

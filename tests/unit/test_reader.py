@@ -1,4 +1,4 @@
-"""The upstream's FrameReader takes RFC 6455 messages out of a byte stream however the bytes are split.
+"""handlers/reader.py takes RFC 6455 messages out of a byte stream however the bytes are split, bounded from the header.
 
 webapp/upstream.py reads upstream frames itself (websocket-client makes the
 connection and sends), so its parser has tests of its own: frames are built
@@ -10,7 +10,7 @@ import random
 import pytest
 from websocket import ABNF
 
-from webapp.upstream import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, FrameReader, ProtocolViolation
+from handlers.reader import OP_BINARY, OP_CLOSE, OP_CONT, OP_OVERSIZE, OP_PING, OP_TEXT, FrameReader, ProtocolViolation
 
 
 def frame(opcode, data, fin=1, mask=0):
@@ -69,3 +69,35 @@ def test_a_5_mb_frame_in_64_kib_pieces_comes_out_once():
 def test_what_rfc_6455_forbids_is_a_protocol_violation(blob):
     with pytest.raises(ProtocolViolation):
         FrameReader().feed(blob)
+
+
+def test_a_frame_over_the_bound_is_skipped_from_its_header_and_the_next_frames_come_out():
+    big = b"z" * 1000
+    blob = frame(OP_TEXT, b"before") + frame(OP_BINARY, big) + frame(OP_PING, b"p") + frame(OP_TEXT, b"after")
+    for seed in range(10):
+        out = feed_in_pieces(FrameReader(max_message_bytes=100), blob, random.Random(seed))
+        assert out == [(OP_TEXT, b"before"), (OP_OVERSIZE, 1000), (OP_PING, b"p"), (OP_TEXT, b"after")]
+
+
+def test_a_header_announcing_2_to_the_62_bytes_allocates_nothing_for_its_payload():
+    reader = FrameReader(max_message_bytes=4 << 20)
+    header = bytes([0x81, 0x7F]) + (1 << 62).to_bytes(8, "big")
+    assert reader.feed(header + b"x" * 1000) == [(OP_OVERSIZE, 1 << 62)]
+    for _ in range(100):
+        assert reader.feed(b"y" * 65536) == []
+    assert reader._have == 0 and not reader._chunks and reader._buf == b""
+    assert reader._skip == (1 << 62) - 1000 - 100 * 65536
+
+
+def test_a_fragmented_message_that_grows_past_the_bound_is_skipped_once_with_control_frames_kept():
+    blob = (frame(OP_TEXT, b"a" * 60, fin=0) + frame(OP_PING, b"1") + frame(OP_CONT, b"b" * 60, fin=0)
+            + frame(OP_CONT, b"c" * 60, fin=0) + frame(OP_PING, b"2") + frame(OP_CONT, b"d", fin=1)
+            + frame(OP_TEXT, b"next"))
+    for seed in range(10):
+        out = feed_in_pieces(FrameReader(max_message_bytes=100), blob, random.Random(seed))
+        assert out == [(OP_PING, b"1"), (OP_OVERSIZE, 120), (OP_PING, b"2"), (OP_TEXT, b"next")]
+
+
+def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_violation():
+    with pytest.raises(ProtocolViolation):
+        FrameReader().feed(bytes([0x81, 0x7F]) + (1 << 63).to_bytes(8, "big"))

@@ -1,0 +1,41 @@
+"""The degraded verdict as data: what the parts report in, the reasons the relay is degraded out."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFacts:
+    """What /health knows about each part at one moment (gathered by the shell)."""
+
+    leading: bool  # this worker holds the upstream (alone, or the cluster's leader)
+    upstream_connected: bool
+    in_grace: bool  # within STARTUP_GRACE_S of the start
+    shutting_down: bool
+    ready: bool  # seq base and epoch known
+    store_ok: bool
+    spooled: int  # events in the spool, not yet in the store
+    bus_ok: bool
+    follower_without_leader: bool  # a cluster follower that knows of no leader
+    tasks_down: tuple[str, ...] = ()  # supervised loops waiting for a restart (or the worker's exit)
+
+
+def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
+    """Why the relay is degraded, in words; empty when it is ok."""
+    reasons = []
+    if facts.leading and not facts.upstream_connected and not facts.in_grace:
+        reasons.append("upstream disconnected")
+    if facts.shutting_down:
+        reasons.append("shutting down")
+    if not facts.ready:
+        reasons.append("starting: seq base not known yet")
+    if not facts.store_ok:
+        reasons.append("store failing")
+    if facts.spooled > 0:
+        reasons.append(f"{facts.spooled} events spooled")
+    if not facts.bus_ok:
+        reasons.append("bus (Redis) unavailable")
+    if facts.follower_without_leader and not facts.in_grace:
+        reasons.append("no leader known")
+    if facts.tasks_down:
+        reasons.append("restarting: " + ", ".join(facts.tasks_down))
+    return tuple(reasons)
