@@ -2,11 +2,11 @@
 
 import pytest
 
-from webapp.store.base import QueryRefused
-from webapp.store.embedded import EmbeddedStore
+from webapp.store.base import StoreUnavailable
+from webapp.store.embedded import Lane
 
 
-class UnopenableStore(EmbeddedStore):
+class UnopenableLane(Lane):
     """chDB refuses to open its data directory (a lock held by another process, a damaged file)."""
 
     def _open(self):
@@ -14,6 +14,6 @@ class UnopenableStore(EmbeddedStore):
 
 
 def test_a_chdb_that_cannot_be_opened_raises_a_store_error_not_unbound_local(tmp_path):
-    store = UnopenableStore(str(tmp_path))
-    with pytest.raises(QueryRefused, match="Cannot open file"):
-        store._sql("SELECT 1")
+    lane = UnopenableLane(str(tmp_path))
+    with pytest.raises(StoreUnavailable, match="Cannot open file"):
+        lane.sql("SELECT 1")
