@@ -9,7 +9,7 @@ from gevent.event import Event as Signal
 
 from handlers.events import Event
 from handlers.params import stream_params
-from handlers.protocol import SSE_KEEPALIVE, sse_closing, sse_events, sse_gap
+from handlers.protocol import SSE_KEEPALIVE, sse_closing, sse_conflated, sse_events, sse_gap, sse_slow
 from handlers.topics import compile_patterns
 from webapp.auth import CLIENT, access
 from webapp.responses import json_error
@@ -27,8 +27,10 @@ class SseClient:
 
     kind = "sse"
 
-    def __init__(self, matcher, rt):
+    def __init__(self, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
         self.matcher = matcher
+        self.max_hz = max_hz  # §12: the hub groups clients by patterns and rate
+        self.on_slow = on_slow
         self.after_seq = 0
         self.rt = rt
         self.max_events = rt.settings.ws_queue_max_events
@@ -40,19 +42,34 @@ class SseClient:
         self.closed = False
 
     @staticmethod
-    def encode(events: list[Event]) -> bytes:
+    def encode(events: list[Event], conflated: int = 0) -> bytes:
+        if conflated:  # a release comes at most once per interval, and so does this message
+            return sse_conflated(conflated) + sse_events(events)
         return sse_events(events)
+
+    def below_half(self) -> bool:
+        return self._queued_events * 2 <= self.max_events and self._queued_bytes * 2 <= self.max_bytes
+
+    def tell_slow(self, mode: str) -> None:
+        self._put(sse_slow(mode), 0)
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self._queue and (self._queued_bytes + len(frame) > self.max_bytes
                             or self._queued_events + n_events > self.max_events):
+            if self.on_slow == "conflate":  # its last whole chunk; newest values from the next batch on
+                self._put(frame, n_events)
+                self.rt.hub.conflate_slow(self)
+                return
             self.rt.metrics.slow_consumers.labels(self.kind).inc()
             self.rt.metrics.queue_drops.labels(self.kind).inc(self._queued_events + n_events)
             log.info("closing a slow /sse consumer (%d events behind)", self._queued_events)
             self.close("slow_consumer", 0)
             return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
+        self._put(frame, n_events)
+
+    def _put(self, chunk: bytes, n_events: int) -> None:
+        self._queue.append(chunk)
+        self._queued_bytes += len(chunk)
         self._queued_events += n_events
         self._ready.set()
 
@@ -94,7 +111,7 @@ def stream():
         return json_error(503, "the relay is starting or stopping: retry in a moment")
     params = stream_params(request.args, request.headers.get("Last-Event-ID"),
                            rt.settings.snapshot_default, rt.settings.snapshot_max)
-    client = SseClient(compile_patterns(params.topics), rt)
+    client = SseClient(compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
     # Snapshot and registration without a yield between them (see streams.py);
     # live events queue in the client while older ones come from the store.
     opening = open_stream(rt, params, client.matcher)

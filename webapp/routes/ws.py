@@ -15,6 +15,7 @@ from handlers.protocol import (
     error_message,
     events_message,
     parse_client_message,
+    slow_message,
     snapshot_message,
     subscribed_message,
     ws_frame,
@@ -41,17 +42,26 @@ class WsClient(SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events")
+    __slots__ = ("held", "held_events", "max_hz", "on_slow")
     closing_message = staticmethod(closing_message)
 
-    def __init__(self, ws, wire: WireSocket, matcher, rt):
+    def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
         super().__init__(ws, wire, rt, matcher)
         self.held: list[tuple[bytes, int]] | None = None  # live frames held while the snapshot is fetched
         self.held_events = 0
+        self.max_hz = max_hz  # §12: the hub groups clients by patterns and rate
+        self.on_slow = on_slow
 
     @staticmethod
-    def encode(events: list[Event]) -> bytes:
-        return ws_frame(events_message(events))
+    def encode(events: list[Event], conflated: int = 0) -> bytes:
+        return ws_frame(events_message(events, conflated))
+
+    def below_half(self) -> bool:
+        wire = self.wire
+        return wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
+
+    def tell_slow(self, mode: str) -> None:
+        self.send(slow_message(mode))
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.held is not None:
@@ -65,7 +75,11 @@ class WsClient(SocketClient):
     def behind(self, n_events: int) -> int:
         return self.wire.backlog_weight + self.held_events + n_events
 
-    def slow(self, n_events: int = 0) -> None:
+    def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
+        if frame is not None and self.on_slow == "conflate":
+            self.wire.write(frame, n_events)  # its last whole frame; newest values from the next batch on
+            self.rt.hub.conflate_slow(self)
+            return
         super().slow(n_events)
         self.held, self.held_events = None, 0
 
@@ -92,7 +106,7 @@ def prepare_upgrade():
 def stream(ws):
     rt = runtime()
     params, wire = g.stream, g.wire
-    client = WsClient(ws, wire, compile_patterns(params.topics), rt)
+    client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
     # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
     client.after_seq = opening.last_seq
@@ -128,5 +142,8 @@ def answer(client: WsClient, action) -> None:
             patterns = merge_patterns(current, action.topics)
         else:
             patterns = remove_patterns(current, action.topics)
-        client.rt.hub.resubscribe(client, patterns)
-        client.send(subscribed_message(patterns))
+        if action.sets_rate:
+            client.rt.hub.resubscribe(client, patterns, action.max_hz)
+        else:
+            client.rt.hub.resubscribe(client, patterns)
+        client.send(subscribed_message(patterns, client.max_hz))
