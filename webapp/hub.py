@@ -27,9 +27,12 @@ group with one Conflator (handlers/conflate.py), so a thousand clients at
 flusher wakes for a group's next release even when no event arrives.
 
 Slow clients with `on_slow=conflate` leave their group when they pass their
-bound: the hub keeps their newest event per topic (`Latest`, one per slow
-client, only while it is slow) and writes it, then `slow`/`live`, once the
-client's backlog is below half the bound; the client then rejoins its group.
+bound: the client drops its queued event frames (their events, read back from
+the cache, seed its newest values), and the hub keeps its newest event per
+topic (`Latest`, one per slow client, only while it is slow) and writes it,
+then `slow`/`live`, once the client's backlog is below half the bound; the
+client then rejoins its group. So what a slow client is shown is never older
+than its kernel buffers plus half its bound, instead of its whole backlog.
 """
 
 import logging
@@ -157,16 +160,24 @@ class Hub:
         if not slow:  # a slow client keeps its newest values and rejoins with the new key
             self._join(client)
 
-    def conflate_slow(self, client: Subscriber) -> None:
+    @property
+    def last_seq(self) -> int:
+        """The newest seq handed to a flush: a client's frame of that flush covers its events up to it."""
+        return self._last_seq
+
+    def conflate_slow(self, client: Subscriber, unsent: list[Event] = ()) -> None:
         """`client` passed its bound and asked for conflation: newest value per topic until it catches up.
 
-        Called from its `deliver`, within a flush: the frame it was handed is its
-        last whole one (it wrote it), so it continues after this batch.
+        Called from its `deliver`, within a flush. `unsent`: the events (ascending) it
+        was due and will not get as they were (its dropped backlog, this batch); their
+        newest per topic go out with the first release.
         """
         if client in self._slow or not self._leave(client):
             return
         client.after_seq = max(client.after_seq, self._last_seq)
-        self._slow[client] = Latest()
+        latest = Latest()
+        latest.offer(e for e in unsent if e.seq <= self._last_seq)  # later ones come with the next batch
+        self._slow[client] = latest
         client.tell_slow("conflated")
 
     @property

@@ -35,9 +35,10 @@ class SseClient:
         self.rt = rt
         self.max_events = rt.settings.ws_queue_max_events
         self.max_bytes = rt.settings.ws_queue_max_bytes
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[tuple[bytes, int]] = deque()  # (chunk, events in it)
         self._queued_bytes = 0
         self._queued_events = 0
+        self._queued_through = self._taken_through = 0  # the seq covered by what is queued / taken
         self._ready = Signal()
         self.closed = False
 
@@ -56,9 +57,15 @@ class SseClient:
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self._queue and (self._queued_bytes + len(frame) > self.max_bytes
                             or self._queued_events + n_events > self.max_events):
-            if self.on_slow == "conflate":  # its last whole chunk; newest values from the next batch on
-                self._put(frame, n_events)
-                self.rt.hub.conflate_slow(self)
+            if self.on_slow == "conflate":
+                # conflate what it has not taken either: drop the queued events (keep other messages),
+                # read them back from the cache, newest per topic
+                self._queue = deque(entry for entry in self._queue if not entry[1])
+                self._queued_bytes = sum(len(chunk) for chunk, _ in self._queue)
+                self._queued_events = 0
+                self._queued_through = self._taken_through
+                rt = self.rt
+                rt.hub.conflate_slow(self, rt.cache.events_after(self._taken_through, rt.now_ms(), self.matcher))
                 return
             self.rt.metrics.slow_consumers.labels(self.kind).inc()
             self.rt.metrics.queue_drops.labels(self.kind).inc(self._queued_events + n_events)
@@ -68,9 +75,11 @@ class SseClient:
         self._put(frame, n_events)
 
     def _put(self, chunk: bytes, n_events: int) -> None:
-        self._queue.append(chunk)
+        self._queue.append((chunk, n_events))
         self._queued_bytes += len(chunk)
         self._queued_events += n_events
+        if n_events:
+            self._queued_through = self.rt.hub.last_seq
         self._ready.set()
 
     def close(self, reason: str, code: int) -> None:
@@ -79,7 +88,7 @@ class SseClient:
         self.closed = True
         self.rt.hub.remove(self)
         self._queue.clear()
-        self._queue.append(sse_closing(reason))
+        self._queue.append((sse_closing(reason), 0))
         self._ready.set()
 
     def take(self, timeout_s: float) -> bytes | None:
@@ -87,9 +96,10 @@ class SseClient:
         if not self._queue and not self._ready.wait(timeout_s):
             return None
         self._ready.clear()
-        chunk = b"".join(self._queue)
+        chunk = b"".join(chunk for chunk, _ in self._queue)
         self._queue.clear()
         self._queued_bytes = self._queued_events = 0
+        self._taken_through = self._queued_through
         return chunk
 
 
@@ -115,7 +125,7 @@ def stream():
     # Snapshot and registration without a yield between them (see streams.py);
     # live events queue in the client while older ones come from the store.
     opening = open_stream(rt, params, client.matcher)
-    client.after_seq = opening.last_seq
+    client.after_seq = client._queued_through = client._taken_through = opening.last_seq
     rt.hub.add(client)
     opening = fill_from_store(rt, opening, client.matcher)
     first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)

@@ -1,6 +1,7 @@
 """/ws: snapshot or resume first, then batched live events; subscribe, unsubscribe, ping."""
 
 import logging
+from collections import deque
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
@@ -42,7 +43,7 @@ class WsClient(SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events", "max_hz", "on_slow")
+    __slots__ = ("held", "held_events", "max_hz", "on_slow", "throughs", "sent_base")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
@@ -51,6 +52,9 @@ class WsClient(SocketClient):
         self.held_events = 0
         self.max_hz = max_hz  # §12: the hub groups clients by patterns and rate
         self.on_slow = on_slow
+        # on_slow=conflate: the seq each event frame still in the wire covers (see slow())
+        self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
+        self.sent_base = 0  # ... and what the frames before them covered
 
     @staticmethod
     def encode(events: list[Event], conflated: int = 0) -> bytes:
@@ -70,15 +74,33 @@ class WsClient(SocketClient):
             if self.held_events > self.max_events:
                 self.slow()
             return
+        throughs = self.throughs
+        if throughs is None:
+            self.write_bounded(frame, n_events)
+            return
+        queued = len(throughs)
         self.write_bounded(frame, n_events)
+        if len(throughs) == queued and not self.closed:  # written, not turned slow
+            throughs.append(self.rt.hub.last_seq)
+            # frames older than everything still queued are out: keep one through each, and the base
+            while len(throughs) > self.wire.queued_frames() + 1:
+                self.sent_base = throughs.popleft()
 
     def behind(self, n_events: int) -> int:
         return self.wire.backlog_weight + self.held_events + n_events
 
     def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
-        if frame is not None and self.on_slow == "conflate":
-            self.wire.write(frame, n_events)  # its last whole frame; newest values from the next batch on
-            self.rt.hub.conflate_slow(self)
+        throughs = self.throughs
+        if frame is not None and throughs is not None:
+            # Conflate what it has not been sent either: drop its queued event frames (replies and
+            # the snapshot stay), and read back from the cache what they held, newest per topic.
+            dropped = self.wire.discard_backlog(events_only=True)
+            kept = len(throughs) - dropped
+            sent_through = throughs[kept - 1] if kept > 0 else self.sent_base
+            throughs.clear()
+            self.sent_base = sent_through
+            rt = self.rt
+            rt.hub.conflate_slow(self, rt.cache.events_after(sent_through, rt.now_ms(), self.matcher))
             return
         super().slow(n_events)
         self.held, self.held_events = None, 0
@@ -109,7 +131,7 @@ def stream(ws):
     client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
     # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
-    client.after_seq = opening.last_seq
+    client.after_seq = client.sent_base = opening.last_seq
     if opening.from_store is not None:
         client.held = []  # live events wait while the older part comes from the store
     rt.hub.add(client)
