@@ -13,6 +13,7 @@ written is finished, and so is the rest of a frame whose first bytes went out
 before its writer ran.
 """
 
+import socket
 from collections import deque
 
 import gevent
@@ -143,3 +144,21 @@ class WireSocket:
                 backlog.clear()
             self._writer = None
             self._drained.set()
+
+
+CONFLATE_SEND_BUFFER_BYTES = 64 * 1024
+
+
+def limit_send_buffer(sock, nbytes: int = CONFLATE_SEND_BUFFER_BYTES) -> None:
+    """Cap the kernel's send buffer of a client on a slow link that asked for conflation.
+
+    Linux grows a loopback or LAN send buffer up to tcp_wmem's maximum (4 MiB here): a
+    client reading 4 KiB/s would first be shown minutes of old events from it, and the
+    relay would notice it is slow only once those megabytes were full (bench mixed run:
+    17 s at 1000 events/s). Capped (the kernel doubles the figure), what it is shown is
+    never older than ~128 KiB plus half its bound at its own reading rate.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (a test double): nothing to cap

@@ -15,6 +15,7 @@ from webapp.auth import CLIENT, access
 from webapp.responses import json_error
 from webapp.routes import runtime
 from webapp.streams import fill_from_store, open_stream
+from webapp.wire import limit_send_buffer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sse", __name__)
@@ -131,6 +132,8 @@ def stream():
     first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
     keepalive_s = rt.settings.sse_keepalive_s
     sock = request.environ.get("gunicorn.socket")
+    if params.on_slow == "conflate" and sock is not None:
+        limit_send_buffer(sock)
 
     def body():
         try:

@@ -27,7 +27,7 @@ from webapp.responses import json_error
 from webapp.routes import runtime
 from webapp.sockets import SocketClient, serve_sockets_lightly, take_socket
 from webapp.streams import fill_from_store, open_stream
-from webapp.wire import WireSocket
+from webapp.wire import WireSocket, limit_send_buffer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ws", __name__)
@@ -129,6 +129,8 @@ def stream(ws):
     rt = runtime()
     params, wire = g.stream, g.wire
     client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
+    if params.on_slow == "conflate":
+        limit_send_buffer(wire.sock)
     # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
     client.after_seq = client.sent_base = opening.last_seq
