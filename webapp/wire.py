@@ -146,7 +146,7 @@ class WireSocket:
             self._drained.set()
 
 
-CONFLATE_SEND_BUFFER_BYTES = 64 * 1024
+CONFLATE_SEND_BUFFER_BYTES = 16 * 1024
 
 
 def limit_send_buffer(sock, nbytes: int = CONFLATE_SEND_BUFFER_BYTES) -> None:
@@ -156,7 +156,8 @@ def limit_send_buffer(sock, nbytes: int = CONFLATE_SEND_BUFFER_BYTES) -> None:
     client reading 4 KiB/s would first be shown minutes of old events from it, and the
     relay would notice it is slow only once those megabytes were full (bench mixed run:
     17 s at 1000 events/s). Capped (the kernel doubles the figure), what it is shown is
-    never older than ~128 KiB plus half its bound at its own reading rate.
+    never older than ~32 KiB plus half its bound at its own reading rate (a 32 KiB window
+    still carries ~300 KB/s at a 100 ms round trip: more than a conflating client needs).
     """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
