@@ -429,6 +429,8 @@ class Bench:
                 record["rated_report"] = rated_subs.report()
             record["slow_readers_report"] = [r.outcome() for r in readers]
             record["conflated_events"] = metric(system.base, "relayhouse_conflated_events_total")
+            record["flushes"] = {le: metric(system.base, f'relayhouse_hub_flush_seconds_bucket{{le="{le}"}}')
+                                 for le in ("0.01", "0.1", "1.0", "+Inf")}
             record["deliveries_per_s"] = round(rep["delivered"] / max(duration_s, rep["span_s"] or 0), 1)
             record["ok"] = rep["lost"] == 0 and rep["duplicated"] == 0 and rep["out_of_order"] == 0 and rep["closed"] == 0
         except Exception as exc:  # noqa: BLE001  (a broken run is recorded, the bench goes on)
