@@ -11,6 +11,8 @@ second.
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -298,4 +300,46 @@ def test_a_conflating_slow_client_stays_connected_gets_newest_values_then_goes_l
     # the reader got every event, in order, and was never held up into a close
     reader.wait_for_seq(after + 5)
     assert [e["seq"] for e in reader.events if e["seq"] >= first] == list(range(first, after + 6))
+    assert not reader.closed
+
+
+def test_a_conflating_slow_sse_client_gets_slow_messages_and_the_newest_values_and_stays(relay, upstream, ws):
+    sym = unique_sym()
+    pattern = f"T.{sym}*,Q.{sym}"
+    reader = ws(relay, topics=pattern, snapshot=0)
+    reader.read_snapshot()
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    stalled.connect(("127.0.0.1", relay.port))
+    stalled.sendall((f"GET {relay.target('/sse', topics=pattern, snapshot=0, on_slow='conflate')} HTTP/1.1\r\n"
+                     f"Host: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").encode())
+    try:
+        replaced = conflated_total(relay)
+        with Feeder(upstream, topics_for(sym), pad="x" * 2048):
+            wait_until(lambda: conflated_total(relay) >= replaced + 30, 30, "the stalled stream to be conflated")
+        last = relay_last_seq(relay)
+        newest = newest_per_topic([e for e in reader.wait_for_seq(last) if e["seq"] <= last])
+
+        received = b""
+        deadline = time.monotonic() + 60
+        messages: list[tuple[str, dict]] = []
+        while True:
+            messages = [(m.group(1).decode(), json.loads(m.group(2))) for m in
+                        re.finditer(rb"event: (\w+)\ndata: (.*)\n\n", received)]
+            got = newest_per_topic([data for kind, data in messages if kind == "event"])
+            modes = [data["mode"] for kind, data in messages if kind == "slow"]
+            if got == newest and modes and modes[-1] == "live":
+                break
+            assert time.monotonic() < deadline, f"not caught up: modes {modes}, newest {got} != {newest}"
+            stalled.settimeout(max(0.1, deadline - time.monotonic()))
+            chunk = stalled.recv(65536)
+            assert chunk, "the relay ended the stream"
+            received += chunk
+        kinds = [kind for kind, _ in messages]
+        assert "closing" not in kinds and modes[0] == "conflated"
+        assert any(kind == "conflated" and data["conflated"] > 0 for kind, data in messages)
+        seqs = [data["seq"] for kind, data in messages if kind == "event"]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    finally:
+        stalled.close()
     assert not reader.closed
