@@ -76,11 +76,15 @@ def stream_params(args: Mapping[str, str], last_event_id: str | None,
         raise ParamError("'epoch' is longer than 128 characters")
     latest = args.get("snapshot") == "latest"
     max_hz, on_slow = delivery_params(args)
+    try:
+        snapshot = snapshot_max if latest else int_param(args, "snapshot", snapshot_default, 0, snapshot_max)
+    except ParamError as exc:
+        raise ParamError(f"{exc} (or latest)") from None
     return StreamParams(
         topics=topics_param(args),
         since=since,
         epoch=epoch,
-        snapshot=snapshot_max if latest else int_param(args, "snapshot", snapshot_default, 0, snapshot_max),
+        snapshot=snapshot,
         max_hz=max_hz,
         on_slow=on_slow,
         snapshot_latest=latest,
