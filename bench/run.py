@@ -10,7 +10,8 @@ Scenarios (each run starts a fresh system and a fresh subscriber process):
   light    100 x 50, 100 x 500, 1000 x 50, 1000 x 200, 1000 x 500 point by point: relayhouse's
            default, relayhouse with the previous HUB_FLUSH_INTERVAL_MS=10, nchan
   mixed    contract §12: 900 live clients, 100 at max_hz=2, 10 reading 4 KiB/s with
-           on_slow=conflate, 1000 events/s over 50 topics; beside the 900 alone and 1010 all live
+           on_slow=conflate, 1000 events/s over 50 topics; beside the 900 alone, 1010 all live
+           and 1000 all at max_hz=2
   idle     10,000 idle /ws connections: RSS growth per connection
   ingest   upstream events/s with persistence on (embedded chDB, then a ClickHouse server),
            every event checked in the store; a bare clickhouse-driver insert for comparison
@@ -378,7 +379,8 @@ class Bench:
         """Contract §12's audiences in one relay (targets: Conflation), beside the same load without
         them (900 live) and with everyone live (1010): the live clients' p99, the 2 Hz clients' rate
         and newest values, the slow readers' staleness, the worker's CPU."""
-        for label, rated, slow, live in (("live900", 0, 0, 900), ("mixed", 100, 10, 900), ("live1010", 0, 0, 1010)):
+        for label, rated, slow, live in (("live900", 0, 0, 900), ("mixed", 100, 10, 900), ("live1010", 0, 0, 1010),
+                                         ("rated1000", 1000, 0, 0)):  # one group: one conflation, 2 frames/s each
             self.mixed_run(label, live, rated, slow, rate, topics, max(duration_s, MIXED_MIN_S))
 
     def mixed_run(self, label: str, live: int, rated: int, slow: int, rate: float, topics: int,
