@@ -295,12 +295,13 @@ class Hub:
             release: Release = latest.take()
             if release.conflated:
                 self._on_conflated(release.conflated)
+            client.after_seq = max(client.after_seq, self._last_seq)
+            self._join(client)  # first: should the release itself pass its bound, it conflates again
             if release.events:
                 client.deliver(client.encode(release.events, release.conflated), len(release.events))
                 self._on_delivered(client.kind, 1, len(release.events))
-            client.tell_slow("live")
-            client.after_seq = max(client.after_seq, self._last_seq)
-            self._join(client)
+            if client not in self._slow:
+                client.tell_slow("live")
 
     def close_all(self, reason: str, code: int) -> None:
         """Tell every client why and close it (shutdown)."""

@@ -214,3 +214,26 @@ def test_a_slow_client_is_checked_without_new_events_and_leaves_cleanly():
     hub.flush(events("a", "a", "a", "a", "a", first=6))
     hub.remove(slow)
     assert hub.client_count == 0 and hub.clients_by_kind == {"ws": 0}
+
+
+def test_a_release_that_passes_the_bound_again_conflates_again_instead_of_going_live():
+    hub, _ = make_hub()
+
+    class Tiny(SlowClient):
+        def deliver(self, frame, n_events):
+            self.frames.append((frame, n_events))
+            self.backlog += n_events
+            if self.backlog > 1 and self.hub.mode_of(self) == "live":
+                self.hub.conflate_slow(self, [])
+
+        def below_half(self):
+            return self.backlog == 0
+
+    slow = Tiny(hub)
+    hub.add(slow)
+    hub.flush(events("a", "b"))
+    assert slow.said == ["conflated"]
+    hub.flush(events("a", "b", first=3))
+    slow.backlog = 0
+    hub.flush([])  # the release (2 events) passes its bound of 1 again
+    assert slow.said == ["conflated", "conflated"] and hub.mode_counts()["conflated"] == 1
