@@ -177,8 +177,8 @@ class Upstream(LineProc):
         self.port = self.expect("ready", 10).get("port")
         self.url = f"ws://127.0.0.1:{self.port}/" if mode == "serve" else None
 
-    def run(self, base: int, rate: float, duration_s: float, per_frame: int = 1) -> None:
-        self.send(cmd="run", base=base, rate=rate, duration_s=duration_s, per_frame=per_frame)
+    def run(self, base: int, rate: float, duration_s: float, per_frame: int = 1, topics: int = 20) -> None:
+        self.send(cmd="run", base=base, rate=rate, duration_s=duration_s, per_frame=per_frame, topics=topics)
 
     def connect(self, url: str) -> None:
         self.send(cmd="connect", url=url)
@@ -189,9 +189,9 @@ class Subscribers(LineProc):
     """bench/loadgen/subscribers.js: N clients, every frame parsed, every event checked."""
 
     def __init__(self, url: str, clients: int, *, deflate: bool, slow: int = 0, log: Path,
-                 connect_timeout_s: float = 120, first_frame: bool = False, memo: bool = True):
+                 connect_timeout_s: float = 120, first_frame: bool = False, memo: bool = True, **extra: Any):
         cfg = {"url": url, "clients": clients, "deflate": deflate, "slow": slow, "first_frame": first_frame,
-               "memo": memo}
+               "memo": memo, **extra}
         super().__init__([node(), "--max-old-space-size=4096", str(LOADGEN / "subscribers.js"), json.dumps(cfg)],
                          cwd=LOADGEN, log=log)
         self.opened = self.expect("connected", connect_timeout_s)
@@ -207,6 +207,93 @@ class Subscribers(LineProc):
     def report(self) -> dict:
         self.send(cmd="report")
         return self.expect("report", 60)["report"]
+
+
+class SlowReader:
+    """A /ws client that reads `bytes_per_s` (a slow mobile link), with a 4 KiB receive buffer.
+
+    A thread takes a slice of the socket every 100 ms and parses the frames it completes:
+    it files `slow` messages, and for each event its age on arrival (now - the upstream's
+    CLOCK_MONOTONIC stamp `t`, the clock time.monotonic() reads), i.e. how old the value
+    this client is shown is.
+    """
+
+    def __init__(self, url: str, bytes_per_s: int = 4096):
+        self.stalled = StalledClient(url)
+        self.sock = self.stalled.sock
+        self.per_tick = max(1, bytes_per_s // 10)
+        self.buffer = bytearray()
+        self.modes: list[str] = []
+        self.events = self.frames = 0
+        self.max_age_ms = 0.0
+        self.ages: list[float] = []
+        self.closed_code: int | None = None
+        self.eof = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._stop.is_set() and not self.eof:
+            try:
+                chunk = self.sock.recv(self.per_tick)
+            except TimeoutError:
+                continue
+            except OSError:
+                self.eof = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            self.buffer += chunk
+            self._parse()
+            self._stop.wait(0.1)
+
+    def _parse(self) -> None:
+        buf = self.buffer
+        while len(buf) >= 2:
+            length, at = buf[1] & 0x7F, 2
+            if length == 126:
+                if len(buf) < 4:
+                    return
+                length, at = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if len(buf) < 10:
+                    return
+                length, at = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < at + length:
+                return
+            opcode, payload = buf[0] & 0x0F, bytes(buf[at:at + length])
+            del buf[:at + length]
+            if opcode == 0x8:
+                self.closed_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.eof = True
+                return
+            if opcode != 0x1:
+                continue
+            self.frames += 1
+            msg = json.loads(payload)
+            if msg.get("type") == "slow":
+                self.modes.append(msg["mode"])
+            now_ms = time.monotonic() * 1000
+            for env in msg.get("events", ()):
+                t = env.get("data", {}).get("t") if isinstance(env.get("data"), dict) else None
+                if t is not None:
+                    self.events += 1
+                    age = now_ms - t
+                    self.ages.append(age)
+                    self.max_age_ms = max(self.max_age_ms, age)
+
+    def outcome(self) -> dict:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        ages = sorted(self.ages)
+        return {"frames": self.frames, "events": self.events, "modes": self.modes,
+                "closed_code": self.closed_code, "connected": not self.eof,
+                "age_ms_p50": round(ages[len(ages) // 2], 1) if ages else None,
+                "age_ms_max": round(self.max_age_ms, 1)}
 
 
 class StalledClient:

@@ -7,6 +7,11 @@
 Scenarios (each run starts a fresh system and a fresh subscriber process):
   fanout   100 and 1000 clients at rising rates until a system loses or falls behind,
            clients that refuse permessage-deflate, then clients that offer it (browsers)
+  light    100 x 50, 100 x 500, 1000 x 50, 1000 x 200, 1000 x 500 point by point: relayhouse's
+           default, relayhouse with the previous HUB_FLUSH_INTERVAL_MS=10, nchan
+  mixed    contract §12: 900 live clients, 100 at max_hz=2, 10 reading 4 KiB/s with
+           on_slow=conflate, 1000 events/s over 50 topics; beside the 900 alone, 1010 all live
+           and 1000 all at max_hz=2
   idle     10,000 idle /ws connections: RSS growth per connection
   ingest   upstream events/s with persistence on (embedded chDB, then a ClickHouse server),
            every event checked in the store; a bare clickhouse-driver insert for comparison
@@ -42,6 +47,7 @@ from procs import (  # noqa: E402
     Naive,
     Nchan,
     Relayhouse,
+    SlowReader,
     StalledClient,
     Subscribers,
     Upstream,
@@ -52,7 +58,7 @@ from procs import (  # noqa: E402
     wait_for,
 )
 
-DEFAULT_ONLY = "fanout,deflate,slow,idle,ingest,profile,cluster"
+DEFAULT_ONLY = "fanout,light,mixed,deflate,slow,idle,ingest,profile,cluster"
 FAIL_P99_MS = 1000.0  # a p99 above this means the system no longer keeps up
 DRAIN_MAX_MS = 10_000  # events not received within this after the last send count as lost
 QUIET_MS = 2_000  # ... or when nothing came for this long (a system that stalls is behind anyway)
@@ -357,6 +363,99 @@ class Bench:
                  f"cpu={record.get('cpu_pct')} drain={record.get('store_drain_s')} s {record.get('error', '')}")
         return record
 
+    def light(self, systems: list[str], points: list[tuple[int, float]], duration_s: float) -> None:
+        """Light and heavy load side by side, point by point: relayhouse with its default (no flush
+        floor), relayhouse with the previous default (HUB_FLUSH_INTERVAL_MS=10) and nchan."""
+        for clients, rate in points:
+            for kind in systems:
+                if kind == "naive":
+                    continue
+                self.fanout(kind, clients, rate, deflate=False, duration_s=duration_s, scenario="light")
+                if kind == "relayhouse":
+                    self.fanout(kind, clients, rate, deflate=False, duration_s=duration_s, scenario="light",
+                                env=PREVIOUS_DEFAULT)
+
+    def mixed(self, duration_s: float, rate: float = 1000.0, topics: int = 50) -> None:
+        """Contract §12's audiences in one relay (targets: Conflation), beside the same load without
+        them (900 live) and with everyone live (1010): the live clients' p99, the 2 Hz clients' rate
+        and newest values, the slow readers' staleness, the worker's CPU."""
+        for label, rated, slow, live in (("live900", 0, 0, 900), ("mixed", 100, 10, 900), ("live1010", 0, 0, 1010),
+                                         ("rated1000", 1000, 0, 0)):  # one group: one conflation, 2 frames/s each
+            self.mixed_run(label, live, rated, slow, rate, topics, max(duration_s, MIXED_MIN_S))
+
+    def mixed_run(self, label: str, live: int, rated: int, slow: int, rate: float, topics: int,
+                  duration_s: float) -> dict:
+        run_id, base = self.next_id(f"relayhouse-mixed-{label}")
+        wd = self.work / run_id
+        wd.mkdir(parents=True, exist_ok=True)
+        env = {"WS_QUEUE_MAX_BYTES": str(MIXED_QUEUE_BYTES)}
+        record = {"id": run_id, "scenario": "mixed", "label": label, "system": "relayhouse", "clients": live,
+                  "rated": rated, "slow_readers": slow, "rate": rate, "topics": topics, "duration_s": duration_s,
+                  "env": env, "loadavg_before": loadavg()}
+        up = Upstream("serve", wd / "upstream.log")
+        system = subs = rated_subs = None
+        readers: list[SlowReader] = []
+        try:
+            system = Relayhouse(wd, up.url, env)
+            url = system.sub_url(run_id)
+            subs = Subscribers(url, live, deflate=False, log=wd / "subscribers.log", first_frame=True)
+            if rated:
+                rated_subs = Subscribers(url + "&max_hz=2", rated, deflate=False, log=wd / "rated.log",
+                                         first_frame=True, rated=True, topics=topics)
+            readers = [SlowReader(url + "&on_slow=conflate", MIXED_SLOW_BPS) for _ in range(slow)]
+            count = round(rate * duration_s)
+            for s in (subs, rated_subs):
+                if s is not None:
+                    s.arm(base, count)
+            time.sleep(0.5)
+            meter = CpuMeter({"system": system.pids, "gen_upstream": [up.pid], "gen_subscribers": [subs.pid],
+                              **({"gen_rated": [rated_subs.pid]} if rated_subs else {})})
+            up.run(base, rate, duration_s, topics=topics)
+            modes = []
+            t_end = time.monotonic() + duration_s + 120
+            while True:
+                try:
+                    record["generator"] = up.expect("done", 1.0)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > t_end:
+                        raise
+                    modes.append(system.health().get("clients_by_mode"))
+            record["cpu_pct"] = meter.stop()
+            record["clients_by_mode"] = modes
+            record["drain"] = subs.quiet(QUIET_MS, DRAIN_MAX_MS)
+            rep = subs.report()
+            record.update(rep)
+            if rated_subs is not None:
+                time.sleep(1.0)  # the last release is at most 0.5 s after the last event
+                record["rated_report"] = rated_subs.report()
+            record["slow_readers_report"] = [r.outcome() for r in readers]
+            record["conflated_events"] = metric(system.base, "relayhouse_conflated_events_total")
+            record["flushes"] = {le: metric(system.base, f'relayhouse_hub_flush_seconds_bucket{{le="{le}"}}')
+                                 for le in ("0.01", "0.1", "1.0", "+Inf")}
+            record["deliveries_per_s"] = round(rep["delivered"] / max(duration_s, rep["span_s"] or 0), 1)
+            record["ok"] = rep["lost"] == 0 and rep["duplicated"] == 0 and rep["out_of_order"] == 0 and rep["closed"] == 0
+        except Exception as exc:  # noqa: BLE001  (a broken run is recorded, the bench goes on)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["ok"] = False
+        finally:
+            for r in readers:
+                r.outcome()
+            for p in (subs, rated_subs, system, up):
+                if p is not None:
+                    p.stop()
+        record["loadavg_after"] = loadavg()
+        self.results["runs"].append(record)
+        self.save()
+        lat, cpu = record.get("latency_ms", {}), record.get("cpu_pct", {})
+        rr = record.get("rated_report", {})
+        self.say(f"{run_id}: ok={record['ok']} live p50={lat.get('p50')} p99={lat.get('p99')} "
+                 f"cpu sys={cpu.get('system')}% machine={cpu.get('machine_busy_pct_of_all_cores')}% "
+                 f"rated: p99={rr.get('latency_ms', {}).get('p99')} max={rr.get('latency_ms', {}).get('max')} "
+                 f"{rr.get('rated')} slow: {[(r['connected'], r['modes'][:4], r['age_ms_max']) for r in record.get('slow_readers_report', [])][:3]} "
+                 f"{record.get('error', '')}")
+        return record
+
     def slow_client(self, systems: list[str], clients: int, rate: float, duration_s: float,
                     env: dict | None = None) -> None:
         """The same run without and with one client that stops reading right after its handshake
@@ -368,6 +467,15 @@ class Bench:
             for slow in (0, 1):
                 self.fanout(kind, clients, rate, deflate=False, duration_s=duration_s, slow=slow,
                             env=env if kind == "relayhouse" else None, scenario="slow")
+
+
+# every mixed run: a 4 KiB/s reader passes 32 KiB within seconds, and its `slow` frame, queued
+# behind that backlog, reaches it 8 s later (staleness is bound / link rate: contract §12)
+MIXED_QUEUE_BYTES = 32 * 1024
+MIXED_SLOW_BPS = 4096
+MIXED_MIN_S = 20.0  # long enough for a slow reader to go conflated and back
+LIGHT_POINTS = [(100, 50), (100, 500), (1000, 50), (1000, 200), (1000, 500)]
+PREVIOUS_DEFAULT = {"HUB_FLUSH_INTERVAL_MS": "10"}  # the flush-interval floor before contract §12
 
 
 def metric(base: str, name: str) -> float | None:
@@ -482,7 +590,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short runs")
     parser.add_argument("--only", default=DEFAULT_ONLY,
-                        help="comma-separated scenarios (fanout, deflate, idle, ingest, slow, profile, cluster)")
+                        help="comma-separated scenarios (fanout, light, mixed, deflate, idle, ingest, slow, profile, cluster)")
     parser.add_argument("--systems", default="relayhouse,nchan,naive")
     parser.add_argument("--duration", type=float, default=None, help="seconds per fan-out run (default 15, quick 5)")
     parser.add_argument("--out", default=None, help="results directory (default bench/results/<UTC time>)")
@@ -505,6 +613,10 @@ def main() -> None:
         else:
             b.sweep(systems, 100, [500, 1000, 2000, 5000, 10000], False, d)
             b.sweep(systems, 1000, [100, 200, 500, 1000, 2000], False, d, long_s=target_points)
+    if "light" in only:
+        b.light(systems, LIGHT_POINTS[:2] if quick else LIGHT_POINTS, d)
+    if "mixed" in only and "relayhouse" in systems:
+        b.mixed(d)
     if "deflate" in only:
         if quick:
             b.sweep(systems, 1000, [200], True, d)

@@ -133,6 +133,26 @@ class EventCache:
         out.reverse()
         return out
 
+    def latest(self, now_ms: int, match: Match = MATCH_ALL, limit: int | None = None) -> list[Event]:
+        """The newest unexpired event of each matching topic, ascending seq (§12 `snapshot=latest`).
+
+        With `limit`, the `limit` topics that changed most recently. One pass over the cache.
+        """
+        newest: dict[str, Event] = {}
+        skipped: set[str] = set()
+        with self._lock:
+            for ev in self._newest_first(now_ms):
+                if limit is not None and len(newest) >= limit:
+                    break
+                topic = ev.topic
+                if topic in newest or topic in skipped:
+                    continue
+                if match(topic):
+                    newest[topic] = ev
+                else:
+                    skipped.add(topic)
+        return sorted(newest.values(), key=lambda ev: ev.seq)
+
     def events_after(self, seq: int, now_ms: int, match: Match = MATCH_ALL) -> list[Event]:
         """Every unexpired event with a seq above `seq` that matches, ascending."""
         out: list[Event] = []

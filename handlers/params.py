@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Mapping
 
+from handlers.conflate import RateError, parse_max_hz
 from handlers.topics import PatternError, parse_patterns
 
 
@@ -43,7 +44,25 @@ class StreamParams:
     topics: tuple[str, ...]
     since: int | None
     epoch: str | None
-    snapshot: int
+    snapshot: int                   # with `snapshot_latest`: at most this many topics
+    max_hz: float | None = None     # §12: per-topic rate; None = every event
+    on_slow: str = "close"          # §12: "close" or "conflate"
+    snapshot_latest: bool = False   # §12: snapshot=latest, the newest event of each topic
+
+
+ON_SLOW = ("close", "conflate")
+
+
+def delivery_params(args: Mapping[str, str]) -> tuple[float | None, str]:
+    """`max_hz` and `on_slow` of contract §12."""
+    try:
+        max_hz = parse_max_hz(args.get("max_hz"))
+    except RateError as exc:
+        raise ParamError(str(exc)) from None
+    on_slow = args.get("on_slow") or "close"
+    if on_slow not in ON_SLOW:
+        raise ParamError(f"'on_slow' must be close or conflate, got {on_slow[:40]!r}")
+    return max_hz, on_slow
 
 
 def stream_params(args: Mapping[str, str], last_event_id: str | None,
@@ -55,9 +74,18 @@ def stream_params(args: Mapping[str, str], last_event_id: str | None,
     epoch = args.get("epoch") or None
     if epoch is not None and len(epoch) > 128:
         raise ParamError("'epoch' is longer than 128 characters")
+    latest = args.get("snapshot") == "latest"
+    max_hz, on_slow = delivery_params(args)
+    try:
+        snapshot = snapshot_max if latest else int_param(args, "snapshot", snapshot_default, 0, snapshot_max)
+    except ParamError as exc:
+        raise ParamError(f"{exc} (or latest)") from None
     return StreamParams(
         topics=topics_param(args),
         since=since,
         epoch=epoch,
-        snapshot=int_param(args, "snapshot", snapshot_default, 0, snapshot_max),
+        snapshot=snapshot,
+        max_hz=max_hz,
+        on_slow=on_slow,
+        snapshot_latest=latest,
     )

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from handlers import jsonx
+from handlers.conflate import RateError, parse_max_hz
 from handlers.events import Event
 from handlers.topics import PatternError, parse_patterns
 
@@ -13,10 +14,15 @@ from handlers.topics import PatternError, parse_patterns
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """A usable client frame: subscribe, unsubscribe (with patterns) or ping."""
+    """A usable client frame: subscribe, unsubscribe (with patterns) or ping.
+
+    `sets_rate`: the frame carried `max_hz` (§12), whose value (None = every event) is `max_hz`.
+    """
 
     kind: str
     topics: tuple[str, ...] = ()
+    sets_rate: bool = False
+    max_hz: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +44,24 @@ def parse_client_message(text: str | bytes) -> Action | BadFrame:
     if action == "ping":
         return Action("ping")
     if action in ("subscribe", "unsubscribe"):
+        sets_rate = action == "subscribe" and "max_hz" in msg
         topics = msg.get("topics")
         if isinstance(topics, str):
             topics = [topics]
-        if not isinstance(topics, list):
+        if sets_rate and not topics:
+            topics = None  # only the rate changes
+        elif not isinstance(topics, list):
             return BadFrame(f"{action}: 'topics' must be a list of patterns")
         try:
-            return Action(action, parse_patterns(topics))
+            patterns = parse_patterns(topics) if topics is not None else ()
         except PatternError as exc:
             return BadFrame(f"{action}: {exc}")
+        if sets_rate:
+            try:
+                return Action(action, patterns, True, parse_max_hz(msg["max_hz"]))
+            except RateError as exc:
+                return BadFrame(f"subscribe: {exc}")
+        return Action(action, patterns)
     if action is None:
         return BadFrame("missing 'action'")
     return BadFrame(f"unknown action {str(action)[:64]!r}; expected subscribe, unsubscribe or ping")
@@ -59,8 +74,10 @@ def _join(events: Iterable[Event]) -> bytes:
     return b"[" + b",".join(ev.json for ev in events) + b"]"
 
 
-def events_message(events: Iterable[Event]) -> bytes:
-    """{"type":"events","events":[...]} from the events' prebuilt JSON."""
+def events_message(events: Iterable[Event], conflated: int = 0) -> bytes:
+    """{"type":"events","events":[...]} from the events' prebuilt JSON; `"conflated": N` after thinning (§12)."""
+    if conflated:
+        return b'{"type":"events","conflated":%d,"events":' % conflated + _join(events) + b"}"
     return b'{"type":"events","events":' + _join(events) + b"}"
 
 
@@ -72,8 +89,19 @@ def snapshot_message(epoch: str, last_seq: int, recovered: bool, events: Iterabl
     return jsonx.dumps(head)[:-1] + b',"events":' + _join(events) + b"}"
 
 
-def subscribed_message(topics: tuple[str, ...]) -> bytes:
-    return jsonx.dumps({"type": "subscribed", "topics": list(topics)})
+def subscribed_message(topics: tuple[str, ...], max_hz: float | None = None) -> bytes:
+    """The whole subscription after a change, and the rate in force (null: every event)."""
+    return jsonx.dumps({"type": "subscribed", "topics": list(topics), "max_hz": _rate(max_hz)})
+
+
+def _rate(max_hz: float | None) -> float | int | None:
+    """2.0 is written 2: what the client most likely sent."""
+    return int(max_hz) if max_hz is not None and max_hz.is_integer() else max_hz
+
+
+def slow_message(mode: str) -> bytes:
+    """A conflating slow client's mode change (§12): "conflated" or "live"."""
+    return b'{"type":"slow","mode":"%s"}' % mode.encode()
 
 
 PONG_MESSAGE = b'{"type":"pong"}'
@@ -126,6 +154,15 @@ def sse_events(events: Iterable[Event]) -> bytes:
 
 def sse_gap(missing: tuple[int, int]) -> bytes:
     return b"event: gap\ndata: " + jsonx.dumps({"missing": list(missing)}) + b"\n\n"
+
+
+def sse_conflated(conflated: int) -> bytes:
+    """Precedes the events of a thinned release (§12)."""
+    return b'event: conflated\ndata: {"conflated":%d}\n\n' % conflated
+
+
+def sse_slow(mode: str) -> bytes:
+    return b"event: slow\ndata: " + slow_message(mode) + b"\n\n"
 
 
 def sse_closing(reason: str) -> bytes:

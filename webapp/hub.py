@@ -14,6 +14,25 @@ instead of a saturated process (bench/ab.py, 2 rounds, quiet machine: at
 1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of 48-49 %
 at twice the duration; p99 33-44 ms either way). An event that arrives when the hub
 has been quiet for that long goes out at once.
+
+No latency floor (contract §12, bench/ 100 x 50 and 100 x 500 beside nchan):
+the flush interval defaults to 0, so an event goes out at once when the
+hub is idle or the last flush was cheap, and batches grow only with load
+through the flush-share rule above (a 1000-client flush costs ~5 ms, so
+flushes stay >= 12 ms apart there, as they did with the old 10 ms floor).
+
+Rates (`max_hz`): clients with the same patterns AND the same rate form one
+group with one Conflator (handlers/conflate.py), so a thousand clients at
+2 Hz cost one conflation and one frame per release, not a thousand. The
+flusher wakes for a group's next release even when no event arrives.
+
+Slow clients with `on_slow=conflate` leave their group when they pass their
+bound: the client drops its queued event frames (their events, read back from
+the cache, seed its newest values), and the hub keeps its newest event per
+topic (`Latest`, one per slow client, only while it is slow) and writes it,
+then `slow`/`live`, once the client's backlog is below half the bound; the
+client then rejoins its group. So what a slow client is shown is never older
+than its kernel buffers plus half its bound, instead of its whole backlog.
 """
 
 import logging
@@ -23,20 +42,28 @@ from typing import Callable, Protocol
 import gevent
 from gevent.event import Event as Signal
 
+from handlers.conflate import Conflator, Latest, Release
 from handlers.events import Event
 from handlers.topics import Matcher, compile_patterns
 
 log = logging.getLogger(__name__)
 
 FLUSH_SHARE_MAX = 0.4  # of the worker's time spent flushing, at most
+SLOW_CHECK_S = 0.05  # how often a slow client's backlog is looked at while no event arrives
+_KEEP = object()
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a client (a /ws, /sse or Polygon connection)."""
+    """What the hub needs of a client (a /ws, /sse or Polygon connection).
+
+    Optional: `max_hz` (a rate, None = every event); for `on_slow=conflate`,
+    `below_half()` (its backlog is under half its bounds), `encode(events, conflated)`
+    and `tell_slow(mode)` (writes the `slow` message).
+    """
 
     kind: str                 # wire format: frames are built once per kind per group
     matcher: Matcher
-    after_seq: int            # events up to this seq were sent in its snapshot
+    after_seq: int            # events up to this seq were sent (snapshot, or before it turned slow)
 
     def encode(self, events: list[Event]) -> bytes: ...
     def deliver(self, frame: bytes, n_events: int) -> None: ...
@@ -44,14 +71,15 @@ class Subscriber(Protocol):
 
 
 class Group:
-    """Clients with the same patterns; `by_kind` is their snapshot per wire format, rebuilt after a change."""
+    """Clients with the same patterns and rate; `by_kind` is their snapshot per wire format, rebuilt after a change."""
 
-    __slots__ = ("matcher", "clients", "_by_kind")
+    __slots__ = ("matcher", "clients", "_by_kind", "conflator")
 
-    def __init__(self, matcher: Matcher):
+    def __init__(self, matcher: Matcher, max_hz: float | None = None):
         self.matcher = matcher
         self.clients: set = set()
         self._by_kind: dict[str, tuple] | None = None
+        self.conflator = Conflator(max_hz) if max_hz else None
 
     def changed(self) -> None:
         self._by_kind = None
@@ -65,17 +93,26 @@ class Group:
         return self._by_kind
 
 
+def _key(client) -> tuple:
+    return client.matcher.patterns, getattr(client, "max_hz", None)
+
+
 class Hub:
-    """Fan-out of published events to subscribers, batched per flush interval."""
+    """Fan-out of published events to subscribers, batched per flush."""
 
     def __init__(self, flush_interval_ms: float, on_delivered: Callable[[str, int, int], None],
-                 on_flush: Callable[[float], None] = lambda seconds: None):
+                 on_flush: Callable[[float], None] = lambda seconds: None,
+                 on_conflated: Callable[[int], None] = lambda n: None):
         self.flush_interval_s = flush_interval_ms / 1000.0
-        self._groups: dict[tuple[str, ...], Group] = {}
+        self._groups: dict[tuple, Group] = {}
+        self._rated: set[Group] = set()  # groups with a Conflator
+        self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
         self._pending: list[Event] = []
         self._wake = Signal()
         self._on_delivered = on_delivered  # (kind, frames, events) for metrics
         self._on_flush = on_flush  # seconds one flush took
+        self._on_conflated = on_conflated  # events replaced by a newer one of their topic
+        self._last_seq = 0  # the newest seq handed to a flush
         self.closing = False
         self.clients_by_kind: dict[str, int] = {}
         # (client, patterns before, patterns after) on every membership change: the upstream's
@@ -85,25 +122,30 @@ class Hub:
     # -- membership (never yields: callers rely on this for snapshot atomicity) --
 
     def add(self, client: Subscriber) -> None:
-        self._add(client)
+        self._join(client)
+        self.clients_by_kind[client.kind] = self.clients_by_kind.get(client.kind, 0) + 1
         if self.on_subscription is not None:
             self.on_subscription(client, (), client.matcher.patterns)
 
-    def _add(self, client: Subscriber) -> None:
-        key = client.matcher.patterns
+    def remove(self, client: Subscriber) -> None:
+        if self._slow.pop(client, None) is not None or self._leave(client):
+            self.clients_by_kind[client.kind] -= 1
+            if self.on_subscription is not None:
+                self.on_subscription(client, client.matcher.patterns, ())
+
+    def _join(self, client: Subscriber) -> None:
+        key = _key(client)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = Group(client.matcher)
+            group = self._groups[key] = Group(client.matcher, key[1])
+            if group.conflator is not None:
+                self._rated.add(group)
+                self._wake.set()  # the flusher's wait may have to shorten
         group.clients.add(client)
         group.changed()
-        self.clients_by_kind[client.kind] = self.clients_by_kind.get(client.kind, 0) + 1
 
-    def remove(self, client: Subscriber) -> None:
-        if self._remove(client) and self.on_subscription is not None:
-            self.on_subscription(client, client.matcher.patterns, ())
-
-    def _remove(self, client: Subscriber) -> bool:
-        key = client.matcher.patterns
+    def _leave(self, client: Subscriber) -> bool:
+        key = _key(client)
         group = self._groups.get(key)
         if group is None or client not in group.clients:
             return False
@@ -111,23 +153,58 @@ class Hub:
         group.changed()
         if not group.clients:
             del self._groups[key]
-        self.clients_by_kind[client.kind] -= 1
+            self._rated.discard(group)
         return True
 
-    def resubscribe(self, client: Subscriber, patterns: tuple[str, ...]) -> None:
+    def resubscribe(self, client: Subscriber, patterns: tuple[str, ...], max_hz=_KEEP) -> None:
+        """New patterns (and, when given, a new rate: None = every event) for a client."""
         before = client.matcher.patterns
-        was_in = self._remove(client)
+        slow = client in self._slow
+        was_in = slow or self._leave(client)
         client.matcher = compile_patterns(patterns)
-        self._add(client)
+        if max_hz is not _KEEP:
+            client.max_hz = max_hz
+        if not slow:  # a slow client keeps its newest values and rejoins with the new key
+            self._join(client)
         if self.on_subscription is not None:
             self.on_subscription(client, before if was_in else (), patterns)
 
     @property
+    def last_seq(self) -> int:
+        """The newest seq handed to a flush: a client's frame of that flush covers its events up to it."""
+        return self._last_seq
+
+    def conflate_slow(self, client: Subscriber, unsent: list[Event] = ()) -> None:
+        """`client` passed its bound and asked for conflation: newest value per topic until it catches up.
+
+        Called from its `deliver`, within a flush. `unsent`: the events (ascending) it
+        was due and will not get as they were (its dropped backlog, this batch); their
+        newest per topic go out with the first release.
+        """
+        if client in self._slow or not self._leave(client):
+            return
+        client.after_seq = max(client.after_seq, self._last_seq)
+        latest = Latest()
+        latest.offer(e for e in unsent if e.seq <= self._last_seq)  # later ones come with the next batch
+        self._slow[client] = latest
+        client.tell_slow("conflated")
+
+    @property
     def client_count(self) -> int:
-        return sum(len(g.clients) for g in self._groups.values())
+        return sum(len(g.clients) for g in self._groups.values()) + len(self._slow)
 
     def clients(self) -> list[Subscriber]:
-        return [c for g in self._groups.values() for c in g.clients]
+        return [c for g in self._groups.values() for c in g.clients] + list(self._slow)
+
+    def mode_counts(self) -> dict[str, int]:
+        """Clients by delivery mode: every event, at a rate (`max_hz`), conflated for being slow."""
+        rated = sum(len(g.clients) for g in self._rated)
+        return {"live": self.client_count - rated - len(self._slow), "rate": rated, "conflated": len(self._slow)}
+
+    def mode_of(self, client: Subscriber) -> str:
+        if client in self._slow:
+            return "conflated"
+        return "rate" if getattr(client, "max_hz", None) else "live"
 
     # -- publishing -----------------------------------------------------------
 
@@ -137,48 +214,103 @@ class Hub:
             self._pending.extend(events)
             self._wake.set()
 
+    def _next_timer(self, now_s: float) -> float | None:
+        """Seconds until the flusher must run without a new event (a rate's release, a slow client's check)."""
+        due = None
+        for group in self._rated:
+            at = group.conflator.due_at()
+            if at is not None and (due is None or at < due):
+                due = at
+        if self._slow:
+            due = min(due, now_s + SLOW_CHECK_S) if due is not None else now_s + SLOW_CHECK_S
+        return None if due is None else max(0.0, due - now_s)
+
     def run(self) -> None:
         """The flusher loop: one greenlet per worker."""
         last_start, last_cost = float("-inf"), 0.0
         while True:
-            self._wake.wait()
+            self._wake.wait(self._next_timer(time.perf_counter()))
             delay = last_start + max(self.flush_interval_s, last_cost / FLUSH_SHARE_MAX) - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
             self._wake.clear()
             batch, self._pending = self._pending, []
             last_start = time.perf_counter()
-            self.flush(batch)
+            self.flush(batch, last_start)
             last_cost = time.perf_counter() - last_start
-            self._on_flush(last_cost)
+            if batch:
+                self._on_flush(last_cost)
 
-    def flush(self, batch: list[Event]) -> None:
-        if not batch:
+    def flush(self, batch: list[Event], now_s: float | None = None) -> None:
+        """Hand `batch` to every group (and what a rate or slow client holds, when it is due)."""
+        if now_s is None:
+            now_s = time.perf_counter()
+        if batch:
+            self._last_seq = batch[-1].seq
+        if self._slow:
+            self._feed_slow(batch)
+        if not batch and not self._rated:
             return
-        first_seq = batch[0].seq
         for group in list(self._groups.values()):
             match = group.matcher
-            events = batch if match.everything else [e for e in batch if match(e.topic)]
-            if not events:
+            if batch:
+                events = batch if match.everything else [e for e in batch if match(e.topic)]
+            else:
+                events = batch
+            conflator = group.conflator
+            if conflator is None:
+                if events:
+                    self._send(group, events, 0)
                 continue
-            n_events = len(events)
-            # The loop below runs once per client per flush: it is the relay's hot path.
-            # A snapshot tuple, so a client that leaves during the flush disturbs nobody.
-            for kind, clients in group.by_kind().items():
-                frame = None
-                n_clients = 0
-                for client in clients:
-                    if client.after_seq >= first_seq:  # joined mid-batch: skip what its snapshot had
-                        late = [e for e in events if e.seq > client.after_seq]
-                        if late:
-                            client.deliver(client.encode(late), len(late))
-                        continue
-                    if frame is None:
-                        frame = client.encode(events)
-                    client.deliver(frame, n_events)
-                    n_clients += 1
-                if n_clients:
-                    self._on_delivered(kind, n_clients, n_clients * n_events)
+            if events:
+                conflator.offer(events)
+            release = conflator.take(now_s)
+            if release is not None:
+                if release.conflated:
+                    self._on_conflated(release.conflated)
+                self._send(group, release.events, release.conflated)
+
+    def _send(self, group: Group, events: list[Event], conflated: int) -> None:
+        n_events = len(events)
+        first_seq = events[0].seq
+        # The loop below runs once per client per flush: it is the relay's hot path.
+        # A snapshot tuple, so a client that leaves during the flush disturbs nobody.
+        for kind, clients in group.by_kind().items():
+            frame = None
+            n_clients = 0
+            for client in clients:
+                if client.after_seq >= first_seq:  # joined mid-batch: skip what its snapshot had
+                    late = [e for e in events if e.seq > client.after_seq]
+                    if late:
+                        client.deliver(client.encode(late, conflated) if conflated else client.encode(late),
+                                       len(late))
+                    continue
+                if frame is None:
+                    frame = client.encode(events, conflated) if conflated else client.encode(events)
+                client.deliver(frame, n_events)
+                n_clients += 1
+            if n_clients:
+                self._on_delivered(kind, n_clients, n_clients * n_events)
+
+    def _feed_slow(self, batch: list[Event]) -> None:
+        """Slow clients keep their newest value per topic; one below half its bound gets them, then goes live."""
+        for client, latest in list(self._slow.items()):
+            if batch:
+                match, after = client.matcher, client.after_seq
+                latest.offer(e for e in batch if e.seq > after and match(e.topic))
+            if not client.below_half():
+                continue
+            del self._slow[client]
+            release: Release = latest.take()
+            if release.conflated:
+                self._on_conflated(release.conflated)
+            client.after_seq = max(client.after_seq, self._last_seq)
+            self._join(client)  # first: should the release itself pass its bound, it conflates again
+            if release.events:
+                client.deliver(client.encode(release.events, release.conflated), len(release.events))
+                self._on_delivered(client.kind, 1, len(release.events))
+            if client not in self._slow:
+                client.tell_slow("live")
 
     def close_all(self, reason: str, code: int) -> None:
         """Tell every client why and close it (shutdown)."""

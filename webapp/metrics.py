@@ -32,6 +32,10 @@ class Metrics:
         self.clients = Gauge("relayhouse_clients", "Connected clients", ["transport"], registry=r)
         self.queue_drops = Counter("relayhouse_queue_drops", "Events dropped from a slow client's backlog", ["transport"], registry=r)
         self.slow_consumers = Counter("relayhouse_slow_consumer_closes", "Clients closed for falling behind", ["transport"], registry=r)
+        self.conflated_events = Counter("relayhouse_conflated_events", "Events replaced by a newer one of their topic before "
+                                        "delivery (max_hz, on_slow=conflate); once per group of clients sharing a rate", registry=r)
+        self.clients_by_mode = Gauge("relayhouse_clients_by_mode", "Connected clients by delivery mode: live (every event), "
+                                     "rate (max_hz), conflated (slow, on_slow=conflate)", ["mode"], registry=r)
         self.client_errors = Counter("relayhouse_client_frame_errors", "Client frames that could not be used", registry=r)
         self.cache_items = Gauge("relayhouse_cache_items", "Events held in the cache", registry=r)
         self.last_seq = Gauge("relayhouse_last_seq", "Last seq assigned", registry=r)

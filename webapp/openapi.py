@@ -162,6 +162,10 @@ def _schemas() -> dict[str, Any]:
                               "last_crash_at": {"type": "number", "nullable": True}}}},
                 "clients": {"type": "integer"},
                 "clients_by_transport": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "clients_by_mode": {
+                    "type": "object", "description": "live: every event; rate: max_hz; conflated: slow, on_slow=conflate",
+                    "required": ["live", "rate", "conflated"],
+                    "properties": {k: {"type": "integer", "minimum": 0} for k in ("live", "rate", "conflated")}},
                 "delivered": {"type": "integer"},
                 "cache": {"type": "object", "required": ["items"], "properties": {"items": {"type": "integer"}}},
             },
@@ -185,6 +189,25 @@ def _schemas() -> dict[str, Any]:
                 "truncated": {"type": "boolean"}}},
         "Published": {"type": "object", "required": ["seqs"], "additionalProperties": False,
                       "properties": {"seqs": {"type": "array", "items": {"type": "integer", "minimum": 1}}}},
+        # the data of each Server-Sent Events message type /sse sends (docs/api.md, contract §4, §10, §12)
+        "SseGap": {"type": "object", "required": ["missing"], "additionalProperties": False,
+                   "description": "event: gap — a resume could not recover this inclusive seq range; comes first",
+                   "properties": {"missing": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                              "minItems": 2, "maxItems": 2}}},
+        "SseConflated": {"type": "object", "required": ["conflated"], "additionalProperties": False,
+                         "description": "event: conflated — with max_hz, or while slow with on_slow=conflate: how "
+                                        "many matching events were replaced by a newer one of their topic since the "
+                                        "previous release; precedes that release's events, at most once per interval",
+                         "properties": {"conflated": {"type": "integer", "minimum": 1}}},
+        "SseSlow": {"type": "object", "required": ["type", "mode"], "additionalProperties": False,
+                    "description": "event: slow — with on_slow=conflate: conflated when the client passed its "
+                                   "outbound bound (newest value per topic from then on), live when it is below "
+                                   "half of it again",
+                    "properties": {"type": {"type": "string", "enum": ["slow"]},
+                                   "mode": {"type": "string", "enum": ["conflated", "live"]}}},
+        "SseClosing": {"type": "object", "required": ["type", "reason"], "additionalProperties": False,
+                       "description": "event: closing — the relay ends the stream (shutdown, slow_consumer)",
+                       "properties": {"type": {"type": "string", "enum": ["closing"]}, "reason": {"type": "string"}}},
         "Cleared": {"type": "object", "required": ["cleared"], "additionalProperties": False,
                     "properties": {"cleared": {"type": "integer", "minimum": 0}}},
     }
@@ -195,8 +218,19 @@ def _stream_parameters(settings: Settings) -> list[dict]:
         TOPICS,
         _int("since", "query", 0, MAX_SEQ, "resume after this seq (every matching event with a larger one)"),
         _str("epoch", "the epoch that since belongs to", max_length=128),
-        _int("snapshot", "query", 0, settings.snapshot_max,
-             f"how many recent events to send first (default {settings.snapshot_default}); ignored with since"),
+        {"name": "snapshot", "in": "query", "required": False, "allowEmptyValue": True,
+         "description": f"how many recent events to send first (default {settings.snapshot_default}), or latest: "
+                        "the newest cached event of each matching topic; ignored with since",
+         "schema": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": settings.snapshot_max},
+                              {"type": "string", "enum": ["latest"]}]}},
+        {"name": "max_hz", "in": "query", "required": False, "allowEmptyValue": True,
+         "description": "at most this many events per second per topic, the newest winning (contract §12); "
+                        "absent: every event",
+         "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1000}},
+        {"name": "on_slow", "in": "query", "required": False, "allowEmptyValue": True,
+         "description": "past the outbound bound: close (default, §3) or conflate (newest value per topic "
+                        "until the client catches up, §12)",
+         "schema": {"type": "string", "enum": ["close", "conflate"]}},
     ]
 
 
@@ -242,6 +276,12 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
         "/cache/recent": {"get": {
             "summary": "the most recent unexpired events", "security": CLIENT,
             "parameters": [_int("limit", "query", 1, 1000, "how many (default 50)"), TOPICS],
+            "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN}}},
+        "/cache/latest": {"get": {
+            "summary": "the newest cached event of each matching topic, ascending seq (contract §12)",
+            "security": CLIENT,
+            "parameters": [TOPICS, _int("limit", "query", 1, 10_000_000,
+                                        "at most this many topics, those that changed last (default: every one)")],
             "responses": {"200": events, "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN}}},
         "/cache/search": {"get": {
             "summary": "the most recent matching events in the cache", "security": CLIENT,
@@ -304,8 +344,15 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                            {"name": "Last-Event-ID", "in": "header", "required": False,
                             "description": "works like since (the query parameter wins)",
                             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}}],
-            "responses": {"200": _ok("the stream: retry, optional gap, then one message per event",
-                                     {"type": "string"}, "text/event-stream"),
+            "responses": {"200": {
+                "description": "the stream: `retry: 1000`, then `event: gap` when a resume is partial, then "
+                               "`event: event` (id: seq, data: an Event) per event; with max_hz or while slow, "
+                               "`event: conflated` before a thinned release; `event: slow` on a mode change "
+                               "(on_slow=conflate); `event: closing` before the relay ends it; `: keep-alive` "
+                               "comments. Each message's data is the schema named in x-sse-messages.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "x-sse-messages": {"event": _ref("Event"), "gap": _ref("SseGap"), "conflated": _ref("SseConflated"),
+                                   "slow": _ref("SseSlow"), "closing": _ref("SseClosing")}},
                           "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN, "503": NOT_READY}}},
         "/ws": {"get": {
             "summary": "the event stream over a WebSocket (docs/api.md); a plain GET is refused", "security": CLIENT,

@@ -62,7 +62,7 @@ class Runtime:
         self.cache = EventCache(settings.cache_max_items, settings.cache_ttl_seconds)
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
-                       on_flush=self.metrics.flush_seconds.observe)
+                       on_flush=self.metrics.flush_seconds.observe, on_conflated=self.metrics.conflated_events.inc)
         self.tasks = Tasks(lambda name: self.metrics.task_crashes.labels(name).inc(), self._crashed,
                            backoff_max_ms=settings.task_backoff_max_ms, fault_hooks=settings.fault_hooks)
         if settings.redis_url:
@@ -507,6 +507,8 @@ class Runtime:
         self.ingest.export_counts()
         for kind, n in self.hub.clients_by_kind.items():
             m.clients.labels(kind).set(n)
+        for mode, n in self.hub.mode_counts().items():
+            m.clients_by_mode.labels(mode).set(n)
         m.cache_items.set(len(self.cache))
         m.last_seq.set(self.last_seq)
         store = self.store_health()
@@ -617,6 +619,7 @@ class Runtime:
                 "cached_topics": self.enricher.cached_topics},
             "clients": self.hub.client_count,
             "clients_by_transport": dict(self.hub.clients_by_kind),
+            "clients_by_mode": self.hub.mode_counts(),
             "delivered": self.delivered,
             "cache": {"items": len(self.cache)},
         }

@@ -214,7 +214,7 @@ class Settings:
     ws_queue_max_bytes: int = env("WS_QUEUE_MAX_BYTES", 8 * 1024 * 1024, _int(1024, 1 << 31), "a client's outbound bound in bytes")
     ws_ping_interval_s: float = env("WS_PING_INTERVAL_S", 25.0, _float(0.1, 3600), "server pings to /ws clients")
     ws_max_message_bytes: int = env("WS_MAX_MESSAGE_BYTES", 65536, _int(125, 1 << 24), "larger client frames close with 1009")
-    hub_flush_interval_ms: float = env("HUB_FLUSH_INTERVAL_MS", 10.0, _float(0, 1000), "how long the hub gathers events into one frame")
+    hub_flush_interval_ms: float = env("HUB_FLUSH_INTERVAL_MS", 0.0, _float(0, 1000), "least time between two flushes (0: none; load alone batches, see webapp/hub.py)")
     slow_close_timeout_s: float = env("SLOW_CLOSE_TIMEOUT_S", 5.0, _float(0.1, 600), "how long a slow consumer gets to take its close frame")
     sse_keepalive_s: float = env("SSE_KEEPALIVE_S", 15.0, _float(0.1, 3600), "SSE keep-alive comment interval")
     snapshot_default: int = env("SNAPSHOT_DEFAULT", 50, _int(0, 10_000), "recent events sent first when a client gives no since")

@@ -109,7 +109,7 @@ class SocketClient:
         wire = self.wire
         if wire.backlog_bytes and (wire.backlog_bytes + len(frame) > self.max_bytes
                                    or wire.backlog_weight + n_events > self.max_events):
-            self.slow(n_events)
+            self.slow(n_events, frame)
             return
         wire.write(frame, n_events)
 
@@ -117,7 +117,8 @@ class SocketClient:
         """Events this client would be behind with `n_events` more."""
         return self.wire.backlog_weight + n_events
 
-    def slow(self, n_events: int = 0) -> None:
+    def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
+        """Past its bound with `frame` (not written): closed as a slow consumer (§3)."""
         behind = self.behind(n_events)
         self.rt.metrics.slow_consumers.labels(self.kind).inc()
         self.rt.metrics.queue_drops.labels(self.kind).inc(behind)

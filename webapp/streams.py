@@ -35,7 +35,10 @@ def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
     cache = runtime.cache
     last_seq = runtime.last_seq
     if params.since is None:
-        events = cache.recent(params.snapshot, now, matcher) if params.snapshot else []
+        if params.snapshot_latest:
+            events = cache.latest(now, matcher, params.snapshot)
+        else:
+            events = cache.recent(params.snapshot, now, matcher) if params.snapshot else []
         return Opening(runtime.stream_epoch, last_seq, True, None, events)
     plan = plan_resume(params.since, params.epoch, runtime.stream_epoch, last_seq, cache.oldest_seq(now))
     events = cache.events_after(plan.after_seq, now, matcher)

@@ -7,8 +7,13 @@ Giving it a `WireSocket` in place of the raw socket routes every byte through
 the rest for a writer greenlet that lives while the backlog does. No greenlet
 switch happens between checking the backlog and writing, so frames can never
 interleave.
+
+Dropping the backlog (a slow consumer) keeps framing whole: the frame being
+written is finished, and so is the rest of a frame whose first bytes went out
+before its writer ran.
 """
 
+import socket
 from collections import deque
 
 import gevent
@@ -29,7 +34,9 @@ class WireSocket:
         # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
         raw = getattr(sock, "_sock", None)
         self._send_now = raw.send if raw is not None else lambda data: sock.send(data, 0, 0.0)
-        self._backlog: deque[tuple[memoryview | bytes, int]] | None = None
+        # (bytes, events, whole): whole is False for the rest of a frame already partly sent,
+        # which must be written whatever is discarded after it
+        self._backlog: deque[tuple[memoryview | bytes, int, bool]] | None = None
         self.backlog_bytes = 0
         self.backlog_weight = 0  # events held in the backlog (the hub's bound)
         self._writer: gevent.Greenlet | None = None
@@ -71,23 +78,43 @@ class WireSocket:
                 return
             if sent == len(data):
                 return
+            whole = sent == 0
             data = memoryview(data)[sent:]
             if self._backlog is None:
                 self._backlog = deque()
             self._drained = Signal()
             self._writer = gevent.spawn(self._drain)
-        self._backlog.append((data, weight))
+            self._backlog.append((data, weight, whole))
+            self.backlog_bytes += len(data)
+            self.backlog_weight += weight
+            return
+        self._backlog.append((data, weight, True))
         self.backlog_bytes += len(data)
         self.backlog_weight += weight
 
-    def discard_backlog(self) -> None:
-        """Drop queued frames; the one being written (if any) is finished, keeping framing whole."""
+    def discard_backlog(self, events_only: bool = False) -> int:
+        """Drop queued frames; the one being written (if any) is finished, keeping framing whole,
+        and so is the rest of a frame already begun. With `events_only`, frames that carry no
+        events (weight 0: a snapshot, a reply, a pong) stay queued. Returns the event frames dropped."""
         if not self._backlog:
-            return
-        for chunk, weight in self._backlog:
+            return 0
+        dropped = 0
+        kept = []
+        for entry in self._backlog:
+            chunk, weight, whole = entry
+            if not whole or (events_only and not weight):
+                kept.append(entry)
+                continue
+            dropped += weight > 0
             self.backlog_bytes -= len(chunk)
             self.backlog_weight -= weight
         self._backlog.clear()
+        self._backlog.extend(kept)
+        return dropped
+
+    def queued_frames(self) -> int:
+        """Entries waiting in the backlog (at least the event frames not yet begun)."""
+        return len(self._backlog) if self._backlog else 0
 
     def wait_drained(self, timeout: float) -> bool:
         drained = self._drained
@@ -97,7 +124,7 @@ class WireSocket:
         backlog = self._backlog
         try:
             while backlog and not self.broken:
-                chunk, weight = backlog.popleft()
+                chunk, weight, _ = backlog.popleft()
                 view = memoryview(chunk)
                 try:
                     while view:
@@ -111,6 +138,28 @@ class WireSocket:
             self.broken = True
         finally:
             if self.broken:
-                self.discard_backlog()
+                for chunk, weight, _ in backlog:
+                    self.backlog_bytes -= len(chunk)
+                    self.backlog_weight -= weight
+                backlog.clear()
             self._writer = None
             self._drained.set()
+
+
+CONFLATE_SEND_BUFFER_BYTES = 16 * 1024
+
+
+def limit_send_buffer(sock, nbytes: int = CONFLATE_SEND_BUFFER_BYTES) -> None:
+    """Cap the kernel's send buffer of a client on a slow link that asked for conflation.
+
+    Linux grows a loopback or LAN send buffer up to tcp_wmem's maximum (4 MiB here): a
+    client reading 4 KiB/s would first be shown minutes of old events from it, and the
+    relay would notice it is slow only once those megabytes were full (bench mixed run:
+    17 s at 1000 events/s). Capped (the kernel doubles the figure), what it is shown is
+    never older than ~32 KiB plus half its bound at its own reading rate (a 32 KiB window
+    still carries ~300 KB/s at a 100 ms round trip: more than a conflating client needs).
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (a test double): nothing to cap

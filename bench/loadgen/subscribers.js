@@ -1,7 +1,8 @@
 // N WebSocket subscribers in one process: every frame is parsed, every event checked and timed.
 //
 //   node subscribers.js '{"url":"ws://127.0.0.1:P/ws?snapshot=0","clients":1000,"deflate":false,"slow":0}'
-//   (optional: "memo": false parses byte-identical frames once per client instead of once per process)
+//   (optional: "memo": false parses byte-identical frames once per client instead of once per process;
+//    "rated": true, "topics": T for max_hz clients: per-topic rates and newest values in the report)
 //
 // `deflate`: offer permessage-deflate as browsers do (ws's default) or not at all.
 // `first_frame`: a client counts as connected once its first frame came (relayhouse's snapshot,
@@ -43,10 +44,21 @@ let uniqueFast = 0; // events received (once) by the clients that read
 let frames = 0, foreign = 0, parseErrors = 0, snapshots = 0, otherFrames = 0;
 const clients = [];
 
+// `rated` (contract §12 max_hz clients): events are thinned by design, so what counts is, per
+// client and topic, how many came within any 1 s and whether the newest value of each topic came.
+const RATED = !!cfg.rated;
+const TOPICS = cfg.topics || 20;
+let slowFrames = { conflated: 0, live: 0 };
+
 function record(c, ev, recvT) {
   const n = ev.n;
   if (typeof n !== 'number' || n < base || n >= base + count) { foreign += 1; return; }
   const i = n - base;
+  if (RATED) {
+    const r = n % TOPICS;
+    (c.times[r] || (c.times[r] = [])).push(recvT);
+    if (!(n < c.lastN[r])) c.lastN[r] = n;
+  }
   if (c.seen[i]) c.dup += 1; else { c.seen[i] = 1; c.got += 1; if (!c.slow) uniqueFast += 1; }
   if (n < c.maxN) c.reorder += 1; else c.maxN = n;
   if (c.slow) return;
@@ -101,6 +113,7 @@ function onFrame(c, data) {
     for (const env of msg.events) record(c, env.data, recvT);
   } else if (msg.type !== undefined) {
     otherFrames += 1;
+    if (msg.type === 'slow') slowFrames[msg.mode] = (slowFrames[msg.mode] || 0) + 1;
   } else if (msg.data !== undefined && msg.seq !== undefined) {
     record(c, msg.data, recvT);
     if (!c.slow && msg.ts !== undefined) relayStamp(msg.ts - msg.data.w);
@@ -189,7 +202,9 @@ function arm(b, n) {
   firstSendT = Infinity; lastRecvT = 0;
   for (const c of clients) {
     c.seen = new Uint8Array(n); c.got = c.dup = c.reorder = c.frames = 0; c.maxN = -1;
+    c.times = []; c.lastN = [];
   }
+  slowFrames = { conflated: 0, live: 0 };
   armedAt = monoMs();
 }
 let armedAt = 0;
@@ -223,7 +238,37 @@ function report() {
     closed: fastClosed, close_codes: closes, span_s: span,
     latency_ms: percentiles(hist, latCount, latMax, [50, 90, 99, 99.9]),
     relay_receive_ms: percentiles(relayHist, relayCount, relayMax, [50, 99, 99.9]),
+    slow_frames: slowFrames,
+    rated: RATED ? ratedReport() : undefined,
   };
+}
+
+function ratedReport() {
+  // per client and topic: the most deliveries within any 1 s window; whether its last delivery
+  // is the topic's last event sent
+  let most = 0, topicsSeen = 0, newestMissed = 0, deliveries = 0, minGap = Infinity;
+  for (const c of clients) {
+    if (!c.opened || c.slow) continue;
+    for (let r = 0; r < TOPICS; r++) {
+      const t = c.times[r] || [];
+      deliveries += t.length;
+      let start = 0;
+      for (let end = 0; end < t.length; end++) {
+        if (end > 0 && t[end] - t[end - 1] < minGap) minGap = t[end] - t[end - 1];
+        while (t[end] - t[start] >= 1000) start += 1;
+        if (end - start + 1 > most) most = end - start + 1;
+      }
+      let last = base + count - 1;
+      while (last >= base && last % TOPICS !== r) last -= 1;
+      if (last < base) continue;
+      topicsSeen += 1;
+      if (c.lastN[r] !== last) newestMissed += 1;
+    }
+  }
+  // receive times carry the subscriber's own jitter: min_gap_ms says how much it compressed the relay's spacing
+  return { max_per_topic_in_1s: most, client_topics: topicsSeen, newest_missed: newestMissed,
+           deliveries_per_topic: topicsSeen ? deliveries / topicsSeen : 0,
+           min_gap_ms: minGap === Infinity ? null : Math.round(minGap) };
 }
 
 readline.createInterface({ input: process.stdin }).on('line', (line) => {

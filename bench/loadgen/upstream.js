@@ -6,7 +6,7 @@
 //
 // Control is JSON lines on stdin, answers are JSON lines on stdout:
 //   {"cmd":"connect","url":"ws://127.0.0.1:P/pub?ch=run3"}   (publish mode) -> {"connected":true}
-//   {"cmd":"run","base":B,"rate":R,"duration_s":D,"per_frame":K}
+//   {"cmd":"run","base":B,"rate":R,"duration_s":D,"per_frame":K,"topics":T}   (T symbols, default 20)
 //        -> sends round(R*D) events numbered B.. at R events/s, K per frame (a JSON array when K > 1)
 //        -> {"done":true,"sent":N,"frames":F,"elapsed_s":..,"max_lag_ms":..,"max_buffered":..}
 //   {"cmd":"quit"}
@@ -30,12 +30,13 @@ const monoMs = () => performance.now() + MONO_OFFSET;
 const wallMs = () => performance.timeOrigin + performance.now();
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
-const SYMBOLS = Array.from({ length: 20 }, (_, i) => 'S' + String(i).padStart(2, '0'));
+const SYMBOLS = Array.from({ length: 100 }, (_, i) => 'S' + String(i).padStart(2, '0'));
 const PAD = 'x'.repeat(12);
+let nTopics = 20; // a run's `topics`: event n has symbol S<n % topics> (topic T.S<..>)
 
 function event(n) {
   // ~120 bytes with a 7-digit n; the same shape as a Polygon trade plus the bench fields
-  return '{"ev":"T","sym":"' + SYMBOLS[n % 20] + '","n":' + n + ',"t":' + monoMs().toFixed(3) +
+  return '{"ev":"T","sym":"' + SYMBOLS[n % nTopics] + '","n":' + n + ',"t":' + monoMs().toFixed(3) +
     ',"w":' + wallMs().toFixed(3) + ',"p":' + (100 + (n % 997) / 100).toFixed(2) + ',"s":' + (n % 500 + 1) +
     ',"x":"' + PAD + '"}';
 }
@@ -53,7 +54,8 @@ function sendAll(text) {
   return most;
 }
 
-function run({ base, rate, duration_s, per_frame }) {
+function run({ base, rate, duration_s, per_frame, topics }) {
+  nTopics = Math.min(SYMBOLS.length, topics || 20);
   const total = Math.round(rate * duration_s);
   const k = Math.max(1, per_frame || 1);
   let sent = 0, frames = 0, maxLag = 0, maxBuffered = 0;

@@ -402,3 +402,26 @@ def test_the_subscriptions_row_is_hidden_when_the_relay_does_not_manage_them(rel
     page = open_monitor(relay).page
     expect(page.locator("#upstream-badge")).to_have_text("Connected")
     expect(page.locator("#upstream-subs")).to_be_hidden()
+
+
+def test_the_rate_control_thins_the_feed_to_the_newest_value_per_topic_and_back(relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    page.get_by_label("Rate", exact=True).select_option("1")
+    assert "max_hz=1" in page.url
+    wait_until(lambda: relay.health()["clients_by_mode"]["rate"] >= 1, 5, "the page to ask for 1 event/s per topic")
+    expect(page.locator("#stream-state")).to_have_text("Live · at most 1 / s per topic")
+
+    seqs = publish(relay, [trade("RATED", n=n) for n in range(5)])  # one batch: only the newest goes out
+    expect(monitor.row(seqs[-1])).to_be_visible(timeout=3000)
+    for seq in seqs[:-1]:
+        expect(monitor.row(seq)).to_have_count(0)
+    expect(page.locator("#stream-conflated-count")).to_have_text("4")
+    expect(page.locator("#relay-clients")).to_contain_text("rate 1", timeout=10_000)
+
+    page.get_by_label("Rate", exact=True).select_option("")
+    wait_until(lambda: relay.health()["clients_by_mode"]["rate"] == 0, 5, "the page to ask for every event")
+    every = publish(relay, [trade("RATED", n=n) for n in range(3)])
+    for seq in every:
+        expect(monitor.row(seq)).to_be_visible(timeout=3000)
+    assert "max_hz" not in page.url

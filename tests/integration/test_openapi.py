@@ -87,7 +87,13 @@ def test_the_served_document_is_the_one_for_the_relays_own_settings(relay):
     limit = next(p for p in document["paths"]["/history"]["get"]["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == HISTORY_MAX_LIMIT
     snapshot = next(p for p in document["paths"]["/ws"]["get"]["parameters"] if p["name"] == "snapshot")
-    assert snapshot["schema"]["maximum"] == SNAPSHOT_MAX
+    assert integer_schema(snapshot)["maximum"] == SNAPSHOT_MAX
+
+
+def integer_schema(parameter: dict) -> dict:
+    """The parameter's integer schema, or its integer alternative (snapshot: a count or latest)."""
+    schema = parameter["schema"]
+    return next((alt for alt in schema.get("oneOf", ()) if alt.get("type") == "integer"), schema)
 
 
 def integer_bounds() -> list[tuple[str, str, str, str, int, int]]:
@@ -97,7 +103,7 @@ def integer_bounds() -> list[tuple[str, str, str, str, int, int]]:
     for path, item in document["paths"].items():
         for method, operation in item.items():
             for parameter in operation.get("parameters", []):
-                schema = parameter["schema"]
+                schema = integer_schema(parameter)
                 if schema.get("type") == "integer" and parameter["in"] in ("query", "path"):
                     found.append((path, method, parameter["in"], parameter["name"], schema["minimum"],
                                   schema["maximum"]))

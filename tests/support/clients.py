@@ -261,7 +261,18 @@ class RawWsClient:
                 f"the last one starting {last!r}"
             ) from None
 
-    def _read_frames(self, result: RawClose, deadline: float) -> RawClose:
+    def read_until(self, done: Callable[[list[str]], bool], timeout_s: float = 30) -> RawClose:
+        """Read frames until `done(texts)` holds (or the relay closes); texts are every message so far."""
+        deadline = time.monotonic() + timeout_s
+        result = RawClose()
+        try:
+            return self._read_frames(result, deadline, done)
+        except TimeoutError:
+            raise AssertionError(f"condition not met within {timeout_s}s: read {len(result.texts)} messages, "
+                                 f"the last ones {[t[:120] for t in result.texts[-3:]]!r}") from None
+
+    def _read_frames(self, result: RawClose, deadline: float,
+                     done: Callable[[list[str]], bool] | None = None) -> RawClose:
         message = bytearray()
         while True:
             try:
@@ -292,6 +303,8 @@ class RawWsClient:
                 if header[0] & 0x80:  # FIN
                     result.texts.append(message.decode())
                     message = bytearray()
+                    if done is not None and done(result.texts):
+                        return result
             # pings (0x9) and pongs (0xA) carry nothing the tests look at
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:

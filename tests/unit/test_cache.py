@@ -475,3 +475,17 @@ def test_events_already_held_are_not_added_twice():
     cache.add([make_event(2, 0, "t", {}), make_event(3, 0, "t", {})], now_ms=0)
     assert [e.seq for e in cache.recent(10, 0)] == [1, 2, 3]
     assert cache.stats(0)["added"] == 3
+
+
+def sym_event(seq: int, ev: str, sym: str, ts: int = T0) -> Event:
+    return event(seq, ts, {"ev": ev, "sym": sym, "p": seq})
+
+
+def test_latest_holds_the_newest_unexpired_event_of_each_matching_topic_ascending():
+    cache = filled(sym_event(1, "T", "AAPL", T0 - 61_000), sym_event(2, "T", "MSFT"), sym_event(3, "T", "AAPL"),
+                   sym_event(4, "Q", "AAPL"), sym_event(5, "T", "MSFT"))
+    now = T0 + 1000
+    assert seqs(cache.latest(now)) == [3, 4, 5]
+    assert seqs(cache.latest(now, compile_patterns(("T.*",)))) == [3, 5]
+    assert seqs(cache.latest(now, limit=2)) == [4, 5]  # the two topics that changed last
+    assert cache.latest(now, compile_patterns(("X",))) == []

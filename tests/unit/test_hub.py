@@ -1,5 +1,7 @@
 """The hub builds each batch's frame once per subscription and wire format, and hands the same bytes to every client."""
 
+import pytest
+
 from handlers.events import make_event
 from handlers.topics import compile_patterns
 from webapp.hub import Hub
@@ -133,3 +135,117 @@ def test_every_membership_change_is_reported_once_with_the_patterns_before_and_a
     hub.remove(a)
     hub.remove(a)  # already gone: nothing to report
     assert changes == [(a, (), ("T.AAPL",)), (a, ("T.AAPL",), ("T.AAPL", "Q.*")), (a, ("T.AAPL", "Q.*"), ())]
+
+
+class RatedClient(FakeClient):
+    def __init__(self, patterns=("*",), max_hz=None, kind="ws"):
+        super().__init__(patterns, kind)
+        self.max_hz = max_hz
+
+    def encode(self, events, conflated=0):
+        return super().encode(events) + (b"+%d" % conflated if conflated else b"")
+
+
+def test_clients_at_one_rate_share_one_conflation_and_one_frame_per_release():
+    hub, delivered = make_hub()
+    slow = [RatedClient(max_hz=2.0) for _ in range(3)]
+    live = RatedClient()
+    for c in (*slow, live):
+        hub.add(c)
+    hub.flush(events("a"), now_s=10.0)
+    hub.flush(events("a", "b", "a", first=2), now_s=10.1)
+    assert hub._next_timer(10.1) == pytest.approx(0.4)
+    hub.flush([], now_s=10.5)
+    assert slow[0].frames == [(b"ws:1", 1), (b"ws:3,4+1", 2)]
+    assert all(c.frames[1][0] is slow[0].frames[1][0] for c in slow)
+    assert live.frames == [(b"ws:1", 1), (b"ws:2,3,4", 3)]
+    assert hub.mode_counts() == {"live": 1, "rate": 3, "conflated": 0}
+
+
+def test_a_new_rate_moves_a_client_to_another_group():
+    hub, _ = make_hub()
+    c = RatedClient(max_hz=1.0)
+    hub.add(c)
+    hub.flush(events("a"), now_s=0.0)
+    hub.resubscribe(c, ("*",), None)
+    hub.flush(events("a", "a", first=2), now_s=0.1)
+    assert c.frames == [(b"ws:1", 1), (b"ws:2,3", 2)]
+    assert hub.mode_counts()["rate"] == 0
+
+
+class SlowClient(RatedClient):
+    """A client whose backlog the test sets; it asks the hub to conflate when over its bound."""
+
+    def __init__(self, hub, patterns=("*",)):
+        super().__init__(patterns)
+        self.hub = hub
+        self.backlog = 0
+        self.said = []
+
+    def deliver(self, frame, n_events):
+        self.frames.append((frame, n_events))
+        self.backlog += n_events
+        if self.backlog > 4 and self.hub.mode_of(self) == "live":
+            self.hub.conflate_slow(self)
+
+    def below_half(self):
+        return self.backlog <= 2
+
+    def tell_slow(self, mode):
+        self.said.append(mode)
+
+
+def test_a_slow_client_gets_the_newest_value_per_topic_until_it_catches_up_then_every_event():
+    hub, _ = make_hub()
+    slow, other = SlowClient(hub), FakeClient()
+    hub.add(slow)
+    hub.add(other)
+    hub.flush(events("a", "b", "a", "b", "a"))  # 5 > 4: its last whole frame, then conflated
+    assert slow.said == ["conflated"] and hub.mode_counts()["conflated"] == 1
+    hub.flush(events("a", "b", "a", first=6))
+    hub.flush(events("c", first=9))
+    assert len(slow.frames) == 1  # nothing written while it is behind
+    slow.backlog = 0  # it read everything
+    hub.flush(events("a", first=10))
+    assert slow.frames[1] == (b"ws:7,9,10+2", 3)  # newest of b, c, a; 6 and 8 were replaced
+    assert slow.said == ["conflated", "live"]
+    hub.flush(events("b", first=11))
+    assert slow.frames[2] == (b"ws:11", 1)
+    assert [f for f, _ in other.frames] == [b"ws:1,2,3,4,5", b"ws:6,7,8", b"ws:9", b"ws:10", b"ws:11"]
+
+
+def test_a_slow_client_is_checked_without_new_events_and_leaves_cleanly():
+    hub, _ = make_hub()
+    slow = SlowClient(hub)
+    hub.add(slow)
+    hub.flush(events("a", "a", "a", "a", "a"))
+    assert hub._next_timer(0.0) is not None
+    slow.backlog = 0
+    hub.flush([])
+    assert slow.said == ["conflated", "live"] and hub.mode_counts() == {"live": 1, "rate": 0, "conflated": 0}
+    hub.flush(events("a", "a", "a", "a", "a", first=6))
+    hub.remove(slow)
+    assert hub.client_count == 0 and hub.clients_by_kind == {"ws": 0}
+
+
+def test_a_release_that_passes_the_bound_again_conflates_again_instead_of_going_live():
+    hub, _ = make_hub()
+
+    class Tiny(SlowClient):
+        def deliver(self, frame, n_events):
+            self.frames.append((frame, n_events))
+            self.backlog += n_events
+            if self.backlog > 1 and self.hub.mode_of(self) == "live":
+                self.hub.conflate_slow(self, [])
+
+        def below_half(self):
+            return self.backlog == 0
+
+    slow = Tiny(hub)
+    hub.add(slow)
+    hub.flush(events("a", "b"))
+    assert slow.said == ["conflated"]
+    hub.flush(events("a", "b", first=3))
+    slow.backlog = 0
+    hub.flush([])  # the release (2 events) passes its bound of 1 again
+    assert slow.said == ["conflated", "conflated"] and hub.mode_counts()["conflated"] == 1

@@ -20,6 +20,7 @@ from handlers.protocol import (
     error_message,
     events_message,
     parse_client_message,
+    slow_message,
     snapshot_message,
     sse_closing,
     sse_event,
@@ -159,8 +160,9 @@ def test_an_empty_snapshot_is_valid_json():
 
 def test_the_small_server_messages():
     assert json.loads(subscribed_message(("T.*", "Q.AAPL"))) == {
-        "type": "subscribed", "topics": ["T.*", "Q.AAPL"]}
-    assert json.loads(subscribed_message(())) == {"type": "subscribed", "topics": []}
+        "type": "subscribed", "topics": ["T.*", "Q.AAPL"], "max_hz": None}
+    assert json.loads(subscribed_message((), 2.0)) == {"type": "subscribed", "topics": [], "max_hz": 2}
+    assert json.loads(subscribed_message((), 0.5)) == {"type": "subscribed", "topics": [], "max_hz": 0.5}
     assert json.loads(PONG_MESSAGE) == {"type": "pong"}
     assert json.loads(error_message('bad "frame"')) == {"type": "error", "message": 'bad "frame"'}
     assert json.loads(closing_message("slow_consumer")) == {
@@ -247,3 +249,27 @@ def test_an_sse_gap_and_closing_are_named_events():
 
 def test_the_sse_keep_alive_is_a_comment():
     assert SSE_KEEPALIVE == b": keep-alive\n\n"
+
+
+def test_subscribe_may_set_or_clear_the_rate_with_or_without_topics():
+    assert parse_client_message('{"action":"subscribe","topics":["T.*"],"max_hz":2}') == Action(
+        "subscribe", ("T.*",), True, 2.0)
+    assert parse_client_message('{"action":"subscribe","max_hz":null}') == Action("subscribe", (), True, None)
+    assert parse_client_message('{"action":"subscribe","topics":[],"max_hz":"0.5"}') == Action(
+        "subscribe", (), True, 0.5)
+    assert parse_client_message('{"action":"subscribe","topics":["T.*"]}') == Action("subscribe", ("T.*",))
+    assert parse_client_message('{"action":"unsubscribe","topics":["T.*"],"max_hz":3}') == Action(
+        "unsubscribe", ("T.*",))
+
+
+def test_a_bad_rate_on_subscribe_is_a_bad_frame_naming_max_hz():
+    for bad in ("0", "-1", '"abc"', "1e9", "true", "[2]"):
+        frame = parse_client_message('{"action":"subscribe","topics":["T.*"],"max_hz":%s}' % bad)
+        assert isinstance(frame, BadFrame) and "max_hz" in frame.message
+
+
+def test_a_thinned_events_frame_carries_the_replaced_count():
+    ev = make_event(7, 1, "a", {})
+    assert json.loads(events_message([ev], 3)) == {"type": "events", "conflated": 3, "events": [ev.as_dict()]}
+    assert "conflated" not in json.loads(events_message([ev]))
+    assert json.loads(slow_message("conflated")) == {"type": "slow", "mode": "conflated"}

@@ -76,3 +76,18 @@ def test_a_closed_peer_marks_the_wire_broken_and_later_writes_are_dropped():
     assert wire.wait_drained(5)
     assert wire.broken
     assert (wire.backlog_bytes, wire.backlog_weight) == (0, 0)
+
+
+def test_discarding_before_the_writer_ran_finishes_a_partly_sent_frame_and_can_keep_replies():
+    a, b = tight_pair()
+    wire = WireSocket(a)
+    big = b"x" * 200_000
+    wire.write(big, 1)  # part of it went out at once; the rest waits for a writer that has not run yet
+    wire.write(b"y" * 1000, 1)
+    wire.write(b"<reply>", 0)
+    wire.write(b"z" * 1000, 2)
+    assert wire.discard_backlog(events_only=True) == 2
+    wire.write(b"END", 0)
+    received = gevent.spawn(read_exactly, b, 200_010).get(timeout=10)
+    assert received == big + b"<reply>END"
+    assert wire.wait_drained(5) and (wire.backlog_bytes, wire.backlog_weight) == (0, 0)

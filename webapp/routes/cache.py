@@ -31,6 +31,16 @@ def recent():
     return events_response(rt.cache.recent(limit, rt.now_ms(), matcher))
 
 
+@bp.get("/latest")
+@access(CLIENT)
+def latest():
+    """The newest cached event of each topic matching `topics` (contract §12), ascending seq."""
+    rt = runtime()
+    limit = int_param(request.args, "limit", None, *MAX_ITEMS_RANGE)  # default: every topic held
+    matcher = compile_patterns(scoped_topics(request.args, request_scope(request, rt.settings)))
+    return events_response(rt.cache.latest(rt.now_ms(), matcher, limit))
+
+
 @bp.get("/search")
 @access(CLIENT)
 def search():

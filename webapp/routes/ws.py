@@ -1,6 +1,7 @@
 """/ws: snapshot or resume first, then batched live events; subscribe, unsubscribe, ping."""
 
 import logging
+from collections import deque
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
@@ -16,6 +17,7 @@ from handlers.protocol import (
     error_message,
     events_message,
     parse_client_message,
+    slow_message,
     snapshot_message,
     subscribed_message,
     ws_frame,
@@ -26,7 +28,7 @@ from webapp.responses import json_error
 from webapp.routes import runtime
 from webapp.sockets import SocketClient, serve_sockets_lightly, take_socket
 from webapp.streams import fill_from_store, open_stream
-from webapp.wire import WireSocket
+from webapp.wire import WireSocket, limit_send_buffer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ws", __name__)
@@ -42,17 +44,29 @@ class WsClient(SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events")
+    __slots__ = ("held", "held_events", "max_hz", "on_slow", "throughs", "sent_base")
     closing_message = staticmethod(closing_message)
 
-    def __init__(self, ws, wire: WireSocket, matcher, rt):
+    def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
         super().__init__(ws, wire, rt, matcher)
         self.held: list[tuple[bytes, int]] | None = None  # live frames held while the snapshot is fetched
         self.held_events = 0
+        self.max_hz = max_hz  # §12: the hub groups clients by patterns and rate
+        self.on_slow = on_slow
+        # on_slow=conflate: the seq each event frame still in the wire covers (see slow())
+        self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
+        self.sent_base = 0  # ... and what the frames before them covered
 
     @staticmethod
-    def encode(events: list[Event]) -> bytes:
-        return ws_frame(events_message(events))
+    def encode(events: list[Event], conflated: int = 0) -> bytes:
+        return ws_frame(events_message(events, conflated))
+
+    def below_half(self) -> bool:
+        wire = self.wire
+        return wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
+
+    def tell_slow(self, mode: str) -> None:
+        self.send(slow_message(mode))
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.held is not None:
@@ -61,12 +75,34 @@ class WsClient(SocketClient):
             if self.held_events > self.max_events:
                 self.slow()
             return
+        throughs = self.throughs
+        if throughs is None:
+            self.write_bounded(frame, n_events)
+            return
+        queued = len(throughs)
         self.write_bounded(frame, n_events)
+        if len(throughs) == queued and not self.closed:  # written, not turned slow
+            throughs.append(self.rt.hub.last_seq)
+            # frames older than everything still queued are out: keep one through each, and the base
+            while len(throughs) > self.wire.queued_frames() + 1:
+                self.sent_base = throughs.popleft()
 
     def behind(self, n_events: int) -> int:
         return self.wire.backlog_weight + self.held_events + n_events
 
-    def slow(self, n_events: int = 0) -> None:
+    def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
+        throughs = self.throughs
+        if frame is not None and throughs is not None:
+            # Conflate what it has not been sent either: drop its queued event frames (replies and
+            # the snapshot stay), and read back from the cache what they held, newest per topic.
+            dropped = self.wire.discard_backlog(events_only=True)
+            kept = len(throughs) - dropped
+            sent_through = throughs[kept - 1] if kept > 0 else self.sent_base
+            throughs.clear()
+            self.sent_base = sent_through
+            rt = self.rt
+            rt.hub.conflate_slow(self, rt.cache.events_after(sent_through, rt.now_ms(), self.matcher))
+            return
         super().slow(n_events)
         self.held, self.held_events = None, 0
 
@@ -95,10 +131,12 @@ def prepare_upgrade():
 def stream(ws):
     rt = runtime()
     params, wire = g.stream, g.wire
-    client = WsClient(ws, wire, compile_patterns(params.topics), rt)
+    client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
+    if params.on_slow == "conflate":
+        limit_send_buffer(wire.sock)
     # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
-    client.after_seq = opening.last_seq
+    client.after_seq = client.sent_base = opening.last_seq
     if opening.from_store is not None:
         client.held = []  # live events wait while the older part comes from the store
     rt.hub.add(client)
@@ -135,9 +173,11 @@ def answer(client: WsClient, action) -> None:
             patterns, refused = add_patterns(current, action.topics, limit)
         else:
             patterns = remove_patterns(current, action.topics)
-        if patterns != current:
+        if action.sets_rate:
+            client.rt.hub.resubscribe(client, patterns, action.max_hz)
+        elif patterns != current:
             client.rt.hub.resubscribe(client, patterns)
         if refused:
             client.rt.metrics.bound_hits.labels("ws_patterns").inc()
             client.send(error_message(limit_message(limit, refused)))
-        client.send(subscribed_message(patterns))
+        client.send(subscribed_message(patterns, client.max_hz))

@@ -505,7 +505,12 @@
     const kinds = h.clients_by_transport
       ? Object.entries(h.clients_by_transport).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(' · ')
       : '';
-    setText('relay-clients', `${fmtInt(h.clients)}${kinds ? `  (${kinds})` : ''}`);
+    // delivery modes (contract §12): live = every event, rate = max_hz, conflated = slow, newest values only
+    const modes = h.clients_by_mode
+      ? ['live', 'rate', 'conflated'].filter((m) => h.clients_by_mode[m]).map((m) => `${m} ${h.clients_by_mode[m]}`).join(' · ')
+      : '';
+    setText('relay-clients', `${fmtInt(h.clients)}${kinds ? `  (${kinds})` : ''}${modes ? ` — ${modes}` : ''}`);
+    $('relay-clients').title = 'by transport, then by delivery mode: live (every event), rate (max_hz), conflated (a slow client on newest values)';
     setText('relay-last-seq', fmtInt(h.last_seq));
     setText('relay-epoch', h.epoch || '–');
     setText('relay-cache', h.cache ? `${fmtInt(h.cache.items)} events` : '–');
@@ -788,9 +793,12 @@
       } else if (holding()) {
         state = 'paused';
         text = 'Holding while you read — scroll to the top to follow';
+      } else if (stream.slowMode === 'conflated') {
+        state = 'paused';
+        text = 'Behind — the relay sends the newest value per topic until this page catches up';
       } else {
         state = 'live';
-        text = 'Live';
+        text = stream.maxHz ? `Live · at most ${stream.maxHz} / s per topic` : 'Live';
       }
     } else if (stream.status === 'down') {
       state = 'down';
@@ -804,6 +812,8 @@
     setText('stream-topics', stream.topics.join(', '));
     setText('stream-rate', fmtRate(feedRate()));
     setText('stream-count', fmtInt(feed.received));
+    $('stream-conflated').hidden = !stream.conflated;
+    setText('stream-conflated-count', fmtInt(stream.conflated));
     setText('pause-text', feed.paused ? `Resume${feed.frozenNew ? ` (${fmtInt(feed.frozenNew)})` : ''}` : 'Pause');
   }
 
@@ -816,6 +826,13 @@
 
   function setupFeedControls() {
     $('pause').addEventListener('click', () => setPaused(!feed.paused));
+    $('feed-rate').addEventListener('change', (e) => {
+      const value = e.target.value;
+      const url = new URL(window.location.href);
+      if (value) url.searchParams.set('max_hz', value); else url.searchParams.delete('max_hz');
+      window.history.replaceState(null, '', url);
+      stream.setRate(value ? Number(value) : null);
+    });
     $('feed-newer').addEventListener('click', () => {
       feed.list.scrollTop = 0;
       renderFeed();
@@ -862,12 +879,17 @@
     closingReason: null,
     lastFrameAt: 0,
     lastPingAt: 0,
+    maxHz: null,         // the feed's rate per topic (max_hz), null = every event
+    conflated: 0,        // events the relay replaced by newer ones of their topic, this connection
+    slowMode: 'live',    // on_slow=conflate: 'conflated' while this page is behind
 
     url() {
       const url = new URL('/ws', window.location.href);
       url.protocol = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
       const params = url.searchParams;
       params.set('topics', this.topics.join(','));
+      if (this.maxHz) params.set('max_hz', String(this.maxHz));
+      params.set('on_slow', 'conflate'); // a page that falls behind keeps the newest values instead of a reconnect
       this.resuming = this.lastSeq !== null && this.epoch !== null;
       if (this.resuming) {
         params.set('since', String(this.lastSeq));
@@ -916,11 +938,38 @@
     handle(msg) {
       switch (msg.type) {
         case 'snapshot': this.snapshot(msg); break;
-        case 'events': this.events(msg.events || []); break;
+        case 'events':
+          if (msg.conflated) this.conflated += msg.conflated;
+          this.events(msg.events || []);
+          break;
+        case 'subscribed':
+          this.maxHz = msg.max_hz === undefined ? this.maxHz : msg.max_hz;
+          renderStreamBar();
+          break;
+        case 'slow':
+          this.slowMode = msg.mode;
+          if (msg.mode === 'conflated') {
+            feedMarker(`This page fell behind at ${clockNow()}: the relay now sends only the newest value of each topic.`, 'warn');
+            logActivity('Stream conflated: this page fell behind', 'warn');
+          } else {
+            feedMarker(`Caught up at ${clockNow()}: every event again.`, 'info');
+          }
+          renderStreamBar();
+          break;
         case 'closing': this.closingReason = msg.reason || 'closing'; break;
         case 'error': toast(`The relay refused a message: ${msg.message}`, 'bad'); break;
-        default: break; // pong, subscribed: nothing to show
+        default: break; // pong: nothing to show
       }
+    },
+
+    /** A new rate for the feed: changed on the open connection (subscribe with max_hz), kept for reconnects. */
+    setRate(maxHz) {
+      this.maxHz = maxHz;
+      feedMarker(maxHz ? `From ${clockNow()}: at most ${maxHz} event${maxHz === 1 ? '' : 's'} per second per topic, the newest winning.`
+        : `From ${clockNow()}: every event.`, 'info');
+      const ws = this.ws;
+      if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ action: 'subscribe', max_hz: maxHz }));
+      renderStreamBar();
     },
 
     snapshot(msg) {
@@ -947,6 +996,8 @@
       }
       this.epoch = msg.epoch;
       this.lastSeq = msg.last_seq;
+      this.conflated = 0;
+      this.slowMode = 'live';
       this.attempt = 0;
       this.dropped = false;
       this.status = 'live';
@@ -1377,6 +1428,13 @@
       if (!parsed.error) stream.topics = parsed.patterns;
     }
     $('filter-topics').value = stream.topics.join(', ');
+    const rateFromUrl = Number(new URL(window.location.href).searchParams.get('max_hz'));
+    if (rateFromUrl > 0 && rateFromUrl <= 1000) {
+      stream.maxHz = rateFromUrl;
+      const option = [...$('feed-rate').options].find((o) => Number(o.value) === rateFromUrl);
+      if (!option) $('feed-rate').add(new Option(`${rateFromUrl} / s per topic`, String(rateFromUrl)));
+      $('feed-rate').value = String(rateFromUrl);
+    }
     window.matchMedia('(prefers-color-scheme: light)').addEventListener('change', () => {
       for (const chart of Object.values(charts)) chart.draw();
     });

@@ -1,0 +1,41 @@
+"""The flush-interval floor at light load: relayhouse with HUB_FLUSH_INTERVAL_MS 0 (the default), 2, 5 and 10
+beside nginx + nchan, 100 x 50 and 100 x 500, alternated in rounds (docs/benchmarks.md, Delivery control).
+
+    .venv/bin/python bench/floor_probe.py [--rounds 2] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procs  # noqa: E402
+from run import Bench  # noqa: E402
+
+FLOORS_MS = ["0", "2", "5", "10"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = procs.BENCH / "results" / f"{stamp}-floor"
+    bench = Bench(argparse.Namespace(out=str(out), quick=False, only="floor", systems="relayhouse,nchan",
+                                     duration=args.duration))
+    for _ in range(args.rounds):
+        for clients, rate in ((100, 50), (100, 500)):
+            for floor in FLOORS_MS:
+                bench.fanout("relayhouse", clients, rate, deflate=False, duration_s=args.duration, scenario="floor",
+                             env={"HUB_FLUSH_INTERVAL_MS": floor})
+            bench.fanout("nchan", clients, rate, deflate=False, duration_s=args.duration, scenario="floor")
+    bench.save()
+
+
+if __name__ == "__main__":
+    main()
