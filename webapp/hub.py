@@ -164,6 +164,11 @@ class Hub:
                 if n_clients:
                     self._on_delivered(kind, n_clients, n_clients * n_events)
 
+    def restart_seq(self) -> None:
+        """A new epoch: seqs start over, so no client's snapshot covers any of them."""
+        for client in self.clients():
+            client.after_seq = 0
+
     def close_all(self, reason: str, code: int) -> None:
         """Tell every client why and close it (shutdown)."""
         self.closing = True

@@ -18,7 +18,8 @@ def test_each_event_is_a_message_with_its_seq_as_id_and_its_json_as_data(relay, 
     messages = [stream.next_message() for _ in seqs]
 
     assert [m.event for m in messages] == ["event"] * 3
-    assert [m.id for m in messages] == [str(seq) for seq in seqs]
+    epoch = relay.health()["epoch"]
+    assert [m.id for m in messages] == [f"{epoch}:{seq}" for seq in seqs]
     events = [m.json() for m in messages]
     assert seqs_of(events) == seqs
     assert data_of(events) == trades(0, 3, sym)

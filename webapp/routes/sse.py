@@ -39,9 +39,8 @@ class SseClient:
         self._ready = Signal()
         self.closed = False
 
-    @staticmethod
-    def encode(events: list[Event]) -> bytes:
-        return sse_events(events)
+    def encode(self, events: list[Event]) -> bytes:
+        return sse_events(events, self.rt.stream_epoch)
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self._queue and (self._queued_bytes + len(frame) > self.max_bytes
@@ -101,7 +100,7 @@ def stream():
     client.after_seq = opening.last_seq
     rt.hub.add(client)
     opening = fill_from_store(rt, opening, client.matcher)
-    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
+    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events, opening.epoch)
     keepalive_s = rt.settings.sse_keepalive_s
     sock = request.environ.get("gunicorn.socket")
 

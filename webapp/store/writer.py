@@ -43,7 +43,8 @@ class StoreWriter:
                  retry_min_ms: int = 200, retry_max_ms: int = 5000,
                  on_written: Callable[[int, float], None] = lambda rows, seconds: None,
                  on_dropped: Callable[[int, int], None] = lambda first, last: None,
-                 in_thread: Callable = lambda fn, *args: fn(*args)):
+                 in_thread: Callable = lambda fn, *args: fn(*args),
+                 may_write: Callable[[], bool] = lambda: True):
         self.store = store
         self.spool = spool
         self.batch_rows = batch_rows
@@ -53,6 +54,10 @@ class StoreWriter:
         self.on_written = on_written
         self.on_dropped = on_dropped  # (first seq, last seq) of a batch lost to persistence
         self.in_thread = in_thread  # file I/O off the hub
+        # the fence (a cluster's lease): checked before every insert; False means another
+        # worker writes now, so this one writes nothing more (and keeps nothing)
+        self.may_write = may_write
+        self.fenced = 0  # events not written because the fence was closed
         self.pending: list[Event] = []
         self.store_max: int | None = None  # None: unknown, ask before the next insert
         self.ok = True
@@ -69,6 +74,9 @@ class StoreWriter:
         self._idle.set()
 
     # -- the ingest side --------------------------------------------------------------
+
+    def discard_pending(self) -> None:
+        self.pending = []
 
     def enqueue(self, events: list[Event]) -> None:
         self.pending.extend(events)
@@ -95,6 +103,9 @@ class StoreWriter:
         self._idle.clear()
         try:
             batch, self.pending = self.pending, []
+            if not self.may_write():
+                self.fenced += len(batch)
+                return
             if batch:
                 self._take(batch)
             if self._backlog and time.monotonic() >= self._retry_at:
@@ -113,7 +124,7 @@ class StoreWriter:
         self._idle.wait(timeout_s)
         self._retry_at = 0.0
         self.cycle()
-        while self._backlog and time.monotonic() < deadline and self.ok:
+        while self._backlog and time.monotonic() < deadline and self.ok and self.may_write():
             self.cycle()
         return not self.pending
 
@@ -162,6 +173,10 @@ class StoreWriter:
                 self.store_max = self.store.max_seq()
             fresh = [e for e in events if e.seq > self.store_max]
             for run in split_by_day(fresh):
+                if not self.may_write():
+                    self.fenced += len(run)
+                    self.store_max = None
+                    return False  # nothing more from this writer: what it holds stays spooled
                 self.store.insert(run)
                 self.store_max = run[-1].seq
                 self.written += len(run)
