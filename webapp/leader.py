@@ -10,6 +10,7 @@ never releases it (it lapses).
 """
 
 import logging
+import time
 
 import gevent
 
@@ -148,6 +149,18 @@ class Leadership:
             self.apply(roles.CAUGHT_UP)
             rt._lead()
             log.info("leading: seqs continue after %d in epoch %s", seq, rt.epoch)
+
+    def watch_lease(self) -> None:
+        """Stop leading the moment the lease is no longer surely ours by this worker's own clock, even
+        while a renew hangs on a stalled connection: that is before Redis lets anyone else take it
+        (the lease counts from before the renew was sent), so two upstream connections never overlap."""
+        lease = self.bus.lease
+        while self.role in (roles.LEADER, roles.STEPPING_DOWN):
+            remaining_s = lease.held_until - time.monotonic()
+            if remaining_s <= 0:
+                self.stop_leading("the lease was not renewed in time")
+                return
+            gevent.sleep(remaining_s + 0.001)
 
     # -- stepping down --------------------------------------------------------------
 

@@ -170,6 +170,7 @@ class Runtime:
         if self.clustered:
             self._leading.append(gevent.spawn(self.bus.run_publisher))
             self._leading.append(gevent.spawn(self.bus.serve_publish_requests, self.leadership.publish_here))
+            self._leading.append(gevent.spawn(self.leadership.watch_lease))
         self._leading.append(gevent.spawn(self.upstream.run))
         for greenlet in self._leading:
             greenlet.link_exception(self._crashed)
