@@ -180,3 +180,30 @@ def test_a_spool_that_flaps_at_its_bound_is_reported_once(tmp_path, caplog):
     writer.cycle()
     assert writer.spool_full and writer.dropped == 80
     assert caplog.text.count("spool cannot take a batch") == 1
+
+
+# -- the fence (a cluster's lease) ----------------------------------------------------------------
+
+
+def test_a_writer_whose_fence_is_closed_writes_nothing_and_keeps_nothing(tmp_path):
+    writer, store = make_writer(tmp_path)
+    writer.enqueue(events(1, 5))
+    writer.cycle()
+    allowed = [False]
+    writer.may_write = lambda: allowed[0]
+    writer.enqueue(events(6, 5))
+    writer.cycle()
+    assert store.inserts == [[1, 2, 3, 4, 5]] and writer.pending == [] and writer.fenced == 5
+    assert writer.flush(timeout_s=0.1)  # a graceful flush of a fenced writer does nothing, quickly
+    assert store.inserts == [[1, 2, 3, 4, 5]]
+
+
+def test_a_fence_that_closes_between_the_check_and_the_insert_stops_the_insert(tmp_path):
+    """The lease lapses while the batch is spooled (a yield for file I/O): the insert is not sent,
+    and the spooled batch stays for whoever may write."""
+    checks = iter([True, False])
+    writer, store = make_writer(tmp_path)
+    writer.may_write = lambda: next(checks, False)
+    writer.enqueue(events(1, 5))
+    writer.cycle()
+    assert store.inserts == [] and writer.spool.events == 5

@@ -57,7 +57,7 @@ class StoreWriter:
         # the fence (a cluster's lease): checked before every insert; False means another
         # worker writes now, so this one writes nothing more (and keeps nothing)
         self.may_write = may_write
-        self.fenced = 0  # events not written because the fence was closed
+        self.fenced = 0  # events dropped (not spooled, not written) because the fence was closed
         self.pending: list[Event] = []
         self.store_max: int | None = None  # None: unknown, ask before the next insert
         self.ok = True
@@ -174,7 +174,6 @@ class StoreWriter:
             fresh = [e for e in events if e.seq > self.store_max]
             for run in split_by_day(fresh):
                 if not self.may_write():
-                    self.fenced += len(run)
                     self.store_max = None
                     return False  # nothing more from this writer: what it holds stays spooled
                 self.store.insert(run)
