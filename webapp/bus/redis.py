@@ -280,32 +280,33 @@ class RedisBus(Bus):
         """The leader's loop: take requests from any worker, publish them, reply with the seqs."""
         while True:
             try:
-                answer = self.waiter.blpop([self.requests_key], timeout=1)
+                self.serve_publish_request(handle, timeout_s=1)
             except FAILURES as exc:
                 self._failed(exc)
                 gevent.sleep(0.5)
-                continue
-            if answer is None:
-                continue
-            try:
-                request = jsonx.loads(answer[1])
-                ident, body = str(request["id"]), request["body"].encode("utf-8", "surrogateescape")
-                recv_ms, deadline_ms = int(request["recv_ms"]), int(request["deadline_ms"])
-            except (jsonx.NotJSON, KeyError, TypeError, ValueError, AttributeError) as exc:
-                log.error("bus: unreadable publish request: %s", exc)
-                continue
-            if time.time() * 1000 >= deadline_ms:
-                continue  # its caller has been told it failed: publishing it now would make that a lie
-            try:
-                reply = {"seqs": handle(body, recv_ms)}
-            except NoLeader as exc:
-                reply = {"error": str(exc)}
-            key = f"{self.requests_key}:reply:{ident}"
-            try:
-                self.client.rpush(key, jsonx.dumps(reply))
-                self.client.pexpire(key, int(self.publish_timeout_s * 2000))
-            except FAILURES as exc:
-                self._failed(exc)
+
+    def serve_publish_request(self, handle: Callable[[bytes, int], list[int]], timeout_s: float) -> bool:
+        """Serve one request if one comes within `timeout_s`; True when one was answered."""
+        answer = self.waiter.blpop([self.requests_key], timeout=timeout_s)
+        if answer is None:
+            return False
+        try:
+            request = jsonx.loads(answer[1])
+            ident, body = str(request["id"]), request["body"].encode("utf-8", "surrogateescape")
+            recv_ms, deadline_ms = int(request["recv_ms"]), int(request["deadline_ms"])
+        except (jsonx.NotJSON, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.error("bus: unreadable publish request: %s", exc)
+            return False
+        if time.time() * 1000 >= deadline_ms:
+            return False  # its caller has been told it failed: publishing it now would make that a lie
+        try:
+            reply = {"seqs": handle(body, recv_ms)}
+        except NoLeader as exc:
+            reply = {"error": str(exc)}
+        key = f"{self.requests_key}:reply:{ident}"
+        self.client.rpush(key, jsonx.dumps(reply))
+        self.client.pexpire(key, int(self.publish_timeout_s * 2000))
+        return True
 
     # -- holes: seq ranges the store lacks for good, the same for every worker ----------
 
@@ -388,6 +389,10 @@ class RedisBus(Bus):
     def announced_epoch(self) -> str | None:
         """The leader's seq space, for followers that have no event to read it from yet."""
         return self.counter()[1]
+
+    def close(self) -> None:
+        for client in (self.client, self.reader, self.waiter):
+            client.connection_pool.disconnect()
 
     def stream_length(self) -> int:
         return self.client.xlen(self.stream_key)
