@@ -252,3 +252,39 @@ def test_an_epoch_reset_reaches_followers_and_no_client_skips_across_it(prefix, 
     snapshot = ws(follower, topics=f"T.{sym}", since=100, epoch=old_epoch).read_snapshot()
     assert snapshot["recovered"] is False and snapshot["epoch"] == new_epoch
     assert [e["seq"] for e in snapshot["events"]] == list(range(1, 151))
+
+
+def test_a_stopping_leader_holds_its_lease_until_its_store_flush_is_done(prefix, fresh_upstream, launch_relay,
+                                                                          clickhouse_server):  # noqa: F811
+    """SIGTERM: the leader flushes while it still holds (and renews) the lease, and releases it only
+    after; the follower then takes over, and the store is exactly-once across the hand-over."""
+    url = clickhouse_server.fresh_url()
+    # a long batch time: at SIGTERM the leader's writer holds everything since the start
+    env = cluster_env(prefix, CLICKHOUSE_URL=url, STORE_BATCH_MS="60000", STORE_BATCH_ROWS="1000000")
+    leader, follower = start_pair(launch_relay, fresh_upstream, env)
+    sym = unique_sym()
+    fresh_upstream.emit(trades(0, 20000, sym=sym), batch=500)
+    wait_until(lambda: follower.health()["last_seq"] >= 20000, 20, "every event through the stream")
+    holder = leader.health()["bus"]["worker"]
+    keys = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        offset = leader.log_size()
+        leader.send_signal(signal.SIGTERM)
+        while True:  # Redis first, then the log: a release seen here was preceded by the log line
+            current = keys.get(f"{prefix}:leader")
+            if current is None or current.decode() != holder:
+                assert "store flushed (complete)" in leader.log_text(offset), "the lease went before the flush"
+                break
+            assert leader.running or keys.get(f"{prefix}:leader") is None, "exited holding the lease"
+            time.sleep(0.001)
+    finally:
+        keys.close()
+    leader.wait_exit(15)
+    wait_until(lambda: role(follower) == "leader", 10, "the follower to take over")
+    store = clickhouse_server.client(database=url.rsplit("/", 1)[1])
+    try:
+        wait_until(lambda: store.execute("SELECT count() FROM events")[0][0] >= 20000, 10, "every event stored")
+        assert store.execute("SELECT count(), uniqExact(seq), min(seq), max(seq) FROM events")[0] == (
+            20000, 20000, 1, 20000)
+    finally:
+        store.disconnect()

@@ -137,3 +137,12 @@ def test_store_holes_are_shared_through_redis_and_merged(prefix):
     two.add_hole("E2", 5, 6)
     assert one.holes("E1") == two.holes("E1") == [(10, 30)]
     assert one.holes("E2") == [(5, 6)]
+
+
+def test_an_append_sent_again_after_a_lost_answer_is_not_appended_twice(leader):
+    keys = [leader.lease.key, leader.stream_key, leader.counter_key, f"{leader.prefix}:append:test:1"]
+    args = [leader.lease.holder, 1000, b'"ts":1,"topic":"T.X","data":{"n":0}}']
+    first = leader._append(keys=keys, args=args)
+    again = leader._append(keys=keys, args=args)  # a time-out after the script ran: the same batch again
+    assert first == again == [1, b"42", b"42", b"E1"]
+    assert stream_seqs(leader) == [(42, "E1", 42)] and leader.counter() == (42, "E1")

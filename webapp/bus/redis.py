@@ -30,10 +30,13 @@ from webapp.bus import Bus
 
 log = logging.getLogger(__name__)
 
-# KEYS: lease, stream, counter. ARGV: token, maxlen, then each event's JSON after its `{"seq":N,`.
-# Returns {1, first seq, last seq, epoch}; {0} when the token is not the lease's; {-1} when the
-# counter is gone (Redis lost its data): the leader must seed it again before numbering.
+# KEYS: lease, stream, counter, this batch's key. ARGV: token, maxlen, then each event's JSON after
+# its `{"seq":N,`. Returns {1, first seq, last seq, epoch}; {0} when the token is not the lease's;
+# {-1} when the counter is gone (Redis lost its data): the leader must seed it again before numbering.
+# A batch sent again (its answer was lost) gets the answer it had, and is not appended twice.
 APPEND = """
+local done = redis.call('GET', KEYS[4])
+if done then return cjson.decode(done) end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
 if not epoch then return {-1} end
@@ -45,7 +48,9 @@ for i = 3, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'seq', n, 'epoch', epoch, 'e', '{"seq":' .. n .. ',' .. ARGV[i])
 end
 redis.call('HSET', KEYS[3], 'seq', string.format('%d', seq))
-return {1, string.format('%d', first), string.format('%d', seq), epoch}
+local answer = {1, string.format('%d', first), string.format('%d', seq), epoch}
+redis.call('SET', KEYS[4], cjson.encode(answer), 'PX', 60000)
+return answer
 """
 
 # KEYS: lease, counter. ARGV: token, floor seq, epoch. Seeds the counter when it is missing (or
@@ -177,6 +182,7 @@ class RedisBus(Bus):
         self.last_id = b"0-0"
         self.published = 0
         self.assigned_seq = 0  # the last seq the append script gave this leader's events
+        self._batches = 0
         self.on_fenced: Callable[[str], None] = lambda reason: None
         self.last_error: str | None = None
 
@@ -211,32 +217,44 @@ class RedisBus(Bus):
             self._wake.wait()
             self._wake.clear()
             while self._outbox:
-                groups = []
-                size = 0
-                for events, ticket in self._outbox:
-                    if groups and size + len(events) > self.batch_max:
-                        break
-                    groups.append((events, ticket))
-                    size += len(events)
+                if self.assigned_seq - self.last_seq > self.stream_maxlen // 2:
+                    # The store is written from what this worker reads back: never let the stream's
+                    # MAXLEN trim entries its own reader has not reached (a burst waits in the outbox).
+                    gevent.sleep(0.005)
+                    continue
+                # taken out of the outbox first: a stop_leading during the call discards only the rest
+                groups = [self._outbox.popleft()]
+                size = len(groups[0][0])
+                while self._outbox and size + len(self._outbox[0][0]) <= self.batch_max:
+                    groups.append(self._outbox.popleft())
+                    size += len(groups[-1][0])
+                self._batches += 1
+                batch_key = f"{self.prefix}:append:{self.lease.holder}:{self._batches}"
                 args: list = [self.lease.holder, self.stream_maxlen]
                 for events, _ in groups:
                     args += [stripped(event) for event in events]
-                try:
-                    answer = self._append(keys=[self.lease.key, self.stream_key, self.counter_key], args=args)
-                except FAILURES as exc:
-                    self._failed(exc)
-                    gevent.sleep(0.2)
-                    continue
+                while True:
+                    try:
+                        answer = self._append(keys=[self.lease.key, self.stream_key, self.counter_key, batch_key],
+                                              args=args)
+                        break
+                    except FAILURES as exc:
+                        # the script may have run and its answer been lost: the retry names the same
+                        # batch, so the script answers what it did instead of appending twice
+                        self._failed(exc)
+                        gevent.sleep(0.2)
                 if answer[0] != 1:
                     reason = "lost the leader lease" if answer[0] == 0 else "the seq counter is gone from Redis"
-                    log.error("%s: %d queued events not published", reason, self.outbox_events)
+                    for _, ticket in groups:
+                        if ticket is not None:
+                            ticket.fail(reason)
+                    log.error("%s: %d queued events not published", reason, size + self.outbox_events)
                     self.discard_outbox(reason)
                     self.on_fenced(reason)
                     break
                 first = int(answer[1])
-                self.assigned_seq = int(answer[2])
-                for _ in groups:
-                    events, ticket = self._outbox.popleft()
+                self.assigned_seq = max(self.assigned_seq, int(answer[2]))
+                for events, ticket in groups:
                     if ticket is not None:
                         ticket.set(first)
                     first += len(events)
