@@ -21,6 +21,10 @@ from webapp.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
+# An insert is started only while the lease stays ours for longer than this, and the ClickHouse
+# server drops an insert whose client stalls longer than this mid-way (receive_timeout): a leader
+# paused inside an insert cannot land it after its lease has lapsed.
+INSERT_TIMEOUT_S = 1
 DRAIN_WAIT_S = 2.0  # on shutdown: how long the leader waits for its numbered events to come back from the stream
 
 
@@ -43,7 +47,8 @@ class Leadership:
 
     def may_write(self) -> bool:
         """The store writer's fence (checked right before each insert)."""
-        return roles.may_write_store(self.rt.role, self.bus.lease.valid)
+        lease_left_s = self.bus.lease.held_until - time.monotonic()
+        return roles.may_write_store(self.rt.role, lease_left_s > INSERT_TIMEOUT_S)
 
     # -- joining --------------------------------------------------------------------
 
@@ -120,6 +125,8 @@ class Leadership:
 
     def catch_up_and_lead(self) -> None:
         rt, bus = self.rt, self.bus
+        if hasattr(rt.store, "insert_timeout_s"):
+            rt.store.insert_timeout_s = INSERT_TIMEOUT_S
         events, epoch, _ = bus.tail(bus.stream_maxlen)
         counter_seq, counter_epoch = bus.counter()
         if rt.writer is not None:

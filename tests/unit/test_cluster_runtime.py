@@ -82,7 +82,7 @@ class BlippingBus:
 
 def test_a_leader_elected_during_a_redis_blip_stands_down_and_releases_the_lease(caplog):
     bus = BlippingBus()
-    rt = SimpleNamespace(role=roles.CANDIDATE, _leading=["this greenlet"], feeding_writer=False)
+    rt = SimpleNamespace(role=roles.CANDIDATE, _leading=["this greenlet"], feeding_writer=False, store=None)
     Leadership(rt, bus).take_over()
     assert rt.role == roles.FOLLOWER and rt._leading == [] and bus.released and len(bus.failures) == 1
     assert "standing down" in caplog.text

@@ -185,7 +185,7 @@ def test_a_spool_that_flaps_at_its_bound_is_reported_once(tmp_path, caplog):
 # -- the fence (a cluster's lease) ----------------------------------------------------------------
 
 
-def test_a_writer_whose_fence_is_closed_writes_nothing_and_keeps_nothing(tmp_path):
+def test_a_writer_whose_fence_is_closed_writes_nothing_and_holds_what_it_has(tmp_path):
     writer, store = make_writer(tmp_path)
     writer.enqueue(events(1, 5))
     writer.cycle()
@@ -193,9 +193,11 @@ def test_a_writer_whose_fence_is_closed_writes_nothing_and_keeps_nothing(tmp_pat
     writer.may_write = lambda: allowed[0]
     writer.enqueue(events(6, 5))
     writer.cycle()
-    assert store.inserts == [[1, 2, 3, 4, 5]] and writer.pending == [] and writer.fenced == 5
-    assert writer.flush(timeout_s=0.1)  # a graceful flush of a fenced writer does nothing, quickly
-    assert store.inserts == [[1, 2, 3, 4, 5]]
+    assert store.inserts == [[1, 2, 3, 4, 5]] and [e.seq for e in writer.pending] == [6, 7, 8, 9, 10]
+    assert not writer.flush(timeout_s=0.1)  # a graceful flush of a fenced writer does nothing, quickly
+    allowed[0] = True  # a lease that is surely valid again (a lost one discards instead)
+    writer.cycle()
+    assert store.inserts == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
 
 
 def test_a_fence_that_closes_between_the_check_and_the_insert_stops_the_insert(tmp_path):

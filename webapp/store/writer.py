@@ -54,10 +54,9 @@ class StoreWriter:
         self.on_written = on_written
         self.on_dropped = on_dropped  # (first seq, last seq) of a batch lost to persistence
         self.in_thread = in_thread  # file I/O off the hub
-        # the fence (a cluster's lease): checked before every insert; False means another
-        # worker writes now, so this one writes nothing more (and keeps nothing)
+        # the fence (a cluster's lease): checked before every insert; False means this writer may
+        # not write now (another worker may), so it inserts nothing and holds what it has
         self.may_write = may_write
-        self.fenced = 0  # events dropped (not spooled, not written) because the fence was closed
         self.pending: list[Event] = []
         self.store_max: int | None = None  # None: unknown, ask before the next insert
         self.ok = True
@@ -102,10 +101,9 @@ class StoreWriter:
     def cycle(self) -> None:
         self._idle.clear()
         try:
-            batch, self.pending = self.pending, []
             if not self.may_write():
-                self.fenced += len(batch)
-                return
+                return  # not now: what is pending waits (a lost lease discards it, see discard_pending)
+            batch, self.pending = self.pending, []
             if batch:
                 self._take(batch)
             if self._backlog and time.monotonic() >= self._retry_at:
@@ -123,6 +121,8 @@ class StoreWriter:
         deadline = time.monotonic() + timeout_s
         self._idle.wait(timeout_s)
         self._retry_at = 0.0
+        while not self.may_write() and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # the fence may open again (a lease renewed); a lost one times out
         self.cycle()
         while self._backlog and time.monotonic() < deadline and self.ok and self.may_write():
             self.cycle()
