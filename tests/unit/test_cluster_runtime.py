@@ -86,3 +86,37 @@ def test_a_leader_elected_during_a_redis_blip_stands_down_and_releases_the_lease
     Leadership(rt, bus).take_over()
     assert rt.role == roles.FOLLOWER and rt._leading == [] and bus.released and len(bus.failures) == 1
     assert "standing down" in caplog.text
+
+
+# -- store holes: shared through Redis ----------------------------------------------------------
+
+
+class HoleBus:
+    epoch = "E1"
+
+    def __init__(self, shared=(), fails=False):
+        self.shared, self.fails = list(shared), fails
+
+    def holes(self, epoch):
+        if self.fails:
+            raise redis.ConnectionError("down")
+        return list(self.shared) if epoch == "E1" else []
+
+
+def holes(bus, local=(), local_epoch="E1"):
+    rt = SimpleNamespace(clustered=True, bus=bus, epoch="E1",
+                         seq_state=SimpleNamespace(epoch=local_epoch, holes=list(local)))
+    rt.stream_epoch = "E1"
+    return Runtime.store_holes(rt)
+
+
+def test_a_worker_reports_the_holes_any_worker_recorded_merged_with_its_own():
+    assert holes(HoleBus([(10, 20)]), local=[(21, 25), (40, 41)]) == [(10, 25), (40, 41)]
+
+
+def test_without_redis_a_worker_still_reports_its_own_holes():
+    assert holes(HoleBus([(10, 20)], fails=True), local=[(40, 41)]) == [(40, 41)]
+
+
+def test_holes_of_another_epoch_are_not_this_ones():
+    assert holes(HoleBus([(10, 20)]), local=[(1, 2)], local_epoch="E0") == [(10, 20)]
