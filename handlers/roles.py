@@ -8,6 +8,7 @@ here. `seq_floor` is the arithmetic of a new leader's seq space.
 
 from dataclasses import dataclass
 
+STARTING = "starting"  # not yet reading the stream
 SINGLE = "single"  # no Redis: this process is the whole relay
 FOLLOWER = "follower"  # reads the stream, serves its clients, stands for leader
 CANDIDATE = "candidate"  # holds the lease, catching up with the stream and the store
@@ -16,6 +17,7 @@ STEPPING_DOWN = "stepping_down"  # shutting down: still holds (and renews) the l
 STOPPED = "stopped"  # released or gave up the lease; will not stand again
 
 # events
+JOINED = "joined"  # the stream's tail is read; the worker reads it from there on
 ELECTED = "elected"  # the lease was acquired
 CAUGHT_UP = "caught_up"  # stream tail read, seq space seeded: may lead
 CATCH_UP_FAILED = "catch_up_failed"  # Redis failed before leading started
@@ -29,6 +31,7 @@ class RoleError(Exception):
 
 
 TRANSITIONS: dict[str, dict[str, str]] = {
+    STARTING: {JOINED: FOLLOWER, SHUTDOWN: STOPPED},
     FOLLOWER: {ELECTED: CANDIDATE, SHUTDOWN: STOPPED, LEASE_LOST: FOLLOWER},
     CANDIDATE: {CAUGHT_UP: LEADER, CATCH_UP_FAILED: FOLLOWER, LEASE_LOST: FOLLOWER, SHUTDOWN: STEPPING_DOWN},
     LEADER: {LEASE_LOST: FOLLOWER, SHUTDOWN: STEPPING_DOWN},

@@ -72,7 +72,9 @@ class Leadership:
         bus.received(events, epoch)
         if epoch:
             rt.epoch = epoch
-        rt.role = roles.FOLLOWER
+        if self.role == roles.STOPPED:
+            return  # shut down while joining
+        self.apply(roles.JOINED)
         rt.ready.set()
         rt._greenlets.append(gevent.spawn(bus.run_reader))
         rt._greenlets.append(gevent.spawn(self.stand))

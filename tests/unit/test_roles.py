@@ -16,6 +16,8 @@ from handlers.roles import SeqSpace, next_role, seq_floor
     (roles.STEPPING_DOWN, roles.FLUSHED, roles.STOPPED),
     (roles.STEPPING_DOWN, roles.LEASE_LOST, roles.STOPPED),
     (roles.FOLLOWER, roles.SHUTDOWN, roles.STOPPED),
+    (roles.STARTING, roles.JOINED, roles.FOLLOWER),
+    (roles.STARTING, roles.SHUTDOWN, roles.STOPPED),  # SIGTERM before the stream was reached
 ])
 def test_each_listed_transition_leads_to_its_role(role, event, expected):
     assert next_role(role, event) == expected
