@@ -146,3 +146,22 @@ def test_an_append_sent_again_after_a_lost_answer_is_not_appended_twice(leader):
     again = leader._append(keys=keys, args=args)  # a time-out after the script ran: the same batch again
     assert first == again == [1, b"42", b"42", b"E1"]
     assert stream_seqs(leader) == [(42, "E1", 42)] and leader.counter() == (42, "E1")
+
+
+def test_a_publish_whose_caller_gave_up_before_the_append_is_never_appended(prefix):
+    bus = bus_of(prefix, "leader-2")
+    assert bus.lease.acquire()
+    bus.seed(0, "E1")
+    receipt = bus.publish(provisional(1), receipt=True)  # no publisher running yet: Redis "unavailable"
+    with pytest.raises(NoLeader, match="got no seq"):
+        receipt.seqs(0.05)
+    bus.publish(provisional(1))
+    publisher = gevent.spawn(bus.run_publisher)
+    try:
+        wait = 0
+        while bus.published < 1 and wait < 100:
+            gevent.sleep(0.01)
+            wait += 1
+    finally:
+        publisher.kill()
+    assert [seq for seq, _, _ in stream_seqs(bus)] == [1]  # only the second one

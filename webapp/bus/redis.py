@@ -94,6 +94,8 @@ class Receipt:
     def __init__(self, count: int):
         self.count = count
         self._done = AsyncResult()
+        self.taken = False  # in an append call: it can no longer be withdrawn
+        self.withdrawn = False
 
     def set(self, first: int) -> None:
         self._done.set(list(range(first, first + self.count)))
@@ -105,7 +107,11 @@ class Receipt:
         try:
             return self._done.get(timeout=timeout_s)
         except gevent.Timeout:
-            raise NoLeader(f"the events got no seq within {timeout_s:g} s (Redis unavailable?)") from None
+            if not self.taken:
+                self.withdrawn = True  # never appended: the caller is told so, and it stays true
+                raise NoLeader(f"the events got no seq within {timeout_s:g} s (Redis unavailable?)") from None
+            raise NoLeader(f"the append was not confirmed within {timeout_s:g} s (Redis unavailable?); "
+                           "the events may still be published") from None
 
 
 def stripped(event: Event) -> bytes:
@@ -223,11 +229,18 @@ class RedisBus(Bus):
                     gevent.sleep(0.005)
                     continue
                 # taken out of the outbox first: a stop_leading during the call discards only the rest
-                groups = [self._outbox.popleft()]
-                size = len(groups[0][0])
-                while self._outbox and size + len(self._outbox[0][0]) <= self.batch_max:
-                    groups.append(self._outbox.popleft())
-                    size += len(groups[-1][0])
+                groups = []
+                size = 0
+                while self._outbox and (not groups or size + len(self._outbox[0][0]) <= self.batch_max):
+                    events, ticket = self._outbox.popleft()
+                    if ticket is not None:
+                        if ticket.withdrawn:
+                            continue  # its caller was answered 503: it must never appear
+                        ticket.taken = True
+                    groups.append((events, ticket))
+                    size += len(events)
+                if not groups:
+                    continue
                 self._batches += 1
                 batch_key = f"{self.prefix}:append:{self.lease.holder}:{self._batches}"
                 args: list = [self.lease.holder, self.stream_maxlen]
