@@ -103,3 +103,13 @@ def seq_floor(*, redis_seq: int | None, redis_epoch: str | None, stream_seq: int
     if floor == 0:
         return SeqSpace(0, fresh_epoch)
     return SeqSpace(floor, epoch)
+
+
+def unfillable(store_max: int | None, spool_max: int, stream_first: int | None) -> tuple[int, int] | None:
+    """The seqs a new leader can write from nowhere: above what the store and its spool hold, below
+    the stream's oldest entry (trimmed before anyone stored them). None when nothing is lost, or
+    when the store could not be asked (then nothing is known)."""
+    if store_max is None or stream_first is None:
+        return None
+    first, last = max(store_max, spool_max) + 1, stream_first - 1
+    return (first, last) if first <= last else None

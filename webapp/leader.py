@@ -140,15 +140,21 @@ class Leadership:
             rt.feeding_writer = True
         if events:
             bus.received(events, epoch)  # whatever this worker's reader had not seen yet
-        store_max, store_epoch = 0, None
+        store_max, store_epoch, spool_max = 0, None, 0
         if rt.store is not None:
-            store_max, store_epoch = rt._recover(floor_seq=events[-1].seq if events else 0, floor_epoch=epoch)
+            store_max, store_epoch, spool_max = rt._recover(floor_seq=events[-1].seq if events else 0,
+                                                            floor_epoch=epoch)
         space = roles.seq_floor(
             redis_seq=counter_seq, redis_epoch=counter_epoch,
             stream_seq=events[-1].seq if events else 0, stream_epoch=epoch,
             store_max=store_max or 0, store_epoch=store_epoch,
             seen_seq=bus.last_seq, seen_epoch=bus.epoch, fresh_epoch=rt.new_epoch())
         seq, rt.epoch = bus.seed(space.floor, space.epoch)
+        lost = roles.unfillable(store_max, spool_max, events[0].seq if events and epoch == rt.epoch else None)
+        if rt.store is not None and lost is not None:
+            # the stream was trimmed past what the store has: resuming clients are told, on every worker
+            log.error("the store lacks seqs %d..%d and the stream no longer holds them", *lost)
+            bus.add_hole(rt.epoch, *lost)
         if rt.store is not None and store_max is not None and store_epoch != rt.epoch:
             try:
                 rt.store.set_meta("epoch", rt.epoch)

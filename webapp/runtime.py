@@ -185,13 +185,14 @@ class Runtime:
 
     # -- recovery from the store ------------------------------------------------------
 
-    def _recover(self, floor_seq: int, floor_epoch: str | None) -> tuple[int | None, str | None]:
+    def _recover(self, floor_seq: int, floor_epoch: str | None) -> tuple[int | None, str | None, int]:
         """Seq base, epoch and a warm cache from the store, the spool and the local state.
 
         Alone, a seq reservation in DATA_DIR keeps seqs from being reused after a
         crash. In a cluster, Redis's counter is the seq authority (leader.py seeds
         it from what this returns: the store's maximum and its epoch, None when
-        the store could not be asked) and the writer is fed from the stream.
+        the store could not be asked, and the spool's maximum) and the writer is
+        fed from the stream.
         """
         records = call_in_thread(self.spool.load)
         spooled = [e for r in records for e in r.events]
@@ -242,7 +243,7 @@ class Runtime:
             self.bus.last_seq = max(self.bus.last_seq, last_seq)
             self.bus.epoch = self.epoch
         self.writer.start_from(store_max, spooled=bool(records))
-        return store_max, stored_epoch
+        return store_max, stored_epoch, spool_max
 
     def _warm(self, store_max: int | None, spooled: list[Event]) -> None:
         now = self.now_ms()

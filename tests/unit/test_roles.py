@@ -76,3 +76,16 @@ def test_a_lost_counter_continues_after_the_highest_seq_anyone_could_have_seen()
 
 def test_a_lost_counter_and_stream_with_a_store_of_another_epoch_ignores_what_this_worker_saw_of_it():
     assert space(store_max=30, store_epoch="S", seen_seq=99, seen_epoch="OTHER") == SeqSpace(30, "S")
+
+
+@pytest.mark.parametrize(("store_max", "spool_max", "stream_first", "expected"), [
+    (100, 0, 101, None),  # the stream starts right after the store: everything can be written
+    (100, 0, 50, None),  # the stream overlaps the store
+    (100, 0, 501, (101, 500)),  # trimmed before anyone stored them
+    (100, 300, 501, (301, 500)),  # this host's spool still has some of them
+    (100, 600, 501, None),
+    (None, 0, 501, None),  # the store could not be asked: nothing is known
+    (100, 0, None, None),  # an empty stream (or another epoch's)
+])
+def test_a_new_leader_knows_which_seqs_it_can_write_from_nowhere(store_max, spool_max, stream_first, expected):
+    assert roles.unfillable(store_max, spool_max, stream_first) == expected
