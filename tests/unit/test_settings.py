@@ -79,3 +79,9 @@ def test_a_cluster_without_a_clickhouse_server_runs_without_persistence():
     assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}).store_backend == "none"
     both = Settings.from_env({"REDIS_URL": "redis://r:6379/0", "CLICKHOUSE_URL": "clickhouse://u:p@h:9000/d"})
     assert both.store_backend == "clickhouse"
+
+
+def test_a_lease_too_short_to_leave_a_leader_a_second_for_an_insert_is_refused():
+    with pytest.raises(SettingsError, match="LEADER_LEASE_MS: 1000 is outside 1500"):
+        Settings.from_env({"LEADER_LEASE_MS": "1000"})
+    assert Settings.from_env({"LEADER_LEASE_MS": "1500"}).leader_lease_ms == 1500
