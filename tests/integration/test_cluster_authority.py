@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -34,18 +33,6 @@ from support.procnet import children
 from support.waiting import wait_until
 
 LEASE_S = 1.5
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key prefix no other test uses on the shared Redis; its keys are deleted afterwards."""
-    name = "rh-test-" + secrets.token_hex(4)
-    yield name
-    client = redis.Redis.from_url(SHARED_REDIS)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

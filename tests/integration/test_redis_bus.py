@@ -3,13 +3,11 @@ fenced by the lease's token; the seed; /publish requests; shared store holes (co
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 
 import gevent
 import pytest
-import redis
 from support.cluster import SHARED_REDIS
 
 from handlers.events import event_from_json, make_event
@@ -18,17 +16,11 @@ from webapp.bus.redis import NoLeader, RedisBus
 OPEN: list[RedisBus] = []
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = "rh-test-" + secrets.token_hex(4)
-    yield name
+@pytest.fixture(autouse=True)
+def close_buses() -> Iterator[None]:
+    yield
     while OPEN:
         OPEN.pop().close()
-    client = redis.Redis.from_url(SHARED_REDIS)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def bus_of(prefix: str, holder: str, delivered: list | None = None) -> RedisBus:

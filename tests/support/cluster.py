@@ -3,13 +3,16 @@ an upstream pump, and a watch on how many upstream connections are open at once.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
 from support.events import trades
@@ -17,6 +20,18 @@ from support.relay import free_port
 from support.waiting import wait_until
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix no other test uses on the shared Redis; its keys are deleted afterwards."""
+    name = "rh-test-" + secrets.token_hex(4)
+    yield name
+    client = redis.Redis.from_url(SHARED_REDIS)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def cluster_env(prefix: str, url: str = SHARED_REDIS, **extra: str) -> dict[str, str]:
