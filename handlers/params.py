@@ -69,9 +69,14 @@ def stream_params(args: Mapping[str, str], last_event_id: str | None,
                   snapshot_default: int, snapshot_max: int) -> StreamParams:
     """`since` from the query, else from a Last-Event-ID header (SSE)."""
     since = int_param(args, "since", None, 0, MAX_SEQ)
-    if since is None and last_event_id:
-        since = int_param({"Last-Event-ID": last_event_id.strip()}, "Last-Event-ID", None, 0, MAX_SEQ)
     epoch = args.get("epoch") or None
+    if since is None and last_event_id:
+        # `<epoch>:<seq>` as the relay sends it, or a bare seq
+        id_epoch, _, id_seq = last_event_id.strip().rpartition(":")
+        if not id_seq:
+            raise ParamError(f"'Last-Event-ID' must be <epoch>:<seq> or a seq, got {last_event_id[:40]!r}")
+        since = int_param({"Last-Event-ID": id_seq}, "Last-Event-ID", None, 0, MAX_SEQ)
+        epoch = id_epoch or epoch
     if epoch is not None and len(epoch) > 128:
         raise ParamError("'epoch' is longer than 128 characters")
     latest = args.get("snapshot") == "latest"

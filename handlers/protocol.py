@@ -144,12 +144,17 @@ def ws_close_frame(code: int, reason: str = "") -> bytes:
 # -- Server-Sent Events ---------------------------------------------------------
 
 
-def sse_event(ev: Event) -> bytes:
+def sse_event(ev: Event, epoch: bytes = b"") -> bytes:
+    """One event; its id is `<epoch>:<seq>`, what EventSource sends back as Last-Event-ID, so a
+    resume after an epoch change is known to be one (a bare seq is accepted too)."""
+    if epoch:
+        return b"id: %s:%d\nevent: event\ndata: %s\n\n" % (epoch, ev.seq, ev.json)
     return b"id: %d\nevent: event\ndata: %s\n\n" % (ev.seq, ev.json)
 
 
-def sse_events(events: Iterable[Event]) -> bytes:
-    return b"".join(sse_event(ev) for ev in events)
+def sse_events(events: Iterable[Event], epoch: str = "") -> bytes:
+    tag = epoch.encode()
+    return b"".join(sse_event(ev, tag) for ev in events)
 
 
 def sse_gap(missing: tuple[int, int]) -> bytes:

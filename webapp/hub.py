@@ -312,6 +312,11 @@ class Hub:
             if client not in self._slow:
                 client.tell_slow("live")
 
+    def restart_seq(self) -> None:
+        """A new epoch: seqs start over, so no client's snapshot covers any of them."""
+        for client in self.clients():
+            client.after_seq = 0
+
     def close_all(self, reason: str, code: int) -> None:
         """Tell every client why and close it (shutdown)."""
         self.closing = True

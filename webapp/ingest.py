@@ -64,10 +64,11 @@ class Ingest:
             self._queue.put((payload, binary, recv_ms, "upstream", None))
         return 0
 
-    def publish(self, payload: bytes, recv_ms: int) -> list[Event]:
-        """POST /publish: like an upstream frame, but the caller waits for its seqs."""
+    def publish(self, payload: bytes, recv_ms: int) -> tuple[list[Event], object]:
+        """POST /publish: like an upstream frame, but the caller waits for its events, and gets
+        what the bus gave back for them (with Redis, a receipt that yields their real seqs)."""
         if self._queue is None:
-            return self.handle_frame(payload, False, recv_ms, "publish")
+            return self._handle(((payload, False),), recv_ms, "publish", receipt=True)
         done = AsyncResult()
         self._queue.put((payload, False, recv_ms, "publish", done))
         return done.get()
@@ -88,10 +89,10 @@ class Ingest:
                 if held is not None:
                     log.warning("ingest queue at ENRICH_QUEUE_MAX (%d): frames go out without waiting for "
                                 "enrichment%s", self.queue_max, held_note(held))
-            events = self.handle_frames(((payload, binary),), recv_ms, source, wait=wait)
+            handled = self._handle(((payload, binary),), recv_ms, source, receipt=done is not None, wait=wait)
             self._queue.get()
             if done is not None:
-                done.set(events)
+                done.set(handled)
 
     @property
     def queued(self) -> int:
@@ -103,6 +104,10 @@ class Ingest:
 
     def handle_frames(self, frames, recv_ms: int, source: str = "upstream", wait: bool = True) -> list[Event]:
         """Frames received together (one read, or one request) into events, handed on as one batch."""
+        return self._handle(frames, recv_ms, source, wait=wait)[0]
+
+    def _handle(self, frames, recv_ms: int, source: str, receipt: bool = False,
+                wait: bool = True) -> tuple[list[Event], object]:
         elements: list = []
         for payload, binary in frames:
             parsed = parse_frame(payload, binary=binary, max_bytes=self.max_frame_bytes)
@@ -122,13 +127,13 @@ class Ingest:
         # no yield from here to the end: seqs are handed out in one piece
         events = number_elements(elements, self.last_seq + 1, recv_ms, self.topic_fields, enrichment)
         if not events:
-            return events
+            return events, None
         self.last_seq = events[-1].seq
-        self.publish_events(events)
+        ticket = self.publish_events(events, receipt) if receipt else self.publish_events(events)
         if self.persist is not None:
             self.persist(events)
         self.numbered[source] = self.numbered.get(source, 0) + len(events)
-        return events
+        return events, ticket
 
     def skipped_oversize(self, length: int, source: str = "upstream") -> None:
         """A frame over UPSTREAM_MAX_FRAME_BYTES was skipped (by the reader, from its header, or here)."""

@@ -118,7 +118,8 @@ def _schemas() -> dict[str, Any]:
                             "description": "why the relay is degraded, in words (empty when ok)"},
                 "version": {"type": "string"}, "uptime_s": {"type": "number"}, "now": {"type": "number"},
                 "epoch": {"type": "string"}, "last_seq": {"type": "integer"}, "ready": {"type": "boolean"},
-                "role": {"type": "string", "enum": ["starting", "single", "leader", "follower"]},
+                "role": {"type": "string", "enum": ["starting", "single", "follower", "candidate", "leader",
+                                                    "stepping_down", "stopped"]},
                 "bus": {"type": "object", "required": ["backend", "ok"], "properties": {
                     "backend": {"type": "string", "enum": ["memory", "redis"]}, "ok": {"type": "boolean"},
                     "worker": {"type": "string"}, "lease_holder": nullable_str, "last_seq": {"type": "integer"},
@@ -311,7 +312,9 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {JSON: {"schema": {
                 "oneOf": [{"type": "object"}, {"type": "array"}]}}}},
             "responses": {"200": _ok("the seqs given to its events", _ref("Published")), "400": BAD,
-                          "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
+                          "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE,
+                          "503": _error("with Redis: no leader is known or none answered in time; "
+                                        "the events were not published")}}},
         "/history": {"get": {
             "summary": "stored events, ascending seq", "security": CLIENT,
             "parameters": [

@@ -16,6 +16,7 @@ from handlers.events import Event
 from handlers.health import HealthFacts, degraded_reasons
 from handlers.polygon import status_problem
 from handlers.recovery import plan_recovery
+from handlers.resume import add_hole
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 from webapp.hub import Hub
@@ -54,6 +55,8 @@ class Runtime:
     Construction does no I/O, so `create_app` (and tests) can build one freely.
     """
 
+    new_epoch = staticmethod(new_epoch)
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.started_at = time.time()
@@ -65,17 +68,20 @@ class Runtime:
                        on_flush=self.metrics.flush_seconds.observe, on_conflated=self.metrics.conflated_events.inc)
         self.tasks = Tasks(lambda name: self.metrics.task_crashes.labels(name).inc(), self._crashed,
                            backoff_max_ms=settings.task_backoff_max_ms, fault_hooks=settings.fault_hooks)
+        self.role = "starting"
+        self.leadership = None
         if settings.redis_url:
             from webapp.bus.redis import RedisBus
+            from webapp.leader import Leadership
 
             self.bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix, worker_name(), self._serve,
                                      lease_ms=settings.leader_lease_ms,
                                      stream_maxlen=settings.stream_maxlen or settings.cache_max_items)
-            self.bus.on_fenced = lambda: self.tasks.spawn("stand_down", self._stop_leading, "the lease was taken over")
+            self.leadership = Leadership(self, self.bus)
         else:
             self.bus = MemoryBus(self._serve)
+        self.bus.on_epoch = self._on_new_epoch
         self.clustered = settings.redis_url is not None
-        self.role = "starting"
         registry = None
         if settings.upstream_subscribe and self.clustered:
             registry = RedisRegistry(settings.redis_url, settings.redis_prefix, self.bus.lease.holder,
@@ -84,6 +90,7 @@ class Runtime:
                                           upstream=lambda: self.upstream, registry=registry)
         if self.subs.enabled:
             self.hub.on_subscription = self.subs.client_changed
+        self.feeding_writer = False  # clustered leader: events read from the stream go to the writer
         self.store = make_store(settings)
         self.store_backend = settings.store_backend
         self.spool = self.seq_state = self.writer = None
@@ -94,7 +101,8 @@ class Runtime:
                 self.store, self.spool, batch_rows=settings.store_batch_rows, batch_ms=settings.store_batch_ms,
                 retry_max_ms=settings.store_retry_max_ms, on_written=self._on_written, on_dropped=self._on_dropped,
                 in_thread=call_in_thread, poison_attempts=settings.store_poison_attempts,
-                dead_letter_dir=os.path.join(settings.data_dir, "dead-letter"))
+                dead_letter_dir=os.path.join(settings.data_dir, "dead-letter"),
+                may_write=self.leadership.may_write if self.leadership is not None else lambda: True)
         self.enricher = None
         if settings.enrich_sql and self.store is not None:
             from webapp.enrich import Enricher
@@ -104,8 +112,10 @@ class Runtime:
                                      concurrency=settings.enrich_concurrency)
         self.ingest = Ingest(self._publish, self.metrics, topic_fields=settings.topic_fields,
                              max_frame_bytes=settings.upstream_max_frame_bytes,
-                             persist=self._persist if self.store is not None else None, enricher=self.enricher,
-                             on_statuses=self._on_upstream_statuses, queue_max=settings.enrich_queue_max)
+                             # in a cluster the store is written from the stream (see leader.py)
+                             persist=self._persist if self.store is not None and not self.clustered else None,
+                             enricher=self.enricher, on_statuses=self._on_upstream_statuses,
+                             queue_max=settings.enrich_queue_max)
         self.upstream_statuses: list[dict] = []  # the upstream's last status messages (Polygon)
         self.demo = None
         if settings.upstream_url is None:
@@ -125,7 +135,6 @@ class Runtime:
         self._greenlets: list[gevent.Greenlet] = []
         self._leading: list[gevent.Greenlet] = []
         self._reconnects_counted = 0
-        self._leader_cached: str | None = None
         self.running = False
         self.shutting_down = False
         self._stopped = gevent.event.Event()
@@ -162,7 +171,7 @@ class Runtime:
 
     def _boot(self) -> None:
         if self.clustered:
-            self._join_cluster()
+            self.leadership.join()
             return
         if self.store is not None:
             self._recover(floor_seq=0, floor_epoch=None)
@@ -183,6 +192,9 @@ class Runtime:
             self._leading.append(self.tasks.spawn("ingest", self.ingest.run))
         if self.clustered:
             self._leading.append(self.tasks.spawn("publisher", self.bus.run_publisher))
+            self._leading.append(self.tasks.spawn("publish_requests", self.bus.serve_publish_requests,
+                                                  self.leadership.publish_here))
+            self._leading.append(self.tasks.spawn("watch_lease", self.leadership.watch_lease))
         self._leading.append(self.tasks.spawn("upstream", self.upstream.run))
         log.info("relay leading (pid %d, epoch %s, seq continues after %d, store %s, bus %s)",
                  os.getpid(), self.epoch, self.ingest.last_seq, self.store_backend, self.bus.backend)
@@ -190,118 +202,19 @@ class Runtime:
     def _crashed(self, task: str, exc: BaseException) -> None:
         """A loop that cannot be restarted safely died: better a fresh worker than one that silently stops."""
         log.critical("%s crashed: %r; restarting this worker", task, exc)
-        if self.clustered:
-            try:
-                self.bus.lease.release()  # let a healthy worker take over at once
-            except REDIS_FAILURES as exc:
-                log.warning("could not release the lease: %s", exc)
+        # the lease is not released here: the graceful shutdown releases it once the store is flushed
         os.kill(os.getpid(), signal.SIGTERM)  # graceful: clients are told, the store flushed; gunicorn respawns
-
-    def _stop_leading(self, reason: str) -> None:
-        if self.role != "leader":
-            return
-        log.warning("no longer the leader: %s", reason)
-        self.role = "follower"
-        self.upstream.stop()
-        if self.demo is not None:
-            self.demo.stop()
-        self.bus.discard_outbox()
-        for greenlet in self._leading:
-            greenlet.kill(block=False)
-        self._leading = []
-
-    # -- the cluster (REDIS_URL) ---------------------------------------------------------
-
-    def _join_cluster(self) -> None:
-        """Warm the cache from the stream, read it from there on, and stand for leader."""
-        if self.store is None and not self.settings.clickhouse_url:
-            log.warning("persistence is off: the embedded chDB store cannot be shared by several workers; "
-                        "set CLICKHOUSE_URL to a ClickHouse server to persist a cluster's events")
-        bus = self.bus
-        attempt = 0
-        while True:
-            try:
-                events, epoch, last_id = bus.tail(self.settings.cache_max_items)
-                break
-            except REDIS_FAILURES as exc:
-                bus._failed(exc)
-                delay_ms = reconnect_delay_ms(attempt, 200, 5000, 0.5)
-                attempt += 1
-                gevent.sleep(delay_ms / 1000)
-        bus.last_id = last_id
-        bus.received(events, epoch)
-        if epoch:
-            self.epoch = epoch
-        self.role = "follower"
-        self.ready.set()
-        self._greenlets.append(self.tasks.spawn("reader", bus.run_reader))
-        self._greenlets.append(self.tasks.spawn("lease", self._stand_for_leader))
-        log.info("joined the cluster as a follower (epoch %s, last seq %d)", self.epoch, bus.last_seq)
-
-    def _stand_for_leader(self) -> None:
-        lease = self.bus.lease
-        period_s = self.settings.leader_lease_ms / 3000.0
-        while not self.shutting_down:
-            try:
-                if self.role == "leader":
-                    if not lease.renew():
-                        self._stop_leading("the lease was taken over")
-                elif lease.acquire():
-                    self.role = "leader"
-                    self._leading = [self.tasks.spawn("take_over", self._take_over, policy=EXIT)]
-                self._leader_cached = lease.current_holder()
-                if self.role == "follower" and self.bus.epoch is None:
-                    # no event read yet: take the leader's epoch, so that snapshots and
-                    # /health here name the seq space the first events will carry
-                    self.epoch = self.bus.announced_epoch() or self.epoch
-            except REDIS_FAILURES as exc:
-                self.bus._failed(exc)
-                if self.role == "leader" and not lease.valid:
-                    self._stop_leading(f"Redis unavailable past the lease ({exc})")
-            gevent.sleep(period_s)
-
-    def _take_over(self) -> None:
-        """Just elected: catch up with the stream, continue seq after it and the store, then lead.
-
-        Redis failing before the leading starts (a blip just after the election)
-        means standing down: the lease is released for whoever can catch up.
-        """
-        try:
-            self._catch_up_and_lead()
-        except REDIS_FAILURES as exc:
-            log.error("elected, but Redis failed before leading started (%s): standing down", exc)
-            self.bus._failed(exc)
-            self.role = "follower"
-            self._leading = []
-            try:
-                self.bus.lease.release()
-            except REDIS_FAILURES:
-                pass  # it expires on its own
-
-    def _catch_up_and_lead(self) -> None:
-        bus = self.bus
-        events, epoch, _ = bus.tail(bus.stream_maxlen)
-        if events:
-            bus.received(events, epoch)  # whatever this worker's reader had not seen yet
-        floor_seq = events[-1].seq if events else 0
-        if self.store is not None:
-            self._recover(floor_seq=floor_seq, floor_epoch=epoch, stream=events)
-        else:
-            self.ingest.last_seq = max(floor_seq, bus.last_seq)
-            self.epoch = epoch or self.epoch
-        if self.role == "leader":
-            bus.announce_epoch(self.epoch)
-            self._lead()
 
     # -- recovery from the store ------------------------------------------------------
 
-    def _recover(self, floor_seq: int, floor_epoch: str | None, stream: list[Event] = ()) -> None:
+    def _recover(self, floor_seq: int, floor_epoch: str | None) -> tuple[int | None, str | None, int]:
         """Seq base, epoch and a warm cache from the store, the spool and the local state.
 
         Alone, a seq reservation in DATA_DIR keeps seqs from being reused after a
-        crash. In a cluster the stream is the record: events never published
-        were never seen by anyone, and the new leader persists what the old one
-        published but had not written (`stream`, above the store's maximum).
+        crash. In a cluster, Redis's counter is the seq authority (leader.py seeds
+        it from what this returns: the store's maximum and its epoch, None when
+        the store could not be asked, and the spool's maximum) and the writer is
+        fed from the stream.
         """
         records = call_in_thread(self.spool.load, self.settings.cache_max_items)  # the newest: seq base, warm cache
         spooled = [e for r in records for e in r.events]
@@ -341,20 +254,17 @@ class Runtime:
             log.warning("seqs %d..%d were numbered before a crash and are lost", *self.lost_range)
         if plan.reserve_to is not None:
             call_in_thread(self.seq_state.save, self.epoch, plan.reserve_to)
-        if store_max is not None and stored_epoch != self.epoch:
+        if not self.clustered and store_max is not None and stored_epoch != self.epoch:
             try:
                 self.store.set_meta("epoch", self.epoch)
             except StoreError as exc:
                 log.error("could not record the epoch in the store: %s", exc)
         if not self.clustered:
             self._warm(store_max, spooled)
-        self.bus.last_seq = max(self.bus.last_seq, last_seq)
-        self.bus.epoch = self.epoch
+            self.bus.last_seq = max(self.bus.last_seq, last_seq)
+            self.bus.epoch = self.epoch
         self.writer.start_from(store_max, spooled=bool(records))
-        unwritten = [e for e in stream if plan.unwritten_after is not None and e.seq > plan.unwritten_after]
-        if unwritten:
-            log.info("writing %d events the previous leader published but had not stored", len(unwritten))
-            self.writer.enqueue(unwritten)
+        return store_max, stored_epoch, spool_max
 
     def _warm(self, store_max: int | None, spooled: list[Event]) -> None:
         now = self.now_ms()
@@ -383,33 +293,59 @@ class Runtime:
             self.hub.close_all("shutdown", 1001)
             if self.demo is not None:
                 self.demo.stop()
-            if leading and self.writer is not None and self.ready.is_set():
-                flushed = self.writer.flush(timeout_s=max(1.0, self.settings.graceful_timeout_s - 3))
-                if not self.clustered:
-                    call_in_thread(self.seq_state.save, self.epoch, self.ingest.last_seq)
-                log.info("store flushed (%s); last seq %d", "complete" if flushed else "incomplete", self.last_seq)
-            if self.clustered and self.role == "leader":
-                try:
-                    self.bus.lease.release()  # a follower takes over without waiting for the lease to lapse
-                except REDIS_FAILURES as exc:
-                    log.warning("could not release the lease: %s", exc)
+            if self.clustered:
+                # the lease is renewed until the flush is done, and released only after it
+                self.leadership.step_down(self._flush_store)
+            elif leading and self.ready.is_set():
+                self._flush_store()
             self.subs.stop()
             self.tasks.shutdown(timeout_s=2.0)  # every loop stopped and waited for
+            for greenlet in [*self._leading, *self._greenlets]:
+                greenlet.kill(block=False)  # any not started through self.tasks
         finally:
             self._stopped.set()
+
+    def _flush_store(self) -> None:
+        if self.writer is None:
+            return
+        flushed = self.writer.flush(timeout_s=max(1.0, self.settings.graceful_timeout_s - 3))
+        if not self.clustered:
+            call_in_thread(self.seq_state.save, self.epoch, self.ingest.last_seq)
+        log.info("store flushed (%s); last seq %d", "complete" if flushed else "incomplete", self.last_seq)
 
     def wait_stopped(self, timeout_s: float) -> bool:
         return self._stopped.wait(timeout_s)
 
     # -- callbacks ---------------------------------------------------------------
 
-    def _publish(self, events: list[Event]) -> None:
-        self.bus.publish(events, self.epoch)
+    def _publish(self, events: list[Event], receipt: bool = False):
+        """To the bus; with Redis and `receipt`, what yields the seqs the append gave them."""
+        if receipt and self.clustered:
+            return self.bus.publish(events, self.epoch, receipt=True)
+        return self.bus.publish(events, self.epoch)
 
     def _serve(self, events: list[Event]) -> None:
-        """From the bus: this worker's cache and clients get the events."""
+        """From the bus: this worker's cache and clients get the events (and, on a clustered leader, the writer)."""
         self.cache.add(events, events[-1].ts)
         self.hub.publish(events)
+        if self.feeding_writer:
+            self.writer.enqueue(events)
+
+    def _on_new_epoch(self, epoch: str) -> None:
+        """The bus moved to a new seq space: what this worker holds of the old one is not comparable."""
+        self.epoch = epoch
+        dropped = self.cache.clear()
+        self.hub.restart_seq()
+        if self.writer is not None:
+            self.writer.store_max = None  # ask the store again before the next insert
+        log.warning("new epoch %s: %d cached events of the old one dropped", epoch, dropped)
+
+    def publish_frame(self, body: bytes) -> list[int]:
+        """POST /publish: the seqs the frame's events really got (NoLeader when nobody can number them)."""
+        if self.leadership is not None:
+            return self.leadership.publish(body, self.now_ms())
+        events, _ = self.ingest.publish(body, self.now_ms())
+        return [ev.seq for ev in events]
 
     def _persist(self, events: list[Event]) -> None:
         if not self.clustered:
@@ -434,7 +370,14 @@ class Runtime:
         self.metrics.store_insert_seconds.observe(seconds)
 
     def _on_dropped(self, first: int, last: int) -> None:
-        """A batch could be neither spooled nor stored: remember its range for resuming clients."""
+        """A batch could be neither spooled nor stored: remember its range for resuming clients
+        (in Redis when clustered, so that every worker reports it)."""
+        if self.clustered:
+            try:
+                self.bus.add_hole(self.stream_epoch, first, last)
+                return
+            except REDIS_FAILURES as exc:
+                log.error("could not record the dropped range %d..%d in Redis: %s", first, last, exc)
         try:
             call_in_thread(self.seq_state.add_hole, self.stream_epoch, first, last)
         except OSError as exc:  # likely the same full disk: the range is still known until a restart
@@ -442,8 +385,20 @@ class Runtime:
 
     def store_holes(self) -> list[tuple[int, int]]:
         """Seq ranges of the current epoch that the store lacks for good (see SeqState.holes)."""
+        local: list[tuple[int, int]] = []
         state = self.seq_state
-        return state.holes if state is not None and state.epoch == self.stream_epoch else []
+        if state is not None and state.epoch == self.stream_epoch:
+            local = state.holes
+        if not self.clustered:
+            return local
+        try:
+            shared = self.bus.holes(self.stream_epoch)
+        except REDIS_FAILURES as exc:
+            log.warning("could not read the store's holes from Redis: %s", exc)
+            return local
+        for first, last in local:
+            shared = add_hole(shared, first, last)
+        return shared
 
     def _on_delivered(self, transport: str, frames: int, events: int) -> None:
         self.delivered += events
@@ -537,7 +492,7 @@ class Runtime:
         if not self.clustered:
             return 0
         if self.role == "leader":
-            return max(0, self.ingest.last_seq - self.bus.last_seq)
+            return max(0, self.bus.assigned_seq - self.bus.last_seq) + self.bus.outbox_events
         if not self.bus.ok:
             return None
         try:
@@ -560,7 +515,7 @@ class Runtime:
             "backend": "redis",
             "ok": bus.ok,
             "worker": bus.lease.holder,
-            "lease_holder": self._leader_cached,
+            "lease_holder": self.leadership.holder_cached,
             "last_seq": bus.last_seq,
             "lag": self.stream_lag(),
             "published": bus.published,
@@ -569,7 +524,7 @@ class Runtime:
         }
 
     def _leader_known(self) -> bool:
-        return self._leader_cached is not None
+        return self.leadership is not None and self.leadership.holder_cached is not None
 
     def _subscriptions_health(self) -> dict:
         view = self.subs.view()

@@ -206,7 +206,9 @@ class Settings:
     data_dir: str = env("DATA_DIR", "./data", _str, "embedded store and write spool")
     redis_url: str | None = env("REDIS_URL", None, _redis_url, "enables several workers / instances")
     redis_prefix: str = env("REDIS_PREFIX", "relayhouse", _key_prefix, "prefix of every Redis key this relay uses")
-    leader_lease_ms: int = env("LEADER_LEASE_MS", 3000, _int(300, 600_000), "leader lease; a dead leader is replaced within about this long")
+    leader_lease_ms: int = env("LEADER_LEASE_MS", 3000, _int(1500, 600_000),
+                               "leader lease; a dead leader is replaced within about this long (at least 1500: "
+                               "a leader inserts only while more than 1 s of its lease is left)")
     stream_maxlen: int = env("STREAM_MAXLEN", 0, _int(0, 100_000_000), "events kept in the Redis stream (0 = CACHE_MAX_ITEMS)")
     api_tokens: tuple = env("API_TOKENS", (), _tokens, "comma-separated tokens for client routes; unset = open")
     admin_token: str | None = env("ADMIN_TOKEN", None, _str, "token for admin routes; unset = loopback only")

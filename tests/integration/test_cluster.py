@@ -9,72 +9,18 @@ only the leader may ever hold one.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from support.clickhouse import ClickHouseServer, clickhouse_server  # noqa: F401
+from support.cluster import PrivateRedis, Pump, UpstreamWatch, cluster_env, role, start_pair
 from support.events import trades, unique_sym
 from support.procnet import children, owner_of_connection
-from support.relay import free_port
 from support.waiting import wait_until
-
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
-    name = "rh-test-" + secrets.token_hex(4)
-    yield name
-    client = redis.Redis.from_url(SHARED_REDIS)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def cluster_env(prefix: str, url: str = SHARED_REDIS, **extra: str) -> dict[str, str]:
-    return {"REDIS_URL": url, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500", "STARTUP_GRACE_S": "0", **extra}
-
-
-def role(relay) -> str:
-    return relay.health()["role"]
-
-
-def start_pair(launch_relay, upstream, env):
-    first = launch_relay(upstream, env)  # waits until it leads and holds the upstream
-    second = launch_relay(upstream, env, wait_upstream=False)
-    wait_until(lambda: role(second) == "follower", 10, "the second relay to follow")
-    return first, second
-
-
-class UpstreamWatch:
-    """Samples the fake upstream: the most relay connections ever open at once."""
-
-    def __init__(self, upstream):
-        self.upstream = upstream
-        self.most_open = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.most_open = max(self.most_open, len(self.upstream.open_connections()))
-            time.sleep(0.005)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(5)
-        return self.most_open
 
 
 def test_two_relays_serve_every_event_once_in_order_from_one_upstream_connection(prefix, fresh_upstream,
@@ -119,38 +65,6 @@ def test_several_workers_in_one_gunicorn_share_one_upstream_connection(prefix, f
     for client in clients:
         assert [e["seq"] for e in client.wait_for_seq(500)] == list(range(1, 501))
     assert fresh_upstream.connection_count == 1
-
-
-class Pump:
-    """Emits trades n, n+1, ... in tens while a relay holds the upstream; `sent` is what reached one."""
-
-    def __init__(self, upstream, sym: str):
-        self.upstream, self.sym = upstream, sym
-        self.sent: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            if self.upstream.open_connections():
-                try:
-                    self.upstream.emit(trades(n, n + 10, sym=self.sym), batch=10)
-                    self.sent.extend(range(n, n + 10))
-                except AssertionError:
-                    pass  # nobody connected at that instant: not sent
-                n += 10
-            time.sleep(0.01)
-
-    def wait_for_more(self, count: int, what: str) -> int:
-        start = len(self.sent)
-        wait_until(lambda: len(self.sent) >= start + count, 20, what)
-        return start
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def test_four_workers_one_upstream_and_killing_any_worker_loses_nothing_for_the_others(prefix, fresh_upstream,
@@ -277,56 +191,28 @@ def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fre
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[dict]:
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A redis-server of the test's own (with an append-only file), to restart at will."""
-    port = free_port()
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed"
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-           "--dir", str(directory)]
-    state: dict = {"port": port, "url": f"redis://127.0.0.1:{port}/0"}
-
-    def start() -> None:
-        state["proc"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_until(lambda: _pings(state["url"]), 10, "the private redis-server to answer")
-
-    def stop() -> None:
-        state["proc"].terminate()
-        state["proc"].wait(10)
-
-    state["start"], state["stop"] = start, stop
-    start()
-    yield state
-    if state["proc"].poll() is None:
-        stop()
-
-
-def _pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-    finally:
-        client.close()
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 def test_a_redis_restart_mid_stream_recovers_without_duplicates(private_redis, fresh_upstream, launch_relay, ws):
-    env = cluster_env("rh", private_redis["url"])
+    env = cluster_env("rh", private_redis.url)
     leader, follower = start_pair(launch_relay, fresh_upstream, env)
     sym = unique_sym()
     client = ws(follower, topics=f"T.{sym}", snapshot=0)
     client.read_snapshot()
     fresh_upstream.emit(trades(0, 200, sym=sym), batch=20)
     client.wait_for_seq(200)
-    private_redis["stop"]()
+    private_redis.stop()
     wait_until(lambda: follower.health()["status"] == "degraded", 10, "the follower to report the bus down")
     assert follower.get("/cache/recent", params={"limit": 5}).status_code == 200  # still serving from its cache
     assert follower.health()["bus"]["lag"] is None  # how far behind cannot be known without Redis
     assert "relayhouse_bus_lag_events -1.0" in follower.get("/metrics").text
-    private_redis["start"]()
+    private_redis.start()
     wait_until(lambda: follower.health()["bus"]["ok"] and fresh_upstream.open_connections(), 20,
                "the bus back and a leader on the upstream")
     wait_until(lambda: len(fresh_upstream.open_connections()) == 1, 10, "exactly one upstream connection")

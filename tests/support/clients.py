@@ -402,7 +402,8 @@ class SseClient:
             message = self.next_message(timeout_s)
             assert message.event == "event", f"expected an event message, got {message!r}"
             event = message.json()
-            assert message.id == str(event["seq"]), f"id {message.id!r} is not the seq of {event!r}"
+            # `<epoch>:<seq>`
+            assert message.id.rpartition(":")[2] == str(event["seq"]), f"id {message.id!r} is not the seq of {event!r}"
             out.append(event)
         return out
 

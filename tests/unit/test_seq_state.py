@@ -58,15 +58,15 @@ class FullDisk:
 
 
 def test_a_dropped_range_that_cannot_be_saved_is_logged_not_raised(caplog):
-    rt = SimpleNamespace(seq_state=FullDisk(), stream_epoch="E1")
+    rt = SimpleNamespace(seq_state=FullDisk(), stream_epoch="E1", clustered=False)
     Runtime._on_dropped(rt, 10, 20)
     assert "could not save the dropped range 10..20" in caplog.text and "No space left" in caplog.text
 
 
 def test_a_resume_sees_the_holes_of_the_current_epoch_only():
-    assert Runtime.store_holes(SimpleNamespace(seq_state=FullDisk(), stream_epoch="E1")) == [(3, 4)]
-    assert Runtime.store_holes(SimpleNamespace(seq_state=FullDisk(), stream_epoch="E2")) == []
-    assert Runtime.store_holes(SimpleNamespace(seq_state=None, stream_epoch="E1")) == []
+    assert Runtime.store_holes(SimpleNamespace(seq_state=FullDisk(), stream_epoch="E1", clustered=False)) == [(3, 4)]
+    assert Runtime.store_holes(SimpleNamespace(seq_state=FullDisk(), stream_epoch="E2", clustered=False)) == []
+    assert Runtime.store_holes(SimpleNamespace(seq_state=None, stream_epoch="E1", clustered=False)) == []
 
 
 class Reservation:

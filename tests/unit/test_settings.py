@@ -108,3 +108,9 @@ def test_bad_subscription_settings_stop_start_up_with_a_clear_message(env, probl
         Settings.from_env(env)
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
     assert "secret-b" not in str(caught.value)  # a token is never shown
+
+
+def test_a_lease_too_short_to_leave_a_leader_a_second_for_an_insert_is_refused():
+    with pytest.raises(SettingsError, match="LEADER_LEASE_MS: 1000 is outside 1500"):
+        Settings.from_env({"LEADER_LEASE_MS": "1000"})
+    assert Settings.from_env({"LEADER_LEASE_MS": "1500"}).leader_lease_ms == 1500

@@ -360,3 +360,32 @@ def test_loading_a_spool_at_start_keeps_only_the_newest_records_but_counts_them_
     assert [e.seq for r in kept for e in r.events] == list(range(71, 101))  # whole records covering 25
     assert again.events == 100
     assert [e.seq for r in Spool(str(tmp_path / "spool"), 1 << 20).load() for e in r.events] == list(range(1, 101))
+
+
+# -- the fence (a cluster's lease) ----------------------------------------------------------------
+
+
+def test_a_writer_whose_fence_is_closed_writes_nothing_and_holds_what_it_has(tmp_path):
+    writer, store = make_writer(tmp_path)
+    writer.enqueue(events(1, 5))
+    writer.cycle()
+    allowed = [False]
+    writer.may_write = lambda: allowed[0]
+    writer.enqueue(events(6, 5))
+    writer.cycle()
+    assert store.inserts == [[1, 2, 3, 4, 5]] and [e.seq for e in writer.pending] == [6, 7, 8, 9, 10]
+    assert not writer.flush(timeout_s=0.1)  # a graceful flush of a fenced writer does nothing, quickly
+    allowed[0] = True  # a lease that is surely valid again (a lost one discards instead)
+    writer.cycle()
+    assert store.inserts == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+
+
+def test_a_fence_that_closes_between_the_check_and_the_insert_stops_the_insert(tmp_path):
+    """The lease lapses while the batch is spooled (a yield for file I/O): the insert is not sent,
+    and the spooled batch stays for whoever may write."""
+    checks = iter([True, False])
+    writer, store = make_writer(tmp_path)
+    writer.may_write = lambda: next(checks, False)
+    writer.enqueue(events(1, 5))
+    writer.cycle()
+    assert store.inserts == [] and writer.spool.events == 5

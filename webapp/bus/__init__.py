@@ -25,6 +25,8 @@ class Bus:
         self.epoch: str | None = None
         self.gaps = 0
         self.ok = True
+        # a new seq space: the worker drops what it holds of the old one before the first new event
+        self.on_epoch: Callable[[str], None] = lambda epoch: None
 
     def publish(self, events: list[Event], epoch: str) -> None:
         raise NotImplementedError
@@ -33,7 +35,12 @@ class Bus:
         """Called by the transport with events in publish order; drops what was already delivered."""
         if epoch is not None and epoch != self.epoch:
             if self.epoch is not None:
-                log.warning("bus: epoch changed from %s to %s", self.epoch, epoch)
+                # seq continuity was lost (a new leader with no store and no stream to go on):
+                # the new space's seqs start over, and are not "already delivered"
+                log.warning("bus: epoch changed from %s to %s; seq starts over", self.epoch, epoch)
+                self.last_seq = 0
+                self.epoch = epoch
+                self.on_epoch(epoch)
             self.epoch = epoch
         fresh = [e for e in events if e.seq > self.last_seq]
         if not fresh:

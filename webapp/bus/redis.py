@@ -1,33 +1,70 @@
-"""The Redis transport: a leader lease, a fenced publisher into a bounded Stream, and a reader per worker.
+"""The Redis transport: a leader lease, a fenced append that numbers events, and a reader per worker.
 
-Only the lease holder may append to the stream: the append is a Lua script
-that checks the lease first, so a leader that was paused past its lease (and
-replaced) cannot publish afterwards. Every worker — the leader too — reads
-the stream with blocking XREADs and resumes from its last entry id after a
-Redis blip.
+Seq and epoch are assigned in one place: the append script. It checks the
+lease's token, takes the next seqs from the counter `<prefix>:seq` (a hash
+holding `seq` and `epoch`) and appends the events with them, atomically. The
+leader hands it events without their seq; a worker that is not the lease
+holder cannot create a seq, and a leader that was paused past its lease (and
+replaced) has its append refused. Every worker — the leader too — reads the
+stream with blocking XREADs and resumes from its last entry id after a Redis
+blip. `POST /publish` on any worker reaches the leader through a Redis list
+(`request_publish` / `serve_publish_requests`); the caller gets the seqs the
+script gave.
 """
 
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Callable
 
 import gevent
 import redis
+from gevent.event import AsyncResult
 from gevent.event import Event as Signal
 
 from handlers import jsonx
 from handlers.events import Event, event_from_json
+from handlers.resume import MAX_HOLES, add_hole
 from webapp.bus import Bus
 
 log = logging.getLogger(__name__)
 
+# KEYS: lease, stream, counter, this batch's key. ARGV: token, maxlen, then each event's JSON after
+# its `{"seq":N,`. Returns {1, first seq, last seq, epoch}; {0} when the token is not the lease's;
+# {-1} when the counter is gone (Redis lost its data): the leader must seed it again before numbering.
+# A batch sent again (its answer was lost) gets the answer it had, and is not appended twice.
 APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 4, #ARGV, 2 do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'seq', ARGV[i], 'epoch', ARGV[3], 'e', ARGV[i + 1])
+local done = redis.call('GET', KEYS[4])
+if done then return cjson.decode(done) end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not epoch then return {-1} end
+local seq = tonumber(redis.call('HGET', KEYS[3], 'seq'))
+local first = seq + 1
+for i = 3, #ARGV do
+  seq = seq + 1
+  local n = string.format('%d', seq)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'seq', n, 'epoch', epoch, 'e', '{"seq":' .. n .. ',' .. ARGV[i])
 end
-return 1
+redis.call('HSET', KEYS[3], 'seq', string.format('%d', seq))
+local answer = {1, string.format('%d', first), string.format('%d', seq), epoch}
+redis.call('SET', KEYS[4], cjson.encode(answer), 'PX', 60000)
+return answer
+"""
+
+# KEYS: lease, counter. ARGV: token, floor seq, epoch. Seeds the counter when it is missing (or
+# behind the floor in its own epoch); returns {1, seq, epoch} as it stands, {0} when not the holder.
+SEED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  redis.call('HSET', KEYS[2], 'seq', ARGV[2])
+  redis.call('HSET', KEYS[2], 'epoch', ARGV[3])
+elseif epoch == ARGV[3] and tonumber(redis.call('HGET', KEYS[2], 'seq')) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'seq', ARGV[2])
+end
+return {1, redis.call('HGET', KEYS[2], 'seq'), redis.call('HGET', KEYS[2], 'epoch')}
 """
 
 RENEW = """
@@ -55,6 +92,41 @@ def failure_text(exc: Exception) -> str:
 
 class LostLease(Exception):
     """The lease is someone else's: this worker must stop acting as leader."""
+
+
+class NoLeader(Exception):
+    """POST /publish cannot be served: no leader is known, or it did not answer in time."""
+
+
+class Receipt:
+    """What the append script gave one group of events: their real seqs (or why none)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._done = AsyncResult()
+        self.taken = False  # in an append call: it can no longer be withdrawn
+        self.withdrawn = False
+
+    def set(self, first: int) -> None:
+        self._done.set(list(range(first, first + self.count)))
+
+    def fail(self, reason: str) -> None:
+        self._done.set_exception(NoLeader(reason))
+
+    def seqs(self, timeout_s: float) -> list[int]:
+        try:
+            return self._done.get(timeout=timeout_s)
+        except gevent.Timeout:
+            if not self.taken:
+                self.withdrawn = True  # never appended: the caller is told so, and it stays true
+                raise NoLeader(f"the events got no seq within {timeout_s:g} s (Redis unavailable?)") from None
+            raise NoLeader(f"the append was not confirmed within {timeout_s:g} s (Redis unavailable?); "
+                           "the events may still be published") from None
+
+
+def stripped(event: Event) -> bytes:
+    """The event's JSON after `{"seq":N,`: the append script writes the seq it assigns in front."""
+    return event.json[len(b'{"seq":%d,' % event.seq):]
 
 
 class Lease:
@@ -101,65 +173,194 @@ class RedisBus(Bus):
     backend = "redis"
 
     def __init__(self, url: str, prefix: str, holder: str, deliver: Callable[[list[Event]], None], *,
-                 lease_ms: int, stream_maxlen: int, read_block_ms: int = 1000, batch_max: int = 1000):
+                 lease_ms: int, stream_maxlen: int, read_block_ms: int = 1000, batch_max: int = 1000,
+                 publish_timeout_s: float = 5.0):
         super().__init__(deliver)
         self.prefix = prefix
         self.stream_key = f"{prefix}:events"
+        self.counter_key = f"{prefix}:seq"
+        self.requests_key = f"{prefix}:publish"
+        self.holes_key = f"{prefix}:holes"
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         # the blocking reader gets its own connection, with a read time-out beyond its block
         self.reader = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=read_block_ms / 1000 + 5)
+        # blocking pops (publish requests and their replies) wait up to publish_timeout_s
+        self.waiter = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=publish_timeout_s + 5)
         self.lease = Lease(self.client, f"{prefix}:leader", holder, lease_ms)
         self._append = self.client.register_script(APPEND)
+        self._seed = self.client.register_script(SEED)
         self.stream_maxlen = stream_maxlen
         self.read_block_ms = read_block_ms
         self.batch_max = batch_max
-        self._outbox: deque[tuple[Event, str]] = deque()
+        self.publish_timeout_s = publish_timeout_s
+        self._outbox: deque[tuple[list[Event], Receipt | None]] = deque()
         self._wake = Signal()
         self.last_id = b"0-0"
         self.published = 0
-        self.on_fenced: Callable[[], None] = lambda: None
+        self.assigned_seq = 0  # the last seq the append script gave this leader's events
+        self._batches = 0
+        self.on_fenced: Callable[[str], None] = lambda reason: None
         self.last_error: str | None = None
 
     # -- publishing (the leader) ------------------------------------------------------
 
-    def publish(self, events: list[Event], epoch: str) -> None:
-        """Queue for the publisher greenlet; never blocks (ingest must not yield)."""
-        self._outbox.extend((e, epoch) for e in events)
-        self._wake.set()
+    def publish(self, events: list[Event], epoch: str | None = None, *, receipt: bool = False) -> Receipt | None:
+        """Queue for the publisher greenlet; never blocks (ingest must not yield).
 
-    def discard_outbox(self) -> int:
-        n = len(self._outbox)
-        self._outbox.clear()
+        The events' seqs are provisional: the append script numbers them. With
+        `receipt`, the caller can wait for the seqs they really got.
+        """
+        ticket = Receipt(len(events)) if receipt else None
+        self._outbox.append((events, ticket))
+        self._wake.set()
+        return ticket
+
+    def discard_outbox(self, reason: str = "no longer the leader") -> int:
+        n = 0
+        while self._outbox:
+            events, ticket = self._outbox.popleft()
+            n += len(events)
+            if ticket is not None:
+                ticket.fail(reason)
         return n
+
+    @property
+    def outbox_events(self) -> int:
+        return sum(len(events) for events, _ in self._outbox)
 
     def run_publisher(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
             while self._outbox:
-                epoch = self._outbox[0][1]
-                batch: list[Event] = []
-                for event, event_epoch in self._outbox:
-                    if event_epoch != epoch or len(batch) >= self.batch_max:
-                        break
-                    batch.append(event)
-                args: list = [self.lease.holder, self.stream_maxlen, epoch]
-                for event in batch:
-                    args += [event.seq, event.json]
-                try:
-                    appended = self._append(keys=[self.lease.key, self.stream_key], args=args)
-                except FAILURES as exc:
-                    self._failed(exc)
-                    gevent.sleep(0.2)
+                if self.assigned_seq - self.last_seq > self.stream_maxlen // 2:
+                    # The store is written from what this worker reads back: never let the stream's
+                    # MAXLEN trim entries its own reader has not reached (a burst waits in the outbox).
+                    gevent.sleep(0.005)
                     continue
-                if not appended:
-                    log.error("lost the leader lease: %d queued events not published", len(self._outbox))
-                    self._outbox.clear()
-                    self.on_fenced()
+                # taken out of the outbox first: a stop_leading during the call discards only the rest
+                groups = []
+                size = 0
+                while self._outbox and (not groups or size + len(self._outbox[0][0]) <= self.batch_max):
+                    events, ticket = self._outbox.popleft()
+                    if ticket is not None:
+                        if ticket.withdrawn:
+                            continue  # its caller was answered 503: it must never appear
+                        ticket.taken = True
+                    groups.append((events, ticket))
+                    size += len(events)
+                if not groups:
+                    continue
+                self._batches += 1
+                batch_key = f"{self.prefix}:append:{self.lease.holder}:{self._batches}"
+                args: list = [self.lease.holder, self.stream_maxlen]
+                for events, _ in groups:
+                    args += [stripped(event) for event in events]
+                while True:
+                    try:
+                        answer = self._append(keys=[self.lease.key, self.stream_key, self.counter_key, batch_key],
+                                              args=args)
+                        break
+                    except FAILURES as exc:
+                        # the script may have run and its answer been lost: the retry names the same
+                        # batch, so the script answers what it did instead of appending twice
+                        self._failed(exc)
+                        gevent.sleep(0.2)
+                if answer[0] != 1:
+                    reason = "lost the leader lease" if answer[0] == 0 else "the seq counter is gone from Redis"
+                    for _, ticket in groups:
+                        if ticket is not None:
+                            ticket.fail(reason)
+                    log.error("%s: %d queued events not published", reason, size + self.outbox_events)
+                    self.discard_outbox(reason)
+                    self.on_fenced(reason)
                     break
-                for _ in batch:
-                    self._outbox.popleft()
-                self.published += len(batch)
+                first = int(answer[1])
+                self.assigned_seq = max(self.assigned_seq, int(answer[2]))
+                for events, ticket in groups:
+                    if ticket is not None:
+                        ticket.set(first)
+                    first += len(events)
+                self.published += size
+
+    def seed(self, floor: int, epoch: str) -> tuple[int, str]:
+        """Make sure the counter exists (fenced); returns the seq and epoch it holds."""
+        answer = self._seed(keys=[self.lease.key, self.counter_key], args=[self.lease.holder, floor, epoch])
+        if answer[0] != 1:
+            raise LostLease("the lease was taken before the seq space was seeded")
+        self.assigned_seq = int(answer[1])
+        return int(answer[1]), answer[2].decode()
+
+    def counter(self) -> tuple[int | None, str | None]:
+        """The seq counter's state: (last seq, epoch), (None, None) when Redis has none."""
+        seq, epoch = self.client.hmget(self.counter_key, ["seq", "epoch"])
+        return (int(seq) if seq is not None else None), (epoch.decode() if epoch is not None else None)
+
+    # -- POST /publish on any worker ----------------------------------------------------
+
+    def request_publish(self, body: bytes, recv_ms: int) -> list[int]:
+        """Hand a frame to the leader and wait for its seqs; NoLeader when none can answer."""
+        if self.lease.current_holder() is None:
+            raise NoLeader("no leader is known (the lease is free): retry in a moment")
+        ident = secrets.token_hex(8)
+        deadline_ms = int(time.time() * 1000 + self.publish_timeout_s * 1000)
+        request = jsonx.dumps({"id": ident, "recv_ms": recv_ms, "deadline_ms": deadline_ms,
+                               "body": body.decode("utf-8", "surrogateescape")})
+        reply_key = f"{self.requests_key}:reply:{ident}"
+        self.client.rpush(self.requests_key, request)
+        self.client.pexpire(self.requests_key, int(self.publish_timeout_s * 4000))
+        answer = self.waiter.blpop([reply_key], timeout=max(1, int(self.publish_timeout_s)))
+        if answer is None:
+            raise NoLeader(f"the leader did not answer within {self.publish_timeout_s:g} s")
+        reply = jsonx.loads(answer[1])
+        if "error" in reply:
+            raise NoLeader(reply["error"])
+        return reply["seqs"]
+
+    def serve_publish_requests(self, handle: Callable[[bytes, int], list[int]]) -> None:
+        """The leader's loop: take requests from any worker, publish them, reply with the seqs."""
+        while True:
+            try:
+                self.serve_publish_request(handle, timeout_s=1)
+            except FAILURES as exc:
+                self._failed(exc)
+                gevent.sleep(0.5)
+
+    def serve_publish_request(self, handle: Callable[[bytes, int], list[int]], timeout_s: float) -> bool:
+        """Serve one request if one comes within `timeout_s`; True when one was answered."""
+        answer = self.waiter.blpop([self.requests_key], timeout=timeout_s)
+        if answer is None:
+            return False
+        try:
+            request = jsonx.loads(answer[1])
+            ident, body = str(request["id"]), request["body"].encode("utf-8", "surrogateescape")
+            recv_ms, deadline_ms = int(request["recv_ms"]), int(request["deadline_ms"])
+        except (jsonx.NotJSON, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.error("bus: unreadable publish request: %s", exc)
+            return False
+        if time.time() * 1000 >= deadline_ms:
+            return False  # its caller has been told it failed: publishing it now would make that a lie
+        try:
+            reply = {"seqs": handle(body, recv_ms)}
+        except NoLeader as exc:
+            reply = {"error": str(exc)}
+        key = f"{self.requests_key}:reply:{ident}"
+        self.client.rpush(key, jsonx.dumps(reply))
+        self.client.pexpire(key, int(self.publish_timeout_s * 2000))
+        return True
+
+    # -- holes: seq ranges the store lacks for good, the same for every worker ----------
+
+    def add_hole(self, epoch: str, first: int, last: int) -> None:
+        self.client.rpush(f"{self.holes_key}:{epoch}", f"{first}-{last}")
+        self.client.ltrim(f"{self.holes_key}:{epoch}", -MAX_HOLES, -1)
+
+    def holes(self, epoch: str) -> list[tuple[int, int]]:
+        ranges: list[tuple[int, int]] = []
+        for item in self.client.lrange(f"{self.holes_key}:{epoch}", 0, -1):
+            first, _, last = item.decode().partition("-")
+            ranges = add_hole(ranges, int(first), int(last))
+        return ranges
 
     # -- reading (every worker) --------------------------------------------------------
 
@@ -227,13 +428,13 @@ class RedisBus(Bus):
         fields = entries[0][1]
         return event_from_json(fields[b"e"]).seq, fields[b"epoch"].decode()
 
-    def announce_epoch(self, epoch: str) -> None:
-        """The leader's seq space, for followers that have no event to read it from yet."""
-        self.client.set(f"{self.prefix}:epoch", epoch)
-
     def announced_epoch(self) -> str | None:
-        value = self.client.get(f"{self.prefix}:epoch")
-        return value.decode() if value else None
+        """The leader's seq space, for followers that have no event to read it from yet."""
+        return self.counter()[1]
+
+    def close(self) -> None:
+        for client in (self.client, self.reader, self.waiter):
+            client.connection_pool.disconnect()
 
     def stream_length(self) -> int:
         return self.client.xlen(self.stream_key)

@@ -1,9 +1,15 @@
-"""POST /publish: an admin injects a frame, handled exactly like one from the upstream."""
+"""POST /publish: an admin injects a frame, handled exactly like one from the upstream.
+
+With Redis, any worker takes it: the frame goes to the leader, whose append
+gives its events their seqs, and the answer carries those seqs (503 when no
+leader is known or none answered in time).
+"""
 
 from flask import Blueprint, request
 
 from handlers import jsonx
 from webapp.auth import ADMIN, access
+from webapp.bus.redis import NoLeader
 from webapp.responses import json_error, json_response
 from webapp.routes import runtime
 
@@ -23,5 +29,9 @@ def publish():
         return json_error(400, "body must be a JSON object or array")
     if len(body) > rt.settings.upstream_max_frame_bytes:
         return json_error(413, f"body exceeds UPSTREAM_MAX_FRAME_BYTES ({rt.settings.upstream_max_frame_bytes})")
-    events = rt.ingest.publish(body, rt.now_ms())
-    return json_response({"seqs": [ev.seq for ev in events]})
+    try:
+        seqs = rt.publish_frame(body)
+    except NoLeader as exc:
+        # never a 200 for events nobody will see: no seq was given, or none is known to be
+        return json_error(503, f"not published: {exc}")
+    return json_response({"seqs": seqs})

@@ -43,11 +43,10 @@ class SseClient:
         self._ready = Signal()
         self.closed = False
 
-    @staticmethod
-    def encode(events: list[Event], conflated: int = 0) -> bytes:
+    def encode(self, events: list[Event], conflated: int = 0) -> bytes:
         if conflated:  # a release comes at most once per interval, and so does this message
-            return sse_conflated(conflated) + sse_events(events)
-        return sse_events(events)
+            return sse_conflated(conflated) + sse_events(events, self.rt.stream_epoch)
+        return sse_events(events, self.rt.stream_epoch)
 
     def below_half(self) -> bool:
         return self._queued_events * 2 <= self.max_events and self._queued_bytes * 2 <= self.max_bytes
@@ -132,7 +131,7 @@ def stream():
     client.after_seq = client._queued_through = client._taken_through = opening.last_seq
     rt.hub.add(client)
     opening = fill_from_store(rt, opening, client.matcher)
-    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
+    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events, opening.epoch)
     keepalive_s = rt.settings.sse_keepalive_s
     sock = request.environ.get("gunicorn.socket")
     if params.on_slow == "conflate" and sock is not None:

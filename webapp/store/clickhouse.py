@@ -78,6 +78,7 @@ class ClickHouseStore:
         self.max_memory_bytes = max_memory_bytes
         self._writer: Client | None = None
         self._idle: list[Client] = []
+        self.insert_timeout_s: int | None = None  # set in a cluster (see leader.py)
 
     def _client(self, database: str | None = None, params: dict[str, Any] | None = None) -> Client:
         p = params or self.params
@@ -125,8 +126,11 @@ class ClickHouseStore:
     def insert(self, events: list[Event]) -> None:
         if self._writer is None:
             self._writer = self._client()
+        # In a cluster, the server drops an insert whose writer stalls past insert_timeout_s mid-way
+        # (a paused leader): it cannot land after the lease it was checked under has lapsed.
+        settings = {"receive_timeout": self.insert_timeout_s} if self.insert_timeout_s else None
         self._run(self._writer, f"INSERT INTO {self.db}.events ({', '.join(EVENT_COLUMNS)}) VALUES",
-                  event_columns(events), columnar=True, types_check=False)
+                  event_columns(events), columnar=True, types_check=False, settings=settings)
 
     def max_seq(self) -> int:
         if self._writer is None:

@@ -23,6 +23,7 @@ import os
 import time
 from typing import Callable
 
+import gevent
 import orjson
 from gevent.event import Event as Signal
 from gevent.lock import BoundedSemaphore
@@ -57,7 +58,8 @@ class StoreWriter:
                  on_written: Callable[[int, float], None] = lambda rows, seconds: None,
                  on_dropped: Callable[[int, int], None] = lambda first, last: None,
                  in_thread: Callable = lambda fn, *args: fn(*args),
-                 poison_attempts: int = 5, dead_letter_dir: str | None = None):
+                 poison_attempts: int = 5, dead_letter_dir: str | None = None,
+                 may_write: Callable[[], bool] = lambda: True):
         self.store = store
         self.spool = spool
         self.batch_rows = batch_rows
@@ -67,6 +69,9 @@ class StoreWriter:
         self.on_written = on_written
         self.on_dropped = on_dropped  # (first seq, last seq) of a batch lost to persistence
         self.in_thread = in_thread  # file I/O off the hub
+        # the fence (a cluster's lease): checked before every insert; False means this writer may
+        # not write now (another worker may), so it inserts nothing and holds what it has
+        self.may_write = may_write
         self.pending: list[Event] = []
         self.store_max: int | None = None  # None: unknown, ask before the next insert
         self.ok = True
@@ -90,6 +95,9 @@ class StoreWriter:
         self._cycling = BoundedSemaphore(1)
 
     # -- the ingest side --------------------------------------------------------------
+
+    def discard_pending(self) -> None:
+        self.pending = []
 
     def enqueue(self, events: list[Event]) -> None:
         self.pending.extend(events)
@@ -117,6 +125,8 @@ class StoreWriter:
         if not self._cycling.acquire(timeout=timeout_s):
             return False
         try:
+            if not self.may_write():
+                return True  # not now: what is pending waits (a lost lease discards it, see discard_pending)
             batch, self.pending = self.pending, []
             if batch:
                 self._in_hand = batch
@@ -148,9 +158,11 @@ class StoreWriter:
         """Write everything pending now (SIGTERM); True when nothing is left unspooled."""
         deadline = time.monotonic() + timeout_s
         self._retry_at = 0.0
+        while not self.may_write() and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # the fence may open again (a lease renewed); a lost one times out
         if not self.cycle(timeout_s):
             return False
-        while self._backlog and time.monotonic() < deadline and self.ok:
+        while self._backlog and time.monotonic() < deadline and self.ok and self.may_write():
             self.cycle(max(0.0, deadline - time.monotonic()))
         return not self.pending
 
@@ -209,6 +221,9 @@ class StoreWriter:
                 self.store_max = self.store.max_seq()
             fresh = [e for e in events if e.seq > self.store_max]
             for run in split_by_day(fresh):
+                if not self.may_write():
+                    self.store_max = None
+                    return False  # nothing more from this writer: what it holds stays spooled
                 self.store.insert(run)
                 self.store_max = run[-1].seq
                 self.written += len(run)

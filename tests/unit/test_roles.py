@@ -1,0 +1,91 @@
+"""The cluster role table (handlers/roles.py): transitions, fences, and where a new leader's seqs continue."""
+
+import pytest
+
+from handlers import roles
+from handlers.roles import SeqSpace, next_role, seq_floor
+
+
+@pytest.mark.parametrize(("role", "event", "expected"), [
+    (roles.FOLLOWER, roles.ELECTED, roles.CANDIDATE),
+    (roles.CANDIDATE, roles.CAUGHT_UP, roles.LEADER),
+    (roles.CANDIDATE, roles.CATCH_UP_FAILED, roles.FOLLOWER),
+    (roles.CANDIDATE, roles.LEASE_LOST, roles.FOLLOWER),
+    (roles.LEADER, roles.LEASE_LOST, roles.FOLLOWER),
+    (roles.LEADER, roles.SHUTDOWN, roles.STEPPING_DOWN),
+    (roles.STEPPING_DOWN, roles.FLUSHED, roles.STOPPED),
+    (roles.STEPPING_DOWN, roles.LEASE_LOST, roles.STOPPED),
+    (roles.FOLLOWER, roles.SHUTDOWN, roles.STOPPED),
+    (roles.STARTING, roles.JOINED, roles.FOLLOWER),
+    (roles.STARTING, roles.SHUTDOWN, roles.STOPPED),  # SIGTERM before the stream was reached
+])
+def test_each_listed_transition_leads_to_its_role(role, event, expected):
+    assert next_role(role, event) == expected
+
+
+@pytest.mark.parametrize(("role", "event"), [
+    (roles.FOLLOWER, roles.CAUGHT_UP),  # only a lease holder catches up
+    (roles.LEADER, roles.ELECTED),  # elected twice
+    (roles.STOPPED, roles.ELECTED),  # a stopping worker never stands again
+    (roles.FOLLOWER, roles.FLUSHED),
+])
+def test_an_event_the_role_does_not_allow_is_an_error(role, event):
+    with pytest.raises(roles.RoleError, match=event):
+        next_role(role, event)
+
+
+def test_a_leader_keeps_renewing_its_lease_until_its_flush_is_done():
+    role = next_role(roles.LEADER, roles.SHUTDOWN)
+    assert roles.holds_lease(role) and roles.may_write_store(role, lease_valid=True)
+    role = next_role(role, roles.FLUSHED)
+    assert not roles.holds_lease(role) and not roles.may_write_store(role, lease_valid=True)
+
+
+@pytest.mark.parametrize(("role", "valid", "expected"), [
+    (roles.LEADER, True, True),
+    (roles.LEADER, False, False),  # paused past its lease: fenced before it knows it lost it
+    (roles.CANDIDATE, True, False),  # not caught up yet
+    (roles.FOLLOWER, True, False),
+    (roles.STEPPING_DOWN, False, False),
+    (roles.SINGLE, False, True),  # no cluster, no lease
+])
+def test_only_a_leader_with_a_surely_valid_lease_may_write_the_store(role, valid, expected):
+    assert roles.may_write_store(role, valid) is expected
+
+
+def space(**kw):
+    base = dict(redis_seq=None, redis_epoch=None, stream_seq=0, stream_epoch=None, store_max=0,
+                store_epoch=None, seen_seq=0, seen_epoch=None, fresh_epoch="FRESH")
+    return seq_floor(**{**base, **kw})
+
+
+def test_redis_counter_is_the_authority_when_it_exists():
+    assert space(redis_seq=500, redis_epoch="E", stream_seq=480, stream_epoch="E", store_max=900,
+                 store_epoch="E") == SeqSpace(500, "E")
+
+
+def test_nothing_to_continue_from_is_a_fresh_epoch_from_zero():
+    assert space() == SeqSpace(0, "FRESH")
+
+
+def test_a_lost_counter_continues_after_the_highest_seq_anyone_could_have_seen():
+    assert space(stream_seq=40, stream_epoch="E", store_max=30, store_epoch="E", seen_seq=45,
+                 seen_epoch="E") == SeqSpace(45, "E")
+    assert space(store_max=30, store_epoch="E") == SeqSpace(30, "E")
+
+
+def test_a_lost_counter_and_stream_with_a_store_of_another_epoch_ignores_what_this_worker_saw_of_it():
+    assert space(store_max=30, store_epoch="S", seen_seq=99, seen_epoch="OTHER") == SeqSpace(30, "S")
+
+
+@pytest.mark.parametrize(("store_max", "spool_max", "stream_first", "expected"), [
+    (100, 0, 101, None),  # the stream starts right after the store: everything can be written
+    (100, 0, 50, None),  # the stream overlaps the store
+    (100, 0, 501, (101, 500)),  # trimmed before anyone stored them
+    (100, 300, 501, (301, 500)),  # this host's spool still has some of them
+    (100, 600, 501, None),
+    (None, 0, 501, None),  # the store could not be asked: nothing is known
+    (100, 0, None, None),  # an empty stream (or another epoch's)
+])
+def test_a_new_leader_knows_which_seqs_it_can_write_from_nowhere(store_max, spool_max, stream_first, expected):
+    assert roles.unfillable(store_max, spool_max, stream_first) == expected
