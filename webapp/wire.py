@@ -13,6 +13,7 @@ from collections import deque
 
 import gevent
 from gevent.event import Event as Signal
+from gevent.socket import wait_write
 
 
 class WireSocket:
@@ -24,17 +25,22 @@ class WireSocket:
                  "broken")
 
     def __init__(self, sock):
-        self.sock = sock
-        # gevent's socket wraps a non-blocking stdlib socket: writing to that directly is the
-        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
-        raw = getattr(sock, "_sock", None)
-        self._send_now = raw.send if raw is not None else lambda data: sock.send(data, 0, 0.0)
+        self.adopt(sock)
         self._backlog: deque[tuple[memoryview | bytes, int]] | None = None
         self.backlog_bytes = 0
         self.backlog_weight = 0  # events held in the backlog (the hub's bound)
         self._writer: gevent.Greenlet | None = None
         self._drained: Signal | None = None  # set when the writer is done
         self.broken = False
+
+    def adopt(self, sock) -> None:
+        """Write to `sock` from now on: a gevent socket, or (once held, webapp/conn.py) a plain
+        non-blocking one on the same file descriptor."""
+        self.sock = sock
+        # gevent's socket wraps a non-blocking stdlib socket: writing to that directly is the
+        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
+        raw = getattr(sock, "_sock", sock)
+        self._send_now = raw.send
 
     # -- the socket interface simple-websocket uses --------------------------
 
@@ -101,7 +107,11 @@ class WireSocket:
                 view = memoryview(chunk)
                 try:
                     while view:
-                        sent = self.sock.send(view)  # waits (this greenlet only) for room
+                        try:
+                            sent = self._send_now(view)
+                        except BlockingIOError:
+                            wait_write(self.sock.fileno())  # this greenlet only waits for room
+                            continue
                         self.backlog_bytes -= sent
                         view = view[sent:]
                 finally:

@@ -106,10 +106,7 @@ def stream(ws):
         client.send(snapshot_message(opening.epoch, opening.last_seq, opening.recovered, opening.events,
                                      opening.missing))
         client.release()
-        while not client.closed:
-            text = ws.receive()
-            if text is not None:
-                answer(client, parse_client_message(text))
+        client.hold(lambda text: answer(client, parse_client_message(text)))  # the request greenlet ends
     except ConnectionClosed:
         pass
     finally:
