@@ -17,6 +17,7 @@ process started here is stopped by its pid.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -102,17 +104,24 @@ class Timer(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.every_s = url, every_s
         self.ms: list[float] = []
+        self.connect_ms: list[float] = []  # of which the TCP connect (the listen queue)
         self.errors = 0
         self.halt = threading.Event()
 
     def run(self) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = urllib.parse.urlsplit(self.url)
         while not self.halt.wait(self.every_s):
             t0 = time.perf_counter()
             try:
-                with opener.open(urllib.request.Request(self.url, headers={"Connection": "close"}), timeout=10) as r:
-                    r.read()
-                self.ms.append((time.perf_counter() - t0) * 1000)
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+                conn.connect()
+                t1 = time.perf_counter()
+                conn.request("GET", url.path, headers={"Connection": "close"})
+                conn.getresponse().read()
+                conn.close()
+                t2 = time.perf_counter()
+                self.ms.append((t2 - t0) * 1000)
+                self.connect_ms.append((t1 - t0) * 1000)
             except OSError:
                 self.errors += 1
 
@@ -122,7 +131,9 @@ class Timer(threading.Thread):
         ms = sorted(self.ms)
         pick = (lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 1)) if ms else (lambda q: None)
         return {"requests": len(ms), "errors": self.errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
-                "max_ms": pick(1.0), "over_100ms": sum(1 for m in ms if m > 100)}
+                "max_ms": pick(1.0), "over_100ms": sum(1 for m in ms if m > 100),
+                "connect_over_100ms": sum(1 for m in self.connect_ms if m > 100),
+                "max_connect_ms": round(max(self.connect_ms), 1) if self.connect_ms else None}
 
 
 class Probe:
@@ -326,7 +337,7 @@ class IdleBench:
                 health.start()
                 metrics.start()
                 t0 = time.monotonic()
-                new = [IdleLoad(client_url(relay, "ws"), k, source=f"127.0.0.{2 + len(loads) + i}",
+                new = [IdleLoad(client_url(relay, "ws", quiet=True), k, source=f"127.0.0.{2 + len(loads) + i}",
                                 rate=rate / loadgens, inflight=500, log=wd / f"load-{len(loads) + i}.log")
                        for i, k in enumerate(per) if k]
                 loads += new
@@ -416,10 +427,13 @@ class IdleBench:
         return rec
 
 
-def client_url(relay, route: str) -> str:
+def client_url(relay, route: str, quiet: bool = False) -> str:
+    """An idle client's URL; `quiet`: subscribed to a topic no event has (the crowd beside active
+    clients), otherwise to everything (nothing is published while idle clients are measured alone)."""
+    topics = "&topics=idle.quiet" if quiet else ""
     if route == "sse":
-        return f"http://127.0.0.1:{relay.port}/sse?snapshot=0"
-    return f"ws://127.0.0.1:{relay.port}/ws?snapshot=0"
+        return f"http://127.0.0.1:{relay.port}/sse?snapshot=0{topics}"
+    return f"ws://127.0.0.1:{relay.port}/ws?snapshot=0{topics}"
 
 
 def cluster_env(workers: int, prefix: str) -> dict:
