@@ -136,8 +136,7 @@ class Held:
             return
         self.state = Held.CLOSED
         self.keeper.forget(self)
-        self.wire.discard_backlog()
-        self.wire.broken = True  # nothing more goes out on this socket
+        self.wire.abandon()
         try:
             self.sock.close()
         except OSError:

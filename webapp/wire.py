@@ -95,6 +95,14 @@ class WireSocket:
             self.backlog_weight -= weight
         self._backlog.clear()
 
+    def abandon(self) -> None:
+        """Nothing more goes out: the backlog is dropped and a writer still waiting for room is
+        stopped (and its fd watcher with it), so the socket can be closed under no one."""
+        self.broken = True
+        self.discard_backlog()
+        if self._writer is not None:
+            self._writer.kill(block=True, timeout=1.0)
+
     def wait_drained(self, timeout: float) -> bool:
         drained = self._drained
         return True if self._writer is None or drained is None else drained.wait(timeout)
