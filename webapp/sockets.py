@@ -90,7 +90,8 @@ def take_socket(rt, environ):
     environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     for key in ("gunicorn.socket", "werkzeug.socket"):
         if key in environ:
-            environ[key] = g.wire = WireSocket(environ[key])
+            environ[key] = g.wire = wire = WireSocket(environ[key])
+            wire.cork()  # the 101 and the route's first frames in one write (hold or finish uncorks)
             return None
     return json_error(500, "no socket in the WSGI environment (run under gunicorn)")
 
@@ -175,6 +176,7 @@ class SocketClient:
         """Hand the connection to the keeper: from now on `on_text(message)` is called (by the
         keeper's reader greenlet) for each client message, `on_deadline()` once after
         `deadline_s`, and the route's greenlet may return without the connection closing."""
+        self.wire.uncork()
         if self.closed:
             return
         ws, self.ws = self.ws, None
@@ -189,6 +191,7 @@ class SocketClient:
         Nothing to do for a held connection: the keeper calls `ended()` when it closes."""
         if self.conn is not None:
             return
+        self.wire.uncork()
         self.rt.hub.remove(self)
         self.closed = True
         self.wire.wait_drained(self.rt.settings.slow_close_timeout_s)

@@ -22,7 +22,7 @@ class WireSocket:
     # one per connection: slots, and the backlog and its signal only while there is a backlog,
     # keep an idle connection small
     __slots__ = ("sock", "_send_now", "_backlog", "backlog_bytes", "backlog_weight", "_writer", "_drained",
-                 "broken")
+                 "broken", "_corked")
 
     def __init__(self, sock):
         self.adopt(sock)
@@ -32,6 +32,7 @@ class WireSocket:
         self._writer: gevent.Greenlet | None = None
         self._drained: Signal | None = None  # set when the writer is done
         self.broken = False
+        self._corked: list[bytes] | None = None
 
     def adopt(self, sock) -> None:
         """Write to `sock` from now on: a gevent socket, or (once held, webapp/conn.py) a plain
@@ -63,8 +64,22 @@ class WireSocket:
 
     # -- the relay's interface ---------------------------------------------------
 
+    def cork(self) -> None:
+        """Collect writes until `uncork`: a handshake's answer and the first frames go out in one
+        system call (on loopback a send costs the kernel's whole TCP path; a storm of
+        connections is mostly that)."""
+        self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(b"".join(corked))
+
     def write(self, data: bytes, weight: int = 0) -> None:
         """Queue `data` (whole frames) after everything written before it."""
+        if self._corked is not None:
+            self._corked.append(data)
+            return
         if self._writer is None:  # nothing queued or in flight: try to write now
             if self.broken:
                 return
