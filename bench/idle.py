@@ -40,6 +40,7 @@ from procs import (  # noqa: E402
     Relayhouse,
     Subscribers,
     Upstream,
+    cpu_seconds,
     loadavg,
     rss_kib,
     tcp_sockets,
@@ -282,12 +283,16 @@ class IdleBench:
             relay = Relayhouse(wd, up.url, cluster_env(workers, prefix))
             timer = Timer(relay.base + "/health", 0.1)
             timer.start()
+            cpu0 = sum(cpu_seconds(p) for p in relay.pids)
             t0 = time.monotonic()
             # the whole storm is offered within one second: every connect() at once
             loads = [IdleLoad(client_url(relay, "ws"), n, rate=n, inflight=n, source="127.0.0.2",
                               log=wd / "load.log")]
             wait_for(lambda: all(x.settled() for x in loads), 300, f"{n} clients")
             record["all_settled_s"] = round(time.monotonic() - t0, 2)
+            # what a handshake costs the workers, whatever else the machine does
+            record["worker_cpu_ms_per_connect"] = round(1000 * (sum(cpu_seconds(p) for p in relay.pids) - cpu0) / n,
+                                                        3)
             record["health_while_connecting"] = timer.result()
             record["summary"] = [x.stop() for x in loads]
             loads = []
@@ -336,6 +341,7 @@ class IdleBench:
                 health, metrics = Timer(relay.base + "/health"), Timer(relay.base + "/metrics")
                 health.start()
                 metrics.start()
+                cpu0 = sum(cpu_seconds(p) for p in relay.pids)
                 t0 = time.monotonic()
                 new = [IdleLoad(client_url(relay, "ws", quiet=True), k, source=f"127.0.0.{2 + len(loads) + i}",
                                 rate=rate / loadgens, inflight=500, log=wd / f"load-{len(loads) + i}.log")
@@ -352,6 +358,8 @@ class IdleBench:
                     "rss_kib_per_worker": [rss1[p] for p in relay.pids],
                     "sockets_per_worker": [tcp_sockets(p) for p in relay.pids],
                     "kib_per_connection": round(sum(rss1[p] - rss0[p] for p in relay.pids) / max(1, connected), 2),
+                    "worker_cpu_ms_per_connect": round(
+                        1000 * (sum(cpu_seconds(p) for p in relay.pids) - cpu0) / max(1, add), 3),
                     "health_while_connecting": health.result(), "metrics_while_connecting": metrics.result(),
                     "loadavg": loadavg(),
                 }
