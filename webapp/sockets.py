@@ -207,29 +207,36 @@ def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
+def chunk_data(chunk: bytes) -> bytes:
+    """What `http_chunk` framed (an HTTP/1.0 client gets the body without chunking)."""
+    return chunk[chunk.index(b"\r\n") + 2:-2] if chunk else b""
+
+
 LAST_CHUNK = b"0\r\n\r\n"
 
 
 class StreamClient(SocketClient):
-    """An HTTP response that stays open (/sse): a chunked body; held once its head is out.
+    """An HTTP response that stays open (/sse): a chunked body (HTTP/1.0: plain, ended by the close);
+    held once its head is out.
 
     `encode` gives whole chunks (`http_chunk`), built once per flush and group like frames.
     What the hub delivers before the head is out waits in `pending`.
     """
 
-    __slots__ = ("pending", "pending_events")
+    __slots__ = ("pending", "pending_events", "chunked")
 
     def __init__(self, wire: WireSocket, rt, matcher):
         super().__init__(None, wire, rt, matcher)
         self.pending: list[tuple[bytes, int]] | None = []
         self.pending_events = 0
+        self.chunked = True
 
     def send(self, message: bytes) -> None:
-        self.wire.write(http_chunk(message))
+        self.wire.write(http_chunk(message) if self.chunked else message)
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.pending is None:
-            self.write_bounded(frame, n_events)
+            self.write_bounded(frame if self.chunked else chunk_data(frame), n_events)
             return
         self.pending.append((frame, n_events))
         self.pending_events += n_events
@@ -251,12 +258,16 @@ class StreamClient(SocketClient):
         if self.conn is not None:
             self.conn.close(code, reason)
 
-    def start(self, head: bytes) -> None:
-        """Write the response head and what waited for it, then hand the connection to the keeper."""
+    def start(self, head: bytes, first: bytes, chunked: bool) -> None:
+        """Write the response head, the first part of the body and what waited for it, then hand
+        the connection to the keeper."""
+        self.chunked = chunked
         pending, self.pending, self.pending_events = self.pending or [], None, 0
-        self.wire.write(head + b"".join(frame for frame, _ in pending))
+        body = b"".join([first] + [chunk_data(frame) for frame, _ in pending])
+        self.wire.write(head + (http_chunk(body) if chunked else body))
         sock = detach_socket(self.wire)
-        self.conn = HeldStream(keeper(), sock, self.wire, self, http_chunk(SSE_KEEPALIVE), LAST_CHUNK)
+        keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
+        self.conn = HeldStream(keeper(), sock, self.wire, self, keepalive, LAST_CHUNK if chunked else b"")
         self.conn.keeper.take(self.conn, gevent.getcurrent())
         if self.closed:
             self.conn.close()
@@ -272,8 +283,13 @@ class StreamResponse(Response):
 
     def __call__(self, environ, start_response):
         headers = self.get_wsgi_headers(environ)
-        headers["Transfer-Encoding"] = "chunked"
-        head = f"HTTP/1.1 {self.status}\r\n".encode("latin-1") + b"".join(
+        chunked = environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        else:
+            headers["Connection"] = "close"  # HTTP/1.0: the body ends when the connection does
+        protocol = "HTTP/1.1" if chunked else "HTTP/1.0"
+        head = f"{protocol} {self.status}\r\n".encode("latin-1") + b"".join(
             f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.to_wsgi_list()) + b"\r\n"
-        self.client.start(head + http_chunk(self.first))
+        self.client.start(head, self.first, chunked)
         raise StopIteration  # gunicorn's way to end a request whose connection it no longer owns

@@ -132,3 +132,20 @@ def test_held_connections_count_against_worker_connections(fresh_upstream, start
         extra.close()
         for s in held:
             s.close()
+
+
+def test_a_held_sse_stream_speaks_http_1_0_to_an_http_1_0_client(fresh_upstream, start_relay):
+    """The relay writes /sse itself once it holds the connection: chunked for HTTP/1.1 (as gunicorn
+    did, tests/integration/test_sse.py), plain and ended by the close for HTTP/1.0."""
+    relay = start_relay(fresh_upstream, {"SSE_KEEPALIVE_S": "0.5"})
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+        s.sendall(b"GET /sse?snapshot=0 HTTP/1.0\r\nHost: relay\r\n\r\n")
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b": keep-alive\n\n") < 2 and time.monotonic() < deadline:
+            received += s.recv(4096)
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.0 200 OK"
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+    assert body.startswith(b"retry: 1000\n\n") and body.count(b": keep-alive\n\n") >= 2, body[:200]
