@@ -156,6 +156,16 @@ class Probe:
         return json.loads(path.read_text())
 
 
+def listen_drops() -> dict:
+    """The kernel's count of connections dropped because a listen queue was full (whole machine)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
+            return {"ListenOverflows": table.get("ListenOverflows", 0), "ListenDrops": table.get("ListenDrops", 0)}
+    return {}
+
+
 def machine_note() -> dict:
     return {"loadavg": loadavg(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -284,12 +294,15 @@ class IdleBench:
             timer = Timer(relay.base + "/health", 0.1)
             timer.start()
             cpu0 = sum(cpu_seconds(p) for p in relay.pids)
+            drops0 = listen_drops()
             t0 = time.monotonic()
             # the whole storm is offered within one second: every connect() at once
             loads = [IdleLoad(client_url(relay, "ws"), n, rate=n, inflight=n, source="127.0.0.2",
                               log=wd / "load.log")]
             wait_for(lambda: all(x.settled() for x in loads), 300, f"{n} clients")
             record["all_settled_s"] = round(time.monotonic() - t0, 2)
+            drops1 = listen_drops()
+            record["listen_queue_drops"] = {k: drops1[k] - drops0.get(k, 0) for k in drops1}
             # what a handshake costs the workers, whatever else the machine does
             record["worker_cpu_ms_per_connect"] = round(1000 * (sum(cpu_seconds(p) for p in relay.pids) - cpu0) / n,
                                                         3)
