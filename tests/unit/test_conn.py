@@ -31,12 +31,13 @@ class Client:
         self.ended_count += 1
 
 
-def held_pair(keeper: Keeper, client: Client):
+def held_pair(keeper: Keeper, client: Client, deadline_s=None, on_deadline=None):
     server, peer = socket.socketpair()
     raw = server._sock
     raw.setblocking(False)
     wire = WireSocket(raw)
-    held = HeldWebSocket(keeper, raw, wire, client, Connection(ConnectionType.SERVER), client.texts.append, None, None)
+    held = HeldWebSocket(keeper, raw, wire, client, Connection(ConnectionType.SERVER), client.texts.append,
+                         deadline_s, on_deadline)
     keeper.take(held, gevent.getcurrent())
     return held, server, peer
 
@@ -97,3 +98,18 @@ def test_a_message_over_the_bound_closes_with_1009():
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1009
     assert client.texts == []
     peer.close()
+
+
+def test_a_route_deadline_fires_once_on_the_ticker_and_the_connection_stays():
+    client = Client()
+    k = keeper()
+    fired = []
+    started = gevent.get_hub().loop.now()
+    _held, _server, peer = held_pair(k, client, deadline_s=0.5, on_deadline=lambda: fired.append(
+        gevent.get_hub().loop.now() - started))
+    wait_for(lambda: fired, 3)
+    gevent.sleep(0.6)
+    assert len(fired) == 1 and fired[0] >= 0.25, fired  # never before the deadline (less one 0.25 s tick)
+    assert client.ended_count == 0
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)
