@@ -388,7 +388,7 @@ class IdleBench:
             mark = [len(x.ticks) for x in loads]
             if active:
                 record["active_with"] = self.active(relay, up, wd / "active-with", active, active_rate, active_s,
-                                                    2)
+                                                    2, {"gen_idle": [x.pid for x in loads]})
             left = hold_s - (time.monotonic() - t_hold)
             if left > 0:
                 time.sleep(left)
@@ -418,7 +418,8 @@ class IdleBench:
         self.save(record)
         return record
 
-    def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int) -> dict:
+    def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int,
+               others: dict | None = None) -> dict:
         """`clients` Node.js subscribers at `rate` events/s for `duration_s`: p50/p99, lost."""
         wd.mkdir(parents=True, exist_ok=True)
         subs = None
@@ -429,7 +430,9 @@ class IdleBench:
             base, count = nth * 100_000_000, round(rate * duration_s)
             subs.arm(base, count)
             time.sleep(0.5)
-            meter = CpuMeter({"workers": relay.pids, "gen_subscribers": [subs.pid], "gen_upstream": [up.pid]})
+            # everything on the machine that is ours: the idle crowd's generators and Redis too
+            meter = CpuMeter({"workers": relay.pids, "gen_subscribers": [subs.pid], "gen_upstream": [up.pid],
+                              **getattr(relay, "side_pids", {}), **(others or {})})
             up.run(base, rate, duration_s)
             up.expect("done", duration_s + 120)
             rec["cpu_pct"] = meter.stop()
