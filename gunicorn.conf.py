@@ -17,6 +17,9 @@ workers = int(_requested) if _redis and _requested.isdigit() else 1
 _nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 _nofile_hard = 1 << 20 if _nofile_hard == resource.RLIM_INFINITY else _nofile_hard
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", str(max(1000, min(20000, _nofile_hard - 256)))))
+# a reconnect storm (every client of a deploy at once) must wait in the accept queue, not be refused;
+# the kernel caps it at net.core.somaxconn (4096 here; gunicorn's default is 2048)
+backlog = int(os.environ.get("BACKLOG", "4096"))
 graceful_timeout = int(float(os.environ.get("GRACEFUL_TIMEOUT_S", "10")))
 timeout = 30
 keepalive = 5
@@ -85,7 +88,14 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    from gunicorn.workers import ggevent
+
     import wsgi  # the app module; importing it again is free
+    from webapp.conn import HeldPool
+
+    # before the worker builds its pool: a connection held without a greenlet (webapp/conn.py)
+    # keeps its request's slot, so worker_connections still caps every connection
+    ggevent.Pool = HeldPool
 
     secrets_filter = RedactSecrets()
     for name in ("", "gunicorn.error", "gunicorn.access"):  # the app's root handler exists once wsgi is imported

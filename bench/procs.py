@@ -417,7 +417,7 @@ class Relayhouse:
     name = "relayhouse"
     root = ROOT  # the checkout to run (bench/ab.py points it at another revision)
 
-    def __init__(self, workdir: Path, upstream_url: str, env: dict | None = None):
+    def __init__(self, workdir: Path, upstream_url: str, env: dict | None = None, config: str = "gunicorn.conf.py"):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -429,7 +429,7 @@ class Relayhouse:
         self.env = environ
         self.log = open(workdir / "gunicorn.log", "ab")
         # -b keeps it on loopback (gunicorn.conf.py binds 0.0.0.0 for platforms)
-        self.proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py",
+        self.proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", config,
                                       "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
                                      cwd=self.root, env=environ, stdout=self.log, stderr=self.log,
                                      start_new_session=True)

@@ -1,20 +1,24 @@
-"""What /ws and the Polygon routes share: taking over the socket before the handshake, a client the
-hub can write to within bounds, closing it with a reason, and the handler's last steps.
+"""What /ws, /sse and the Polygon routes share: taking over the socket, a client the hub can write
+to within bounds, closing it with a reason, handing the connection to the keeper (webapp/conn.py)
+so that its request greenlet can end, and the handler's last steps.
 
-The two routes differ in their protocol (handlers/protocol.py and handlers/polygon.py),
+The routes differ in their protocol (handlers/protocol.py and handlers/polygon.py),
 not in how bytes reach a socket, so that part lives here once.
 """
 
 from __future__ import annotations
 
+import _socket
 import logging
+from collections import deque
 
 import gevent
 import gevent.event
-from flask import g
+from flask import Response, current_app, g
 from simple_websocket import ConnectionClosed
 
-from handlers.protocol import ws_frame
+from handlers.protocol import SSE_KEEPALIVE, ws_frame
+from webapp.conn import HeldStream, HeldWebSocket, Keeper
 from webapp.responses import json_error
 from webapp.wire import WireSocket
 
@@ -23,36 +27,51 @@ log = logging.getLogger(__name__)
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-class ReaderGreenlet:
-    """simple-websocket's reader "thread" as a bare greenlet.
+class NoReader:
+    """simple-websocket's reader "thread", never run: a held connection is read by the keeper's
+    one reader greenlet (webapp/conn.py), not by a greenlet of its own."""
 
-    Under gevent a threading.Thread is a greenlet anyway, but it also carries
-    a registry entry, a state lock and a started-Event (a Condition, a lock
-    and a deque): a few KiB per idle connection for nothing.
-    """
-
-    __slots__ = ("name", "_greenlet")
+    __slots__ = ("name",)
 
     def __init__(self, target):
         self.name = "ws-reader(_thread)"
-        self._greenlet = gevent.Greenlet(target)
 
     def start(self) -> None:
-        self._greenlet.start()
+        pass
 
     def join(self, timeout: float | None = None) -> None:
-        self._greenlet.join(timeout)
+        pass
 
     def is_alive(self) -> bool:
-        return not self._greenlet.dead
+        return False
 
 
 def serve_sockets_lightly(app) -> None:
-    """Every flask-sock socket gets a greenlet reader and gevent's Event (threading.Event is a
-    Condition with its own lock and deque per connection)."""
+    """Every flask-sock socket skips the library's reader greenlet and uses gevent's Event
+    (threading.Event is a Condition with its own lock and deque per connection)."""
     options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
-    options.setdefault("thread_class", ReaderGreenlet)
+    options.setdefault("thread_class", NoReader)
     options.setdefault("event_class", gevent.event.Event)
+
+
+def keeper() -> Keeper:
+    """This worker's keeper of held connections (made on first use, in the worker)."""
+    extensions = current_app.extensions
+    found = extensions.get("relayhouse.held")
+    if found is None:
+        s = extensions["relayhouse"].settings
+        found = extensions["relayhouse.held"] = Keeper(
+            ping_interval_s=s.ws_ping_interval_s, keepalive_s=s.sse_keepalive_s,
+            max_message_bytes=s.ws_max_message_bytes, close_timeout_s=s.slow_close_timeout_s)
+    return found
+
+
+def server_socket(environ):
+    """The connection's socket in the WSGI environment (gunicorn's, or werkzeug's), or None."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        if key in environ:
+            return environ[key]
+    return None
 
 
 def take_socket(rt, environ):
@@ -72,9 +91,19 @@ def take_socket(rt, environ):
     environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     for key in ("gunicorn.socket", "werkzeug.socket"):
         if key in environ:
-            environ[key] = g.wire = WireSocket(environ[key])
+            environ[key] = g.wire = wire = WireSocket(environ[key])
+            wire.cork()  # the 101 and the route's first frames in one write (hold or finish uncorks)
             return None
     return json_error(500, "no socket in the WSGI environment (run under gunicorn)")
+
+
+def detach_socket(wire: WireSocket):
+    """Take the file descriptor from the server's socket object (whose close() then leaves it
+    open) into a plain non-blocking socket that the wire writes to from now on."""
+    sock = _socket.socket(fileno=wire.sock.detach())
+    sock.setblocking(False)
+    wire.adopt(sock)
+    return sock
 
 
 class SocketClient:
@@ -85,10 +114,11 @@ class SocketClient:
     """
 
     kind = "socket"
-    __slots__ = ("ws", "wire", "rt", "matcher", "after_seq", "max_events", "max_bytes", "closed")
+    __slots__ = ("ws", "wire", "rt", "matcher", "after_seq", "max_events", "max_bytes", "closed", "conn")
 
     def __init__(self, ws, wire: WireSocket, rt, matcher):
         self.ws = ws
+        self.conn = None  # the keeper's HeldWebSocket once the route handed the connection over
         self.wire = wire
         self.rt = rt
         self.matcher = matcher
@@ -136,15 +166,180 @@ class SocketClient:
         self.close_socket(code, reason)
 
     def close_socket(self, code: int, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close(code, reason)
+            return
         try:
             self.ws.close(reason=code, message=reason)
         except ConnectionClosed:
             pass
-        self.ws.event.set()  # wake the handler blocked in receive()
+
+    def hold(self, on_text, *, deadline_s: float | None = None, on_deadline=None) -> None:
+        """Hand the connection to the keeper: from now on `on_text(message)` is called (by the
+        keeper's reader greenlet) for each client message, `on_deadline()` once after
+        `deadline_s`, and the route's greenlet may return without the connection closing."""
+        self.wire.uncork()
+        if self.closed:
+            return
+        ws, self.ws = self.ws, None
+        sock = detach_socket(self.wire)
+        ws.connected = False  # flask-sock's close() after the route returns is then a no-op
+        self.conn = HeldWebSocket(keeper(), sock, self.wire, self, ws.ws.connection, on_text, deadline_s,
+                                  on_deadline)
+        self.conn.keeper.take(self.conn, gevent.getcurrent())
 
     def finish(self) -> None:
-        """The handler's last steps, however it ends: out of the hub, written out, closed."""
+        """The handler's last steps, however it ends: out of the hub, written out, closed.
+        Nothing to do for a held connection: the keeper calls `ended()` when it closes."""
+        if self.conn is not None:
+            return
+        self.wire.uncork()
         self.rt.hub.remove(self)
         self.closed = True
         self.wire.wait_drained(self.rt.settings.slow_close_timeout_s)
-        self.ws.thread.join(timeout=1.0)  # let the close handshake finish before gunicorn closes the socket
+
+    def ended(self) -> None:
+        """The keeper closed the connection (or saw it closed)."""
+        self.rt.hub.remove(self)
+        self.closed = True
+
+
+class Conflating:
+    """§12 for a client with a WireSocket: the rate it asked for (`max_hz`, the hub groups by it) and,
+    with on_slow=conflate, the seq each event frame still in the wire covers, so that passing the
+    bound drops those frames and hands the hub their newest values instead of closing (shared by
+    /ws and /sse). Mixed in before SocketClient; the subclass keeps the slots."""
+
+    __slots__ = ()
+
+    def init_delivery(self, max_hz: float | None, on_slow: str) -> None:
+        self.max_hz = max_hz
+        self.on_slow = on_slow
+        self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
+        self.sent_base = 0  # what the frames before those in `throughs` covered
+
+    def below_half(self) -> bool:
+        wire = self.wire
+        return wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
+
+    def write_tracked(self, frame: bytes, n_events: int) -> None:
+        throughs = self.throughs
+        if throughs is None:
+            self.write_bounded(frame, n_events)
+            return
+        queued = len(throughs)
+        self.write_bounded(frame, n_events)
+        if len(throughs) == queued and not self.closed:  # written, not turned slow
+            throughs.append(self.rt.hub.last_seq)
+            # frames older than everything still queued are out: keep one through each, and the base
+            while len(throughs) > self.wire.queued_frames() + 1:
+                self.sent_base = throughs.popleft()
+
+    def conflate_instead(self, frame: bytes | None) -> bool:
+        """Past the bound with `frame`: with on_slow=conflate, drop its queued event frames (replies
+        and the snapshot stay), read back from the cache what they held, newest per topic, and let
+        the hub keep it on latest values (True); else False (the caller closes it)."""
+        throughs = self.throughs
+        if frame is None or throughs is None:
+            return False
+        dropped = self.wire.discard_backlog(events_only=True)
+        kept = len(throughs) - dropped
+        sent_through = throughs[kept - 1] if kept > 0 else self.sent_base
+        throughs.clear()
+        self.sent_base = sent_through
+        rt = self.rt
+        rt.hub.conflate_slow(self, rt.cache.events_after(sent_through, rt.now_ms(), self.matcher))
+        return True
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked HTTP/1.1 body (what gunicorn wrote for a streamed response)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+def chunk_data(chunk: bytes) -> bytes:
+    """What `http_chunk` framed (an HTTP/1.0 client gets the body without chunking)."""
+    return chunk[chunk.index(b"\r\n") + 2:-2] if chunk else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class StreamClient(SocketClient):
+    """An HTTP response that stays open (/sse): a chunked body (HTTP/1.0: plain, ended by the close);
+    held once its head is out.
+
+    `encode` gives whole chunks (`http_chunk`), built once per flush and group like frames.
+    What the hub delivers before the head is out waits in `pending`.
+    """
+
+    __slots__ = ("pending", "pending_events", "chunked")
+
+    def __init__(self, wire: WireSocket, rt, matcher):
+        super().__init__(None, wire, rt, matcher)
+        self.pending: list[tuple[bytes, int]] | None = []
+        self.pending_events = 0
+        self.chunked = True
+
+    def send(self, message: bytes) -> None:
+        self.wire.write(http_chunk(message) if self.chunked else message)
+
+    def deliver(self, frame: bytes, n_events: int) -> None:
+        if self.pending is None:
+            self.write_bounded(frame if self.chunked else chunk_data(frame), n_events)
+            return
+        self.pending.append((frame, n_events))
+        self.pending_events += n_events
+        if self.pending_events > self.max_events:
+            self.slow()
+
+    def behind(self, n_events: int) -> int:
+        return self.wire.backlog_weight + self.pending_events + n_events
+
+    def close(self, reason: str, code: int) -> None:
+        if self.pending is not None and not self.closed:  # the head is not out yet: the goodbye waits for it
+            self.closed = True
+            self.rt.hub.remove(self)
+            self.pending, self.pending_events = [(http_chunk(self.closing_message(reason)), 0)], 0
+            return
+        super().close(reason, code)
+
+    def close_socket(self, code: int, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close(code, reason)
+
+    def start(self, head: bytes, first: bytes, chunked: bool) -> None:
+        """Write the response head, the first part of the body and what waited for it, then hand
+        the connection to the keeper."""
+        self.chunked = chunked
+        pending, self.pending, self.pending_events = self.pending or [], None, 0
+        body = b"".join([first] + [chunk_data(frame) for frame, _ in pending])
+        self.wire.write(head + (http_chunk(body) if chunked else body))
+        sock = detach_socket(self.wire)
+        keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
+        self.conn = HeldStream(keeper(), sock, self.wire, self, keepalive, LAST_CHUNK if chunked else b"")
+        self.conn.keeper.take(self.conn, gevent.getcurrent())
+        if self.closed:
+            self.conn.close()
+
+
+class StreamResponse(Response):
+    """The response of a StreamClient: Flask's hooks (CORS) have shaped its headers; instead of
+    gunicorn writing it, it writes its head and first chunk itself and hands the connection over."""
+
+    def __init__(self, client: StreamClient, first: bytes, **kwargs):
+        super().__init__(**kwargs)
+        self.client, self.first = client, first
+
+    def __call__(self, environ, start_response):
+        headers = self.get_wsgi_headers(environ)
+        chunked = environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        else:
+            headers["Connection"] = "close"  # HTTP/1.0: the body ends when the connection does
+        protocol = "HTTP/1.1" if chunked else "HTTP/1.0"
+        head = f"{protocol} {self.status}\r\n".encode("latin-1") + b"".join(
+            f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.to_wsgi_list()) + b"\r\n"
+        self.client.start(head, self.first, chunked)
+        raise StopIteration  # gunicorn's way to end a request whose connection it no longer owns

@@ -18,6 +18,7 @@ from collections import deque
 
 import gevent
 from gevent.event import Event as Signal
+from gevent.socket import wait_write
 
 
 class WireSocket:
@@ -26,14 +27,10 @@ class WireSocket:
     # one per connection: slots, and the backlog and its signal only while there is a backlog,
     # keep an idle connection small
     __slots__ = ("sock", "_send_now", "_backlog", "backlog_bytes", "backlog_weight", "_writer", "_drained",
-                 "broken")
+                 "broken", "_corked")
 
     def __init__(self, sock):
-        self.sock = sock
-        # gevent's socket wraps a non-blocking stdlib socket: writing to that directly is the
-        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
-        raw = getattr(sock, "_sock", None)
-        self._send_now = raw.send if raw is not None else lambda data: sock.send(data, 0, 0.0)
+        self.adopt(sock)
         # (bytes, events, whole): whole is False for the rest of a frame already partly sent,
         # which must be written whatever is discarded after it
         self._backlog: deque[tuple[memoryview | bytes, int, bool]] | None = None
@@ -42,6 +39,16 @@ class WireSocket:
         self._writer: gevent.Greenlet | None = None
         self._drained: Signal | None = None  # set when the writer is done
         self.broken = False
+        self._corked: list[bytes] | None = None
+
+    def adopt(self, sock) -> None:
+        """Write to `sock` from now on: a gevent socket, or (once held, webapp/conn.py) a plain
+        non-blocking one on the same file descriptor."""
+        self.sock = sock
+        # gevent's socket wraps a non-blocking stdlib socket: writing to that directly is the
+        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
+        raw = getattr(sock, "_sock", sock)
+        self._send_now = raw.send
 
     # -- the socket interface simple-websocket uses --------------------------
 
@@ -64,8 +71,22 @@ class WireSocket:
 
     # -- the relay's interface ---------------------------------------------------
 
+    def cork(self) -> None:
+        """Collect writes until `uncork`: a handshake's answer and the first frames go out in one
+        system call (on loopback a send costs the kernel's whole TCP path; a storm of
+        connections is mostly that)."""
+        self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(b"".join(corked))
+
     def write(self, data: bytes, weight: int = 0) -> None:
         """Queue `data` (whole frames) after everything written before it."""
+        if self._corked is not None:
+            self._corked.append(data)
+            return
         if self._writer is None:  # nothing queued or in flight: try to write now
             if self.broken:
                 return
@@ -116,6 +137,14 @@ class WireSocket:
         """Entries waiting in the backlog (at least the event frames not yet begun)."""
         return len(self._backlog) if self._backlog else 0
 
+    def abandon(self) -> None:
+        """Nothing more goes out: the backlog is dropped and a writer still waiting for room is
+        stopped (and its fd watcher with it), so the socket can be closed under no one."""
+        self.broken = True
+        self.discard_backlog()
+        if self._writer is not None:
+            self._writer.kill(block=True, timeout=1.0)
+
     def wait_drained(self, timeout: float) -> bool:
         drained = self._drained
         return True if self._writer is None or drained is None else drained.wait(timeout)
@@ -128,7 +157,11 @@ class WireSocket:
                 view = memoryview(chunk)
                 try:
                     while view:
-                        sent = self.sock.send(view)  # waits (this greenlet only) for room
+                        try:
+                            sent = self._send_now(view)
+                        except BlockingIOError:
+                            wait_write(self.sock.fileno())  # this greenlet only waits for room
+                            continue
                         self.backlog_bytes -= sent
                         view = view[sent:]
                 finally:

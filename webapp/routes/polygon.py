@@ -8,7 +8,6 @@ no token before the upgrade: the vendor's clients cannot send one there.
 """
 
 import logging
-import time
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
@@ -82,6 +81,10 @@ class PolygonClient(SocketClient):
             code = CLOSE_SERVICE_RESTART
         super().close_socket(code, reason)
 
+    def auth_deadline(self) -> None:
+        if not self.authenticated and not self.closed:
+            self.refuse(AUTH_TIMEOUT, CLOSE_POLICY_VIOLATION, "auth_timeout")
+
     def refuse(self, frame: bytes, code: int, reason: str) -> None:
         """Close before any subscription: a status, then the close."""
         self.closed = True
@@ -104,18 +107,9 @@ def market_socket(ws, market: str):
     client = PolygonClient(ws, wire, rt)
     client.send(CONNECTED)
     rt.hub.add(client)  # with no topics: counted, and closed at shutdown, but sent no data
-    auth_deadline = time.monotonic() + AUTH_TIMEOUT_S
     try:
-        while not client.closed:
-            if client.authenticated:
-                text = ws.receive()
-            else:
-                text = ws.receive(timeout=max(0.0, auth_deadline - time.monotonic()))
-                if text is None and not client.closed and time.monotonic() >= auth_deadline:
-                    client.refuse(AUTH_TIMEOUT, CLOSE_POLICY_VIOLATION, "auth_timeout")
-                    break
-            if text is not None:
-                answer(client, parse_action(text))
+        client.hold(lambda text: answer(client, parse_action(text)),  # the request greenlet ends
+                    deadline_s=AUTH_TIMEOUT_S, on_deadline=client.auth_deadline)
     except ConnectionClosed:
         pass
     finally:

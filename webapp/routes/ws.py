@@ -1,7 +1,6 @@
 """/ws: snapshot or resume first, then batched live events; subscribe, unsubscribe, ping."""
 
 import logging
-from collections import deque
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
@@ -26,7 +25,7 @@ from handlers.topics import add_patterns, compile_patterns, limit_message, remov
 from webapp.auth import CLIENT, access, request_scope, scoped_action, scoped_stream
 from webapp.responses import json_error
 from webapp.routes import runtime
-from webapp.sockets import SocketClient, serve_sockets_lightly, take_socket
+from webapp.sockets import Conflating, SocketClient, serve_sockets_lightly, take_socket
 from webapp.streams import fill_from_store, open_stream
 from webapp.wire import WireSocket, limit_send_buffer
 
@@ -40,7 +39,7 @@ def light_sockets(state) -> None:
     serve_sockets_lightly(state.app)
 
 
-class WsClient(SocketClient):
+class WsClient(Conflating, SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
@@ -51,19 +50,11 @@ class WsClient(SocketClient):
         super().__init__(ws, wire, rt, matcher)
         self.held: list[tuple[bytes, int]] | None = None  # live frames held while the snapshot is fetched
         self.held_events = 0
-        self.max_hz = max_hz  # §12: the hub groups clients by patterns and rate
-        self.on_slow = on_slow
-        # on_slow=conflate: the seq each event frame still in the wire covers (see slow())
-        self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
-        self.sent_base = 0  # ... and what the frames before them covered
+        self.init_delivery(max_hz, on_slow)  # §12: the hub groups clients by patterns and rate
 
     @staticmethod
     def encode(events: list[Event], conflated: int = 0) -> bytes:
         return ws_frame(events_message(events, conflated))
-
-    def below_half(self) -> bool:
-        wire = self.wire
-        return wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
 
     def tell_slow(self, mode: str) -> None:
         self.send(slow_message(mode))
@@ -75,33 +66,13 @@ class WsClient(SocketClient):
             if self.held_events > self.max_events:
                 self.slow()
             return
-        throughs = self.throughs
-        if throughs is None:
-            self.write_bounded(frame, n_events)
-            return
-        queued = len(throughs)
-        self.write_bounded(frame, n_events)
-        if len(throughs) == queued and not self.closed:  # written, not turned slow
-            throughs.append(self.rt.hub.last_seq)
-            # frames older than everything still queued are out: keep one through each, and the base
-            while len(throughs) > self.wire.queued_frames() + 1:
-                self.sent_base = throughs.popleft()
+        self.write_tracked(frame, n_events)
 
     def behind(self, n_events: int) -> int:
         return self.wire.backlog_weight + self.held_events + n_events
 
     def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
-        throughs = self.throughs
-        if frame is not None and throughs is not None:
-            # Conflate what it has not been sent either: drop its queued event frames (replies and
-            # the snapshot stay), and read back from the cache what they held, newest per topic.
-            dropped = self.wire.discard_backlog(events_only=True)
-            kept = len(throughs) - dropped
-            sent_through = throughs[kept - 1] if kept > 0 else self.sent_base
-            throughs.clear()
-            self.sent_base = sent_through
-            rt = self.rt
-            rt.hub.conflate_slow(self, rt.cache.events_after(sent_through, rt.now_ms(), self.matcher))
+        if self.conflate_instead(frame):
             return
         super().slow(n_events)
         self.held, self.held_events = None, 0
@@ -149,10 +120,7 @@ def stream(ws):
         client.release()
         if g.refused_topics:
             client.send(error_message(refusal_message(g.refused_topics)))
-        while not client.closed:
-            text = ws.receive()
-            if text is not None:
-                answer(client, scoped_action(parse_client_message(text), g.scope, client.send))
+        client.hold(lambda text: answer(client, scoped_action(parse_client_message(text), g.scope, client.send)))
     except ConnectionClosed:
         pass
     finally:

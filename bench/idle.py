@@ -1,0 +1,527 @@
+"""Idle connections: what one costs, how many one machine holds, and what they do to active clients.
+
+    .venv/bin/python bench/idle.py breakdown            # 10,000 idle /ws, then /sse: RSS, greenlets, fds
+    .venv/bin/python bench/idle.py breakdown --trace    # + tracemalloc's top allocations (2,000 clients)
+    .venv/bin/python bench/idle.py storm                # 10,000 connects within one second
+    .venv/bin/python bench/idle.py crowd --total 100000 --workers 7 --loadgens 6
+                                                        # 10 k / 50 k / 100 k idle over several workers,
+                                                        # /health and /metrics timed while they connect,
+                                                        # 1,000 active clients at 200 ev/s without and with them
+    .venv/bin/python bench/idle.py nchan                # nginx + nchan, 10,000 idle, same load generator
+
+Each run writes bench/results/<UTC time>-idle/results.json. Load generators are bench/idleload.py
+processes (at most 20,000 open files each), connecting from 127.0.0.2, 127.0.0.3, ...; every
+process started here is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import (  # noqa: E402
+    BENCH,
+    VENV_BIN,
+    CpuMeter,
+    LineProc,
+    Nchan,
+    Relayhouse,
+    Subscribers,
+    Upstream,
+    cpu_seconds,
+    loadavg,
+    rss_kib,
+    tcp_sockets,
+    wait_for,
+)
+
+PYTHON = str(VENV_BIN / "python")
+
+
+class IdleLoad(LineProc):
+    """One bench/idleload.py process."""
+
+    def __init__(self, url: str, n: int, *, source: str = "", rate: float = 2000, inflight: int = 2000,
+                 hold_s: float = 3600, max_s: float = 900, log: Path | None = None):
+        argv = [PYTHON, str(BENCH / "idleload.py"), "--url", url, "--n", str(n), "--rate", str(rate),
+                "--inflight", str(inflight), "--hold-s", str(hold_s), "--max-s", str(max_s)]
+        if source:
+            argv += ["--source", source]
+        super().__init__(argv, log=log)
+        self.n = n
+        self.last: dict = {}
+        self.ticks: list[dict] = []
+
+    def poll(self) -> dict:
+        """Take every line printed so far; the newest progress line."""
+        while not self.lines.empty():
+            msg = self.lines.get_nowait()
+            if "t" in msg:
+                self.last = msg
+                self.ticks.append(msg)
+            elif msg.get("summary") or msg.get("error") or msg.get("eof"):
+                self.last = {**self.last, **msg}
+        return self.last
+
+    def settled(self) -> bool:
+        last = self.poll()
+        return last.get("connected", 0) + last.get("failed", 0) >= self.n or "eof" in last
+
+    def stop(self) -> dict:
+        """SIGTERM: it closes its clients and prints its summary."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait()
+        time.sleep(0.2)
+        summary = {}
+        self.poll()
+        while not self.lines.empty():
+            self.poll()
+        if self.last.get("summary"):
+            summary = {k: v for k, v in self.last.items() if k not in ("t", "open", "pings", "inflight")}
+        return summary
+
+
+class Timer(threading.Thread):
+    """Times GET `path` every `every_s` (a new connection each time) until stopped."""
+
+    def __init__(self, url: str, every_s: float = 0.25):
+        super().__init__(daemon=True)
+        self.url, self.every_s = url, every_s
+        self.ms: list[float] = []
+        self.connect_ms: list[float] = []  # of which the TCP connect (the listen queue)
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        url = urllib.parse.urlsplit(self.url)
+        while not self.halt.wait(self.every_s):
+            t0 = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+                conn.connect()
+                t1 = time.perf_counter()
+                conn.request("GET", url.path, headers={"Connection": "close"})
+                conn.getresponse().read()
+                conn.close()
+                t2 = time.perf_counter()
+                self.ms.append((t2 - t0) * 1000)
+                self.connect_ms.append((t1 - t0) * 1000)
+            except OSError:
+                self.errors += 1
+
+    def result(self) -> dict:
+        self.halt.set()
+        self.join(15)
+        ms = sorted(self.ms)
+        pick = (lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 1)) if ms else (lambda q: None)
+        return {"requests": len(ms), "errors": self.errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+                "max_ms": pick(1.0), "over_100ms": sum(1 for m in ms if m > 100),
+                "connect_over_100ms": sum(1 for m in self.connect_ms if m > 100),
+                "max_connect_ms": round(max(self.connect_ms), 1) if self.connect_ms else None}
+
+
+class Probe:
+    """Talks to bench/probe.conf.py's probe greenlet in a worker through files."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def ask(self, command: str, pid: int | None = None, timeout_s: float = 120) -> dict | None:
+        for old in self.dir.glob("report-*.json"):
+            old.unlink()
+        (self.dir / f"request-{time.time_ns()}").write_text(command)
+        if command != "report":
+            time.sleep(1.0)
+            return None
+        path = wait_for(lambda: next(iter(self.dir.glob("report-*.json")), None), timeout_s, "probe report")
+        time.sleep(0.2)
+        return json.loads(path.read_text())
+
+
+def listen_drops() -> dict:
+    """The kernel's count of connections dropped because a listen queue was full (whole machine)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
+            return {"ListenOverflows": table.get("ListenOverflows", 0), "ListenDrops": table.get("ListenDrops", 0)}
+    return {}
+
+
+def machine_note() -> dict:
+    return {"loadavg": loadavg(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+class IdleBench:
+    def __init__(self, out: Path):
+        self.out = out
+        self.work = out / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {"started": machine_note(), "git": git_head(), "runs": []}
+
+    def say(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def save(self, record: dict) -> None:
+        self.results["runs"].append(record)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+
+    # -- one worker: the cost of one idle connection ------------------------------------------
+
+    def breakdown(self, route: str, n: int, trace: bool) -> dict:
+        run_id = f"breakdown-{route}-{n}{'-trace' if trace else ''}"
+        wd = self.work / run_id
+        wd.mkdir(parents=True, exist_ok=True)
+        record = {"id": run_id, "scenario": "breakdown", "route": route, "clients": n, "trace": trace,
+                  "before": machine_note()}
+        up = Upstream("serve", wd / "upstream.log")
+        probe = Probe(wd / "probe")
+        relay = load = None
+        try:
+            relay = Relayhouse(wd, up.url, {"PROBE_DIR": str(probe.dir)}, config="bench/probe.conf.py")
+            url = client_url(relay, route)
+            warm = IdleLoad(url, 50, log=wd / "warm.log")
+            wait_for(warm.settled, 30, "warm-up clients")
+            warm.stop()
+            time.sleep(1.5)
+            if trace:
+                probe.ask("start")
+            r0 = probe.ask("report")
+            t0 = time.monotonic()
+            load = IdleLoad(url, n, rate=2000, log=wd / "load.log")
+            wait_for(load.settled, 300, f"{n} clients")
+            record["connect_s"] = round(time.monotonic() - t0, 2)
+            time.sleep(3.0)
+            r1 = probe.ask("report")
+            opened = load.poll().get("connected", 0)
+            record["connected"] = opened
+            record["rss_before_kib"], record["rss_after_kib"] = r0["rss_kib"], r1["rss_kib"]
+            record["kib_per_connection"] = round((r1["rss_kib"] - r0["rss_kib"]) / max(1, opened), 2)
+            record["greenlets"] = {"before": r0["greenlets"], "after": r1["greenlets"],
+                                   "alive_before": r0["greenlets_alive"], "alive_after": r1["greenlets_alive"]}
+            record["greenlets_per_connection"] = round((r1["greenlets_alive"] - r0["greenlets_alive"]) / max(1, opened),
+                                                       2)
+            record["fds"] = {"before": r0["fds"], "after": r1["fds"]}
+            before = dict((k, v) for k, v in r0["types"])
+            record["objects_per_connection"] = [
+                (k, round((v - before.get(k, 0)) / max(1, opened), 2)) for k, v in r1["types"]
+                if (v - before.get(k, 0)) >= opened // 2]
+            if trace:
+                record["traced_kib_per_connection"] = round(r1.get("traced_kib", 0) / max(1, opened), 2)
+                record["top_allocations"] = [{**a, "bytes_per_connection": round(a["kib"] * 1024 / max(1, opened))}
+                                             for a in r1.get("top", [])[:25]]
+            record["summary"] = load.stop()
+            load = None
+            record["ok"] = opened == n
+        except Exception as exc:  # noqa: BLE001  (recorded; the bench goes on)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["ok"] = False
+        finally:
+            for p in (load, relay, up):
+                if p is not None:
+                    p.stop()
+        record["after"] = machine_note()
+        self.save(record)
+        self.say(f"{run_id}: {record.get('connected')} connected, {record.get('kib_per_connection')} KiB each, "
+                 f"{record.get('greenlets_per_connection')} greenlets each {record.get('error', '')}")
+        return record
+
+    def nchan(self, n: int) -> dict:
+        run_id = f"nchan-{n}"
+        wd = self.work / run_id
+        wd.mkdir(parents=True, exist_ok=True)
+        record = {"id": run_id, "scenario": "nchan", "clients": n, "before": machine_note()}
+        system = load = None
+        try:
+            system = Nchan(wd)
+            warm = IdleLoad(system.sub_url(run_id), 50, log=wd / "warm.log")
+            wait_for(warm.settled, 30, "warm-up clients")
+            warm.stop()
+            time.sleep(1.5)
+            rss0 = sum(rss_kib(p) for p in system.pids)
+            load = IdleLoad(system.sub_url(run_id), n, rate=2000, log=wd / "load.log")
+            wait_for(load.settled, 300, f"{n} clients")
+            time.sleep(3.0)
+            rss1 = sum(rss_kib(p) for p in system.pids)
+            opened = load.poll().get("connected", 0)
+            record.update(connected=opened, kib_per_connection=round((rss1 - rss0) / max(1, opened), 2),
+                          rss_before_kib=rss0, rss_after_kib=rss1)
+            record["summary"] = load.stop()
+            load = None
+            record["ok"] = opened == n
+        except Exception as exc:  # noqa: BLE001
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["ok"] = False
+        finally:
+            for p in (load, system):
+                if p is not None:
+                    p.stop()
+        self.save(record)
+        self.say(f"{run_id}: {record.get('connected')} connected, {record.get('kib_per_connection')} KiB each")
+        return record
+
+    # -- storms ---------------------------------------------------------------------------------
+
+    def storm(self, n: int, workers: int) -> dict:
+        run_id = f"storm-{n}-w{workers}"
+        wd = self.work / run_id
+        wd.mkdir(parents=True, exist_ok=True)
+        record = {"id": run_id, "scenario": "storm", "clients": n, "workers": workers, "before": machine_note()}
+        up = Upstream("serve", wd / "upstream.log")
+        relay = None
+        loads: list[IdleLoad] = []
+        prefix = f"rh-bench-idle-{time.time_ns()}"
+        try:
+            relay = Relayhouse(wd, up.url, cluster_env(workers, prefix))
+            timer = Timer(relay.base + "/health", 0.1)
+            timer.start()
+            cpu0 = sum(cpu_seconds(p) for p in relay.pids)
+            drops0 = listen_drops()
+            t0 = time.monotonic()
+            # the whole storm is offered within one second: every connect() at once
+            loads = [IdleLoad(client_url(relay, "ws"), n, rate=n, inflight=n, source="127.0.0.2",
+                              log=wd / "load.log")]
+            wait_for(lambda: all(x.settled() for x in loads), 300, f"{n} clients")
+            record["all_settled_s"] = round(time.monotonic() - t0, 2)
+            drops1 = listen_drops()
+            record["listen_queue_drops"] = {k: drops1[k] - drops0.get(k, 0) for k in drops1}
+            # what a handshake costs the workers, whatever else the machine does
+            record["worker_cpu_ms_per_connect"] = round(1000 * (sum(cpu_seconds(p) for p in relay.pids) - cpu0) / n,
+                                                        3)
+            record["health_while_connecting"] = timer.result()
+            record["summary"] = [x.stop() for x in loads]
+            loads = []
+            s = record["summary"][0]
+            record["connected"] = s.get("connected")
+            record["handshakes_per_s"] = round(s["connected"] / max(0.01, s["connect_s"]), 1) if s else None
+            record["ok"] = s.get("connected") == n
+        except Exception as exc:  # noqa: BLE001
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["ok"] = False
+        finally:
+            for p in (*loads, relay, up):
+                if p is not None:
+                    p.stop()
+            drop_prefix(prefix)
+        record["after"] = machine_note()
+        self.save(record)
+        self.say(f"{run_id}: {record.get('connected')} of {n} in {record.get('summary', [{}])[0].get('connect_s')} s "
+                 f"({record.get('handshakes_per_s')}/s) {record.get('error', '')}")
+        return record
+
+    # -- the crowd: many workers, many load generators --------------------------------------------
+
+    def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rate: float, hold_s: float,
+              active: int, active_rate: float, active_s: float) -> dict:
+        run_id = f"crowd-{total}-w{workers}"
+        wd = self.work / run_id
+        wd.mkdir(parents=True, exist_ok=True)
+        record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
+                  "rate": rate, "before": machine_note(), "steps": []}
+        up = Upstream("serve", wd / "upstream.log")
+        relay = None
+        loads: list[IdleLoad] = []
+        prefix = f"rh-bench-idle-{time.time_ns()}"
+        try:
+            relay = Relayhouse(wd, up.url, cluster_env(workers, prefix))
+            record["pids"] = relay.pids
+            if active:
+                record["active_without"] = self.active(relay, up, wd / "active-without", active, active_rate,
+                                                       active_s, 1)
+            rss0 = {p: rss_kib(p) for p in relay.pids}
+            done = 0
+            for step in steps:
+                add = step - done
+                per = [add // loadgens + (1 if i < add % loadgens else 0) for i in range(loadgens)]
+                health, metrics = Timer(relay.base + "/health"), Timer(relay.base + "/metrics")
+                health.start()
+                metrics.start()
+                cpu0 = sum(cpu_seconds(p) for p in relay.pids)
+                t0 = time.monotonic()
+                new = [IdleLoad(client_url(relay, "ws", quiet=True), k, source=f"127.0.0.{2 + len(loads) + i}",
+                                rate=rate / loadgens, inflight=500, log=wd / f"load-{len(loads) + i}.log")
+                       for i, k in enumerate(per) if k]
+                loads += new
+                wait_for(lambda new=new: all(x.settled() for x in new), 900, f"{add} more clients")
+                connect_s = time.monotonic() - t0
+                time.sleep(3.0)
+                rss1 = {p: rss_kib(p) for p in relay.pids}
+                connected = sum(x.poll().get("connected", 0) for x in loads)
+                failed = sum(x.poll().get("failed", 0) for x in loads)
+                step_rec = {
+                    "clients": step, "connected": connected, "failed": failed, "connect_s": round(connect_s, 1),
+                    "rss_kib_per_worker": [rss1[p] for p in relay.pids],
+                    "sockets_per_worker": [tcp_sockets(p) for p in relay.pids],
+                    "kib_per_connection": round(sum(rss1[p] - rss0[p] for p in relay.pids) / max(1, connected), 2),
+                    "worker_cpu_ms_per_connect": round(
+                        1000 * (sum(cpu_seconds(p) for p in relay.pids) - cpu0) / max(1, add), 3),
+                    "health_while_connecting": health.result(), "metrics_while_connecting": metrics.result(),
+                    "loadavg": loadavg(),
+                }
+                record["steps"].append(step_rec)
+                self.say(f"{run_id}: {connected} idle connected ({failed} failed), "
+                         f"{step_rec['kib_per_connection']} KiB each, health p99 "
+                         f"{step_rec['health_while_connecting']['p99_ms']} ms")
+                done = step
+            # pings: every client is pinged once per WS_PING_INTERVAL_S; spread, not in bursts
+            t_hold = time.monotonic()
+            for x in loads:
+                x.poll()
+            mark = [len(x.ticks) for x in loads]
+            if active:
+                record["active_with"] = self.active(relay, up, wd / "active-with", active, active_rate, active_s,
+                                                    2, {"gen_idle": [x.pid for x in loads]})
+            left = hold_s - (time.monotonic() - t_hold)
+            if left > 0:
+                time.sleep(left)
+            per_second: dict[int, int] = {}
+            for x, m in zip(loads, mark, strict=True):
+                x.poll()
+                for tick in x.ticks[m:]:
+                    per_second[int(tick["t"])] = per_second.get(int(tick["t"]), 0) + tick["pings"]
+            series = [per_second[k] for k in sorted(per_second)][1:-1]
+            record["pings_per_s"] = {"seconds": len(series), "total": sum(series),
+                                     "mean": round(sum(series) / max(1, len(series)), 1),
+                                     "max": max(series, default=0)}
+            record["closed_by_server"] = sum(x.poll().get("closed", 0) for x in loads)
+            record["summaries"] = [x.stop() for x in loads]
+            loads = []
+            record["ok"] = all(s["connected"] + s["failed"] > 0 for s in record["steps"]) and \
+                record["steps"][-1]["connected"] == total
+        except Exception as exc:  # noqa: BLE001
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["ok"] = False
+        finally:
+            for p in (*loads, relay, up):
+                if p is not None:
+                    p.stop()
+            drop_prefix(prefix)
+        record["after"] = machine_note()
+        self.save(record)
+        return record
+
+    def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int,
+               others: dict | None = None) -> dict:
+        """`clients` Node.js subscribers at `rate` events/s for `duration_s`: p50/p99, lost."""
+        wd.mkdir(parents=True, exist_ok=True)
+        subs = None
+        rec: dict = {"clients": clients, "rate": rate, "duration_s": duration_s, "loadavg_before": loadavg()}
+        try:
+            subs = Subscribers(client_url(relay, "ws"), clients, deflate=False, log=wd / "subscribers.log",
+                               first_frame=True)
+            base, count = nth * 100_000_000, round(rate * duration_s)
+            subs.arm(base, count)
+            time.sleep(0.5)
+            # everything on the machine that is ours: the idle crowd's generators and Redis too
+            meter = CpuMeter({"workers": relay.pids, "gen_subscribers": [subs.pid], "gen_upstream": [up.pid],
+                              **getattr(relay, "side_pids", {}), **(others or {})})
+            up.run(base, rate, duration_s)
+            up.expect("done", duration_s + 120)
+            rec["cpu_pct"] = meter.stop()
+            subs.quiet(2000, 10_000)
+            rep = subs.report()
+            rec.update({k: rep[k] for k in ("delivered", "lost", "duplicated", "out_of_order", "closed")})
+            rec["latency_ms"] = rep["latency_ms"]
+        except Exception as exc:  # noqa: BLE001
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            if subs is not None:
+                subs.stop()
+        rec["loadavg_after"] = loadavg()
+        self.say(f"active {clients} x {rate:g}: p50 {rec.get('latency_ms', {}).get('p50')} p99 "
+                 f"{rec.get('latency_ms', {}).get('p99')} ms, lost {rec.get('lost')} {rec.get('error', '')}")
+        return rec
+
+
+def client_url(relay, route: str, quiet: bool = False) -> str:
+    """An idle client's URL; `quiet`: subscribed to a topic no event has (the crowd beside active
+    clients), otherwise to everything (nothing is published while idle clients are measured alone)."""
+    topics = "&topics=idle.quiet" if quiet else ""
+    if route == "sse":
+        return f"http://127.0.0.1:{relay.port}/sse?snapshot=0{topics}"
+    return f"ws://127.0.0.1:{relay.port}/ws?snapshot=0{topics}"
+
+
+def cluster_env(workers: int, prefix: str) -> dict:
+    if workers <= 1:
+        return {}
+    return {"REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), "REDIS_PREFIX": prefix,
+            "WEB_CONCURRENCY": str(workers), "STARTUP_GRACE_S": "0"}
+
+
+def drop_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+def git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=BENCH.parent).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", choices=["breakdown", "storm", "crowd", "nchan"])
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--routes", default="ws,sse")
+    p.add_argument("--trace", action="store_true", help="breakdown: tracemalloc's top allocations (2,000 clients)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--total", type=int, default=100_000)
+    p.add_argument("--steps", default="10000,50000,100000")
+    p.add_argument("--loadgens", type=int, default=6)
+    p.add_argument("--rate", type=float, default=2000, help="crowd: connections per second, all load generators")
+    p.add_argument("--hold-s", type=float, default=40)
+    p.add_argument("--active", type=int, default=1000)
+    p.add_argument("--active-rate", type=float, default=200)
+    p.add_argument("--active-s", type=float, default=20)
+    p.add_argument("--out", default="")
+    a = p.parse_args()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
+    b = IdleBench(out.resolve())
+    if a.scenario == "breakdown":
+        for route in a.routes.split(","):
+            b.breakdown(route, 2000 if a.trace else a.n, a.trace)
+    elif a.scenario == "nchan":
+        b.nchan(a.n)
+    elif a.scenario == "storm":
+        b.storm(a.n, a.workers)
+    else:
+        steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
+        rec = b.crowd(a.total, steps, a.workers, a.loadgens, a.rate, a.hold_s, a.active, a.active_rate, a.active_s)
+        b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The keeper of held connections: gunicorn's pool slots, client messages read without a greenlet of their own."""
+
+import struct
+
+import gevent
+import gevent.event
+import gevent.pool
+import pytest
+from gevent import socket
+from wsproto.connection import Connection, ConnectionType
+
+from webapp.conn import HeldPool, HeldWebSocket, Keeper
+from webapp.wire import WireSocket
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class Client:
+    kind = "test"
+
+    def __init__(self):
+        self.texts, self.ended_count = [], 0
+
+    def ended(self):
+        self.ended_count += 1
+
+
+def held_pair(keeper: Keeper, client: Client, deadline_s=None, on_deadline=None):
+    server, peer = socket.socketpair()
+    raw = server._sock
+    raw.setblocking(False)
+    wire = WireSocket(raw)
+    held = HeldWebSocket(keeper, raw, wire, client, Connection(ConnectionType.SERVER), client.texts.append,
+                         deadline_s, on_deadline)
+    keeper.take(held, gevent.getcurrent())
+    return held, server, peer
+
+
+def keeper(**overrides) -> Keeper:
+    settings = {"ping_interval_s": 25.0, "keepalive_s": 15.0, "max_message_bytes": 200, "close_timeout_s": 1.0}
+    return Keeper(**{**settings, **overrides})
+
+
+def wait_for(condition, timeout_s: float = 5.0):
+    with gevent.Timeout(timeout_s):
+        while not condition():
+            gevent.sleep(0.005)
+
+
+def test_a_held_connection_keeps_its_request_slot_in_the_pool_until_it_is_released():
+    pool = HeldPool(2)
+    ended = gevent.event.Event()
+
+    def request():
+        assert pool.keep_slot(gevent.getcurrent())
+        ended.set()
+
+    pool.spawn(request).join()
+    assert ended.is_set()
+    assert (len(pool), pool.held, pool.free_count()) == (0, 1, 1)
+    sleeper = pool.spawn(gevent.sleep, 10)
+    assert pool.full()
+    with pytest.raises(gevent.pool.PoolFull):  # the held connection's permit is really taken
+        pool.add(gevent.Greenlet(gevent.sleep), blocking=False)
+    sleeper.kill()
+    pool.join()  # its link (out of the pool) runs after it died
+    pool.release_slot()
+    assert (pool.held, pool.free_count(), pool.full()) == (0, 2, False)
+    pool.add(gevent.Greenlet(gevent.sleep), blocking=False)
+    pool.add(gevent.Greenlet(gevent.sleep), blocking=False)
+
+
+def test_fragmented_messages_arrive_whole_and_pings_are_answered_by_the_reader():
+    client = Client()
+    k = keeper()
+    held, server, peer = held_pair(k, client)
+    peer.sendall(masked(0x1, b"hel", fin=False) + masked(0x0, b"lo") + masked(0x9, b"p1"))
+    wait_for(lambda: client.texts == ["hello"])
+    assert peer.recv(100) == b"\x8a\x02p1"  # the pong, written by the shared reader
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)
+    assert held not in k.held
+
+
+def test_a_message_over_the_bound_closes_with_1009():
+    client = Client()
+    k = keeper(max_message_bytes=200)
+    _held, _server, peer = held_pair(k, client)
+    peer.sendall(masked(0x1, b"x" * 150, fin=False) + masked(0x0, b"y" * 100))
+    wait_for(lambda: client.ended_count == 1)
+    frame = peer.recv(100)
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1009
+    assert client.texts == []
+    peer.close()
+
+
+def test_a_route_deadline_fires_once_on_the_ticker_and_the_connection_stays():
+    client = Client()
+    k = keeper()
+    fired = []
+    started = gevent.get_hub().loop.now()
+    _held, _server, peer = held_pair(k, client, deadline_s=0.5, on_deadline=lambda: fired.append(
+        gevent.get_hub().loop.now() - started))
+    wait_for(lambda: fired, 3)
+    gevent.sleep(0.6)
+    assert len(fired) == 1 and fired[0] >= 0.25, fired  # never before the deadline (less one 0.25 s tick)
+    assert client.ended_count == 0
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)

@@ -1,0 +1,381 @@
+"""Connections held without a greenlet: the event loop watches their sockets, one shared greenlet reads them.
+
+Measured (bench/idle.py breakdown, docs/benchmarks.md): an idle /ws connection cost
+39.7 KiB of worker RSS and an idle /sse one 20.3 KiB; 85-90 % of that was the parked
+greenlets (the request's, and simple-websocket's reader for /ws: saved C stacks, frames,
+Python 3.11's data-stack chunks) and the request objects they kept alive. The connection's
+own state is under 2 KiB.
+
+So once the handshake and the snapshot are out, a route hands its socket to the Keeper and
+its request greenlet ends. A held connection is then a socket, one libev io watcher, its
+WireSocket, its protocol state and its client:
+
+- reads: the watcher's callback (run by the hub) stops the watcher and queues the
+  connection; one reader greenlet per worker reads what is there without blocking, feeds
+  the protocol, answers pings and hands complete messages to the route's callback, then
+  starts the watcher again;
+- pings (/ws) and keep-alive comments (/sse), route deadlines (the Polygon auth time-out)
+  and close time-outs: one ticker greenlet walks a wheel of time slots. A connection's
+  first ping falls at a random point of the interval's second half, so a storm of
+  connections does not become a storm of pings every interval;
+- writes are unchanged: every byte goes through the connection's WireSocket (wire.py),
+  whole frames, non-blocking.
+
+gunicorn's gevent worker counts connections by its pool's greenlets (WORKER_CONNECTIONS).
+A held connection keeps the pool slot its request greenlet had (`HeldPool`, installed by
+gunicorn.conf.py), so the cap, the accept loop and the graceful shutdown still count it.
+"""
+
+from __future__ import annotations
+
+import _socket
+import logging
+import random
+import time
+import weakref
+from collections import deque
+
+import gevent
+import gevent.pool
+from gevent.event import Event as Signal
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+RECV_BYTES = 16384
+PEER_CLOSE_WAIT_S = 1.0  # after our close frame, how long the peer gets to answer with its own
+
+
+class HeldPool(gevent.pool.Pool):
+    """gunicorn's per-worker connection pool, counting held connections as members.
+
+    A request greenlet that hands its connection over gives its pool slot to the
+    connection (`keep_slot`); closing the connection frees it (`release_slot`), which
+    also wakes an accept loop that stopped because the pool was full.
+    """
+
+    instances: weakref.WeakSet = weakref.WeakSet()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held = 0
+        HeldPool.instances.add(self)
+
+    def free_count(self) -> int:
+        if self.size is None:
+            return 1
+        return max(0, self.size - len(self) - self.held)
+
+    def keep_slot(self, greenlet) -> bool:
+        if greenlet not in self.greenlets:
+            return False
+        greenlet.unlink(self._discard)
+        gevent.pool.Group._discard(self, greenlet)  # no longer a member; its semaphore permit stays taken
+        self.held += 1
+        return True
+
+    def release_slot(self) -> None:
+        self.held -= 1
+        self._semaphore.release()
+
+
+def pool_slot_of(greenlet) -> HeldPool | None:
+    for pool in HeldPool.instances:
+        if pool.keep_slot(greenlet):
+            return pool
+    return None
+
+
+class Held:
+    """One held connection. Subclasses speak the protocol: `readable(data)`, `due(tick)`."""
+
+    __slots__ = ("keeper", "sock", "wire", "client", "watcher", "slot", "tick", "state", "close_tick", "__weakref__")
+
+    OPEN, CLOSING, CLOSED = 0, 1, 2
+
+    def __init__(self, keeper: Keeper, sock, wire, client):
+        self.keeper = keeper
+        self.sock = sock
+        self.wire = wire
+        self.client = client
+        self.watcher = None
+        self.slot: HeldPool | None = None
+        self.tick = -1  # the wheel slot it is in
+        self.state = Held.OPEN
+        self.close_tick = 0
+
+    def readable(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def due(self, tick: int) -> None:
+        raise NotImplementedError
+
+    def closing(self) -> None:
+        """Our side has said goodbye: close once the peer answers or PEER_CLOSE_WAIT_S passed
+        (longer while the backlog still drains, up to the slow-close time-out)."""
+        if self.state != Held.OPEN:
+            return
+        self.state = Held.CLOSING
+        keeper = self.keeper
+        self.close_tick = keeper.now_tick + keeper.ticks(keeper.close_timeout_s)
+        keeper.schedule(self, keeper.now_tick + keeper.ticks(PEER_CLOSE_WAIT_S))
+
+    def closed(self) -> None:
+        """Let the backlog go out (bounded), then close the socket and tell the client."""
+        if self.state == Held.CLOSED:
+            return
+        if not self.wire.wait_drained(0) and self.keeper.now_tick < self.close_tick:
+            if self.state == Held.OPEN:
+                self.state = Held.CLOSING
+                self.close_tick = self.keeper.now_tick + self.keeper.ticks(self.keeper.close_timeout_s)
+            self.keeper.schedule(self, self.keeper.now_tick + 1)
+            return
+        self.state = Held.CLOSED
+        self.keeper.forget(self)
+        self.wire.abandon()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.slot is not None:
+            self.slot.release_slot()
+            self.slot = None
+        self.client.ended()
+
+
+class HeldWebSocket(Held):
+    """A WebSocket after its handshake: wsproto's frame protocol, pings, client messages."""
+
+    __slots__ = ("proto", "on_text", "message", "message_len", "ponged", "deadline", "on_deadline", "ping_tick")
+
+    def __init__(self, keeper, sock, wire, client, proto, on_text, deadline_s, on_deadline):
+        super().__init__(keeper, sock, wire, client)
+        self.proto = proto
+        self.on_text = on_text
+        self.message = None  # the parts of a fragmented message
+        self.message_len = 0
+        self.ponged = True
+        interval = keeper.ticks(keeper.ping_interval_s)
+        self.ping_tick = keeper.now_tick + max(1, round(interval * random.uniform(0.5, 1.0)))
+        self.deadline = keeper.now_tick + keeper.ticks(deadline_s) if deadline_s is not None else None
+        self.on_deadline = on_deadline
+
+    def next_tick(self) -> int:
+        return self.ping_tick if self.deadline is None else min(self.ping_tick, self.deadline)
+
+    def send(self, event) -> bool:
+        try:
+            self.wire.write(self.proto.send(event))
+        except LocalProtocolError:
+            return False
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Our close frame (through the wire, after whatever is queued), then wait for the peer's."""
+        if self.state == Held.OPEN:
+            self.send(CloseConnection(code, reason))
+            self.closing()
+
+    def due(self, tick: int) -> None:
+        if self.state != Held.OPEN:
+            self.closed()  # the peer did not answer our close in time
+            return
+        if self.deadline is not None and tick >= self.deadline:
+            self.deadline = None
+            self.on_deadline()
+            if self.state != Held.OPEN:
+                return
+        if tick >= self.ping_tick:
+            if not self.ponged:
+                log.info("a %s client did not answer a ping: closing it", self.client.kind)
+                self.send(CloseConnection(CloseReason.POLICY_VIOLATION, "Ping/Pong timeout"))
+                self.closed()
+                return
+            self.ponged = False
+            self.send(Ping())
+            self.ping_tick = tick + self.keeper.ticks(self.keeper.ping_interval_s)
+        self.keeper.schedule(self, self.next_tick())
+
+    def readable(self, data: bytes) -> None:
+        """What simple-websocket's reader did with received bytes, without its greenlet."""
+        proto = self.proto
+        proto.receive_data(data or None)  # None: the peer closed the TCP connection (1006)
+        keep = bool(data)
+        for event in proto.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self.message_len += len(event.data)
+                if self.message_len > self.keeper.max_message_bytes:
+                    self.send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "Message is too big"))
+                    keep = False
+                    break
+                if not event.message_finished:
+                    self.message = (self.message or []) + [event.data]
+                    continue
+                parts, self.message, self.message_len = self.message, None, 0
+                text = event.data if parts is None else type(event.data)().join(parts + [event.data])
+                if self.state == Held.OPEN:
+                    self.on_text(text)
+            elif isinstance(event, Ping):
+                self.send(event.response())
+            elif isinstance(event, Pong):
+                self.ponged = True
+            elif isinstance(event, CloseConnection):
+                if proto.state is not ConnectionState.CLOSED:
+                    self.send(event.response())
+                keep = False
+        if not keep or proto.state is ConnectionState.CLOSED:
+            self.closed()
+
+
+class HeldStream(Held):
+    """An HTTP response that stays open (/sse): keep-alive comments; what the client sends is dropped."""
+
+    __slots__ = ("keepalive", "last", "keepalive_tick")
+
+    def __init__(self, keeper, sock, wire, client, keepalive: bytes, last: bytes):
+        super().__init__(keeper, sock, wire, client)
+        self.keepalive = keepalive
+        self.last = last  # the body's end (a chunked body's last chunk)
+        interval = keeper.ticks(keeper.keepalive_s)
+        self.keepalive_tick = keeper.now_tick + max(1, round(interval * random.uniform(0.5, 1.0)))
+
+    def next_tick(self) -> int:
+        return self.keepalive_tick
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        if self.state == Held.OPEN:
+            self.wire.write(self.last)
+            try:
+                self.sock.shutdown(_socket.SHUT_RD)  # no further request is read on this connection
+            except OSError:
+                pass
+            self.closed()
+
+    def due(self, tick: int) -> None:
+        if self.state != Held.OPEN:
+            self.closed()
+            return
+        if not self.wire.backlog_bytes:
+            self.wire.write(self.keepalive)
+        if self.wire.broken:
+            self.closed()
+            return
+        self.keepalive_tick = tick + self.keeper.ticks(self.keeper.keepalive_s)
+        self.keeper.schedule(self, self.keepalive_tick)
+
+    def readable(self, data: bytes) -> None:
+        if not data:
+            self.closed()  # the client went away
+
+
+class Keeper:
+    """Every held connection of one worker: the watchers' queue, the reader and the ticker."""
+
+    def __init__(self, *, ping_interval_s: float, keepalive_s: float, max_message_bytes: int,
+                 close_timeout_s: float):
+        self.ping_interval_s = ping_interval_s
+        self.keepalive_s = keepalive_s
+        self.max_message_bytes = max_message_bytes
+        self.close_timeout_s = close_timeout_s
+        self.held: set[Held] = set()
+        self._ready: deque[Held] = deque()
+        self._wake = Signal()
+        self._wheel: dict[int, set[Held]] = {}
+        self._t0 = time.monotonic()
+        self.now_tick = 0
+        self._tasks: list[gevent.Greenlet] = []
+
+    def ticks(self, seconds: float) -> int:
+        return max(1, round(seconds / TICK_S))
+
+    def _start(self) -> None:
+        if not self._tasks:
+            self._tasks = [gevent.spawn(self._read_loop), gevent.spawn(self._tick_loop)]
+            self._tasks[0].name, self._tasks[1].name = "held-reader", "held-ticker"
+
+    # -- taking connections over ----------------------------------------------------
+
+    def take(self, held: Held, greenlet) -> None:
+        """Own `held` from now on; `greenlet` (the request's) may end without closing its socket."""
+        self._start()
+        held.slot = pool_slot_of(greenlet)
+        self.held.add(held)
+        held.watcher = gevent.get_hub().loop.io(held.sock.fileno(), 1)
+        held.watcher.start(self._readable, held)
+        self.schedule(held, held.next_tick())
+
+    def forget(self, held: Held) -> None:
+        self.held.discard(held)
+        if held.watcher is not None:
+            held.watcher.stop()
+            held.watcher.close()
+            held.watcher = None
+        self._unschedule(held)
+
+    def schedule(self, held: Held, tick: int) -> None:
+        self._unschedule(held)
+        tick = max(tick, self.now_tick + 1)
+        held.tick = tick
+        self._wheel.setdefault(tick, set()).add(held)
+
+    def _unschedule(self, held: Held) -> None:
+        if held.tick >= 0:
+            bucket = self._wheel.get(held.tick)
+            if bucket is not None:
+                bucket.discard(held)
+            held.tick = -1
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _readable(self, held: Held) -> None:
+        """In the hub: no reading here, only a note for the reader greenlet."""
+        held.watcher.stop()  # started again once read: one entry in the queue per connection
+        self._ready.append(held)
+        self._wake.set()
+
+    def _read_loop(self) -> None:
+        ready = self._ready
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while ready:
+                held = ready.popleft()
+                if held.state == Held.CLOSED:
+                    continue
+                try:
+                    data = held.sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    data = b""
+                if data is not None:
+                    try:
+                        held.readable(data)
+                    except Exception:  # noqa: BLE001  (one client's failure must not stop the shared reader)
+                        log.exception("a %s connection failed: closing it", held.client.kind)
+                        held.closed()
+                if held.state != Held.CLOSED and held.watcher is not None:
+                    held.watcher.start(self._readable, held)
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        while True:
+            gevent.sleep(TICK_S)
+            now = int((time.monotonic() - self._t0) / TICK_S)
+            while self.now_tick < now:
+                self.now_tick += 1
+                bucket = self._wheel.pop(self.now_tick, None)
+                if not bucket:
+                    continue
+                for held in bucket:
+                    held.tick = -1
+                    try:
+                        held.due(self.now_tick)
+                    except Exception:  # noqa: BLE001  (one client's failure must not stop the ticker)
+                        log.exception("a %s connection failed: closing it", held.client.kind)
+                        held.closed()
