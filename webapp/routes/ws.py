@@ -120,7 +120,8 @@ def stream(ws):
         client.release()
         if g.refused_topics:
             client.send(error_message(refusal_message(g.refused_topics)))
-        client.hold(lambda text: answer(client, scoped_action(parse_client_message(text), g.scope, client.send)))
+        scope = g.scope  # the keeper's reader calls back outside this request: no `g` there
+        client.hold(lambda text: answer(client, scoped_action(parse_client_message(text), scope, client.send)))
     except ConnectionClosed:
         pass
     finally:
