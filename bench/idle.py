@@ -235,9 +235,7 @@ class IdleBench:
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["ok"] = False
         finally:
-            for p in (load, relay, up):
-                if p is not None:
-                    p.stop()
+            stop_all(load, relay, up)
         record["after"] = machine_note()
         self.save(record)
         self.say(f"{run_id}: {record.get('connected')} connected, {record.get('kib_per_connection')} KiB each, "
@@ -271,9 +269,7 @@ class IdleBench:
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["ok"] = False
         finally:
-            for p in (load, system):
-                if p is not None:
-                    p.stop()
+            stop_all(load, system)
         self.save(record)
         self.say(f"{run_id}: {record.get('connected')} connected, {record.get('kib_per_connection')} KiB each")
         return record
@@ -317,9 +313,7 @@ class IdleBench:
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["ok"] = False
         finally:
-            for p in (*loads, relay, up):
-                if p is not None:
-                    p.stop()
+            stop_all(*loads, relay, up)
             drop_prefix(prefix)
         record["after"] = machine_note()
         self.save(record)
@@ -410,9 +404,7 @@ class IdleBench:
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["ok"] = False
         finally:
-            for p in (*loads, relay, up):
-                if p is not None:
-                    p.stop()
+            stop_all(*loads, relay, up)
             drop_prefix(prefix)
         record["after"] = machine_note()
         self.save(record)
@@ -449,6 +441,13 @@ class IdleBench:
         self.say(f"active {clients} x {rate:g}: p50 {rec.get('latency_ms', {}).get('p50')} p99 "
                  f"{rec.get('latency_ms', {}).get('p99')} ms, lost {rec.get('lost')} {rec.get('error', '')}")
         return rec
+
+
+def stop_all(*procs) -> None:
+    """Stop every process started for a row (by its own pid), whatever the row reached."""
+    for p in procs:
+        if p is not None:
+            p.stop()
 
 
 def client_url(relay, route: str, quiet: bool = False) -> str:

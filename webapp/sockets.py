@@ -177,7 +177,11 @@ class SocketClient:
     def hold(self, on_text, *, deadline_s: float | None = None, on_deadline=None) -> None:
         """Hand the connection to the keeper: from now on `on_text(message)` is called (by the
         keeper's reader greenlet) for each client message, `on_deadline()` once after
-        `deadline_s`, and the route's greenlet may return without the connection closing."""
+        `deadline_s`, and the route's greenlet may return without the connection closing.
+
+        Both run in the keeper's one reader (or ticker) greenlet, shared by every held
+        connection of the worker: they may yield, but other clients' messages wait meanwhile,
+        so anything slow (a store query, a round trip to Redis) belongs in a greenlet of its own."""
         self.wire.uncork()
         if self.closed:
             return
