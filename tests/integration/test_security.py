@@ -74,6 +74,7 @@ ROUTES = [
     ("GET", "/", None, "open"),
     ("GET", "/cache/stats", None, "client"),
     ("GET", "/cache/recent?limit=2", None, "client"),
+    ("GET", "/cache/latest?topics=T.*", None, "client"),
     ("GET", "/cache/search?q=SEC", None, "client"),
     ("GET", "/cache/events/1", None, "client"),
     ("GET", "/cache/config", None, "client"),
