@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from support.events import unique_sym
 from support.relay import RelayError
 from support.upstream import FakeUpstream
@@ -398,17 +397,6 @@ def test_bad_subscription_settings_stop_start_up_with_one_message(launch_relay, 
 
 
 # -- a cluster: the union spans the workers -------------------------------------------------------
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = "rh-test-subs-" + secrets.token_hex(4)
-    yield name
-    client = redis.Redis.from_url(SHARED_REDIS)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_in_a_cluster_the_union_spans_the_workers_and_a_killed_workers_patterns_leave_it(prefix, launch_relay, ws):
