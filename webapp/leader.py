@@ -17,6 +17,7 @@ import gevent
 from handlers import roles
 from handlers.backoff import reconnect_delay_ms
 from webapp.bus.redis import FAILURES, LostLease, NoLeader, RedisBus
+from webapp.recovery import recover
 from webapp.store.base import StoreError
 from webapp.tasks import EXIT
 
@@ -143,8 +144,8 @@ class Leadership:
             bus.received(events, epoch)  # whatever this worker's reader had not seen yet
         store_max, store_epoch, spool_max = 0, None, 0
         if rt.store is not None:
-            store_max, store_epoch, spool_max = rt._recover(floor_seq=events[-1].seq if events else 0,
-                                                            floor_epoch=epoch)
+            store_max, store_epoch, spool_max = recover(rt, floor_seq=events[-1].seq if events else 0,
+                                                        floor_epoch=epoch)
         space = roles.seq_floor(
             redis_seq=counter_seq, redis_epoch=counter_epoch,
             stream_seq=events[-1].seq if events else 0, stream_epoch=epoch,

@@ -10,7 +10,7 @@ are described as far as HTTP goes: their refusals before the upgrade, and the
 
 from typing import Any
 
-from webapp.runtime import VERSION
+from webapp.health import VERSION
 from webapp.settings import Settings
 
 MAX_SEQ = 2**63 - 1

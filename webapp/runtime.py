@@ -10,21 +10,19 @@ import time
 import gevent
 import gevent.event
 
-from handlers.backoff import reconnect_delay_ms
 from handlers.cache import EventCache
 from handlers.events import Event
-from handlers.health import HealthFacts, degraded_reasons
 from handlers.polygon import status_problem
-from handlers.recovery import plan_recovery
 from handlers.resume import add_hole
+from webapp import health as views
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 from webapp.hub import Hub
 from webapp.ingest import Ingest
 from webapp.metrics import Metrics
+from webapp.recovery import recover
 from webapp.settings import Settings
 from webapp.store import SeqState, make_store
-from webapp.store.base import StoreError
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
 from webapp.tasks import EXIT, Tasks
@@ -40,7 +38,7 @@ def worker_name() -> str:
     """Who holds the lease: host, pid and a random part (a pid can be reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
-VERSION = "0.3.0"
+
 STATUS_HISTORY = 20  # upstream status messages kept for /health
 
 
@@ -174,7 +172,7 @@ class Runtime:
             self.leadership.join()
             return
         if self.store is not None:
-            self._recover(floor_seq=0, floor_epoch=None)
+            recover(self, floor_seq=0, floor_epoch=None)
         self.ready.set()
         self._lead()
         self.role = "single"
@@ -204,82 +202,6 @@ class Runtime:
         log.critical("%s crashed: %r; restarting this worker", task, exc)
         # the lease is not released here: the graceful shutdown releases it once the store is flushed
         os.kill(os.getpid(), signal.SIGTERM)  # graceful: clients are told, the store flushed; gunicorn respawns
-
-    # -- recovery from the store ------------------------------------------------------
-
-    def _recover(self, floor_seq: int, floor_epoch: str | None) -> tuple[int | None, str | None, int]:
-        """Seq base, epoch and a warm cache from the store, the spool and the local state.
-
-        Alone, a seq reservation in DATA_DIR keeps seqs from being reused after a
-        crash. In a cluster, Redis's counter is the seq authority (leader.py seeds
-        it from what this returns: the store's maximum and its epoch, None when
-        the store could not be asked, and the spool's maximum) and the writer is
-        fed from the stream.
-        """
-        records = call_in_thread(self.spool.load, self.settings.cache_max_items)  # the newest: seq base, warm cache
-        spooled = [e for r in records for e in r.events]
-        if not self.clustered:
-            call_in_thread(self.seq_state.load)
-        local_epoch = None if self.clustered else self.seq_state.epoch
-        attempt = 0
-        while True:
-            try:
-                self.store.ensure_schema()
-                store_max = self.store.max_seq()
-                stored_epoch = self.store.get_meta("epoch") if store_max else None
-                break
-            except StoreError as exc:
-                self.boot_error = str(exc)
-                if local_epoch is not None or floor_epoch is not None:
-                    # local state or the stream is enough to continue without reusing a
-                    # seq; the writer spools until the store answers
-                    log.error("store unavailable at start (%s): continuing without it", exc)
-                    store_max, stored_epoch = None, None
-                    break
-                delay_ms = reconnect_delay_ms(attempt, 200, self.settings.store_retry_max_ms, 0.5)
-                log.error("store unavailable at start (%s): retrying in %.1f s", exc, delay_ms / 1000)
-                attempt += 1
-                gevent.sleep(delay_ms / 1000)
-        self.boot_error = None
-        spool_max = spooled[-1].seq if spooled else 0
-        plan = plan_recovery(store_max=store_max, spool_max=spool_max,
-                             reserved=0 if self.clustered else self.seq_state.reserved, floor_seq=floor_seq,
-                             floor_epoch=floor_epoch, stored_epoch=stored_epoch, local_epoch=local_epoch,
-                             current_epoch=self.epoch, clustered=self.clustered, block=self.settings.seq_reserve_block)
-        last_seq = plan.last_seq
-        self.epoch = plan.epoch or new_epoch()  # nothing to continue: a fresh seq space
-        self.ingest.last_seq = last_seq
-        if plan.lost is not None:
-            self.lost_range = plan.lost
-            log.warning("seqs %d..%d were numbered before a crash and are lost", *self.lost_range)
-        if plan.reserve_to is not None:
-            call_in_thread(self.seq_state.save, self.epoch, plan.reserve_to)
-        if not self.clustered and store_max is not None and stored_epoch != self.epoch:
-            try:
-                self.store.set_meta("epoch", self.epoch)
-            except StoreError as exc:
-                log.error("could not record the epoch in the store: %s", exc)
-        if not self.clustered:
-            self._warm(store_max, spooled)
-            self.bus.last_seq = max(self.bus.last_seq, last_seq)
-            self.bus.epoch = self.epoch
-        self.writer.start_from(store_max, spooled=bool(records))
-        return store_max, stored_epoch, spool_max
-
-    def _warm(self, store_max: int | None, spooled: list[Event]) -> None:
-        now = self.now_ms()
-        events: list[Event] = []
-        if store_max:
-            try:
-                events = self.store.select_events(
-                    "WHERE ts >= %(min_ts)s AND date >= toDate(intDiv(%(min_ts)s, 1000)) ORDER BY seq DESC LIMIT %(limit)s",
-                    {"min_ts": now - self.settings.cache_ttl_seconds * 1000, "limit": self.settings.cache_max_items})[::-1]
-            except StoreError as exc:
-                log.error("could not warm the cache from the store: %s", exc)
-        events += [e for e in spooled if not events or e.seq > events[-1].seq]
-        self.cache.add(events, now)
-        if events:
-            log.info("cache warmed with %d events (seq %d..%d)", len(self.cache), events[0].seq, events[-1].seq)
 
     def shutdown(self) -> None:
         """SIGTERM: stop reading, tell clients, close them with 1001, flush the store."""
@@ -438,143 +360,9 @@ class Runtime:
     def stream_epoch(self) -> str:
         return self.bus.epoch or self.epoch
 
-    def store_health(self) -> dict:
-        if self.store is None:
-            return {"backend": "none", "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0}
-        w = self.writer
-        backlog = w._backlog
-        return {
-            "backend": self.store_backend,
-            "ok": w.ok and self.boot_error is None and self.state_error is None,
-            "pending": len(w.pending),
-            "spooled": self.spool.events if backlog else 0,
-            "spooled_bytes": self.spool.bytes if backlog else 0,
-            "spool_full": w.spool_full,
-            "dropped": w.dropped,
-            "written": w.written,
-            "dead_letter": {"events": w.dead_letter_events, "batches": w.dead_letter_batches,
-                            "last": w.dead_letter_last, "dir": w.dead_letter_dir},
-            "last_error": w.last_error or self.boot_error or self.state_error,
-        }
+    # the /health and /metrics views live in webapp/health.py: read-only projections of the parts
+    def health(self) -> dict:
+        return views.health(self)
 
     def render_metrics(self) -> bytes:
-        m = self.metrics
-        self.ingest.export_counts()
-        for kind, n in self.hub.clients_by_kind.items():
-            m.clients.labels(kind).set(n)
-        for mode, n in self.hub.mode_counts().items():
-            m.clients_by_mode.labels(mode).set(n)
-        m.cache_items.set(len(self.cache))
-        m.last_seq.set(self.last_seq)
-        store = self.store_health()
-        m.store_ok.set(1 if store["ok"] else 0)
-        m.store_pending.set(store["pending"])
-        m.spool_bytes.set(self.spool.bytes if self.spool else 0)
-        m.spool_events.set(store["spooled"])
-        m.spool_full.set(1 if store.get("spool_full") else 0)
-        m.store_dropped.set(store.get("dropped", 0))
-        m.dead_letter_events.set(store["dead_letter"]["events"] if "dead_letter" in store else 0)
-        m.leader.set(1 if self.role in ("single", "leader") else 0)
-        m.bus_ok.set(1 if self.bus.ok else 0)
-        lag = self.stream_lag()
-        m.bus_lag.set(-1 if lag is None else lag)
-        m.bus_gaps.set(self.bus.gaps)
-        m.upstream_subscriptions.set(len(self.subs.view()["subscribed"]))
-        return m.render()
-
-    def stream_lag(self) -> int | None:
-        """Events this worker is behind on the stream (None when that cannot be known now).
-
-        The leader: events it numbered that have not come back from the stream.
-        A follower: the stream's newest seq minus the last one it read (one
-        XREVRANGE; not asked while Redis is known to be down).
-        """
-        if not self.clustered:
-            return 0
-        if self.role == "leader":
-            return max(0, self.bus.assigned_seq - self.bus.last_seq) + self.bus.outbox_events
-        if not self.bus.ok:
-            return None
-        try:
-            newest = self.bus.newest()
-        except REDIS_FAILURES as exc:
-            log.debug("stream lag: %s", exc)
-            return None
-        if newest is None:
-            return 0
-        seq, epoch = newest
-        if self.bus.epoch is not None and epoch != self.bus.epoch:
-            return None  # a new leader's seq space this worker has not reached yet
-        return max(0, seq - self.bus.last_seq)
-
-    def bus_health(self) -> dict:
-        if not self.clustered:
-            return {"backend": "memory", "ok": True}
-        bus = self.bus
-        return {
-            "backend": "redis",
-            "ok": bus.ok,
-            "worker": bus.lease.holder,
-            "lease_holder": self.leadership.holder_cached,
-            "last_seq": bus.last_seq,
-            "lag": self.stream_lag(),
-            "published": bus.published,
-            "gaps": bus.gaps,
-            "last_error": bus.last_error,
-        }
-
-    def _leader_known(self) -> bool:
-        return self.leadership is not None and self.leadership.holder_cached is not None
-
-    def _subscriptions_health(self) -> dict:
-        view = self.subs.view()
-        return {"subscriptions": view["subscribed"], "subscription_clients": view["clients"],
-                "managed_subscriptions": self.subs.enabled}
-
-    def health(self) -> dict:
-        s = self.upstream.state
-        now = time.time()
-        in_grace = now - self.started_at < self.settings.startup_grace_s
-        store = self.store_health()
-        leading = self.role in ("single", "leader")
-        reasons = degraded_reasons(HealthFacts(
-            leading=leading, upstream_connected=s.connected, in_grace=in_grace, shutting_down=self.shutting_down,
-            ready=self.ready.is_set(), store_ok=store["ok"], spooled=store["spooled"], bus_ok=self.bus.ok,
-            follower_without_leader=self.clustered and self.role == "follower" and not self._leader_known(),
-            tasks_down=tuple(self.tasks.restarting)))
-        return {
-            "status": "degraded" if reasons else "ok",
-            "reasons": list(reasons),
-            "version": VERSION,
-            "uptime_s": round(now - self.started_at, 3),
-            "now": now,
-            "epoch": self.stream_epoch,
-            "last_seq": self.last_seq,
-            "ready": self.ready.is_set(),
-            "role": self.role,
-            "bus": self.bus_health(),
-            "upstream": {
-                "url": s.url,
-                "demo": self.demo is not None,
-                "connected": s.connected,
-                "reconnects": s.reconnects,
-                "last_message_at": s.last_message_at,
-                "last_error": s.last_error,
-                "events": self.ingest.upstream_events,
-                "parse_errors": self.ingest.parse_errors,
-                "oversize_frames": self.ingest.oversize_frames,
-                "statuses": list(self.upstream_statuses),
-                **self._subscriptions_health(),
-            },
-            "store": store,
-            "tasks": self.tasks.status(),
-            "enrich": None if self.enricher is None else {
-                "queued": self.ingest.queued, "unenriched": self.ingest.unenriched, "busy": self.enricher.busy,
-                "errors": self.enricher.errors, "timeouts": self.enricher.timeouts,
-                "cached_topics": self.enricher.cached_topics},
-            "clients": self.hub.client_count,
-            "clients_by_transport": dict(self.hub.clients_by_kind),
-            "clients_by_mode": self.hub.mode_counts(),
-            "delivered": self.delivered,
-            "cache": {"items": len(self.cache)},
-        }
+        return views.render_metrics(self)

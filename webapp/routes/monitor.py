@@ -5,8 +5,8 @@ from pathlib import Path
 from flask import Blueprint, render_template, request, send_from_directory
 
 from webapp.auth import OPEN, access
+from webapp.health import VERSION
 from webapp.routes import runtime
-from webapp.runtime import VERSION
 
 bp = Blueprint("monitor", __name__)
 

@@ -1,0 +1,160 @@
+"""/health and /metrics: read-only views over each part's state. The degraded verdict itself is
+decided in handlers/health.py; nothing here changes a part."""
+
+import logging
+import time
+
+from handlers.health import HealthFacts, degraded_reasons
+from webapp.bus.redis import FAILURES as REDIS_FAILURES
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.3.0"
+
+
+def store_health(rt) -> dict:
+    if rt.store is None:
+        return {"backend": "none", "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0}
+    w = rt.writer
+    backlog = w._backlog
+    return {
+        "backend": rt.store_backend,
+        "ok": w.ok and rt.boot_error is None and rt.state_error is None,
+        "pending": len(w.pending),
+        "spooled": rt.spool.events if backlog else 0,
+        "spooled_bytes": rt.spool.bytes if backlog else 0,
+        "spool_full": w.spool_full,
+        "dropped": w.dropped,
+        "written": w.written,
+        "dead_letter": {"events": w.dead_letter_events, "batches": w.dead_letter_batches,
+                        "last": w.dead_letter_last, "dir": w.dead_letter_dir},
+        "last_error": w.last_error or rt.boot_error or rt.state_error,
+    }
+
+
+def render_metrics(rt) -> bytes:
+    m = rt.metrics
+    rt.ingest.export_counts()
+    for kind, n in rt.hub.clients_by_kind.items():
+        m.clients.labels(kind).set(n)
+    for mode, n in rt.hub.mode_counts().items():
+        m.clients_by_mode.labels(mode).set(n)
+    m.cache_items.set(len(rt.cache))
+    m.last_seq.set(rt.last_seq)
+    store = store_health(rt)
+    m.store_ok.set(1 if store["ok"] else 0)
+    m.store_pending.set(store["pending"])
+    m.spool_bytes.set(rt.spool.bytes if rt.spool else 0)
+    m.spool_events.set(store["spooled"])
+    m.spool_full.set(1 if store.get("spool_full") else 0)
+    m.store_dropped.set(store.get("dropped", 0))
+    m.dead_letter_events.set(store["dead_letter"]["events"] if "dead_letter" in store else 0)
+    m.leader.set(1 if rt.role in ("single", "leader") else 0)
+    m.bus_ok.set(1 if rt.bus.ok else 0)
+    lag = stream_lag(rt)
+    m.bus_lag.set(-1 if lag is None else lag)
+    m.bus_gaps.set(rt.bus.gaps)
+    m.upstream_subscriptions.set(len(rt.subs.view()["subscribed"]))
+    return m.render()
+
+
+def stream_lag(rt) -> int | None:
+    """Events this worker is behind on the stream (None when that cannot be known now).
+
+    The leader: events it numbered that have not come back from the stream.
+    A follower: the stream's newest seq minus the last one it read (one
+    XREVRANGE; not asked while Redis is known to be down).
+    """
+    if not rt.clustered:
+        return 0
+    if rt.role == "leader":
+        return max(0, rt.bus.assigned_seq - rt.bus.last_seq) + rt.bus.outbox_events
+    if not rt.bus.ok:
+        return None
+    try:
+        newest = rt.bus.newest()
+    except REDIS_FAILURES as exc:
+        log.debug("stream lag: %s", exc)
+        return None
+    if newest is None:
+        return 0
+    seq, epoch = newest
+    if rt.bus.epoch is not None and epoch != rt.bus.epoch:
+        return None  # a new leader's seq space this worker has not reached yet
+    return max(0, seq - rt.bus.last_seq)
+
+
+def bus_health(rt) -> dict:
+    if not rt.clustered:
+        return {"backend": "memory", "ok": True}
+    bus = rt.bus
+    return {
+        "backend": "redis",
+        "ok": bus.ok,
+        "worker": bus.lease.holder,
+        "lease_holder": rt.leadership.holder_cached,
+        "last_seq": bus.last_seq,
+        "lag": stream_lag(rt),
+        "published": bus.published,
+        "gaps": bus.gaps,
+        "last_error": bus.last_error,
+    }
+
+
+def leader_known(rt) -> bool:
+    return rt.leadership is not None and rt.leadership.holder_cached is not None
+
+
+def subscriptions_health(rt) -> dict:
+    view = rt.subs.view()
+    return {"subscriptions": view["subscribed"], "subscription_clients": view["clients"],
+            "managed_subscriptions": rt.subs.enabled}
+
+
+def health(rt) -> dict:
+    s = rt.upstream.state
+    now = time.time()
+    in_grace = now - rt.started_at < rt.settings.startup_grace_s
+    store = store_health(rt)
+    leading = rt.role in ("single", "leader")
+    reasons = degraded_reasons(HealthFacts(
+        leading=leading, upstream_connected=s.connected, in_grace=in_grace, shutting_down=rt.shutting_down,
+        ready=rt.ready.is_set(), store_ok=store["ok"], spooled=store["spooled"], bus_ok=rt.bus.ok,
+        follower_without_leader=rt.clustered and rt.role == "follower" and not leader_known(rt),
+        tasks_down=tuple(rt.tasks.restarting)))
+    return {
+        "status": "degraded" if reasons else "ok",
+        "reasons": list(reasons),
+        "version": VERSION,
+        "uptime_s": round(now - rt.started_at, 3),
+        "now": now,
+        "epoch": rt.stream_epoch,
+        "last_seq": rt.last_seq,
+        "ready": rt.ready.is_set(),
+        "role": rt.role,
+        "bus": bus_health(rt),
+        "upstream": {
+            "url": s.url,
+            "demo": rt.demo is not None,
+            "connected": s.connected,
+            "reconnects": s.reconnects,
+            "last_message_at": s.last_message_at,
+            "last_error": s.last_error,
+            "events": rt.ingest.upstream_events,
+            "parse_errors": rt.ingest.parse_errors,
+            "oversize_frames": rt.ingest.oversize_frames,
+            "statuses": list(rt.upstream_statuses),
+            **subscriptions_health(rt),
+        },
+        "store": store,
+        "tasks": rt.tasks.status(),
+        "enrich": None if rt.enricher is None else {
+            "queued": rt.ingest.queued, "unenriched": rt.ingest.unenriched, "busy": rt.enricher.busy,
+            "errors": rt.enricher.errors, "timeouts": rt.enricher.timeouts,
+            "cached_topics": rt.enricher.cached_topics},
+        "clients": rt.hub.client_count,
+        "clients_by_transport": dict(rt.hub.clients_by_kind),
+        "clients_by_mode": rt.hub.mode_counts(),
+        "delivered": rt.delivered,
+        "cache": {"items": len(rt.cache)},
+    }
