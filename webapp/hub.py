@@ -251,12 +251,10 @@ class Hub:
             self._feed_slow(batch)
         if not batch and not self._rated:
             return
-        for group in list(self._groups.values()):
+        # without new events only a rated group can have something due
+        for group in list(self._groups.values() if batch else self._rated):
             match = group.matcher
-            if batch:
-                events = batch if match.everything else [e for e in batch if match(e.topic)]
-            else:
-                events = batch
+            events = batch if match.everything else [e for e in batch if match(e.topic)]
             conflator = group.conflator
             if conflator is None:
                 if events:

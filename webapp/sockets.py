@@ -227,10 +227,8 @@ class Conflating:
         return wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
 
     def write_tracked(self, frame: bytes, n_events: int) -> None:
+        """write_bounded for an on_slow=conflate client (`throughs` is not None): noting what it covers."""
         throughs = self.throughs
-        if throughs is None:
-            self.write_bounded(frame, n_events)
-            return
         queued = len(throughs)
         self.write_bounded(frame, n_events)
         if len(throughs) == queued and not self.closed:  # written, not turned slow

@@ -46,7 +46,12 @@ class SseClient(Conflating, StreamClient):
         if self.pending is not None:
             super().deliver(frame, n_events)  # the head is not out yet
             return
-        self.write_tracked(frame if self.chunked else chunk_data(frame), n_events)
+        if not self.chunked:
+            frame = chunk_data(frame)
+        if self.throughs is None:  # the usual case, once per client per flush: no tracking
+            self.write_bounded(frame, n_events)
+        else:
+            self.write_tracked(frame, n_events)
 
     def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
         if not self.conflate_instead(frame):

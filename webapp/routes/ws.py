@@ -66,7 +66,10 @@ class WsClient(Conflating, SocketClient):
             if self.held_events > self.max_events:
                 self.slow()
             return
-        self.write_tracked(frame, n_events)
+        if self.throughs is None:  # the usual case, once per client per flush: no tracking
+            self.write_bounded(frame, n_events)
+        else:
+            self.write_tracked(frame, n_events)
 
     def behind(self, n_events: int) -> int:
         return self.wire.backlog_weight + self.held_events + n_events
