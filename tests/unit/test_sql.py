@@ -1,4 +1,5 @@
-"""handlers.sql: placeholders filled or bound without a way out, /query text vetted, result rows made JSON-safe."""
+"""handlers.sql and its parts (sql_lexer, sql_params, sql_check, sql_probes, sql_rows): placeholders filled or
+bound without a way out, /query text vetted, result rows made JSON-safe."""
 
 import datetime as dt
 import decimal
@@ -14,14 +15,8 @@ from hypothesis import strategies as st
 from handlers import jsonx
 from handlers.sql import (
     ALLOWED_LEADING,
-    COMMENT,
-    QUOTED,
-    SPACE,
-    STRING,
-    WORD,
     SqlError,
     Token,
-    _tokens,
     check_read_only_sql,
     json_safe_rows,
     json_safe_value,
@@ -34,6 +29,7 @@ from handlers.sql import (
     undecided,
     unrestricted_powers,
 )
+from handlers.sql_lexer import COMMENT, QUOTED, SPACE, STRING, WORD, tokenize
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
@@ -57,7 +53,7 @@ def clickhouse_unescape(body: str) -> str:
 
 
 def significant(sql: str) -> list[tuple[str, str]]:
-    return [(t.kind, t.text) for t in _tokens(sql) if t.kind != SPACE]
+    return [(t.kind, t.text) for t in tokenize(sql) if t.kind != SPACE]
 
 
 # -- render_params: literals ------------------------------------------------------------
@@ -102,7 +98,7 @@ def test_each_value_becomes_a_literal_that_clickhouse_18_16_and_current_both_rea
 def test_a_negative_number_after_a_minus_does_not_start_a_comment():
     sql = render_params("SELECT 10 -%(n)s, 1 -%(f)s", {"n": -5, "f": -1.5})
     assert sql == "SELECT 10 -(-5), 1 -(-1.5)"
-    assert not [t for t in _tokens(sql) if t.kind == COMMENT]
+    assert not [t for t in tokenize(sql) if t.kind == COMMENT]
 
 
 def test_subnormal_floats_become_an_exact_product_of_normal_floats():
@@ -267,7 +263,7 @@ json_values = st.recursive(
 @given(value=json_values)
 def test_any_json_value_renders_without_a_comment_or_a_second_statement(value):
     sql = render_params("SELECT %(v)s -%(v)s /%(v)s", {"v": value})
-    assert not [t for t in _tokens(sql) if t.kind == COMMENT]
+    assert not [t for t in tokenize(sql) if t.kind == COMMENT]
     assert check_read_only_sql(sql) == sql
 
 
@@ -436,9 +432,9 @@ def test_any_text_is_vetted_or_refused_with_a_sql_error(sql):
         clean = check_read_only_sql(sql)
     except SqlError:
         return
-    words = [t.text.upper() for t in _tokens(clean) if t.kind == "word"]
-    assert "SETTINGS" not in words and ";" not in [t.text for t in _tokens(clean) if t.kind == "punct"]
-    assert not [t for t in _tokens(clean) if t.kind == COMMENT]
+    words = [t.text.upper() for t in tokenize(clean) if t.kind == "word"]
+    assert "SETTINGS" not in words and ";" not in [t.text for t in tokenize(clean) if t.kind == "punct"]
+    assert not [t for t in tokenize(clean) if t.kind == COMMENT]
     assert check_read_only_sql(clean) == clean
 
 

@@ -2,7 +2,9 @@
 
 from flask import Blueprint, request
 
-from handlers.sql import SqlError, check_read_only_sql, render_params
+from handlers.sql_check import check_read_only_sql
+from handlers.sql_lexer import SqlError
+from handlers.sql_params import render_params
 from webapp.auth import CLIENT, access, request_scope
 from webapp.responses import json_error, json_response
 from webapp.routes import NO_STORE, runtime, store_failure

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from handlers.events import Event, event_from_row
-from handlers.sql import power_probes, undecided, unrestricted_powers
+from handlers.sql_probes import power_probes, undecided, unrestricted_powers
 
 DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -58,7 +58,7 @@ class Store(Protocol):
 
 
 def probe_powers(run: Callable[[str], object], db: str) -> list[str]:
-    """Run handlers.sql.power_probes through `run` (the /query path: same session, same settings) and
+    """Run handlers.sql_probes.power_probes through `run` (the /query path: same session, same settings) and
     return what it can do that it must not; [] when every probe is refused for lack of rights."""
     outcomes: dict[str, int | None] = {}
     for power, sql in power_probes(db).items():
