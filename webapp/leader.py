@@ -16,7 +16,10 @@ import gevent
 
 from handlers import roles
 from handlers.backoff import reconnect_delay_ms
-from webapp.bus.redis import FAILURES, LostLease, NoLeader, RedisBus
+from webapp.bus.failures import FAILURES
+from webapp.bus.lease import LostLease
+from webapp.bus.receipt import NoLeader
+from webapp.bus.redis import RedisBus
 from webapp.recovery import recover
 from webapp.store.base import StoreError
 from webapp.tasks import EXIT

@@ -1,6 +1,6 @@
 """The Redis transport: a leader lease, a fenced append that numbers events, and a reader per worker.
 
-Seq and epoch are assigned in one place: the append script. It checks the
+Seq and epoch are assigned in one place: the append script (bus/scripts.py). It checks the
 lease's token, takes the next seqs from the counter `<prefix>:seq` (a hash
 holding `seq` and `epoch`) and appends the events with them, atomically. The
 leader hands it events without their seq; a worker that is not the lease
@@ -20,153 +20,26 @@ from typing import Callable
 
 import gevent
 import redis
-from gevent.event import AsyncResult
 from gevent.event import Event as Signal
 
 from handlers import jsonx
 from handlers.events import Event, event_from_json
 from handlers.resume import MAX_HOLES, add_hole
 from webapp.bus import Bus
+from webapp.bus.failures import FAILURES, failure_text
+from webapp.bus.lease import Lease, LostLease
+from webapp.bus.receipt import NoLeader, Receipt
+from webapp.bus.scripts import APPEND, SEED
+
+# the names the shell imports from here (the parts above hold them)
+__all__ = ["FAILURES", "LostLease", "NoLeader", "RedisBus", "Receipt", "stripped"]
 
 log = logging.getLogger(__name__)
-
-# KEYS: lease, stream, counter, this batch's key. ARGV: token, maxlen, then each event's JSON after
-# its `{"seq":N,`. Returns {1, first seq, last seq, epoch}; {0} when the token is not the lease's;
-# {-1} when the counter is gone (Redis lost its data): the leader must seed it again before numbering.
-# A batch sent again (its answer was lost) gets the answer it had, and is not appended twice.
-APPEND = """
-local done = redis.call('GET', KEYS[4])
-if done then return cjson.decode(done) end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
-local epoch = redis.call('HGET', KEYS[3], 'epoch')
-if not epoch then return {-1} end
-local seq = tonumber(redis.call('HGET', KEYS[3], 'seq'))
-local first = seq + 1
-for i = 3, #ARGV do
-  seq = seq + 1
-  local n = string.format('%d', seq)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'seq', n, 'epoch', epoch, 'e', '{"seq":' .. n .. ',' .. ARGV[i])
-end
-redis.call('HSET', KEYS[3], 'seq', string.format('%d', seq))
-local answer = {1, string.format('%d', first), string.format('%d', seq), epoch}
-redis.call('SET', KEYS[4], cjson.encode(answer), 'PX', 60000)
-return answer
-"""
-
-# KEYS: lease, counter. ARGV: token, floor seq, epoch. Seeds the counter when it is missing (or
-# behind the floor in its own epoch); returns {1, seq, epoch} as it stands, {0} when not the holder.
-SEED = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  redis.call('HSET', KEYS[2], 'seq', ARGV[2])
-  redis.call('HSET', KEYS[2], 'epoch', ARGV[3])
-elseif epoch == ARGV[3] and tonumber(redis.call('HGET', KEYS[2], 'seq')) < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[2], 'seq', ARGV[2])
-end
-return {1, redis.call('HGET', KEYS[2], 'seq'), redis.call('HGET', KEYS[2], 'epoch')}
-"""
-
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Redis failures by kind; each is retried with a pause and shown in /health, never fatal to a loop:
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.InvalidResponse, OSError)  # no (sane) answer
-REFUSED = (redis.ResponseError,)  # an answer that says no: READONLY after a failover, OOM at maxmemory, ...
-FAILURES = UNREACHABLE + REFUSED
-# anything else (DataError: arguments this code built wrongly) is a bug: the task crashes and is restarted
-
-
-def failure_text(exc: Exception) -> str:
-    """What /health says: 'refused' for an answer that said no, 'unavailable' for no answer."""
-    kind = "refused" if isinstance(exc, REFUSED) else "unavailable"
-    return f"{kind}: {type(exc).__name__}: {exc}"
-
-
-class LostLease(Exception):
-    """The lease is someone else's: this worker must stop acting as leader."""
-
-
-class NoLeader(Exception):
-    """POST /publish cannot be served: no leader is known, or it did not answer in time."""
-
-
-class Receipt:
-    """What the append script gave one group of events: their real seqs (or why none)."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self._done = AsyncResult()
-        self.taken = False  # in an append call: it can no longer be withdrawn
-        self.withdrawn = False
-
-    def set(self, first: int) -> None:
-        self._done.set(list(range(first, first + self.count)))
-
-    def fail(self, reason: str) -> None:
-        self._done.set_exception(NoLeader(reason))
-
-    def seqs(self, timeout_s: float) -> list[int]:
-        try:
-            return self._done.get(timeout=timeout_s)
-        except gevent.Timeout:
-            if not self.taken:
-                self.withdrawn = True  # never appended: the caller is told so, and it stays true
-                raise NoLeader(f"the events got no seq within {timeout_s:g} s (Redis unavailable?)") from None
-            raise NoLeader(f"the append was not confirmed within {timeout_s:g} s (Redis unavailable?); "
-                           "the events may still be published") from None
 
 
 def stripped(event: Event) -> bytes:
     """The event's JSON after `{"seq":N,`: the append script writes the seq it assigns in front."""
     return event.json[len(b'{"seq":%d,' % event.seq):]
-
-
-class Lease:
-    """The leader lease: a key set NX with a time-out, renewed while alive."""
-
-    def __init__(self, client: redis.Redis, key: str, holder: str, lease_ms: int):
-        self.client = client
-        self.key = key
-        self.holder = holder
-        self.lease_ms = lease_ms
-        self._renew = client.register_script(RENEW)
-        self._release = client.register_script(RELEASE)
-        self.held_until = 0.0  # monotonic time until which we know the lease is ours
-
-    def acquire(self) -> bool:
-        started = time.monotonic()
-        if self.client.set(self.key, self.holder, nx=True, px=self.lease_ms):
-            self.held_until = started + self.lease_ms / 1000.0
-            return True
-        return False
-
-    def renew(self) -> bool:
-        started = time.monotonic()
-        if self._renew(keys=[self.key], args=[self.holder, self.lease_ms]):
-            self.held_until = started + self.lease_ms / 1000.0
-            return True
-        self.held_until = 0.0
-        return False
-
-    def release(self) -> None:
-        self.held_until = 0.0
-        self._release(keys=[self.key], args=[self.holder])
-
-    def current_holder(self) -> str | None:
-        value = self.client.get(self.key)
-        return value.decode() if value else None
-
-    @property
-    def valid(self) -> bool:
-        return time.monotonic() < self.held_until
 
 
 class RedisBus(Bus):
