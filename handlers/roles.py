@@ -113,3 +113,21 @@ def unfillable(store_max: int | None, spool_max: int, stream_first: int | None) 
         return None
     first, last = max(store_max, spool_max) + 1, stream_first - 1
     return (first, last) if first <= last else None
+
+
+def leader_lag(assigned_seq: int, last_seq: int, outbox_events: int) -> int:
+    """How far a leader is behind on the stream: the events Redis numbered for it that its own reader has
+    not read back yet, plus those still waiting in its outbox for a seq."""
+    return max(0, assigned_seq - last_seq) + outbox_events
+
+
+def follower_lag(newest: tuple[int, str] | None, last_seq: int, read_epoch: str | None) -> int | None:
+    """How far a follower is behind: the stream's newest (seq, epoch) — None for an empty stream — minus the
+    last seq it read. None (not known) when the newest entry is of an epoch this worker has not reached yet:
+    a new leader's seq space, where the two numbers cannot be compared."""
+    if newest is None:
+        return 0
+    seq, epoch = newest
+    if read_epoch is not None and epoch != read_epoch:
+        return None
+    return max(0, seq - last_seq)

@@ -4,6 +4,7 @@ decided in handlers/health.py; nothing here changes a part."""
 import logging
 import time
 
+from handlers import roles
 from handlers.health import HealthFacts, degraded_reasons
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 
@@ -67,21 +68,17 @@ def stream_lag(rt) -> int | None:
     """
     if not rt.clustered:
         return 0
-    if rt.role == "leader":
-        return max(0, rt.bus.assigned_seq - rt.bus.last_seq) + rt.bus.outbox_events
-    if not rt.bus.ok:
+    bus = rt.bus
+    if rt.role == roles.LEADER:
+        return roles.leader_lag(bus.assigned_seq, bus.last_seq, bus.outbox_events)
+    if not bus.ok:
         return None
     try:
-        newest = rt.bus.newest()
+        newest = bus.newest()
     except REDIS_FAILURES as exc:
         log.debug("stream lag: %s", exc)
         return None
-    if newest is None:
-        return 0
-    seq, epoch = newest
-    if rt.bus.epoch is not None and epoch != rt.bus.epoch:
-        return None  # a new leader's seq space this worker has not reached yet
-    return max(0, seq - rt.bus.last_seq)
+    return roles.follower_lag(newest, bus.last_seq, bus.epoch)
 
 
 def bus_health(rt) -> dict:

@@ -1,91 +1,63 @@
-"""Runtime and Leadership in a cluster: stream_lag (how far this worker is behind on the Redis stream, None when unknown),
-and taking over the lead when Redis blips."""
+"""Runtime and Leadership in a cluster, built for real from plain settings (construction connects nothing):
+/health's stream lag when Redis cannot answer, and taking over the lead when Redis fails just after the
+election. The lag arithmetic itself is handlers/roles.py's (tests/unit/test_roles.py).
+
+Redis here is a unix socket path where nothing listens: every command fails at connect(), with no network.
+"""
 
 from types import SimpleNamespace
 
-import pytest
 import redis
 
 from handlers import roles
 from webapp.health import stream_lag
-from webapp.leader import Leadership
 from webapp.runtime import Runtime
+from webapp.settings import Settings
+
+UPSTREAM = {"UPSTREAM_URL": "ws://127.0.0.1:9/feed", "CLICKHOUSE_URL": "none"}
 
 
-class Bus:
-    def __init__(self, last_seq=0, epoch="E1", ok=True, newest=None, fails=False, assigned_seq=0, outbox_events=0):
-        self.last_seq, self.epoch, self.ok = last_seq, epoch, ok
-        self._newest, self._fails = newest, fails
-        self.assigned_seq, self.outbox_events = assigned_seq, outbox_events
-
-    def newest(self):
-        if self._fails:
-            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return self._newest
+def cluster_runtime(tmp_path, **env) -> Runtime:
+    """A worker of a cluster whose Redis does not answer."""
+    return Runtime(Settings.from_env({**UPSTREAM, "REDIS_URL": f"unix://{tmp_path}/no-redis.sock",
+                                      "DATA_DIR": str(tmp_path), **env}))
 
 
-def lag(role="follower", clustered=True, **bus):
-    rt = SimpleNamespace(clustered=clustered, role=role, bus=Bus(**bus))
-    return stream_lag(rt)  # a view over the parts it reads, given as plain attributes
+def joined(rt: Runtime) -> Runtime:
+    rt.leadership.apply(roles.JOINED)
+    return rt
 
 
-def test_a_single_worker_is_never_behind():
-    assert lag(role="single", clustered=False, assigned_seq=50, last_seq=10) == 0
+def test_a_single_worker_is_never_behind(tmp_path):
+    rt = Runtime(Settings.from_env({**UPSTREAM, "DATA_DIR": str(tmp_path)}))
+    assert not rt.clustered and stream_lag(rt) == 0
 
 
-def test_the_leader_counts_what_redis_numbered_that_has_not_come_back_and_what_waits_for_a_seq():
-    assert lag(role="leader", assigned_seq=120, last_seq=100) == 20
-    assert lag(role="leader", assigned_seq=100, last_seq=100) == 0
-    assert lag(role="leader", assigned_seq=100, last_seq=100, outbox_events=7) == 7
+def test_a_follower_whose_redis_fails_on_the_question_does_not_know(tmp_path):
+    rt = joined(cluster_runtime(tmp_path))
+    assert rt.bus.ok  # nothing has failed yet: the question is asked, and fails
+    assert stream_lag(rt) is None
 
 
-@pytest.mark.parametrize(("newest", "last_seq", "expected"), [
-    ((250, "E1"), 200, 50),  # behind by 50
-    ((200, "E1"), 200, 0),  # caught up
-    (None, 0, 0),  # an empty stream: nothing to be behind on
-    ((5, "E2"), 200, None),  # a new leader's seq space not reached yet: not comparable
-])
-def test_a_follower_compares_the_streams_newest_seq_with_its_last_read(newest, last_seq, expected):
-    assert lag(newest=newest, last_seq=last_seq) == expected
-
-
-def test_a_follower_whose_redis_is_down_does_not_know():
-    assert lag(ok=False, newest=(250, "E1"), last_seq=200) is None
-
-
-def test_a_follower_whose_redis_fails_on_the_question_does_not_know():
-    assert lag(fails=True, last_seq=200) is None
+def test_the_leaders_lag_needs_no_question_to_redis(tmp_path):
+    rt = cluster_runtime(tmp_path)
+    for event in (roles.JOINED, roles.ELECTED, roles.CAUGHT_UP):
+        rt.leadership.apply(event)
+    rt.bus.assigned_seq, rt.bus.last_seq = 120, 100
+    assert stream_lag(rt) == 20  # asking this Redis would fail, and give None
 
 
 # -- taking over the lead ------------------------------------------------------------------------
 
 
-class BlippingBus:
-    """Redis fails just after the election: reading the stream's tail raises."""
-
-    stream_maxlen = 10_000
-
-    def __init__(self):
-        self.released = False
-        self.failures = []
-        self.lease = SimpleNamespace(release=self._release)
-        self.on_fenced = None
-
-    def _release(self):
-        self.released = True
-
-    def tail(self, count):
-        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
-    def _failed(self, exc):
-        self.failures.append(exc)
-
-
-def test_a_leader_elected_during_a_redis_blip_stands_down_and_releases_the_lease(caplog):
-    bus = BlippingBus()
-    rt = SimpleNamespace(role=roles.CANDIDATE, _leading=["this greenlet"], feeding_writer=False, store=None)
-    Leadership(rt, bus).take_over()
-    assert rt.role == roles.FOLLOWER and rt._leading == [] and bus.released and len(bus.failures) == 1
+def test_a_worker_elected_during_a_redis_outage_stands_down(tmp_path, caplog):
+    rt = cluster_runtime(tmp_path)
+    for event in (roles.JOINED, roles.ELECTED):
+        rt.leadership.apply(event)
+    rt.feeding_writer = True
+    rt.leadership.take_over()  # reading the stream's tail fails; so does releasing the lease (it lapses)
+    assert rt.role == roles.FOLLOWER and rt._leading == [] and not rt.feeding_writer
+    assert rt.bus.last_error.startswith("unavailable: ConnectionError")
     assert "standing down" in caplog.text
 
 

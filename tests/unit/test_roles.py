@@ -89,3 +89,24 @@ def test_a_lost_counter_and_stream_with_a_store_of_another_epoch_ignores_what_th
 ])
 def test_a_new_leader_knows_which_seqs_it_can_write_from_nowhere(store_max, spool_max, stream_first, expected):
     assert roles.unfillable(store_max, spool_max, stream_first) == expected
+
+
+# -- how far behind the stream a worker is (/health's lag) -------------------------------------------
+
+
+def test_the_leader_counts_what_redis_numbered_that_has_not_come_back_and_what_waits_for_a_seq():
+    assert roles.leader_lag(assigned_seq=120, last_seq=100, outbox_events=0) == 20
+    assert roles.leader_lag(assigned_seq=100, last_seq=100, outbox_events=0) == 0
+    assert roles.leader_lag(assigned_seq=100, last_seq=100, outbox_events=7) == 7
+    assert roles.leader_lag(assigned_seq=90, last_seq=100, outbox_events=0) == 0  # read back before the answer
+
+
+@pytest.mark.parametrize(("newest", "last_seq", "read_epoch", "expected"), [
+    ((250, "E1"), 200, "E1", 50),  # behind by 50
+    ((200, "E1"), 200, "E1", 0),  # caught up
+    (None, 0, "E1", 0),  # an empty stream: nothing to be behind on
+    ((5, "E2"), 200, "E1", None),  # a new leader's seq space not reached yet: not comparable
+    ((250, "E1"), 0, None, 250),  # nothing read yet: every entry is ahead
+])
+def test_a_follower_compares_the_streams_newest_seq_with_its_last_read(newest, last_seq, read_epoch, expected):
+    assert roles.follower_lag(newest, last_seq, read_epoch) == expected
