@@ -1,8 +1,9 @@
-"""The Lua scripts the Redis bus runs: the fenced append that numbers events, the counter's seed, the lease.
+"""The Lua scripts the Redis bus runs: the fenced append that numbers events, and the counter's seed.
 
 Each runs atomically in Redis. The append and the seed check the lease's token
 first (KEYS[1] must still hold ARGV[1]): that check is the fence, so a worker
-that lost the lease can neither number an event nor reseed the counter.
+that lost the lease can neither number an event nor reseed the counter. The lease itself is
+redis-py's Lock (bus/lease.py).
 """
 
 # KEYS: lease, stream, counter, this batch's key. ARGV: token, maxlen, then each event's JSON after
@@ -40,16 +41,4 @@ elseif epoch == ARGV[3] and tonumber(redis.call('HGET', KEYS[2], 'seq')) < tonum
   redis.call('HSET', KEYS[2], 'seq', ARGV[2])
 end
 return {1, redis.call('HGET', KEYS[2], 'seq'), redis.call('HGET', KEYS[2], 'epoch')}
-"""
-
-# KEYS: lease. ARGV: token, lease ms. Extends the lease only while the token is still its value.
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# KEYS: lease. ARGV: token. Deletes the lease only while the token is still its value.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
