@@ -10,11 +10,12 @@ subscription, count them as /health does, and put the slow one first.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from support.clients import RawWsClient
+from support.clients import RawWsClient, WsClient
+from support.cluster import cluster_env
 from support.events import unique_sym
+from support.procnet import children, owner_of_connection
 from support.waiting import wait_until
 
 from tests.integration.test_conflation import Feeder, topics_for
@@ -33,11 +34,6 @@ def rows_for(body: dict, sym: str) -> dict[tuple[str, ...], dict]:
     """This test's clients (their patterns name its symbol), by their patterns."""
     return {tuple(row["topics"]["patterns"]): row for row in body["clients"]
             if any(sym in p for p in row["topics"]["patterns"])}
-
-
-def parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def test_the_listing_shows_each_clients_mode_rate_and_subscription_the_slow_one_first(relay, upstream, ws, sse):
@@ -80,7 +76,7 @@ def test_the_listing_shows_each_clients_mode_rate_and_subscription_the_slow_one_
     assert sum(g["clients"] for g in body["groups"]) == body["total"]
     assert {"transport": "sse", "mode": "rate", "max_hz": 0.5, "clients": 1} in body["groups"]
     # the worker that answered: a gunicorn worker of this relay
-    assert parent_pid(body["worker"]) == relay.proc.pid
+    assert body["worker"] in children(relay.proc.pid)
 
     # an id names the same client from one listing to the next
     again = rows_for(listing(relay, limit=1000), sym)
@@ -108,8 +104,6 @@ def test_tokens_are_needed_never_shown_and_a_topic_limited_token_is_refused(fres
     open_token, limited_token = "clients-open-5c1d", "clients-limited-77ae"
     relay = launch_relay(fresh_upstream, {"API_TOKENS": f"{open_token},{limited_token}",
                                           "TOKEN_TOPICS": json.dumps({limited_token: ["T.*"]})})
-    from support.clients import WsClient
-
     client = WsClient(relay.ws_url("/ws", topics="T.X", snapshot=0, token=open_token))
     try:
         client.read_snapshot()
@@ -121,3 +115,27 @@ def test_tokens_are_needed_never_shown_and_a_topic_limited_token_is_refused(fres
         assert refused.status_code == 403 and "TOKEN_TOPICS" in refused.json()["error"]
     finally:
         client.close()
+
+
+def test_with_several_workers_each_lists_its_own_clients_and_says_which_it_is(prefix, fresh_upstream,
+                                                                            launch_relay, ws):
+    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="2"))
+    workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 2 else None, 20,
+                         "two workers")
+    sym = unique_sym()
+    owned: dict[int, int] = dict.fromkeys(workers, 0)
+    for _ in range(40):
+        client = ws(relay, topics=f"T.{sym}", snapshot=0)
+        client.read_snapshot()
+        owned[owner_of_connection(relay.port, client.conn.socket.getsockname()[1], workers)] += 1
+        if all(owned.values()):
+            break
+    assert all(owned.values()), f"the kernel gave every connection to one worker: {owned}"
+
+    answers: dict[int, dict] = {}
+    wait_until(lambda: answers.update({(b := listing(relay, limit=1000))["worker"]: b}) or len(answers) == 2, 15,
+               "answers from both workers", interval_s=0.01)
+    assert set(answers) == set(workers)
+    for pid, body in answers.items():
+        assert body["total"] == owned[pid] == len(body["clients"]), (pid, owned)
+        assert all(row["topics"]["patterns"] == [f"T.{sym}"] for row in body["clients"])
