@@ -122,9 +122,18 @@ def test_with_several_workers_each_lists_its_own_clients_and_says_which_it_is(pr
     relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="2"))
     workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 2 else None, 20,
                          "two workers")
+    ready: set[str] = set()  # both workers accepting and serving before any client connects
+
+    def both_ready() -> bool:
+        health = relay.health()
+        if health["ready"]:
+            ready.add(health["bus"]["worker"])
+        return len(ready) == 2
+
+    wait_until(both_ready, 20, "both workers ready", interval_s=0.01)
     sym = unique_sym()
     owned: dict[int, int] = dict.fromkeys(workers, 0)
-    for _ in range(40):
+    for _ in range(100):
         client = ws(relay, topics=f"T.{sym}", snapshot=0)
         client.read_snapshot()
         owned[owner_of_connection(relay.port, client.conn.socket.getsockname()[1], workers)] += 1
