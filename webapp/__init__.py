@@ -13,7 +13,7 @@ from webapp.auth import CLIENT, refusal
 from webapp.cli import register_commands
 from webapp.cors import register_cors
 from webapp.responses import json_error
-from webapp.routes import cache, history, monitor, polygon, publish, query, sse, status, ws
+from webapp.routes import cache, clients, history, monitor, polygon, publish, query, sse, status, ws
 from webapp.runtime import Runtime
 from webapp.settings import Settings
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         "max_message_size": settings.ws_max_message_bytes,
     }
     app.extensions["relayhouse"] = services or Runtime(settings)
-    for module in (status, cache, publish, ws, sse, polygon, query, history, monitor):
+    for module in (status, cache, clients, publish, ws, sse, polygon, query, history, monitor):
         app.register_blueprint(module.bp)
     if settings.fault_hooks:  # test-only: the fault suite makes named loops raise through it
         from webapp.routes import debug

@@ -10,6 +10,7 @@ are described as far as HTTP goes: their refusals before the upgrade, and the
 
 from typing import Any
 
+from handlers.clients import LIMIT_DEFAULT, LIMIT_MAX, MODES, PATTERNS_SHOWN
 from webapp.health import VERSION
 from webapp.settings import Settings
 
@@ -209,9 +210,42 @@ def _schemas() -> dict[str, Any]:
         "SseClosing": {"type": "object", "required": ["type", "reason"], "additionalProperties": False,
                        "description": "event: closing — the relay ends the stream (shutdown, slow_consumer)",
                        "properties": {"type": {"type": "string", "enum": ["closing"]}, "reason": {"type": "string"}}},
+        "ClientList": {
+            "type": "object", "additionalProperties": False, "description": "this worker's clients only",
+            "required": ["worker", "total", "by_mode", "groups_total", "groups", "clients"],
+            "properties": {
+                "worker": {"type": "integer", "description": "the process id of the worker that answered"},
+                "total": {"type": "integer", "minimum": 0}, "groups_total": {"type": "integer", "minimum": 0},
+                "by_mode": {"type": "object", "required": list(MODES), "additionalProperties": False,
+                            "properties": {m: {"type": "integer", "minimum": 0} for m in MODES}},
+                "groups": {"type": "array", "items": {
+                    "type": "object", "required": ["transport", "mode", "max_hz", "clients"],
+                    "additionalProperties": False, "properties": {**_client_kind(),
+                                                                  "clients": {"type": "integer", "minimum": 1}}}},
+                "clients": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": list(_client_row()),
+                    "properties": _client_row()}}}},
         "Cleared": {"type": "object", "required": ["cleared"], "additionalProperties": False,
                     "properties": {"cleared": {"type": "integer", "minimum": 0}}},
     }
+
+
+def _client_kind() -> dict[str, Any]:
+    return {"transport": {"type": "string", "enum": ["ws", "sse", "polygon"]},
+            "mode": {"type": "string", "enum": list(MODES),
+                     "description": "live: every event; rate: max_hz; conflated: slow, on newest values"},
+            "max_hz": {"type": "number", "nullable": True}}
+
+
+def _client_row() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return {"id": {"type": "string", "description": "opaque, stable while the client is connected"},
+            **_client_kind(), "on_slow": {"type": "string", "enum": ["close", "conflate"]},
+            "topics": {"type": "object", "required": ["patterns", "count"], "additionalProperties": False,
+                       "properties": {"patterns": {"type": "array", "items": {"type": "string"},
+                                                   "maxItems": PATTERNS_SHOWN}, "count": count}},
+            "connected_s": {"type": "number", "minimum": 0, "nullable": True},
+            "queued_events": count, "queued_bytes": count}
 
 
 def _stream_parameters(settings: Settings) -> list[dict]:
@@ -315,6 +349,14 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                           "401": ADMIN_UNAUTHORIZED, "403": ADMIN_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE,
                           "503": _error("with Redis: no leader is known or none answered in time; "
                                         "the events were not published")}}},
+        "/clients": {"get": {
+            "summary": "this worker's clients and their delivery modes (each worker lists its own)",
+            "security": CLIENT,
+            "parameters": [_int("limit", "query", 1, LIMIT_MAX, f"clients listed (default {LIMIT_DEFAULT}): "
+                                "conflated first, then the most queued, then the longest connected")],
+            "responses": {"200": _ok("counts of every client, the first limit listed", _ref("ClientList")),
+                          "400": BAD, "401": UNAUTHORIZED,
+                          "403": _error("TOKEN_TOPICS limits this token: the listing shows every client's topics")}}},
         "/history": {"get": {
             "summary": "stored events, ascending seq", "security": CLIENT,
             "parameters": [

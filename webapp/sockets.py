@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _socket
 import logging
+import time
 from collections import deque
 
 import gevent
@@ -114,7 +115,8 @@ class SocketClient:
     """
 
     kind = "socket"
-    __slots__ = ("ws", "wire", "rt", "matcher", "after_seq", "max_events", "max_bytes", "closed", "conn")
+    __slots__ = ("ws", "wire", "rt", "matcher", "after_seq", "max_events", "max_bytes", "closed", "conn",
+                 "connected_at")
 
     def __init__(self, ws, wire: WireSocket, rt, matcher):
         self.ws = ws
@@ -126,6 +128,7 @@ class SocketClient:
         self.max_events = rt.settings.ws_queue_max_events
         self.max_bytes = rt.settings.ws_queue_max_bytes
         self.closed = False
+        self.connected_at = time.monotonic()  # read by GET /clients only
 
     @staticmethod
     def closing_message(reason: str) -> bytes:

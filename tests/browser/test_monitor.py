@@ -425,3 +425,65 @@ def test_the_rate_control_thins_the_feed_to_the_newest_value_per_topic_and_back(
     for seq in every:
         expect(monitor.row(seq)).to_be_visible(timeout=3000)
     assert "max_hz" not in page.url
+
+
+# -- the clients view ----------------------------------------------------------
+
+
+def test_the_clients_view_lists_a_rated_client_with_its_mode_and_rate_and_shows_patterns_as_text(
+        relay: Relay, open_monitor) -> None:
+    from support.clients import WsClient
+
+    hostile = "<img src=x onerror=document.body.dataset.pwned=1>"
+    other = WsClient(relay.ws_url("/ws", topics=f"T.RATED,{hostile}", snapshot=0, max_hz=2))
+    try:
+        other.read_snapshot()
+        monitor = open_monitor(relay)
+        page = monitor.page
+        page.get_by_role("tab", name="Clients", exact=True).click()
+        table = page.get_by_role("table", name="Clients of this worker, slowest first")
+        rated = table.get_by_role("row").filter(has_text="T.RATED")
+        expect(rated).to_have_count(1)
+        expect(rated.get_by_role("cell").nth(0)).to_have_text("rate")
+        expect(rated.get_by_role("cell").nth(1)).to_have_text("2 / s per topic")
+        expect(rated.get_by_role("cell").nth(2)).to_have_text("ws")
+        expect(rated.get_by_role("cell").nth(3)).to_have_text(f"T.RATED, {hostile}")  # as text, never as HTML
+        assert table.locator("img").count() == 0 and page.evaluate("document.body.dataset.pwned") is None
+        expect(table.get_by_role("columnheader")).to_have_text(
+            ["Mode", "Rate", "Transport", "Topics", "Queued", "Connected for"])
+        body = relay.get("/clients").json()
+        summary = page.locator("#clients-summary")
+        expect(summary).to_have_text(re.compile(rf"^Showing (\d+) of \1 clients · worker {body['worker']} · live \d+ · rate \d+"))
+
+        # the page's own stream asks for a rate: its row follows within a refresh
+        page.get_by_label("Rate", exact=True).select_option("0.2")
+        expect(table.get_by_role("row").filter(has_text="1 / 5 s per topic")).to_have_count(1, timeout=8000)
+    finally:
+        other.close()
+
+
+def test_the_clients_view_says_how_many_it_shows_of_how_many_and_when_there_are_none(
+        relay: Relay, open_monitor) -> None:
+    monitor = open_monitor(relay)
+    page = monitor.page
+    row = {"id": "a1b2c3d4e5f6", "transport": "sse", "mode": "conflated", "max_hz": None, "on_slow": "conflate",
+           "topics": {"patterns": ["Q.*"], "count": 40}, "connected_s": 3725.2, "queued_events": 12,
+           "queued_bytes": 2048}
+    answers = iter([
+        {"worker": 77, "total": 2345, "by_mode": {"live": 2000, "rate": 300, "conflated": 45}, "groups_total": 0,
+         "groups": [], "clients": [row]},
+        {"worker": 78, "total": 0, "by_mode": {"live": 0, "rate": 0, "conflated": 0}, "groups_total": 0,
+         "groups": [], "clients": []},
+    ])
+    page.route("**/clients?*", lambda route: route.fulfill(json=next(answers)))
+    page.get_by_role("tab", name="Clients", exact=True).click()
+    summary = page.locator("#clients-summary")
+    expect(summary).to_have_text("Showing 1 of 2,345 clients · worker 77 · live 2,000 · rate 300 · conflated 45")
+    cells = page.locator("#clients-rows tr").first.get_by_role("cell")
+    expect(cells).to_have_text(["conflated", "every event", "sse", "Q.* +39 more", "12 ev · 2.0 KiB", "1 h 2 min"])
+    expect(page.locator("#clients-empty")).to_be_hidden()
+
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    expect(summary).to_have_text("Showing 0 of 0 clients · worker 78")
+    expect(page.locator("#clients-empty")).to_have_text("No client is connected to this worker.")
+    expect(page.locator("#clients-table-wrap")).to_be_hidden()

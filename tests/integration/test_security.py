@@ -78,6 +78,7 @@ ROUTES = [
     ("GET", "/cache/search?q=SEC", None, "client"),
     ("GET", "/cache/events/1", None, "client"),
     ("GET", "/cache/config", None, "client"),
+    ("GET", "/clients?limit=2", None, "client"),
     ("GET", "/history?limit=2", None, "client"),
     ("GET", "/query?sql=SELECT%201", None, "client"),
     ("POST", "/query", {"sql": "SELECT 1"}, "client"),

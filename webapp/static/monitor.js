@@ -1444,5 +1444,10 @@
     renderStreamBar();
   }
 
+  // what the Clients tab (monitor-clients.js, loaded after this file) builds on
+  window.relayhouseMonitor = Object.freeze({
+    $, el, setText, fmtInt, fmtBytes, fmtDuration, api, describeFailure, showResult, tabHooks,
+  });
+
   start();
 })();
