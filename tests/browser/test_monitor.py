@@ -20,6 +20,7 @@ REFUSED = r"Failed to load resource: the server responded with a status of {}"
 CONNECTION_REFUSED = r"Failed to load resource: net::ERR_CONNECTION_REFUSED"
 WS_FAILED = r"WebSocket connection to '.*' failed"
 PHONE = {"width": 390, "height": 844}
+STATIC = Path(__file__).resolve().parents[2] / "webapp" / "static"
 
 
 def publish(relay: Relay, items: list[dict[str, Any]] | dict[str, Any], *, token: str | None = None) -> list[int]:
@@ -56,11 +57,19 @@ def test_page_and_assets_are_served_open_with_a_strict_content_policy(relay: Rel
     assert page.headers["Content-Type"].startswith("text/html")
     policy = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
-    for name, kind in (("monitor.js", "javascript"), ("monitor.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+    scripts = sorted(path.name for path in STATIC.glob("*.js"))
+    assets = [(name, "javascript") for name in scripts] + [("monitor.css", "text/css"), ("favicon.svg", "image/svg+xml")]
+    for name, kind in assets:
         asset = relay.get(f"/monitor/assets/{name}")
         assert asset.status_code == 200, name
         assert kind in asset.headers["Content-Type"], (name, asset.headers["Content-Type"])
+        assert "no-cache" in asset.headers["Cache-Control"] and asset.headers["ETag"], (name, asset.headers)
     assert relay.get("/monitor/assets/../routes/monitor.py").status_code == 404
+    # one entry module, and every module it imports preloaded, so none waits for its importer to arrive
+    entry = re.findall(r'<script type="module" src="/monitor/assets/([\w.-]+)"></script>', page.text)
+    preloaded = re.findall(r'<link rel="modulepreload" href="/monitor/assets/([\w.-]+)">', page.text)
+    assert entry == ["monitor.js"] and "<script src" not in page.text
+    assert sorted(entry + preloaded) == scripts
 
 
 def test_published_events_appear_within_two_seconds_and_expand_with_the_keyboard(relay: Relay, open_monitor) -> None:
