@@ -109,7 +109,7 @@ def paths(s: Settings) -> dict[str, Any]:
         "/monitor/assets/{name}": {"get": {
             "summary": "the monitor's CSS, JavaScript and icon", "security": OPEN,
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-                            "description": "monitor.css, monitor.js or favicon.svg"}],
+                            "description": "monitor.css, favicon.svg, monitor.js or a module it imports (monitor-*.js)"}],
             "responses": {"200": {"description": "the file", "content": {
                               "text/css": {"schema": {"type": "string"}},
                               "text/javascript": {"schema": {"type": "string"}},
