@@ -74,7 +74,10 @@ class Runtime:
 
             self.bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix, worker_name(), self._serve,
                                      lease_ms=settings.leader_lease_ms,
-                                     stream_maxlen=settings.stream_maxlen or settings.cache_max_items)
+                                     stream_maxlen=settings.stream_maxlen or settings.cache_max_items,
+                                     outbox_max=settings.bus_outbox_max,
+                                     on_outbox_full=self.metrics.bound_hits.labels("bus_outbox").inc,
+                                     on_unreadable=self.metrics.bus_unreadable.inc)
             self.leadership = Leadership(self, self.bus)
         else:
             self.bus = MemoryBus(self._serve)
@@ -141,7 +144,7 @@ class Runtime:
         s = self.settings
         url = s.upstream_url or (self.demo.url if self.demo is not None and self.demo.running else "")
         return Upstream(
-            url, self.ingest.submit_frames,
+            url, self._frames_with_backpressure if self.clustered else self.ingest.submit_frames,
             init_messages=s.upstream_init,
             headers=s.upstream_headers,
             ping_interval_s=s.upstream_ping_interval_s,
@@ -155,6 +158,12 @@ class Runtime:
             max_frame_bytes=s.upstream_max_frame_bytes,
             on_oversize=self.ingest.skipped_oversize,
         )
+
+    def _frames_with_backpressure(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> None:
+        """A clustered leader's upstream reader: hand the frames on, then read no more while the bus's
+        outbox is at BUS_OUTBOX_MAX (Redis not taking events); see webapp/bus/outbox.py."""
+        self.ingest.submit_frames(frames, recv_ms)
+        self.bus.wait_for_room()
 
     # -- lifecycle -------------------------------------------------------------
 
