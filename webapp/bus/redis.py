@@ -268,12 +268,10 @@ class RedisBus(Bus):
         epoch = None
         for entry_id, fields in entries:
             self.last_id = entry_id
-            try:
-                entry_epoch = fields[b"epoch"].decode()
-                event = event_from_json(fields[b"e"])
-            except (jsonx.NotJSON, KeyError, ValueError, TypeError, AttributeError) as exc:
-                self._unreadable(entry_id, exc)
+            read = self._read_entry(entry_id, fields)
+            if read is None:
                 continue
+            entry_epoch, event = read
             if epoch is not None and entry_epoch != epoch:
                 self.received(events, epoch)
                 events = []
@@ -282,8 +280,17 @@ class RedisBus(Bus):
         if events:
             self.received(events, epoch)
 
+    def _read_entry(self, entry_id: bytes, fields, report: bool = True) -> tuple[str, Event] | None:
+        """One stream entry's epoch and event; None for an entry that is not ours (a corrupt or hostile
+        Redis, a foreign writer): skipped, counted, logged at most every 10 s (unless not `report`)."""
+        try:
+            return fields[b"epoch"].decode(), event_from_json(fields[b"e"])
+        except (jsonx.NotJSON, KeyError, ValueError, TypeError, AttributeError) as exc:
+            if report:
+                self._unreadable(entry_id, exc)
+            return None
+
     def _unreadable(self, entry_id: bytes, exc: Exception) -> None:
-        """A stream entry that is not ours (a corrupt or hostile Redis): skipped, counted, logged at most every 10 s."""
         self.unreadable += 1
         self.on_unreadable()
         held = self._said.allow("unreadable")
@@ -305,22 +312,27 @@ class RedisBus(Bus):
         entries = self.client.xrevrange(self.stream_key, count=count)
         if not entries:
             return [], None, b"0-0"
-        epoch = entries[0][1][b"epoch"].decode()
+        epoch = None
         events = []
-        for _entry_id, fields in entries:
-            if fields[b"epoch"].decode() != epoch:
+        for entry_id, fields in entries:
+            read = self._read_entry(entry_id, fields)
+            if read is None:
+                continue
+            if epoch is not None and read[0] != epoch:
                 break  # older entries belong to another seq space
-            events.append(event_from_json(fields[b"e"]))
+            epoch = read[0]
+            events.append(read[1])
         events.reverse()
         return events, epoch, entries[0][0]
 
     def newest(self) -> tuple[int, str] | None:
-        """The seq and epoch of the stream's newest entry (None when it is empty)."""
+        """The seq and epoch of the stream's newest entry (None when it is empty or that entry is unreadable;
+        asked per /health, so not counted: the reader counts each entry once)."""
         entries = self.client.xrevrange(self.stream_key, count=1)
         if not entries:
             return None
-        fields = entries[0][1]
-        return event_from_json(fields[b"e"]).seq, fields[b"epoch"].decode()
+        read = self._read_entry(*entries[0], report=False)
+        return None if read is None else (read[1].seq, read[0])
 
     def announced_epoch(self) -> str | None:
         """The leader's seq space, for followers that have no event to read it from yet."""
