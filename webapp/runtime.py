@@ -144,7 +144,7 @@ class Runtime:
         s = self.settings
         url = s.upstream_url or (self.demo.url if self.demo is not None and self.demo.running else "")
         return Upstream(
-            url, self._frames_with_backpressure if self.clustered else self.ingest.submit_frames,
+            url, self.ingest.submit_frames,
             init_messages=s.upstream_init,
             headers=s.upstream_headers,
             ping_interval_s=s.upstream_ping_interval_s,
@@ -157,13 +157,9 @@ class Runtime:
             after_init=self.subs.connected_messages,
             max_frame_bytes=s.upstream_max_frame_bytes,
             on_oversize=self.ingest.skipped_oversize,
+            # a clustered leader reads no more while its bus outbox is at BUS_OUTBOX_MAX (webapp/bus/outbox.py)
+            hold=self.bus.wait_for_room if self.clustered else None,
         )
-
-    def _frames_with_backpressure(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> None:
-        """A clustered leader's upstream reader: hand the frames on, then read no more while the bus's
-        outbox is at BUS_OUTBOX_MAX (Redis not taking events); see webapp/bus/outbox.py."""
-        self.ingest.submit_frames(frames, recv_ms)
-        self.bus.wait_for_room()
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -4,7 +4,9 @@ One clustered relay reaches the shared Redis through a TCP proxy that the
 test stalls (connections stay open, nothing moves: Redis unreachable as a
 partitioned peer sees it) for 4 s, well inside a 10 s lease, while a fake
 upstream sends 4,000 events/s. The leader must stop reading the upstream once
-BUS_OUTBOX_MAX events wait (back-pressure), say so in /health and /metrics,
+BUS_OUTBOX_MAX events wait (back-pressure) — without taking its own pause for
+a silent upstream (the silence limit here is 2 s) and dropping the connection
+with what the kernel had buffered — say so in /health and /metrics,
 and, once Redis moves again, deliver every event the upstream sent, once, in
 order, with consecutive seqs. Without the bound the outbox holds the whole
 stall's worth (~16,000 events).
@@ -38,6 +40,7 @@ def test_a_stalled_redis_keeps_the_leaders_outbox_within_its_bound_and_loses_not
     proxy = StallingProxy(6379)
     try:
         env = cluster_env(prefix, proxy.url(), LEADER_LEASE_MS="10000", BUS_OUTBOX_MAX=str(OUTBOX_MAX),
+                          UPSTREAM_PING_INTERVAL_S="1", UPSTREAM_PING_TIMEOUT_S="1",
                           CLICKHOUSE_URL="none")
         relay = start_relay(fresh_upstream, env)
         wait_until(lambda: relay.health()["role"] == "leader", 15, "the relay to lead")

@@ -3,10 +3,12 @@
 While Redis does not take events (down, stalled, refusing writes at
 maxmemory), the leader's ingest keeps numbering what the upstream sends and
 this queue is where it waits. The bound is kept by back-pressure, not by
-dropping: once the outbox holds `max_events`, `wait_for_room()` (called by the
-upstream reader after each read) blocks until the publisher has taken some
-out, so the leader stops reading the upstream and the rest waits in the
-upstream's socket and its own buffers. Nothing the relay read is dropped
+dropping: once the outbox holds `max_events`, `wait_for_room()` (the upstream
+reader's `hold`, called after each read) blocks until the publisher has taken
+some out, so the leader stops reading the upstream and the rest waits in the
+upstream's socket and its own buffers. The reader's silence check is off
+while it is held: a long hold must not make the relay drop the connection,
+and with it what the kernel had buffered. Nothing the relay read is dropped
 for being over the bound; it may be over by at most one read (256 KiB of
 frames). A `POST /publish` while it is full is refused at once (a 503: its
 caller is told, nothing is published later).
