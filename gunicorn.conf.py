@@ -5,6 +5,7 @@ import os
 import re
 import resource
 import signal
+import sys
 from urllib.parse import unquote_plus
 
 _redis = bool(os.environ.get("REDIS_URL"))
@@ -117,6 +118,7 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     # runs in the worker after its loop ends: let the shutdown finish flushing the store
-    import wsgi
-
+    wsgi = sys.modules.get("wsgi")
+    if wsgi is None:
+        return  # the app never loaded (a bad setting): importing it here would print its error a second time
     wsgi.finish_runtime(timeout_s=max(1.0, graceful_timeout - 1))

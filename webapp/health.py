@@ -94,6 +94,8 @@ def bus_health(rt) -> dict:
         "lag": stream_lag(rt),
         "published": bus.published,
         "gaps": bus.gaps,
+        "unreadable": bus.unreadable,
+        "outbox": bus.outbox.status(),
         "last_error": bus.last_error,
     }
 

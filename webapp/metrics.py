@@ -56,6 +56,8 @@ class Metrics:
         self.bus_ok = Gauge("relayhouse_bus_ok", "1 while the event bus (Redis) answers", registry=r)
         self.bus_lag = Gauge("relayhouse_bus_lag_events", "Events this worker is behind on the stream (leader: numbered, not yet "
                              "read back; follower: the stream's newest minus its last read; -1 unknown)", registry=r)
+        self.bus_unreadable = Counter("relayhouse_bus_unreadable_entries", "Stream entries that could not be read "
+                                      "(skipped)", registry=r)
         self.bus_gaps = Gauge("relayhouse_bus_gaps", "Seq jumps seen on the bus (events trimmed before this worker read them)", registry=r)
         self.task_crashes = Counter("relayhouse_task_crashes", "Background loops that died of an exception (then restarted, "
                                     "or the worker exited)", ["task"], registry=r)

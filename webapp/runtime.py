@@ -74,7 +74,10 @@ class Runtime:
 
             self.bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix, worker_name(), self._serve,
                                      lease_ms=settings.leader_lease_ms,
-                                     stream_maxlen=settings.stream_maxlen or settings.cache_max_items)
+                                     stream_maxlen=settings.stream_maxlen or settings.cache_max_items,
+                                     outbox_max=settings.bus_outbox_max,
+                                     on_outbox_full=self.metrics.bound_hits.labels("bus_outbox").inc,
+                                     on_unreadable=self.metrics.bus_unreadable.inc)
             self.leadership = Leadership(self, self.bus)
         else:
             self.bus = MemoryBus(self._serve)
@@ -154,6 +157,8 @@ class Runtime:
             after_init=self.subs.connected_messages,
             max_frame_bytes=s.upstream_max_frame_bytes,
             on_oversize=self.ingest.skipped_oversize,
+            # a clustered leader reads no more while its bus outbox is at BUS_OUTBOX_MAX (webapp/bus/outbox.py)
+            hold=self.bus.wait_for_room if self.clustered else None,
         )
 
     # -- lifecycle -------------------------------------------------------------

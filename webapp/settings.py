@@ -209,6 +209,8 @@ class Settings:
     leader_lease_ms: int = env("LEADER_LEASE_MS", 3000, _int(1500, 600_000),
                                "leader lease; a dead leader is replaced within about this long (at least 1500: "
                                "a leader inserts only while more than 1 s of its lease is left)")
+    bus_outbox_max: int = env("BUS_OUTBOX_MAX", 50_000, _int(1, 10_000_000),
+                              "leader: events waiting for Redis; past it the leader stops reading the upstream")
     stream_maxlen: int = env("STREAM_MAXLEN", 0, _int(0, 100_000_000), "events kept in the Redis stream (0 = CACHE_MAX_ITEMS)")
     api_tokens: tuple = env("API_TOKENS", (), _tokens, "comma-separated tokens for client routes; unset = open")
     admin_token: str | None = env("ADMIN_TOKEN", None, _str, "token for admin routes; unset = loopback only")

@@ -11,6 +11,9 @@ its loops is gone for good.
 
 The shape is gevent's `Group` plus `link_exception`, with the shutdown of
 centrifuge's `Node`: `shutdown()` is idempotent and waits for every task.
+A loop's exception is caught inside its greenlet (`_guarded`) and handed to
+the supervisor as the run's value: a greenlet that raised would also get
+gevent's hub to print the same traceback on stderr, on top of our log line.
 
 Test-only: with `RELAYHOUSE_FAULT_HOOKS` set, `inject(name)` raises
 `FaultInjected` inside a running task at the point where it waits, exactly as
@@ -41,6 +44,23 @@ class FaultInjected(BaseException):  # noqa: N818  (named for what happened, lik
     A BaseException, like GreenletExit: no `except Exception` inside a loop (the
     writer's poison-batch handling, say) can absorb it, so the test measures the
     supervisor and the loop's restart, not the loop's own error handling."""
+
+
+class _Crash:
+    """What a loop's run ends with when it raised: the exception, for the supervisor to report once."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _guarded(task: "Task") -> "_Crash | None":
+    try:
+        task.run(*task.args)
+    except (Exception, FaultInjected) as exc:  # noqa: BLE001  (the supervisor logs it, with its traceback)
+        return _Crash(exc)  # GreenletExit (a kill) is neither: it passes through
+    return None
 
 
 @dataclass
@@ -112,19 +132,21 @@ class Tasks:
             return
         task.state = "running"
         task.started_at = time.monotonic()
-        greenlet = gevent.Greenlet(task.run, *task.args)
+        greenlet = gevent.Greenlet(_guarded, task)
         greenlet.name = task.name
         greenlet.link_value(lambda g: self._finished(task, g))
-        greenlet.link_exception(lambda g: self._crashed(task, g))
+        # what _guarded lets through (SystemExit, KeyboardInterrupt) is still a crash of the task
+        greenlet.link_exception(lambda g: self._crashed(task, g, g.exception))
         task.greenlet = greenlet
         self.group.start(greenlet)
 
     def _finished(self, task: Task, greenlet: gevent.Greenlet) -> None:
-        if task.greenlet is greenlet and task.state == "running":
+        if isinstance(greenlet.value, _Crash):
+            self._crashed(task, greenlet, greenlet.value.exc)
+        elif task.greenlet is greenlet and task.state == "running":
             task.state = "finished"
 
-    def _crashed(self, task: Task, greenlet: gevent.Greenlet) -> None:
-        exc = greenlet.exception
+    def _crashed(self, task: Task, greenlet: gevent.Greenlet, exc: BaseException) -> None:
         if task.greenlet is not greenlet or task.state == "stopped":
             return
         task.crashes += 1

@@ -75,7 +75,8 @@ class Upstream:
                  connect_timeout_s: float = 10.0, backoff_min_ms: int = 50, backoff_max_ms: int = 1000,
                  healthy_after_s: float = 5.0, on_state: Callable[[UpstreamState], None] | None = None,
                  rng: random.Random | None = None, after_init: Callable[[], list] | None = None,
-                 max_frame_bytes: int = 1 << 62, on_oversize: Callable[[int], None] = lambda n: None):
+                 max_frame_bytes: int = 1 << 62, on_oversize: Callable[[int], None] = lambda n: None,
+                 hold: Callable[[], None] | None = None):
         self.url = url
         self.on_frames = on_frames  # every data frame of one read, in one call
         self.init_messages = init_messages
@@ -90,6 +91,11 @@ class Upstream:
         self.on_state = on_state or (lambda state: None)
         self.max_frame_bytes = max_frame_bytes
         self.on_oversize = on_oversize  # a message over max_frame_bytes was skipped (its announced length)
+        # back-pressure: called after each read's frames are handed on, blocks while they cannot take more
+        # (a clustered leader's bus outbox at BUS_OUTBOX_MAX); the silence of a held reader is not the upstream's
+        self.hold = hold
+        self._held_since: float | None = None
+        self._held_until = 0.0
         self.rng = rng or random.Random()
         self.state = UpstreamState(url=url)
         self._ws: websocket.WebSocket | None = None
@@ -208,6 +214,12 @@ class Upstream:
                     return
             if batch:
                 on_frames(batch, recv_ms)
+            if self.hold is not None:
+                self._held_since = time.time()
+                try:
+                    self.hold()
+                finally:
+                    self._held_since, self._held_until = None, time.time()
             if time.monotonic() - yielded > YIELD_AFTER_S:
                 _yield_through_poll(sock)
                 yielded = time.monotonic()
@@ -215,7 +227,9 @@ class Upstream:
     def _ping_loop(self, ws: websocket.WebSocket) -> None:
         while True:
             gevent.sleep(self.ping_interval_s)
-            silent_s = time.time() - (self.state.last_message_at or 0)
+            if self._held_since is not None:
+                continue  # not reading by our choice (back-pressure): what the upstream sends waits in the socket
+            silent_s = time.time() - max(self.state.last_message_at or 0, self._held_until)
             if silent_s > self.ping_interval_s + self.ping_timeout_s:
                 log.warning("upstream silent for %.1f s: reconnecting", silent_s)
                 ws.shutdown()

@@ -13,9 +13,9 @@ script gave.
 """
 
 import logging
+import math
 import secrets
 import time
-from collections import deque
 from typing import Callable
 
 import gevent
@@ -28,8 +28,10 @@ from handlers.resume import MAX_HOLES, add_hole
 from webapp.bus import Bus
 from webapp.bus.failures import FAILURES, failure_text
 from webapp.bus.lease import Lease, LostLease
+from webapp.bus.outbox import Outbox
 from webapp.bus.receipt import NoLeader, Receipt
 from webapp.bus.scripts import APPEND, SEED
+from webapp.logs import Throttle, held_note
 
 # the names the shell imports from here (the parts above hold them)
 __all__ = ["FAILURES", "LostLease", "NoLeader", "RedisBus", "Receipt", "stripped"]
@@ -47,8 +49,14 @@ class RedisBus(Bus):
 
     def __init__(self, url: str, prefix: str, holder: str, deliver: Callable[[list[Event]], None], *,
                  lease_ms: int, stream_maxlen: int, read_block_ms: int = 1000, batch_max: int = 1000,
-                 publish_timeout_s: float = 5.0):
+                 publish_timeout_s: float | None = None, outbox_max: int = 50_000,
+                 on_outbox_full: Callable[[], None] = lambda: None,
+                 on_unreadable: Callable[[], None] = lambda: None):
         super().__init__(deliver)
+        if publish_timeout_s is None:
+            # POST /publish waits as long as a leader change takes: a dead leader's lease lapses within
+            # one LEADER_LEASE_MS and the next one takes over (and serves the waiting request) within another
+            publish_timeout_s = 2 * lease_ms / 1000
         self.prefix = prefix
         self.stream_key = f"{prefix}:events"
         self.counter_key = f"{prefix}:seq"
@@ -66,7 +74,10 @@ class RedisBus(Bus):
         self.read_block_ms = read_block_ms
         self.batch_max = batch_max
         self.publish_timeout_s = publish_timeout_s
-        self._outbox: deque[tuple[list[Event], Receipt | None]] = deque()
+        self.outbox = Outbox(outbox_max, on_outbox_full)
+        self.unreadable = 0  # stream entries that could not be read (skipped, counted)
+        self.on_unreadable = on_unreadable
+        self._said = Throttle()  # lines that could come once per stream entry
         self._wake = Signal()
         self.last_id = b"0-0"
         self.published = 0
@@ -84,28 +95,26 @@ class RedisBus(Bus):
         `receipt`, the caller can wait for the seqs they really got.
         """
         ticket = Receipt(len(events)) if receipt else None
-        self._outbox.append((events, ticket))
-        self._wake.set()
+        if self.outbox.put(events, ticket):
+            self._wake.set()
         return ticket
 
+    def wait_for_room(self) -> None:
+        """The upstream reader's back-pressure: blocks while the outbox is at BUS_OUTBOX_MAX (see bus/outbox.py)."""
+        self.outbox.wait_for_room()
+
     def discard_outbox(self, reason: str = "no longer the leader") -> int:
-        n = 0
-        while self._outbox:
-            events, ticket = self._outbox.popleft()
-            n += len(events)
-            if ticket is not None:
-                ticket.fail(reason)
-        return n
+        return self.outbox.discard(reason)
 
     @property
     def outbox_events(self) -> int:
-        return sum(len(events) for events, _ in self._outbox)
+        return self.outbox.events
 
     def run_publisher(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
-            while self._outbox:
+            while self.outbox:
                 if self.assigned_seq - self.last_seq > self.stream_maxlen // 2:
                     # The store is written from what this worker reads back: never let the stream's
                     # MAXLEN trim entries its own reader has not reached (a burst waits in the outbox).
@@ -114,8 +123,8 @@ class RedisBus(Bus):
                 # taken out of the outbox first: a stop_leading during the call discards only the rest
                 groups = []
                 size = 0
-                while self._outbox and (not groups or size + len(self._outbox[0][0]) <= self.batch_max):
-                    events, ticket = self._outbox.popleft()
+                while self.outbox and (not groups or size + self.outbox.first_size() <= self.batch_max):
+                    events, ticket = self.outbox.take()
                     if ticket is not None:
                         if ticket.withdrawn:
                             continue  # its caller was answered 503: it must never appear
@@ -144,7 +153,8 @@ class RedisBus(Bus):
                     for _, ticket in groups:
                         if ticket is not None:
                             ticket.fail(reason)
-                    log.error("%s: %d queued events not published", reason, size + self.outbox_events)
+                    log.error("%s: %d events in this append not published", reason, size)
+                    self.outbox.discarded += size
                     self.discard_outbox(reason)
                     self.on_fenced(reason)
                     break
@@ -182,9 +192,9 @@ class RedisBus(Bus):
         reply_key = f"{self.requests_key}:reply:{ident}"
         self.client.rpush(self.requests_key, request)
         self.client.pexpire(self.requests_key, int(self.publish_timeout_s * 4000))
-        answer = self.waiter.blpop([reply_key], timeout=max(1, int(self.publish_timeout_s)))
+        answer = self.waiter.blpop([reply_key], timeout=max(1, math.ceil(self.publish_timeout_s)))
         if answer is None:
-            raise NoLeader(f"the leader did not answer within {self.publish_timeout_s:g} s")
+            raise NoLeader(f"the leader did not answer within {self.publish_timeout_s:g} s (2 x LEADER_LEASE_MS)")
         reply = jsonx.loads(answer[1])
         if "error" in reply:
             raise NoLeader(reply["error"])
@@ -258,17 +268,35 @@ class RedisBus(Bus):
         epoch = None
         for entry_id, fields in entries:
             self.last_id = entry_id
-            entry_epoch = fields[b"epoch"].decode()
+            read = self._read_entry(entry_id, fields)
+            if read is None:
+                continue
+            entry_epoch, event = read
             if epoch is not None and entry_epoch != epoch:
                 self.received(events, epoch)
                 events = []
             epoch = entry_epoch
-            try:
-                events.append(event_from_json(fields[b"e"]))
-            except (jsonx.NotJSON, KeyError, ValueError) as exc:
-                log.error("bus: unreadable stream entry %s: %s", entry_id, exc)
+            events.append(event)
         if events:
             self.received(events, epoch)
+
+    def _read_entry(self, entry_id: bytes, fields, report: bool = True) -> tuple[str, Event] | None:
+        """One stream entry's epoch and event; None for an entry that is not ours (a corrupt or hostile
+        Redis, a foreign writer): skipped, counted, logged at most every 10 s (unless not `report`)."""
+        try:
+            return fields[b"epoch"].decode(), event_from_json(fields[b"e"])
+        except (jsonx.NotJSON, KeyError, ValueError, TypeError, AttributeError) as exc:
+            if report:
+                self._unreadable(entry_id, exc)
+            return None
+
+    def _unreadable(self, entry_id: bytes, exc: Exception) -> None:
+        self.unreadable += 1
+        self.on_unreadable()
+        held = self._said.allow("unreadable")
+        if held is not None:
+            log.error("bus: unreadable stream entry %r skipped: %s: %s%s", entry_id, type(exc).__name__, exc,
+                      held_note(held))
 
     def _failed(self, exc: Exception) -> None:
         text = failure_text(exc)
@@ -284,22 +312,27 @@ class RedisBus(Bus):
         entries = self.client.xrevrange(self.stream_key, count=count)
         if not entries:
             return [], None, b"0-0"
-        epoch = entries[0][1][b"epoch"].decode()
+        epoch = None
         events = []
-        for _entry_id, fields in entries:
-            if fields[b"epoch"].decode() != epoch:
+        for entry_id, fields in entries:
+            read = self._read_entry(entry_id, fields)
+            if read is None:
+                continue
+            if epoch is not None and read[0] != epoch:
                 break  # older entries belong to another seq space
-            events.append(event_from_json(fields[b"e"]))
+            epoch = read[0]
+            events.append(read[1])
         events.reverse()
         return events, epoch, entries[0][0]
 
     def newest(self) -> tuple[int, str] | None:
-        """The seq and epoch of the stream's newest entry (None when it is empty)."""
+        """The seq and epoch of the stream's newest entry (None when it is empty or that entry is unreadable;
+        asked per /health, so not counted: the reader counts each entry once)."""
         entries = self.client.xrevrange(self.stream_key, count=1)
         if not entries:
             return None
-        fields = entries[0][1]
-        return event_from_json(fields[b"e"]).seq, fields[b"epoch"].decode()
+        read = self._read_entry(*entries[0], report=False)
+        return None if read is None else (read[1].seq, read[0])
 
     def announced_epoch(self) -> str | None:
         """The leader's seq space, for followers that have no event to read it from yet."""

@@ -1,8 +1,11 @@
 """POST /publish: an admin injects a frame, handled exactly like one from the upstream.
 
 With Redis, any worker takes it: the frame goes to the leader, whose append
-gives its events their seqs, and the answer carries those seqs (503 when no
-leader is known or none answered in time).
+gives its events their seqs, and the answer carries those seqs. A 503
+`{"error": "not published: ..."}` when no leader is known, when none answered
+within 2 x LEADER_LEASE_MS (a leader change fits in that: the old lease lapses,
+the next leader serves the waiting request), or when the leader's outbox is
+full (BUS_OUTBOX_MAX); the events are then never published later.
 """
 
 from flask import Blueprint, request

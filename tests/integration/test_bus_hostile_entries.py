@@ -1,0 +1,65 @@
+"""Stream entries that are not ours (a corrupt or hostile Redis, a foreign writer) are skipped and counted,
+with one log line per 10 s rather than one per entry, and neither the reader nor a joining worker dies of them."""
+
+from __future__ import annotations
+
+import redis
+from support.cluster import SHARED_REDIS, cluster_env, prefix, role  # noqa: F401  (prefix: a fixture)
+from support.events import trades, unique_sym
+from support.waiting import wait_until
+
+HOSTILE = 300
+LINE = "unreadable stream entry"
+
+
+def hostile_entries(epoch: str) -> list[dict]:
+    shapes = [
+        {"epoch": epoch, "e": "not json"},
+        {"junk": "no epoch, no event"},
+        {"epoch": b"\xff\xfe not utf-8", "e": '{"seq":1,"ts":1,"topic":"T.X"}'},
+        {"epoch": epoch, "e": "[]"},
+        {"epoch": epoch, "e": '{"seq":"x","ts":1,"topic":"T.X"}'},
+    ]
+    return [shapes[i % len(shapes)] for i in range(HOSTILE)]
+
+
+def unreadable_metric(relay) -> float:
+    for line in relay.get("/metrics").text.splitlines():
+        if line.startswith("relayhouse_bus_unreadable_entries_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_hostile_stream_entries_are_skipped_counted_and_logged_once(prefix, fresh_upstream, launch_relay, ws):  # noqa: F811
+    env = cluster_env(prefix, CLICKHOUSE_URL="none")
+    leader = launch_relay(fresh_upstream, env)
+    wait_until(lambda: role(leader) == "leader", 15, "the relay to lead")
+    sym = unique_sym()
+    client = ws(leader, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    fresh_upstream.emit(trades(0, 3, sym=sym), batch=3)
+    assert [e["seq"] for e in client.wait_for_events(3)] == [1, 2, 3]
+    log_start = leader.log_size()
+    keys = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        epoch = leader.health()["epoch"]
+        for fields in hostile_entries(epoch):
+            keys.xadd(f"{prefix}:events", fields)
+    finally:
+        keys.close()
+    wait_until(lambda: leader.health()["bus"]["unreadable"] == HOSTILE, 10, "the reader to pass the entries",
+               describe=lambda: str(leader.health()["bus"]))
+    assert unreadable_metric(leader) == HOSTILE
+    # a worker joining now warms its cache from a tail that ends in them
+    follower = launch_relay(fresh_upstream, env, wait_upstream=False)
+    wait_until(lambda: role(follower) == "follower", 15, "the second relay to follow")
+    assert follower.health()["bus"]["unreadable"] == HOSTILE  # each read once, by its join
+    follower_client = ws(follower, topics=f"T.{sym}", snapshot=0)
+    follower_client.read_snapshot()
+    fresh_upstream.emit(trades(3, 6, sym=sym), batch=3)
+    assert [e["seq"] for e in client.wait_for_events(6)] == [1, 2, 3, 4, 5, 6]
+    assert [e["data"]["n"] for e in follower_client.wait_for_events(3)] == [3, 4, 5]
+    lines = [line for line in leader.log_text(log_start).splitlines() if LINE in line]
+    assert len(lines) == 1, lines[:5]  # the rest are held back for 10 s, then counted in the next line
+    for relay in (leader, follower):
+        assert all(t["crashes"] == 0 for t in relay.health()["tasks"].values()), relay.health()["tasks"]
