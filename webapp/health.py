@@ -159,7 +159,7 @@ def health(rt) -> dict:
         "enrich": None if rt.enricher is None else {
             "queued": rt.ingest.queued, "unenriched": rt.ingest.unenriched, "busy": rt.enricher.busy,
             "errors": rt.enricher.errors, "timeouts": rt.enricher.timeouts,
-            "cached_topics": rt.enricher.cached_topics},
+            "cached_topics": rt.enricher.cached_topics, "connections": rt.enricher.connections},
         "clients": rt.hub.client_count,
         "clients_by_transport": dict(rt.hub.clients_by_kind),
         "clients_by_mode": rt.hub.mode_counts(),
