@@ -91,3 +91,15 @@ def test_a_name_read_from_the_parts_cannot_also_be_declared_on_the_path():
     metrics.read_parts(dict)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Counter("relayhouse_upstream_reconnects", "again", registry=metrics.registry)
+
+
+def test_the_upstream_reconnect_counter_never_goes_back_when_the_worker_leads_again(tmp_path):
+    client, rt = make_runtime(tmp_path)
+    rt.upstream.state.reconnects = 4  # a first term as leader (in a cluster a worker may lead several times)
+    first = rt.upstream
+    rt._lead()  # a new upstream connection for the new term (to a port that refuses)
+    try:
+        assert rt.upstream is not first
+        assert scrape(client)[("relayhouse_upstream_reconnects_total", ())] >= 4
+    finally:
+        rt.shutdown()
