@@ -4,6 +4,12 @@ Bounded on every side: at most ENRICH_CONCURRENCY queries run at once (a topic
 that finds them all busy goes without, and is asked again with a later event),
 the per-topic cache keeps the ENRICH_CACHE_MAX most recently used topics, and
 the ingest queue in front of it (webapp/ingest.py) stops waiting when full.
+
+On a ClickHouse server the queries run on connections kept between refreshes,
+at most ENRICH_CONCURRENCY of them: a connection is made only when every kept
+one is in use, is used by one refresh (one greenlet) at a time, and is closed,
+never reused, once a query on it failed. On chDB every query already goes to
+the store's one query lane (a session on a thread of its own): nothing to keep.
 """
 
 import logging
@@ -39,6 +45,11 @@ class Enricher:
         self._cache: OrderedDict[str, Cached] = OrderedDict()  # least recently used first
         self._queries = gevent.pool.Pool(concurrency)
         self._inflight: dict[str, gevent.Greenlet] = {}
+        self._connect = getattr(store, "query_session", None)  # None: the store has no per-caller connection
+        self._idle: list = []  # kept connections no refresh holds now
+        self.connections = 0  # open now, held or idle (never above the concurrency)
+        self.connects = 0  # made since start
+        self._closed = False
         self.errors = 0
         self.timeouts = 0
         self.busy = 0  # topics that found every query slot taken
@@ -86,7 +97,7 @@ class Enricher:
     def _refresh(self, topic: str) -> None:
         try:
             statement = check_read_only_sql(render_params(self.sql, {"topic": topic} if self.uses_topic else {}))
-            result = self.store.query(statement, self.query_timeout_s, 1)
+            result = self._query(statement)
             self._remember(topic, Cached(int(time.time() * 1000), row_to_enrichment(result.columns, result.rows)))
         except (SqlError, StoreError) as exc:
             self.errors += 1
@@ -98,3 +109,33 @@ class Enricher:
         finally:
             self._inflight.pop(topic, None)
 
+    def _query(self, statement: str):
+        if self._connect is None:
+            return self.store.query(statement, self.query_timeout_s, 1)
+        if self._idle:
+            session = self._idle.pop()
+        else:
+            session = self._connect()
+            self.connections += 1
+            self.connects += 1
+        try:
+            result = session.query(statement, self.query_timeout_s, 1)
+        except BaseException:  # a failure, a time-out, a kill: the connection is in no known state
+            self._discard(session)
+            raise
+        if self._closed:
+            self._discard(session)
+        else:
+            self._idle.append(session)
+        return result
+
+    def _discard(self, session) -> None:
+        self.connections -= 1
+        session.close()
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Shutdown: stop the refreshes still running (each closes its connection), close the kept ones."""
+        self._closed = True
+        self._queries.kill(timeout=timeout_s)
+        while self._idle:
+            self._discard(self._idle.pop())

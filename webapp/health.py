@@ -33,30 +33,39 @@ def store_health(rt) -> dict:
     }
 
 
-def render_metrics(rt) -> bytes:
-    m = rt.metrics
-    rt.ingest.export_counts()
-    for kind, n in rt.hub.clients_by_kind.items():
-        m.clients.labels(kind).set(n)
-    for mode, n in rt.hub.mode_counts().items():
-        m.clients_by_mode.labels(mode).set(n)
-    m.cache_items.set(len(rt.cache))
-    m.last_seq.set(rt.last_seq)
+def metric_values(rt) -> dict:
+    """Each part's own state as /metrics shows it (webapp.metrics.FROM_PARTS names and describes them),
+    read at scrape time: nothing is copied ahead of a scrape."""
     store = store_health(rt)
-    m.store_ok.set(1 if store["ok"] else 0)
-    m.store_pending.set(store["pending"])
-    m.spool_bytes.set(rt.spool.bytes if rt.spool else 0)
-    m.spool_events.set(store["spooled"])
-    m.spool_full.set(1 if store.get("spool_full") else 0)
-    m.store_dropped.set(store.get("dropped", 0))
-    m.dead_letter_events.set(store["dead_letter"]["events"] if "dead_letter" in store else 0)
-    m.leader.set(1 if rt.role in ("single", "leader") else 0)
-    m.bus_ok.set(1 if rt.bus.ok else 0)
     lag = stream_lag(rt)
-    m.bus_lag.set(-1 if lag is None else lag)
-    m.bus_gaps.set(rt.bus.gaps)
-    m.upstream_subscriptions.set(len(rt.subs.view()["subscribed"]))
-    return m.render()
+    upstream = rt.upstream.state
+    return {
+        "events_in": dict(rt.ingest.numbered),
+        "upstream_frames": rt.ingest.upstream_frames,
+        "upstream_connected": upstream.connected,
+        "upstream_subscriptions": len(rt.subs.view()["subscribed"]),
+        "upstream_reconnects": upstream.reconnects,
+        "clients": dict(rt.hub.clients_by_kind),
+        "clients_by_mode": rt.hub.mode_counts(),
+        "cache_items": len(rt.cache),
+        "last_seq": rt.last_seq,
+        "store_ok": store["ok"],
+        "store_pending_events": store["pending"],
+        "spool_bytes": rt.spool.bytes if rt.spool else 0,
+        "spool_events": store["spooled"],
+        "spool_full": store.get("spool_full", False),
+        "store_dropped_events": store.get("dropped", 0),
+        "store_dead_letter_events": store["dead_letter"]["events"] if "dead_letter" in store else 0,
+        "leader": rt.role in ("single", "leader"),
+        "bus_ok": rt.bus.ok,
+        "bus_lag_events": -1 if lag is None else lag,
+        "bus_gaps": rt.bus.gaps,
+        "bus_unreadable_entries": getattr(rt.bus, "unreadable", 0),  # the memory bus reads nothing it could not
+    }
+
+
+def render_metrics(rt) -> bytes:
+    return rt.metrics.render()
 
 
 def stream_lag(rt) -> int | None:
@@ -150,7 +159,7 @@ def health(rt) -> dict:
         "enrich": None if rt.enricher is None else {
             "queued": rt.ingest.queued, "unenriched": rt.ingest.unenriched, "busy": rt.enricher.busy,
             "errors": rt.enricher.errors, "timeouts": rt.enricher.timeouts,
-            "cached_topics": rt.enricher.cached_topics},
+            "cached_topics": rt.enricher.cached_topics, "connections": rt.enricher.connections},
         "clients": rt.hub.client_count,
         "clients_by_transport": dict(rt.hub.clients_by_kind),
         "clients_by_mode": rt.hub.mode_counts(),

@@ -60,6 +60,7 @@ class Runtime:
         self.started_at = time.time()
         self.epoch = new_epoch()
         self.metrics = Metrics()
+        self.metrics.read_parts(lambda: views.metric_values(self))  # each part's state, read at scrape time
         self.cache = EventCache(settings.cache_max_items, settings.cache_ttl_seconds)
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
@@ -76,8 +77,7 @@ class Runtime:
                                      lease_ms=settings.leader_lease_ms,
                                      stream_maxlen=settings.stream_maxlen or settings.cache_max_items,
                                      outbox_max=settings.bus_outbox_max,
-                                     on_outbox_full=self.metrics.bound_hits.labels("bus_outbox").inc,
-                                     on_unreadable=self.metrics.bus_unreadable.inc)
+                                     on_outbox_full=self.metrics.bound_hits.labels("bus_outbox").inc)
             self.leadership = Leadership(self, self.bus)
         else:
             self.bus = MemoryBus(self._serve)
@@ -135,7 +135,6 @@ class Runtime:
         self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
         self._leading: list[gevent.Greenlet] = []
-        self._reconnects_counted = 0
         self.running = False
         self.shutting_down = False
         self._stopped = gevent.event.Event()
@@ -187,7 +186,9 @@ class Runtime:
         if self.demo is not None and not self.demo.running:
             self.demo.start()
             log.info("no UPSTREAM_URL: serving the built-in demo feed at %s", self.demo.url)
+        reconnects = self.upstream.state.reconnects  # relayhouse_upstream_reconnects_total never goes back
         self.upstream = self._make_upstream()
+        self.upstream.state.reconnects = reconnects
         self._leading = []
         if self.writer is not None:
             self._leading.append(self.tasks.spawn("writer", self.writer.run))
@@ -227,6 +228,8 @@ class Runtime:
                 self._flush_store()
             self.subs.stop()
             self.tasks.shutdown(timeout_s=2.0)  # every loop stopped and waited for
+            if self.enricher is not None:
+                self.enricher.close()  # its kept ClickHouse connections
             for greenlet in [*self._leading, *self._greenlets]:
                 greenlet.kill(block=False)  # any not started through self.tasks
         finally:
@@ -343,13 +346,8 @@ class Runtime:
         self.subs.upstream_statuses(statuses, recv_ms)
 
     def _on_upstream_state(self, state) -> None:
-        self.metrics.upstream_connected.set(1 if state.connected else 0)
         if not state.connected:
             self.subs.disconnected()
-        new_reconnects = state.reconnects - self._reconnects_counted
-        if new_reconnects > 0:
-            self.metrics.upstream_reconnects.inc(new_reconnects)
-            self._reconnects_counted = state.reconnects
 
     # -- views -------------------------------------------------------------------
 

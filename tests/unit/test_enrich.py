@@ -6,7 +6,7 @@ import gevent.event
 from webapp.enrich import Enricher
 from webapp.ingest import Ingest
 from webapp.metrics import Metrics
-from webapp.store.base import QueryResult
+from webapp.store.base import QueryResult, StoreError
 
 
 class SlowStore:
@@ -31,8 +31,8 @@ class SlowStore:
         return QueryResult([("t", "String")], [[sql.rsplit("'", 2)[1]]], False, 0.1)
 
 
-def enricher(store, **kw):
-    return Enricher(store, "SELECT %(topic)s AS t", ttl_ms=60_000, timeout_ms=5, metrics=Metrics(), **kw)
+def enricher(store, timeout_ms=5, **kw):
+    return Enricher(store, "SELECT %(topic)s AS t", ttl_ms=60_000, timeout_ms=timeout_ms, metrics=Metrics(), **kw)
 
 
 def test_no_more_queries_run_at_once_than_the_concurrency_and_the_rest_go_without():
@@ -102,3 +102,89 @@ def test_an_ingest_run_that_dies_while_waiting_leaves_its_frame_queued_for_the_n
     gevent.sleep(0.01)
     second.kill()
     assert [(e.seq, e.data["n"], e.enrichment) for e in published] == [(1, 0, {"t": "A"})]
+
+
+class Session:
+    """A connection at the store's boundary: answers after `delay_s` (a minute for topics named
+    `slow*`), fails for topics named `bad*`, and records any use it must never see (two greenlets at once, a query after close)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.in_use = False
+        self.closed = False
+        self.queries = 0
+
+    def query(self, sql, timeout_s, max_rows):
+        if self.in_use or self.closed:
+            self.store.misuse.append((self, "in use" if self.in_use else "closed"))
+        self.in_use = True
+        try:
+            topic = sql.rsplit("'", 2)[1]
+            gevent.sleep(60 if topic.startswith("slow") else self.store.delay_s)
+            self.queries += 1
+            if topic.startswith("bad"):
+                raise StoreError(f"no enrichment for {topic}")
+            return QueryResult([("t", "String")], [[topic]], False, 0.1)
+        finally:
+            self.in_use = False
+
+    def close(self):
+        self.closed = True
+
+
+class SessionStore:
+    """A store with per-caller connections (like the ClickHouse server backend)."""
+
+    def __init__(self, delay_s=0.002):
+        self.delay_s = delay_s
+        self.sessions: list[Session] = []
+        self.misuse = []
+
+    def query_session(self):
+        self.sessions.append(Session(self))
+        return self.sessions[-1]
+
+    def query(self, sql, timeout_s, max_rows):
+        raise AssertionError("a store with sessions is asked through them")
+
+
+def refresh_all(e, topics):
+    """Ask for every topic until each is cached (those that found every slot busy are asked again)."""
+    with gevent.Timeout(10):
+        while e.cached_topics < len(topics):
+            e.values_for(set(topics), wait=False)
+            gevent.sleep(0.001)
+
+
+def test_refreshes_keep_at_most_concurrency_connections_each_used_by_one_refresh_at_a_time():
+    store = SessionStore()
+    e = enricher(store, concurrency=3)
+    refresh_all(e, [f"T.{i}" for i in range(60)])
+    assert len(store.sessions) == 3 and e.connects == 3 and e.connections == 3
+    assert sum(s.queries for s in store.sessions) == 60 and store.misuse == []
+    assert not any(s.closed for s in store.sessions)
+
+
+def test_a_connection_whose_query_failed_is_closed_and_never_used_again():
+    store = SessionStore()
+    e = enricher(store, concurrency=1, timeout_ms=5_000)  # each answer is waited for
+    assert e.values_for({"A"}) == {"A": {"t": "A"}}
+    first = store.sessions[0]
+    assert e.values_for({"bad.1"}) == {} and e.errors == 1
+    assert first.closed and e.connections == 0
+    assert e.values_for({"B"}) == {"B": {"t": "B"}}
+    assert len(store.sessions) == 2 and store.sessions[1] is not first and first.queries == 2
+    assert store.misuse == []
+
+
+def test_closing_closes_the_kept_connections_and_the_running_ones():
+    store = SessionStore()
+    e = enricher(store, concurrency=4, timeout_ms=5_000)
+    assert e.values_for({"A", "B"}) == {"A": {"t": "A"}, "B": {"t": "B"}}  # two connections, kept
+    e.values_for({"slow.1"}, wait=False)
+    gevent.sleep(0.01)  # one refresh holds one of them, waiting for the answer; the other is idle
+    assert len(store.sessions) == 2 and e.connections == 2 and not any(s.closed for s in store.sessions)
+    assert [s.in_use for s in store.sessions].count(True) == 1
+    with gevent.Timeout(5):
+        e.close()
+    assert all(s.closed for s in store.sessions) and e.connections == 0

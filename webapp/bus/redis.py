@@ -50,8 +50,7 @@ class RedisBus(Bus):
     def __init__(self, url: str, prefix: str, holder: str, deliver: Callable[[list[Event]], None], *,
                  lease_ms: int, stream_maxlen: int, read_block_ms: int = 1000, batch_max: int = 1000,
                  publish_timeout_s: float | None = None, outbox_max: int = 50_000,
-                 on_outbox_full: Callable[[], None] = lambda: None,
-                 on_unreadable: Callable[[], None] = lambda: None):
+                 on_outbox_full: Callable[[], None] = lambda: None):
         super().__init__(deliver)
         if publish_timeout_s is None:
             # POST /publish waits as long as a leader change takes: a dead leader's lease lapses within
@@ -76,7 +75,6 @@ class RedisBus(Bus):
         self.publish_timeout_s = publish_timeout_s
         self.outbox = Outbox(outbox_max, on_outbox_full)
         self.unreadable = 0  # stream entries that could not be read (skipped, counted)
-        self.on_unreadable = on_unreadable
         self._said = Throttle()  # lines that could come once per stream entry
         self._wake = Signal()
         self.last_id = b"0-0"
@@ -292,7 +290,6 @@ class RedisBus(Bus):
 
     def _unreadable(self, entry_id: bytes, exc: Exception) -> None:
         self.unreadable += 1
-        self.on_unreadable()
         held = self._said.allow("unreadable")
         if held is not None:
             log.error("bus: unreadable stream entry %r skipped: %s: %s%s", entry_id, type(exc).__name__, exc,

@@ -172,18 +172,16 @@ class ClickHouseStore:
         return limits if self._profile_readonly else {**limits, "readonly": 1}
 
     def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
-        client = self._client(params=self.query_params)  # fresh: a cut-off query leaves nothing behind in the pool
-        started = time.perf_counter()
+        session = self.query_session()  # fresh: a cut-off query leaves nothing behind in the pool
         try:
-            with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
-                settings = self._query_settings(client, timeout_s, max_rows)
-                rows, columns = self._run(client, sql, settings=settings, with_column_types=True)
+            return session.query(sql, timeout_s, max_rows)
         finally:
-            client.disconnect()
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        truncated = len(rows) > max_rows
-        rows = rows[:max_rows]
-        return QueryResult(list(columns), json_safe_rows(list(columns), rows), truncated, elapsed_ms)
+            session.close()
+
+    def query_session(self) -> "QuerySession":
+        """A connection for caller text (the /query user, settings and limits) that its holder may
+        keep between queries (enrichment does); it connects on its first query."""
+        return QuerySession(self, self._client(params=self.query_params))
 
     def table_functions(self) -> frozenset[str]:
         """The server's own list of table functions (system.table_functions), read once."""
@@ -222,3 +220,26 @@ class ClickHouseStore:
             client.disconnect()
         self._idle.clear()
         self._writer = None
+
+
+class QuerySession:
+    """One clickhouse-driver Client for caller text, used by one greenlet at a time (its holder's).
+    After a failed query its connection is in no known state: the holder closes it."""
+
+    def __init__(self, store: ClickHouseStore, client: Client):
+        self.store = store
+        self.client = client
+
+    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+        store = self.store
+        started = time.perf_counter()
+        with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
+            settings = store._query_settings(self.client, timeout_s, max_rows)
+            rows, columns = store._run(self.client, sql, settings=settings, with_column_types=True)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        truncated = len(rows) > max_rows
+        rows = rows[:max_rows]
+        return QueryResult(list(columns), json_safe_rows(list(columns), rows), truncated, elapsed_ms)
+
+    def close(self) -> None:
+        self.client.disconnect()
