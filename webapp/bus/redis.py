@@ -26,7 +26,7 @@ from handlers import jsonx
 from handlers.events import Event, event_from_json
 from handlers.resume import MAX_HOLES, add_hole
 from webapp.bus import Bus
-from webapp.bus.failures import FAILURES, failure_text
+from webapp.bus.failures import FAILURES, REFUSED, failure_text
 from webapp.bus.lease import Lease, LostLease
 from webapp.bus.outbox import Outbox
 from webapp.bus.receipt import NoLeader, Receipt
@@ -180,8 +180,12 @@ class RedisBus(Bus):
             except FAILURES as exc:
                 # the script may have run and its answer been lost: the retry names the same
                 # batch, so the script answers what it did instead of appending twice
-                self._failed(exc, say=False)  # said by the outbox, once per 10 s while appends fail
-                self.outbox.append_failed(failure_text(exc))
+                # said by the outbox (once per 10 s while appends fail, and /health's reason); a refusal
+                # is an answer: Redis is not "unavailable" (the reader and the lease loop still work)
+                self.last_error = failure_text(exc)
+                if not isinstance(exc, REFUSED):
+                    self.ok = False
+                self.outbox.append_failed(self.last_error)
                 uncertain = uncertain or not isinstance(exc, NOT_WRITTEN)
                 if not uncertain:
                     for _, ticket in groups:
@@ -325,9 +329,9 @@ class RedisBus(Bus):
             log.error("bus: unreadable stream entry %r skipped: %s: %s%s", entry_id, type(exc).__name__, exc,
                       held_note(held))
 
-    def _failed(self, exc: Exception, say: bool = True) -> None:
+    def _failed(self, exc: Exception) -> None:
         text = failure_text(exc)
-        if say and (self.ok or text.split(":", 1)[0] != (self.last_error or "").split(":", 1)[0]):
+        if (self.ok or text.split(":", 1)[0] != (self.last_error or "").split(":", 1)[0]):
             log.error("bus: Redis %s", text)  # once per outage and kind, not per retry
         self.ok = False
         self.last_error = text
