@@ -106,7 +106,7 @@ def leader_known(rt) -> bool:
 
 def outbox_facts(rt, now: float) -> dict:
     """How long the leader's outbox has been full and its appends failing (HealthFacts' words for them)."""
-    if not rt.clustered:
+    if not rt.clustered or rt.role != roles.LEADER:
         return {}
     outbox = rt.bus.outbox
     full_s, failing_s = outbox.stuck_for(now)

@@ -62,7 +62,7 @@ def test_redis_at_maxmemory_makes_the_leader_degraded_and_once_freed_nothing_is_
         started = time.monotonic()
         response = relay.request("POST", "/publish", json={"ev": "T", "sym": unique_sym(), "n": -1}, timeout=30)
         assert response.status_code == 503 and "outbox is full" in response.json()["error"], response.text
-        assert time.monotonic() - started < 2 * LEASE_MS / 1000 / 2, "a full outbox must answer at once"
+        assert time.monotonic() - started < LEASE_MS / 1000, "a full outbox answers at once, not at the 6 s deadline"
         wait_until(lambda: any("bus outbox full" in r for r in reasons(relay))
                    and any(r.startswith("Redis appends failing") and "OutOfMemoryError" in r for r in reasons(relay)),
                    BUS_STUCK_GRACE_S + 10, "/health to say degraded with the OOM reason",
