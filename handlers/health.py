@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 
+# How long the leader's outbox may stay full, or its appends keep failing, before the relay says it is
+# degraded: a burst that fills the outbox for a moment, or one refused append, is not a reason.
+BUS_STUCK_GRACE_S = 3.0
+
 
 @dataclass(frozen=True, slots=True)
 class HealthFacts:
@@ -17,6 +21,9 @@ class HealthFacts:
     bus_ok: bool
     follower_without_leader: bool  # a cluster follower that knows of no leader
     tasks_down: tuple[str, ...] = ()  # supervised loops waiting for a restart (or the worker's exit)
+    outbox_full_s: float = 0.0  # how long the leader's bus outbox has been full (the upstream held); 0: not full
+    append_failing_s: float = 0.0  # how long every append to Redis has failed, without one success; 0: none
+    append_error: str | None = None  # the last append failure, e.g. "refused: OutOfMemoryError: ..."
 
 
 def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
@@ -36,6 +43,10 @@ def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
         reasons.append("bus (Redis) unavailable")
     if facts.follower_without_leader and not facts.in_grace:
         reasons.append("no leader known")
+    if facts.outbox_full_s >= BUS_STUCK_GRACE_S:
+        reasons.append(f"bus outbox full for {facts.outbox_full_s:.0f} s: the upstream is held")
+    if facts.append_failing_s >= BUS_STUCK_GRACE_S:
+        reasons.append(f"Redis appends failing for {facts.append_failing_s:.0f} s: {facts.append_error}")
     if facts.tasks_down:
         reasons.append("restarting: " + ", ".join(facts.tasks_down))
     return tuple(reasons)

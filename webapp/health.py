@@ -113,6 +113,15 @@ def leader_known(rt) -> bool:
     return rt.leadership is not None and rt.leadership.holder_cached is not None
 
 
+def outbox_facts(rt, now: float) -> dict:
+    """How long the leader's outbox has been full and its appends failing (HealthFacts' words for them)."""
+    if not rt.clustered or rt.role != roles.LEADER:
+        return {}
+    outbox = rt.bus.outbox
+    full_s, failing_s = outbox.stuck_for(now)
+    return {"outbox_full_s": full_s, "append_failing_s": failing_s, "append_error": outbox.append_error}
+
+
 def subscriptions_health(rt) -> dict:
     view = rt.subs.view()
     return {"subscriptions": view["subscribed"], "subscription_clients": view["clients"],
@@ -129,7 +138,7 @@ def health(rt) -> dict:
         leading=leading, upstream_connected=s.connected, in_grace=in_grace, shutting_down=rt.shutting_down,
         ready=rt.ready.is_set(), store_ok=store["ok"], spooled=store["spooled"], bus_ok=rt.bus.ok,
         follower_without_leader=rt.clustered and rt.role == "follower" and not leader_known(rt),
-        tasks_down=tuple(rt.tasks.restarting)))
+        tasks_down=tuple(rt.tasks.restarting), **outbox_facts(rt, now)))
     return {
         "status": "degraded" if reasons else "ok",
         "reasons": list(reasons),

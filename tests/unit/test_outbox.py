@@ -47,3 +47,28 @@ def test_what_is_discarded_is_counted_and_its_callers_told():
     assert outbox.events == 0 and outbox.discarded == 6 and not outbox
     with pytest.raises(NoLeader, match="lost the leader lease"):
         ticket.seqs(0.01)
+
+
+def test_failing_appends_are_timed_from_the_first_failure_until_one_works(caplog):
+    outbox = Outbox(2)
+    assert outbox.stuck_for(1e12) == (0.0, 0.0)
+    outbox.put(events(2), None)
+    outbox.full_since = 1_000.0
+    outbox.append_failed("refused: OutOfMemoryError: command not allowed")
+    outbox.append_failing_since = 1_000.0
+    outbox.append_failed("refused: OutOfMemoryError: command not allowed")  # the first failure's time is kept
+    assert outbox.stuck_for(1_012.5) == (12.5, 12.5)
+    status = outbox.status()
+    assert status["append_error"].startswith("refused: OutOfMemoryError") and status["append_failures"] == 2
+    assert [r.levelname for r in caplog.records if "appends failing" in r.message] == ["ERROR"]  # throttled
+    outbox.appended()
+    outbox.take()
+    assert outbox.stuck_for(1_013.0) == (0.0, 0.0) and outbox.status()["append_error"] is None
+
+
+def test_discarding_the_outbox_ends_its_failing_appends():
+    outbox = Outbox(10)
+    outbox.put(events(1), None)
+    outbox.append_failed("unavailable: ConnectionError: refused")
+    outbox.discard("lost the leader lease")
+    assert outbox.stuck_for(1e12) == (0.0, 0.0) and outbox.append_error is None

@@ -19,6 +19,16 @@ what is still queued is discarded — logged, counted in `discarded`, shown in
 /health — and it never had a seq, so no client sees a gap: it is what the
 upstream sent that no leader relayed, like frames sent while no relay is
 connected.
+
+While Redis refuses every append (OOM at maxmemory with `noeviction`,
+READONLY after a failover) the lease can still be renewed — PEXPIRE is
+allowed at maxmemory — so the leader stays the leader with its upstream held.
+It does not step down: the next leader would meet the same Redis, and the
+outbox (events the upstream already sent) would be lost with the hand-over.
+It says so instead: the failing appends are kept here (`append_failed`,
+`appended`), one ERROR line per 10 s, and /health turns degraded once the
+outbox has been full, or the appends have failed, for longer than
+handlers/health.py's BUS_STUCK_GRACE_S.
 """
 
 import logging
@@ -50,6 +60,9 @@ class Outbox:
         self.full_since: float | None = None  # unix time it last became full, while full
         self.discarded = 0  # events dropped unpublished when leading stopped (never given a seq)
         self.refused = 0  # POST /publish frames refused because it was full
+        self.append_error: str | None = None  # the last append failure, while no append has worked since
+        self.append_failing_since: float | None = None  # unix time of the first failure since the last success
+        self.append_failures = 0  # failed append calls, in all
         self._room = Signal()
         self._room.set()
         self._said = Throttle()
@@ -90,6 +103,33 @@ class Outbox:
             self.full_since = None
         return events, ticket
 
+    def append_failed(self, text: str) -> None:
+        """An append call failed (the publisher retries it); said once per 10 s while they keep failing."""
+        now = time.time()
+        if self.append_failing_since is None:
+            self.append_failing_since = now
+        self.append_error = text
+        self.append_failures += 1
+        held = self._said.allow("append")
+        if held is not None:
+            log.error("bus: Redis appends failing for %.0f s (%s); %d events wait in the outbox%s, retried "
+                      "until Redis takes them%s", now - self.append_failing_since, text, self.events,
+                      " and the upstream is held" if self.full else "", held_note(held))
+
+    def appended(self) -> None:
+        """An append call worked: whatever failed before is over."""
+        if self.append_failing_since is not None:
+            log.warning("bus: Redis takes appends again after %.0f s of failures",
+                        time.time() - self.append_failing_since)
+        self.append_failing_since = None
+        self.append_error = None
+
+    def stuck_for(self, now: float) -> tuple[float, float]:
+        """Seconds it has been full, and seconds every append has failed (0.0 for either that is not so)."""
+        full_s = 0.0 if self.full_since is None else max(0.0, now - self.full_since)
+        failing_s = 0.0 if self.append_failing_since is None else max(0.0, now - self.append_failing_since)
+        return full_s, failing_s
+
     def first_size(self) -> int:
         return len(self._groups[0][0])
 
@@ -105,6 +145,8 @@ class Outbox:
             n += len(events)
             if ticket is not None:
                 ticket.fail(reason)
+        self.append_failing_since = None  # leading stopped: its failing appends are no longer this worker's
+        self.append_error = None
         if n:
             self.discarded += n
             log.error("bus: %d queued events not published (%s); they were never given a seq", n, reason)
@@ -113,4 +155,5 @@ class Outbox:
     def status(self) -> dict:
         return {"events": self.events, "max": self.max_events, "peak": self.peak, "full": self.full,
                 "full_since": self.full_since, "times_full": self.times_full, "discarded": self.discarded,
-                "refused_publishes": self.refused}
+                "refused_publishes": self.refused, "append_error": self.append_error,
+                "append_failing_since": self.append_failing_since, "append_failures": self.append_failures}

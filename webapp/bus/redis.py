@@ -26,7 +26,7 @@ from handlers import jsonx
 from handlers.events import Event, event_from_json
 from handlers.resume import MAX_HOLES, add_hole
 from webapp.bus import Bus
-from webapp.bus.failures import FAILURES, failure_text
+from webapp.bus.failures import FAILURES, REFUSED, failure_text
 from webapp.bus.lease import Lease, LostLease
 from webapp.bus.outbox import Outbox
 from webapp.bus.receipt import NoLeader, Receipt
@@ -37,6 +37,10 @@ from webapp.logs import Throttle, held_note
 __all__ = ["FAILURES", "LostLease", "NoLeader", "RedisBus", "Receipt", "stripped"]
 
 log = logging.getLogger(__name__)
+
+# Refusals Redis gives before a script's first write (it checks maxmemory and a replica's read-only state
+# then, and the append script's reads come first): an append refused so has certainly not appended anything.
+NOT_WRITTEN = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
 
 def stripped(event: Event) -> bytes:
@@ -131,21 +135,11 @@ class RedisBus(Bus):
                     size += len(events)
                 if not groups:
                     continue
-                self._batches += 1
-                batch_key = f"{self.prefix}:append:{self.lease.holder}:{self._batches}"
-                args: list = [self.lease.holder, self.stream_maxlen]
-                for events, _ in groups:
-                    args += [stripped(event) for event in events]
-                while True:
-                    try:
-                        answer = self._append(keys=[self.lease.key, self.stream_key, self.counter_key, batch_key],
-                                              args=args)
-                        break
-                    except FAILURES as exc:
-                        # the script may have run and its answer been lost: the retry names the same
-                        # batch, so the script answers what it did instead of appending twice
-                        self._failed(exc)
-                        gevent.sleep(0.2)
+                appended = self._append_batch(groups)
+                if appended is None:
+                    continue  # every group was a POST /publish whose caller gave up while Redis refused
+                answer, groups = appended
+                size = sum(len(events) for events, _ in groups)
                 if answer[0] != 1:
                     reason = "lost the leader lease" if answer[0] == 0 else "the seq counter is gone from Redis"
                     for _, ticket in groups:
@@ -163,6 +157,43 @@ class RedisBus(Bus):
                         ticket.set(first)
                     first += len(events)
                 self.published += size
+
+    def _append_batch(self, groups: list[tuple[list[Event], Receipt | None]]):
+        """Run the append script over these groups until Redis answers: (its answer, the groups it covered),
+        or None when every group was withdrawn while Redis refused (see NOT_WRITTEN)."""
+        self._batches += 1
+        batch_key = f"{self.prefix}:append:{self.lease.holder}:{self._batches}"
+        uncertain = False  # an attempt got no answer: it may have run, so the batch must stay as it was sent
+        while True:
+            for _, ticket in groups:
+                if ticket is not None:
+                    ticket.taken = True  # in an append call: its caller can no longer be told "never"
+            args: list = [self.lease.holder, self.stream_maxlen]
+            for events, _ in groups:
+                args += [stripped(event) for event in events]
+            try:
+                answer = self._append(keys=[self.lease.key, self.stream_key, self.counter_key, batch_key], args=args)
+                self.outbox.appended()
+                return answer, groups
+            except FAILURES as exc:
+                # the script may have run and its answer been lost: the retry names the same
+                # batch, so the script answers what it did instead of appending twice
+                # said by the outbox (once per 10 s while appends fail, and /health's reason); a refusal
+                # is an answer: Redis is not "unavailable" (the reader and the lease loop still work)
+                self.last_error = failure_text(exc)
+                if not isinstance(exc, REFUSED):
+                    self.ok = False
+                self.outbox.append_failed(self.last_error)
+                uncertain = uncertain or not isinstance(exc, NOT_WRITTEN)
+                if not uncertain:
+                    for _, ticket in groups:
+                        if ticket is not None:
+                            ticket.taken = False  # surely not in the stream: its caller may still withdraw it
+            gevent.sleep(0.2)
+            if not uncertain:
+                groups = [(events, ticket) for events, ticket in groups if ticket is None or not ticket.withdrawn]
+                if not groups:
+                    return None
 
     def seed(self, floor: int, epoch: str) -> tuple[int, str]:
         """Make sure the counter exists (fenced); returns the seq and epoch it holds."""
@@ -297,7 +328,7 @@ class RedisBus(Bus):
 
     def _failed(self, exc: Exception) -> None:
         text = failure_text(exc)
-        if self.ok or text.split(":", 1)[0] != (self.last_error or "").split(":", 1)[0]:
+        if (self.ok or text.split(":", 1)[0] != (self.last_error or "").split(":", 1)[0]):
             log.error("bus: Redis %s", text)  # once per outage and kind, not per retry
         self.ok = False
         self.last_error = text
