@@ -8,6 +8,10 @@ class NoLeader(Exception):
     """POST /publish cannot be served: no leader is known, or it did not answer in time."""
 
 
+class Unconfirmed(NoLeader):
+    """The events went into an append call whose answer never came: they may or may not be in the stream."""
+
+
 class Receipt:
     """What the append script gave one group of events: their real seqs (or why none)."""
 
@@ -30,6 +34,6 @@ class Receipt:
             if not self.taken:
                 self.withdrawn = True  # never appended: the caller is told so, and it stays true
                 raise NoLeader(f"the events got no seq within {timeout_s:g} s (Redis unavailable?)") from None
-            raise NoLeader(f"the append was not confirmed within {timeout_s:g} s (Redis unavailable?); "
+            raise Unconfirmed(f"the append was not confirmed within {timeout_s:g} s (Redis unavailable?); "
                            "the events may still be published") from None
 

@@ -12,6 +12,7 @@ from flask import Blueprint, request
 
 from handlers import jsonx
 from webapp.auth import ADMIN, access
+from webapp.bus.receipt import Unconfirmed
 from webapp.bus.redis import NoLeader
 from webapp.responses import json_error, json_response
 from webapp.routes import runtime
@@ -34,6 +35,9 @@ def publish():
         return json_error(413, f"body exceeds UPSTREAM_MAX_FRAME_BYTES ({rt.settings.upstream_max_frame_bytes})")
     try:
         seqs = rt.publish_frame(body)
+    except Unconfirmed as exc:
+        # the append call got no answer: saying "not published" could be false
+        return json_error(503, f"publish unconfirmed: {exc}")
     except NoLeader as exc:
         # never a 200 for events nobody will see: no seq was given, or none is known to be
         return json_error(503, f"not published: {exc}")
