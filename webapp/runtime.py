@@ -12,8 +12,8 @@ import gevent.event
 
 from handlers.cache import EventCache
 from handlers.events import Event
+from handlers.holes import holes_to_report
 from handlers.polygon import status_problem
-from handlers.resume import add_hole
 from webapp import health as views
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
@@ -306,21 +306,15 @@ class Runtime:
             log.error("could not save the dropped range %d..%d to %s: %s", first, last, self.seq_state.path, exc)
 
     def store_holes(self) -> list[tuple[int, int]]:
-        """Seq ranges of the current epoch that the store lacks for good (see SeqState.holes)."""
-        local: list[tuple[int, int]] = []
+        """Seq ranges of the current epoch that the store lacks for good (see handlers/holes.py)."""
         state = self.seq_state
-        if state is not None and state.epoch == self.stream_epoch:
-            local = state.holes
-        if not self.clustered:
-            return local
-        try:
-            shared = self.bus.holes(self.stream_epoch)
-        except REDIS_FAILURES as exc:
-            log.warning("could not read the store's holes from Redis: %s", exc)
-            return local
-        for first, last in local:
-            shared = add_hole(shared, first, last)
-        return shared
+        shared = None
+        if self.clustered:
+            try:
+                shared = self.bus.holes(self.stream_epoch)
+            except REDIS_FAILURES as exc:
+                log.warning("could not read the store's holes from Redis: %s", exc)
+        return holes_to_report(self.stream_epoch, state.epoch if state else None, state.holes if state else [], shared)
 
     def _on_delivered(self, transport: str, frames: int, events: int) -> None:
         self.delivered += events
