@@ -31,6 +31,12 @@ from gevent.monkey import get_original
 
 DB_NAME = "relay.sqlite3"
 BUSY_TIMEOUT_S = 30.0  # another thread's transaction (sqlite has one writer at a time)
+# The WAL is copied into the database and restarted once it holds this many pages (4 KiB), and cut
+# back to WAL_KEEP_BYTES after: a spool that is emptied batch by batch then reuses the same pages
+# of both files instead of growing the WAL to sqlite's default 4 MiB, which a nearly full disk
+# (tests/faults/test_spool_disk_full.py: 256 KiB) cannot give. Measured in docs/benchmarks.md.
+WAL_CHECKPOINT_PAGES = 16
+WAL_KEEP_BYTES = 1 << 20
 
 SCHEMA = (
     # one row per spooled record (a slice of a batch), in append order = seq order
@@ -72,6 +78,8 @@ class LocalDB:
             try:
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
                 conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
                 for statement in SCHEMA:
                     conn.execute(statement)
             except sqlite3.Error:
