@@ -214,3 +214,18 @@ def test_a_hole_the_disk_refused_is_saved_with_a_later_batch(tmp_path):
 def test_the_database_file_is_in_wal_mode(tmp_path):
     SeqState(str(tmp_path), block=100).save("E1", 100)
     assert SeqState(str(tmp_path), block=100).db.read("PRAGMA journal_mode") == [("wal",)]
+
+
+def test_by_default_an_extension_is_saved_on_a_thread_of_its_own_not_the_callers(tmp_path):
+    import threading
+
+    import gevent
+
+    state = SeqState(str(tmp_path), block=100, durable=False)
+    state.save("E1", 100)
+    saved_on = []
+    real_save = state.save
+    state.save = lambda epoch, reserved: saved_on.append(threading.get_ident()) or real_save(epoch, reserved)
+    state.ensure("E1", 60)
+    gevent.wait(timeout=5)  # the extension greenlet, and the thread it waits on
+    assert state.reserved == 160 and saved_on and saved_on[0] != threading.get_ident()

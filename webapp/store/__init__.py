@@ -6,6 +6,7 @@ import os
 from typing import Callable
 
 import gevent
+import gevent.threadpool
 from gevent.monkey import get_original
 
 from handlers.resume import add_hole as with_hole
@@ -53,13 +54,15 @@ class SeqState:
 
     def __init__(self, data_dir: str, block: int,
                  spawn: Callable = lambda fn, *args: gevent.spawn(fn, *args),
-                 in_thread: Callable = call_in_thread, durable: bool = True):
+                 in_thread: Callable | None = None, durable: bool = True):
         self.db = LocalDB(db_path(data_dir), durable=durable)
         self.path = self.db.path
         self.legacy_path = os.path.join(data_dir, legacy.STATE_NAME)
         self.block = block
         self._spawn = spawn
-        self._in_thread = in_thread
+        # its own thread by default: an extension never queues behind other work in the hub's pool
+        self._in_thread = in_thread or self._on_own_thread
+        self._pool = None
         # a real lock, not gevent's: writes come from pool threads and, rarely, from the hub itself
         self._disk = get_original("threading", "Lock")()
         self._extending = False
@@ -133,6 +136,11 @@ class SeqState:
             self._spawn(self._extend, epoch, last_seq + self.block if near else self.reserved)
         if self._failed is not None:
             raise self._failed
+
+    def _on_own_thread(self, fn, *args):
+        if self._pool is None:
+            self._pool = gevent.threadpool.ThreadPool(1)  # made on first use: in the worker, after the fork
+        return call_in_thread(fn, *args, pool=self._pool)
 
     def _extend(self, epoch: str, reserved: int) -> None:
         try:
