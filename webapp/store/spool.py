@@ -39,6 +39,9 @@ class SpoolRecord:
 
 def record_rows(events: list[Event], max_bytes: int = RECORD_BYTES) -> list[tuple[int, int, int, bytes]]:
     """A batch as spool rows: (first seq, last seq, events, payload), each payload about max_bytes at most."""
+    payload = b"\n".join(e.json for e in events)
+    if len(payload) <= max_bytes:  # the usual batch: one row, joined once (the loop below costs 3x the join)
+        return [(events[0].seq, events[-1].seq, len(events), payload)]
     rows, part, size = [], [], 0
     for e in events:
         if part and size + len(e.json) > max_bytes:
