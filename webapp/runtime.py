@@ -128,7 +128,7 @@ class Runtime:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"
         self.boot_error: str | None = None
-        self.state_error: str | None = None  # DATA_DIR/relay-state.json could not be written
+        self.state_error: str | None = None  # the seq reservation (DATA_DIR/relay.sqlite3) could not be written
         self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
         self._leading: list[gevent.Greenlet] = []

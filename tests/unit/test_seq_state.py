@@ -229,3 +229,19 @@ def test_by_default_an_extension_is_saved_on_a_thread_of_its_own_not_the_callers
     state.ensure("E1", 60)
     gevent.wait(timeout=5)  # the extension greenlet, and the thread it waits on
     assert state.reserved == 160 and saved_on and saved_on[0] != threading.get_ident()
+
+
+def test_a_hole_is_recorded_and_saved_in_one_piece_beside_an_extension(tmp_path):
+    """An extension saving in another thread holds the lock: add_hole waits for it instead of changing
+    the holes under it (which the extension would then overwrite with the ones it read)."""
+    import threading
+
+    state = SeqState(str(tmp_path), block=100, durable=False)
+    state.save("E1", 100)
+    with state._disk:  # an extension's save, under way
+        adder = threading.Thread(target=state.add_hole, args=("E1", 10, 20))
+        adder.start()
+        adder.join(0.2)
+        assert adder.is_alive() and state.holes == []  # waiting, nothing changed yet
+    adder.join(5)
+    assert state.holes == [(10, 20)] and reloaded(tmp_path).holes == [(10, 20)]

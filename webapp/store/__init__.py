@@ -63,8 +63,9 @@ class SeqState:
         # its own thread by default: an extension never queues behind other work in the hub's pool
         self._in_thread = in_thread or self._on_own_thread
         self._pool = None
-        # a real lock, not gevent's: writes come from pool threads and, rarely, from the hub itself
-        self._disk = get_original("threading", "Lock")()
+        # a real lock, not gevent's: writes come from pool threads and, rarely, from the hub itself;
+        # re-entrant, so that add_hole changes the holes and saves them in one piece
+        self._disk = get_original("threading", "RLock")()
         self._extending = False
         self._failed: OSError | None = None  # the last background extension failed with this
         self._unsaved = False  # holes recorded in memory that the disk has not taken yet
@@ -116,10 +117,11 @@ class SeqState:
 
     def add_hole(self, epoch: str, first: int, last: int) -> None:
         """Record first..last as never persisted (and save it; when that fails, the next extension does)."""
-        self.holes = with_hole(self.holes if epoch == self.epoch else [], first, last)
-        self.epoch = epoch
-        self._unsaved = True
-        self.save(epoch, self.reserved)
+        with self._disk:  # else an extension saving beside it could put back the holes it read before
+            self.holes = with_hole(self.holes if epoch == self.epoch else [], first, last)
+            self.epoch = epoch
+            self._unsaved = True
+            self.save(epoch, self.reserved)
 
     def ensure(self, epoch: str, last_seq: int) -> None:
         """Called as seqs are handed out (never yields): extend the reservation before it runs out.
