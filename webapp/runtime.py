@@ -12,8 +12,8 @@ import gevent.event
 
 from handlers.cache import EventCache
 from handlers.events import Event
+from handlers.holes import holes_to_report
 from handlers.polygon import status_problem
-from handlers.resume import add_hole
 from webapp import health as views
 from webapp.bus import Bus, MemoryBus
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
@@ -131,7 +131,7 @@ class Runtime:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"
         self.boot_error: str | None = None
-        self.state_error: str | None = None  # DATA_DIR/relay-state.json could not be written
+        self.state_error: str | None = None  # the seq reservation (DATA_DIR/relay.sqlite3) could not be written
         self.lost_range: tuple[int, int] | None = None  # seqs lost in a crash (reported to resuming clients)
         self._greenlets: list[gevent.Greenlet] = []
         self._leading: list[gevent.Greenlet] = []
@@ -314,21 +314,15 @@ class Runtime:
             log.error("could not save the dropped range %d..%d to %s: %s", first, last, self.seq_state.path, exc)
 
     def store_holes(self) -> list[tuple[int, int]]:
-        """Seq ranges of the current epoch that the store lacks for good (see SeqState.holes)."""
-        local: list[tuple[int, int]] = []
+        """Seq ranges of the current epoch that the store lacks for good (see handlers/holes.py)."""
         state = self.seq_state
-        if state is not None and state.epoch == self.stream_epoch:
-            local = state.holes
-        if not self.clustered:
-            return local
-        try:
-            shared = self.bus.holes(self.stream_epoch)
-        except REDIS_FAILURES as exc:
-            log.warning("could not read the store's holes from Redis: %s", exc)
-            return local
-        for first, last in local:
-            shared = add_hole(shared, first, last)
-        return shared
+        shared = None
+        if self.clustered:
+            try:
+                shared = self.bus.holes(self.stream_epoch)
+            except REDIS_FAILURES as exc:
+                log.warning("could not read the store's holes from Redis: %s", exc)
+        return holes_to_report(self.stream_epoch, state.epoch if state else None, state.holes if state else [], shared)
 
     def _on_delivered(self, transport: str, frames: int, events: int) -> None:
         self.delivered += events

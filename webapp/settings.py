@@ -233,7 +233,7 @@ class Settings:
     store_batch_ms: int = env("STORE_BATCH_MS", 500, _int(1, 600_000), "... or after this long")
     store_retry_max_ms: int = env("STORE_RETRY_MAX_MS", 5000, _int(10, 600_000), "cap of the retry backoff while the store is down")
     spool_max_bytes: int = env("SPOOL_MAX_BYTES", 1 << 30, _int(1024, 1 << 50), "bound of the write spool under DATA_DIR/spool")
-    seq_reserve_block: int = env("SEQ_RESERVE_BLOCK", 10_000, _int(1, 1 << 40), "seqs reserved at a time in DATA_DIR/relay-state.json")
+    seq_reserve_block: int = env("SEQ_RESERVE_BLOCK", 10_000, _int(1, 1 << 40), "seqs reserved at a time in DATA_DIR/relay.sqlite3")
     history_max_limit: int = env("HISTORY_MAX_LIMIT", 10_000, _int(1, 10_000_000), "largest /history limit")
     resume_max_events: int = env("RESUME_MAX_EVENTS", 100_000, _int(1, 100_000_000), "most stored events a resume replays (older ones are reported missing)")
     enrich_sql: str | None = env("ENRICH_SQL", None, _str, "parameterised SELECT run for an event's topic")

@@ -13,10 +13,10 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -343,29 +343,22 @@ def assert_store_holds(probe: StoreProbe, expected: Sequence[tuple[int, int]]) -
                              f"missing {sorted(want - have)[:10]}, unexpected {sorted(have - want)[:10]}")
 
 
-SPOOL_HEADER = struct.Struct("!4sII")  # magic, payload length, crc32(payload): docs/clickhouse.md
-
-
 def read_spool(directory: Path) -> list[dict[str, Any]]:
-    """The events of every intact spool record, oldest first; a torn tail ends a segment.
+    """The events in the spool (`directory` is DATA_DIR/spool; the spool is the `spool` table of
+    DATA_DIR/relay.sqlite3, one JSON envelope per line of `payload`, docs/operations.md), oldest first.
 
-    Written from the documented record layout rather than with the relay's own
-    reader, so a bug in that reader cannot decide what the test expects.
+    Read with the standard library's sqlite3 rather than with the relay's own
+    code, so a bug there cannot decide what the test expects.
     """
-    events: list[dict[str, Any]] = []
-    if not directory.is_dir():
-        return events
-    for path in sorted(directory.glob("*.seg")):
-        blob = path.read_bytes()
-        offset = 0
-        while offset + SPOOL_HEADER.size <= len(blob):
-            magic, length, crc = SPOOL_HEADER.unpack_from(blob, offset)
-            payload = blob[offset + SPOOL_HEADER.size: offset + SPOOL_HEADER.size + length]
-            if magic != b"RHS1" or len(payload) != length or zlib.crc32(payload) != crc:
-                break
-            events.extend(json.loads(line) for line in payload.split(b"\n"))
-            offset += SPOOL_HEADER.size + length
-    return events
+    path = directory.parent / "relay.sqlite3"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT payload FROM spool ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(line) for (payload,) in rows for line in payload.split(b"\n")]
 
 
 # -- the relay's process --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A full disk under the spool while the store is down (targets: Reliability; docs/clickhouse.md "Bounds").
 
-DATA_DIR/spool is a 256 KiB tmpfs of the test's own (the test runs as root,
-as CI does). With ClickHouse stopped the spool fills it; then:
+DATA_DIR (where relay.sqlite3 holds the spool and the seq reservation) is a
+256 KiB tmpfs of the test's own (the test runs as root, as CI does). With
+ClickHouse stopped the spool fills it; then:
 
 - a clear error: `store.spool_full` and `store.last_error` on /health, one
   log line saying the spool cannot take a batch, `relayhouse_spool_full 1`
@@ -74,7 +75,7 @@ def test_a_full_spool_disk_is_reported_survived_and_recovered_from(
     env = store_env(url, CACHE_MAX_ITEMS="200")  # a small cache: the resumes below reach into the store
 
     def small_spool(relay) -> None:
-        on_tmpfs.append(tmpfs(relay.data_dir / "spool", SPOOL_FS))
+        on_tmpfs.append(tmpfs(relay.data_dir, SPOOL_FS))
         if not on_tmpfs[0]:
             relay.settings["SPOOL_MAX_BYTES"] = str(SPOOL_FS_BYTES)
 
@@ -108,7 +109,7 @@ def test_a_full_spool_disk_is_reported_survived_and_recovered_from(
             client.wait_for_events(len(pump.sent), timeout_s=5)  # clients never notice
 
             if on_tmpfs[0]:
-                remount(relay.data_dir / "spool", ROOMY_FS)  # space returns
+                remount(relay.data_dir, ROOMY_FS)  # space returns
                 returned_seq = relay.health()["last_seq"]
                 wait_until(lambda: relay.health()["store"]["spool_full"] is False, 10,
                            "batches to be spooled again once there is space")

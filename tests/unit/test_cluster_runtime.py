@@ -1,12 +1,10 @@
 """Runtime and Leadership in a cluster, built for real from plain settings (construction connects nothing):
 /health's stream lag when Redis cannot answer, and taking over the lead when Redis fails just after the
-election. The lag arithmetic itself is handlers/roles.py's (tests/unit/test_roles.py). The store-holes tests at the
-end still fake `self` for Runtime.store_holes, which another change owns.
+election. The lag arithmetic itself is handlers/roles.py's (tests/unit/test_roles.py). The holes merge is
+handlers/holes.py's (tests/unit/test_seq_state.py).
 
 Redis here is a unix socket path where nothing listens: every command fails at connect(), with no network.
 """
-
-from types import SimpleNamespace
 
 import redis
 
@@ -62,35 +60,12 @@ def test_a_worker_elected_during_a_redis_outage_stands_down(tmp_path, caplog):
     assert "standing down" in caplog.text
 
 
-# -- store holes: shared through Redis ----------------------------------------------------------
+# -- store holes: the merge is handlers/holes.py's (tests/unit/test_seq_state.py); here the shell's part
 
 
-class HoleBus:
-    epoch = "E1"
-
-    def __init__(self, shared=(), fails=False):
-        self.shared, self.fails = list(shared), fails
-
-    def holes(self, epoch):
-        if self.fails:
-            raise redis.ConnectionError("down")
-        return list(self.shared) if epoch == "E1" else []
-
-
-def holes(bus, local=(), local_epoch="E1"):
-    rt = SimpleNamespace(clustered=True, bus=bus, epoch="E1",
-                         seq_state=SimpleNamespace(epoch=local_epoch, holes=list(local)))
-    rt.stream_epoch = "E1"
-    return Runtime.store_holes(rt)
-
-
-def test_a_worker_reports_the_holes_any_worker_recorded_merged_with_its_own():
-    assert holes(HoleBus([(10, 20)]), local=[(21, 25), (40, 41)]) == [(10, 25), (40, 41)]
-
-
-def test_without_redis_a_worker_still_reports_its_own_holes():
-    assert holes(HoleBus([(10, 20)], fails=True), local=[(40, 41)]) == [(40, 41)]
-
-
-def test_holes_of_another_epoch_are_not_this_ones():
-    assert holes(HoleBus([(10, 20)]), local=[(1, 2)], local_epoch="E0") == [(10, 20)]
+def test_without_redis_a_worker_still_reports_its_own_holes(tmp_path, caplog):
+    rt = cluster_runtime(tmp_path, CLICKHOUSE_URL="clickhouse://127.0.0.1:9/default")  # a store: a seq state
+    rt.seq_state.epoch = rt.stream_epoch
+    rt.seq_state.holes = [(40, 41)]
+    assert rt.store_holes() == [(40, 41)]  # Redis's answer is missing, not empty: the local record stands
+    assert "could not read the store's holes from Redis" in caplog.text

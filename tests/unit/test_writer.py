@@ -69,7 +69,7 @@ def test_batches_are_inserted_in_order_and_the_spool_emptied(tmp_path):
     writer.enqueue(events(6, 5))
     writer.cycle()
     assert store.inserts == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
-    assert writer.spool.segments() == [] and writer.ok
+    assert writer.spool.oldest() == [] and writer.ok
 
 
 def test_an_outage_spools_and_recovery_writes_everything_once_in_order(tmp_path):
@@ -85,7 +85,7 @@ def test_an_outage_spools_and_recovery_writes_everything_once_in_order(tmp_path)
     writer._retry_at = 0
     writer.cycle()
     assert writer.ok and store.rows == list(range(1, 13))
-    assert writer.spool.segments() == [] and writer.spool.events == 0
+    assert writer.spool.oldest() == [] and writer.spool.events == 0
 
 
 def test_an_insert_that_landed_before_failing_is_not_written_twice(tmp_path):
@@ -118,28 +118,6 @@ def test_a_restart_replays_the_spool_without_duplicates(tmp_path):
     second.start_from(store.max_seq(), spooled=True)
     second.cycle()
     assert exactly_once(store, 6)
-
-
-def test_a_torn_record_at_the_end_of_the_spool_is_cut_off(tmp_path):
-    spool = Spool(str(tmp_path / "spool"), 1 << 20, fsync=False)
-    spool.append(events(1, 2))
-    spool.append(events(3, 2))
-    path = spool.segments()[-1]
-    with open(path, "r+b") as f:
-        f.truncate(f.seek(0, 2) - 5)
-    reread = Spool(str(tmp_path / "spool"), 1 << 20)
-    assert [e.seq for r in reread.load() for e in r.events] == [1, 2]
-    assert reread.torn_records == 1
-
-
-def test_a_corrupted_payload_fails_its_checksum(tmp_path):
-    spool = Spool(str(tmp_path / "spool"), 1 << 20, fsync=False)
-    spool.append(events(1, 2))
-    path = spool.segments()[-1]
-    with open(path, "r+b") as f:
-        f.seek(20)
-        f.write(b"X")
-    assert Spool(str(tmp_path / "spool"), 1 << 20).load() == []
 
 
 def test_a_full_spool_during_an_outage_drops_and_counts_and_recovers(tmp_path):
@@ -215,7 +193,7 @@ def test_a_batch_the_store_always_refuses_goes_to_the_dead_letter_file_and_the_w
     cycles(writer, 3)
     assert store.refusals == 3 and sorted(store.rows) == [1, 2, 3, 7, 8, 9]
     assert holes == [(4, 6)] and writer.dead_letter_events == 3 and writer.dead_letter_last == (4, 6)
-    assert writer.ok and writer.spool.segments() == [] and writer.spool.events == 0
+    assert writer.ok and writer.spool.oldest() == [] and writer.spool.events == 0
     (letter,) = (tmp_path / "dead-letter").iterdir()
     header, *lines = letter.read_bytes().splitlines()
     assert orjson.loads(header)["first_seq"] == 4 and "Type mismatch" in orjson.loads(header)["reason"]
@@ -305,25 +283,42 @@ def test_a_cycle_killed_before_its_batch_reached_the_spool_puts_the_batch_back(t
     assert store.rows == [1, 2, 3]
 
 
-def test_the_spool_is_drained_one_segment_at_a_time_and_each_written_segment_removed(tmp_path, monkeypatch):
-    import webapp.store.spool as spool_module
-
-    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 1)  # every record in a segment of its own
+def test_the_spool_is_drained_one_bounded_chunk_at_a_time_and_each_written_chunk_deleted(tmp_path):
     writer, store = make_writer(tmp_path)
+    writer.spool.chunk_bytes = 1  # every chunk one row (one batch here)
     store.down = True
     for first in (1, 4, 7):
         writer.enqueue(events(first, 3))
         writer.cycle()
-    assert len(writer.spool.segments()) == 3 and writer.spool.events == 9
+    assert writer.spool.events == 9
     read = []
-    real = writer.spool.segment_records
-    writer.spool.segment_records = lambda path, last=True: read.append(path) or real(path, last)
+    real = writer.spool.oldest
+    writer.spool.oldest = lambda: read.append([e.seq for r in real() for e in r.events]) or real()
     store.down = False
-    store.poison = {7}  # the third segment is refused: the first two are in and gone
+    store.poison = {7}  # the third chunk is refused: the first two are in, and deleted
     cycles(writer, 1)
     assert sorted(store.rows) == [1, 2, 3, 4, 5, 6]
-    assert len(writer.spool.segments()) == 1 and writer.spool.events == 3
-    assert len(read) == 3 and len(set(read)) == 3  # each segment read once, alone
+    assert writer.spool.events == 3 and [e.seq for r in writer.spool.load() for e in r.events] == [7, 8, 9]
+    assert read == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]  # each chunk read once, alone
+
+
+def test_a_drain_chunk_holds_at_most_its_byte_bound_and_at_least_one_row(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), 1 << 30, fsync=False)
+    for first in range(1, 1001, 10):
+        spool.append(events(first, 10))
+    spool.chunk_bytes = 2_000  # about four rows of ten events
+    seen, rows_per_chunk = [], []
+    while records := spool.oldest():
+        size = sum(len(b"\n".join(e.json for e in r.events)) for r in records)
+        assert size <= spool.chunk_bytes, size
+        seen += [e.seq for r in records for e in r.events]
+        rows_per_chunk.append(len(records))
+        spool.remove_through(records[-1].id)
+    assert seen == list(range(1, 1001)) and spool.events == 0 and spool.bytes == 0
+    assert min(rows_per_chunk[:-1]) >= 3 and len(rows_per_chunk) < 35  # chunks as full as the bound lets them be
+    spool.append(events(2000, 30))  # a row larger than the bound is still read, alone
+    spool.chunk_bytes = 1
+    assert [len(r.events) for r in spool.oldest()] == [30]
 
 
 def test_a_batch_being_inserted_is_not_reported_as_spooled_backlog(tmp_path):

@@ -6,11 +6,14 @@ import os
 from typing import Callable
 
 import gevent
+import gevent.threadpool
 from gevent.monkey import get_original
 
 from handlers.resume import add_hole as with_hole
 from webapp.settings import Settings
+from webapp.store import legacy
 from webapp.store.base import Store
+from webapp.store.localdb import LocalDB, db_path
 from webapp.threads import call_in_thread
 
 log = logging.getLogger(__name__)
@@ -34,30 +37,38 @@ def make_store(settings: Settings) -> Store | None:
 
 
 class SeqState:
-    """DATA_DIR/relay-state.json: the epoch and a seq reservation, so no seq is ever reused.
+    """The epoch and a seq reservation in DATA_DIR/relay.sqlite3, so no seq is ever reused.
 
     Seqs are reserved in blocks before they are handed out; after a crash the
     relay continues above the reservation (the events numbered and lost in the
     crash leave a gap that resuming clients see as `missing`, never a reuse).
-    A clean shutdown records the exact last seq.
+    A clean shutdown records the exact last seq. Each save is one transaction,
+    fsync'd (localdb.py: a process crash or a power loss keeps it).
 
     The ingest never waits on this disk: `ensure` extends the reservation in a
     pool thread half a block before it runs out; only when that extension is
-    late (more than half a block numbered during one write) does the caller
-    write it itself (`sync_writes` counts those).
+    late (more than half a block numbered while one commit was under way, or
+    the disk failing) does the caller write it itself, on its own thread,
+    rather than number past the disk (`sync_writes` counts those).
     """
 
     def __init__(self, data_dir: str, block: int,
                  spawn: Callable = lambda fn, *args: gevent.spawn(fn, *args),
-                 in_thread: Callable = call_in_thread):
-        self.path = os.path.join(data_dir, "relay-state.json")
+                 in_thread: Callable | None = None, durable: bool = True):
+        self.db = LocalDB(db_path(data_dir), durable=durable)
+        self.path = self.db.path
+        self.legacy_path = os.path.join(data_dir, legacy.STATE_NAME)
         self.block = block
         self._spawn = spawn
-        self._in_thread = in_thread
-        # a real lock, not gevent's: writes come from pool threads and, rarely, from the hub itself
-        self._disk = get_original("threading", "Lock")()
+        # its own thread by default: an extension never queues behind other work in the hub's pool
+        self._in_thread = in_thread or self._on_own_thread
+        self._pool = None
+        # a real lock, not gevent's: writes come from pool threads and, rarely, from the hub itself;
+        # re-entrant, so that add_hole changes the holes and saves them in one piece
+        self._disk = get_original("threading", "RLock")()
         self._extending = False
         self._failed: OSError | None = None  # the last background extension failed with this
+        self._unsaved = False  # holes recorded in memory that the disk has not taken yet
         self.sync_writes = 0
         self.epoch: str | None = None
         self.reserved = 0
@@ -66,35 +77,51 @@ class SeqState:
         self.holes: list[tuple[int, int]] = []
 
     def load(self) -> None:
+        """The saved state; the previous version's relay-state.json is imported first (once)."""
+        self._migrate()
+        rows = self.db.read("SELECT epoch, reserved, holes FROM state WHERE id = 1")
+        if rows:
+            epoch, reserved, holes = rows[0]
+            self.epoch, self.reserved = epoch, reserved
+            self.holes = [(int(lo), int(hi)) for lo, hi in json.loads(holes)]
+
+    def _migrate(self) -> None:
         try:
-            with open(self.path, "rb") as f:
-                state = json.loads(f.read())
-            self.epoch = str(state["epoch"])
-            self.reserved = int(state["reserved"])
-            self.holes = [(int(lo), int(hi)) for lo, hi in state.get("holes", [])]
-        except FileNotFoundError:
+            old = legacy.read_state(self.legacy_path)
+        except ValueError as exc:
+            log.error("ignoring unreadable %s: %s", self.legacy_path, exc)
+            old = None
+        if old is None:
+            if os.path.exists(self.legacy_path):
+                os.replace(self.legacy_path, self.legacy_path + ".unreadable")
             return
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring unreadable %s: %s", self.path, exc)
+        with self._disk, self.db.transaction() as conn:
+            row = conn.execute("SELECT epoch, reserved FROM state WHERE id = 1").fetchone()
+            # a crash after an earlier import and before the rename: never lower a reservation
+            reserved = max(old["reserved"], row[1]) if row and row[0] == old["epoch"] else old["reserved"]
+            if row is None or row[0] == old["epoch"]:
+                conn.execute("INSERT OR REPLACE INTO state (id, epoch, reserved, holes) VALUES (1, ?, ?, ?)",
+                             (old["epoch"], reserved, json.dumps(old["holes"])))
+        os.replace(self.legacy_path, self.legacy_path + ".migrated")
+        log.info("%s imported into %s (epoch %s, reserved %d)", self.legacy_path, self.path, old["epoch"], reserved)
 
     def save(self, epoch: str, reserved: int) -> None:
-        """Write the state (fsync'd); the new reservation counts only once it is on disk."""
+        """Write the state (one fsync'd transaction); the new reservation counts only once it is committed."""
         with self._disk:
             holes = self.holes if epoch == self.epoch else []  # another seq space: the old holes mean nothing
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"epoch": epoch, "reserved": reserved, "holes": holes}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            with self.db.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO state (id, epoch, reserved, holes) VALUES (1, ?, ?, ?)",
+                             (epoch, reserved, json.dumps(holes)))
             self.epoch, self.reserved, self.holes = epoch, reserved, holes
+            self._unsaved = False
 
     def add_hole(self, epoch: str, first: int, last: int) -> None:
-        """Record first..last as never persisted (and save it)."""
-        self.holes = with_hole(self.holes if epoch == self.epoch else [], first, last)
-        self.epoch = epoch
-        self.save(epoch, self.reserved)
+        """Record first..last as never persisted (and save it; when that fails, the next extension does)."""
+        with self._disk:  # else an extension saving beside it could put back the holes it read before
+            self.holes = with_hole(self.holes if epoch == self.epoch else [], first, last)
+            self.epoch = epoch
+            self._unsaved = True
+            self.save(epoch, self.reserved)
 
     def ensure(self, epoch: str, last_seq: int) -> None:
         """Called as seqs are handed out (never yields): extend the reservation before it runs out.
@@ -105,11 +132,17 @@ class SeqState:
             self.save(epoch, last_seq + self.block)
             self._failed = None
             return
-        if last_seq >= self.reserved - self.block // 2 and not self._extending:
+        near = last_seq >= self.reserved - self.block // 2
+        if (near or self._unsaved) and not self._extending:
             self._extending = True
-            self._spawn(self._extend, epoch, last_seq + self.block)
+            self._spawn(self._extend, epoch, last_seq + self.block if near else self.reserved)
         if self._failed is not None:
             raise self._failed
+
+    def _on_own_thread(self, fn, *args):
+        if self._pool is None:
+            self._pool = gevent.threadpool.ThreadPool(1)  # made on first use: in the worker, after the fork
+        return call_in_thread(fn, *args, pool=self._pool)
 
     def _extend(self, epoch: str, reserved: int) -> None:
         try:

@@ -1,24 +1,30 @@
-"""The write spool: append-only, checksummed segment files under DATA_DIR/spool, bounded in bytes.
+"""The write spool: batches waiting for the store, as rows of DATA_DIR/relay.sqlite3, bounded in bytes.
 
 Every batch is spooled before it is inserted, so a crash or an outage loses
-nothing that reached the spool. A record is a header (magic, payload length,
-CRC-32) and the batch's envelopes, one JSON document per line. A torn record at
-the end of the last segment (a crash mid-append) is detected and cut off.
+nothing that reached the spool. A batch is appended in one transaction, as
+rows of at most RECORD_BYTES of envelopes (one JSON document per line); the
+drain reads the oldest rows a bounded chunk at a time and deletes them by id
+range once they are in the store; a start reads only the newest rows. No call
+reads the whole spool. The previous version's segment files (DATA_DIR/spool)
+are imported once, by load().
+
+Not thread-safe: the writer greenlet owns it (and sends each call to a thread).
 """
 
 import logging
 import os
-import struct
-import zlib
+from contextlib import suppress
 from dataclasses import dataclass
 
 from handlers.events import Event, event_from_json
+from webapp.store import legacy
+from webapp.store.localdb import LocalDB, db_path
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"RHS1"
-HEADER = struct.Struct("!4sII")  # magic, payload length, crc32(payload)
-SEGMENT_BYTES = 16 * 1024 * 1024
+RECORD_BYTES = 1 << 20  # a row's envelopes (one event may pass it alone)
+DRAIN_CHUNK_BYTES = 8 << 20  # what one drain step holds in memory (at least one row)
+DRAIN_CHUNK_ROWS = 10_000
 
 
 class SpoolFull(Exception):
@@ -27,158 +33,129 @@ class SpoolFull(Exception):
 
 @dataclass(frozen=True)
 class SpoolRecord:
-    segment: str
+    id: int
     events: list[Event]
 
 
+def record_rows(events: list[Event], max_bytes: int = RECORD_BYTES) -> list[tuple[int, int, int, bytes]]:
+    """A batch as spool rows: (first seq, last seq, events, payload), each payload about max_bytes at most."""
+    payload = b"\n".join(e.json for e in events)
+    if len(payload) <= max_bytes:  # the usual batch: one row, joined once (the loop below costs 3x the join)
+        return [(events[0].seq, events[-1].seq, len(events), payload)]
+    rows, part, size = [], [], 0
+    for e in events:
+        if part and size + len(e.json) > max_bytes:
+            rows.append(_row(part))
+            part, size = [], 0
+        part.append(e)
+        size += len(e.json) + 1
+    if part:
+        rows.append(_row(part))
+    return rows
+
+
+def _row(part: list[Event]) -> tuple[int, int, int, bytes]:
+    return part[0].seq, part[-1].seq, len(part), b"\n".join(e.json for e in part)
+
+
+def _events(payload: bytes) -> list[Event]:
+    return [event_from_json(line) for line in payload.split(b"\n")]
+
+
 class Spool:
-    """Segments `NNNNNNNNNNNN.seg`, oldest first. Not thread-safe: the writer greenlet owns it."""
-
     def __init__(self, directory: str, max_bytes: int, fsync: bool = True):
-        self.directory = directory
+        self.directory = directory  # the previous version's segment files, imported by load()
+        self.db = LocalDB(db_path(os.path.dirname(directory)), durable=fsync)
+        self.path = self.db.path
         self.max_bytes = max_bytes
-        self.fsync = fsync
-        self._active: str | None = None
-        self._handle = None
-        self.torn_records = 0
-        self.bytes = 0  # set by load(); maintained by append/clear
+        self.bytes = 0  # payload bytes; set by load(), kept by append and the removals
         self.events = 0
-
-    # -- files --------------------------------------------------------------------
-
-    def segments(self) -> list[str]:
-        if not os.path.isdir(self.directory):
-            return []
-        names = sorted(n for n in os.listdir(self.directory) if n.endswith(".seg"))
-        return [os.path.join(self.directory, n) for n in names]
-
-    def _next_segment_path(self) -> str:
-        existing = self.segments()
-        number = int(os.path.basename(existing[-1])[:-4]) + 1 if existing else 1
-        return os.path.join(self.directory, f"{number:012d}.seg")
+        self.torn_records = 0  # damaged records found in migrated segment files
+        self.chunk_bytes = DRAIN_CHUNK_BYTES
 
     # -- writing -------------------------------------------------------------------
 
     def append(self, events: list[Event]) -> None:
-        """Durably append one batch (fsync'd before returning)."""
-        os.makedirs(self.directory, exist_ok=True)
-        payload = b"\n".join(e.json for e in events)
-        record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-        if self.bytes + len(record) > self.max_bytes:
-            raise SpoolFull(f"spool holds {self.bytes} bytes; a batch of {len(record)} would pass {self.max_bytes}")
-        if self._handle is None or self._handle.tell() >= SEGMENT_BYTES:
-            self._roll()
-        handle = self._handle
-        start = handle.tell()
-        try:
-            view = memoryview(record)
-            while view:
-                view = view[handle.write(view):]
-            if self.fsync:
-                os.fsync(handle.fileno())
-        except OSError:
-            # a full disk mid-record: take the partial record back off, so the
-            # segment stays whole and the next append (or a restart) reads it cleanly
-            self._undo(start)
-            raise
-        self.bytes += len(record)
+        """Durably append one batch (one transaction, committed before this returns)."""
+        rows = record_rows(events)
+        size = sum(len(row[3]) for row in rows)
+        if self.bytes + size > self.max_bytes:
+            raise SpoolFull(f"spool holds {self.bytes} bytes; a batch of {size} would pass {self.max_bytes}")
+        with self.db.transaction() as conn:
+            conn.executemany("INSERT INTO spool (first_seq, last_seq, events, payload) VALUES (?, ?, ?, ?)", rows)
+        self.bytes += size
         self.events += len(events)
 
-    def _undo(self, size: int) -> None:
-        try:
-            self._handle.truncate(size)
-            self._handle.seek(size)
-        except OSError:
-            # cannot even truncate: start the next append in a new segment; the
-            # torn tail of this one is cut off when the spool is read
-            self._handle.close()
-            self._handle = None
-            self._active = None
-
-    def _roll(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        self._active = self._next_segment_path()
-        # unbuffered: a failed write leaves nothing in a buffer to fail again on close
-        self._handle = open(self._active, "ab", buffering=0)  # noqa: SIM115  (kept open across appends)
-
-    # -- reading -------------------------------------------------------------------------
-
-    def records(self) -> list[SpoolRecord]:
-        """Every intact record, oldest first; cuts a torn tail off the last segment."""
-        segments = self.segments()
-        return [record for index, path in enumerate(segments)
-                for record in self.segment_records(path, last=index == len(segments) - 1)]
-
-    def segment_records(self, path: str, last: bool = True) -> list[SpoolRecord]:
-        """The intact records of one segment (at most SEGMENT_BYTES and one record: the drain's chunk)."""
-        out: list[SpoolRecord] = []
-        with open(path, "rb") as f:
-            blob = f.read()
-        offset = 0
-        while offset < len(blob):
-            if offset + HEADER.size > len(blob):
-                break
-            magic, length, crc = HEADER.unpack_from(blob, offset)
-            payload = blob[offset + HEADER.size: offset + HEADER.size + length]
-            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-                break
-            out.append(SpoolRecord(path, [event_from_json(line) for line in payload.split(b"\n")]))
-            offset += HEADER.size + length
-        if offset < len(blob):
-            self.torn_records += 1
-            log.warning("spool %s: damaged record at byte %d of %d (%s); cutting it off",
-                        path, offset, len(blob), "last segment" if last else "mid-spool")
-            self._truncate(path, offset)
-        return out
-
-    def remove_segment(self, path: str, events: int) -> None:
-        """A segment whose `events` are all in the store (or dead-lettered) is deleted."""
-        if path == self._active and self._handle is not None:
-            self._handle.close()
-            self._handle = None
-            self._active = None
-        size = os.path.getsize(path)
-        os.remove(path)
+    def remove_through(self, last_id: int) -> None:
+        """Rows up to `last_id` are in the store (or dead-lettered): deleted."""
+        with self.db.transaction(durable=False) as conn:
+            rows, events, size = conn.execute(
+                "SELECT count(*), coalesce(sum(events), 0), coalesce(sum(length(payload)), 0) FROM spool"
+                " WHERE id <= ?", (last_id,)).fetchone()
+            conn.execute("DELETE FROM spool WHERE id <= ?", (last_id,))
         self.bytes = max(0, self.bytes - size)
         self.events = max(0, self.events - events)
-
-    def _truncate(self, path: str, size: int) -> None:
-        if path == self._active and self._handle is not None:
-            self._handle.close()
-            self._handle = None
-            self._active = None
-        with open(path, "r+b") as f:
-            f.truncate(size)
-        self.bytes = sum(os.path.getsize(p) for p in self.segments())
-
-    def load(self, keep_events: int | None = None) -> list[SpoolRecord]:
-        """Records left by an earlier process; sets the event count.
-
-        With `keep_events`, only the newest records holding that many events are
-        returned (what a start needs: the highest seq and a warm cache), and the
-        spool is read one segment at a time, so a large spool is never in memory whole."""
-        segments = self.segments()
-        kept: list[SpoolRecord] = []
-        held = total = 0
-        for index, path in enumerate(segments):
-            for record in self.segment_records(path, last=index == len(segments) - 1):
-                kept.append(record)
-                held += len(record.events)
-                total += len(record.events)
-                while keep_events is not None and len(kept) > 1 and held - len(kept[0].events) >= keep_events:
-                    held -= len(kept.pop(0).events)
-        self.events = total
-        self.bytes = sum(os.path.getsize(p) for p in self.segments())
-        return kept
+        if rows and not self.events:
+            self.db.vacuum()  # drained: the file gives its pages back
 
     def clear(self) -> None:
-        """Everything spooled is in the store: remove every segment."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-            self._active = None
-        for path in self.segments():
-            os.remove(path)
+        """Everything spooled is in the store."""
+        with self.db.transaction(durable=False) as conn:
+            conn.execute("DELETE FROM spool")
         self.bytes = 0
         self.events = 0
+
+    # -- reading -------------------------------------------------------------------
+
+    def oldest(self) -> list[SpoolRecord]:
+        """The oldest rows, at most `chunk_bytes` of them (at least one): a drain's chunk."""
+        sizes = self.db.read("SELECT id, length(payload) FROM spool ORDER BY id LIMIT ?", (DRAIN_CHUNK_ROWS,))
+        if not sizes:
+            return []
+        last, held = sizes[0][0], 0
+        for row_id, size in sizes:
+            if held and held + size > self.chunk_bytes:
+                break
+            last, held = row_id, held + size
+        rows = self.db.read("SELECT id, payload FROM spool WHERE id BETWEEN ? AND ? ORDER BY id", (sizes[0][0], last))
+        return [SpoolRecord(row_id, _events(payload)) for row_id, payload in rows]
+
+    def load(self, keep_events: int | None = None) -> list[SpoolRecord]:
+        """At start: migrate the previous version's files, count what is spooled and return the
+        newest rows holding `keep_events` events (what a start needs: the highest seq and a warm
+        cache); without it, every row (tests)."""
+        self._migrate()
+        self.events, self.bytes = self.db.read(
+            "SELECT coalesce(sum(events), 0), coalesce(sum(length(payload)), 0) FROM spool")[0]
+        first = 0
+        if keep_events is not None:
+            # the newest row from which the rows up to the end hold keep_events events
+            found = self.db.read("SELECT id FROM (SELECT id, sum(events) OVER (ORDER BY id DESC) AS held FROM spool)"
+                                 " WHERE held >= ? ORDER BY id DESC LIMIT 1", (keep_events,))
+            first = found[0][0] if found else 0
+        rows = self.db.read("SELECT id, payload FROM spool WHERE id >= ? ORDER BY id", (first,))
+        return [SpoolRecord(row_id, _events(payload)) for row_id, payload in rows]
+
+    # -- the previous version's segment files ---------------------------------------------
+
+    def _migrate(self) -> None:
+        """Each segment in one transaction with its name (a crash mid-way imports none twice), then removed."""
+        paths = legacy.segment_paths(self.directory)
+        for path in paths:
+            info = os.stat(path)  # with the name: a later version's file of the same name is another file
+            name = f"{os.path.basename(path)}:{info.st_size}:{info.st_mtime_ns}"
+            segment = legacy.read_segment(path)
+            if segment.damaged_at is not None:
+                self.torn_records += 1
+                log.warning("spool %s: damaged record at byte %d (%s); the rest of it is cut off",
+                            path, segment.damaged_at, "last segment" if path == paths[-1] else "mid-spool")
+            with self.db.transaction() as conn:
+                if conn.execute("SELECT 1 FROM migrated WHERE name = ?", (name,)).fetchone() is None:
+                    conn.executemany("INSERT INTO spool (first_seq, last_seq, events, payload) VALUES (?, ?, ?, ?)",
+                                     [_row(events) for events in segment.records if events])
+                    conn.execute("INSERT INTO migrated (name) VALUES (?)", (name,))
+            os.remove(path)
+            log.info("spool segment %s imported into %s (%d records)", path, self.path, len(segment.records))
+        if paths:
+            with suppress(OSError):  # not empty (foreign files) or a mount point: it stays, harmlessly
+                os.rmdir(self.directory)

@@ -135,8 +135,8 @@ class StoreWriter:
             if self._backlog and time.monotonic() >= self._retry_at:
                 self._drain()
         except OSError as exc:
-            # the spool's disk failed outside an append (reading it back, removing
-            # segments): say so and try again next cycle; the writer must not die
+            # the spool's disk failed outside an append (reading it back, deleting
+            # rows): say so and try again next cycle; the writer must not die
             log.error("spool I/O failed: %s", exc)
             self._retry_at = time.monotonic() + self.retry_max_ms / 1000.0
         except BaseException:
@@ -198,15 +198,12 @@ class StoreWriter:
             self._backlog = True
 
     def _drain(self) -> None:
-        """Write the spool back in order, one segment at a time (bounded memory), removing each when done."""
-        segments = self.in_thread(self.spool.segments)
-        for index, path in enumerate(segments):
-            records = self.in_thread(self.spool.segment_records, path, index == len(segments) - 1)
+        """Write the spool back in order, a bounded chunk at a time, deleting each chunk once it is in."""
+        while records := self.in_thread(self.spool.oldest):
             for record in records:
                 if not self._insert(record.events):
-                    return
-            self.in_thread(self.spool.remove_segment, path, sum(len(r.events) for r in records))
-        self.in_thread(self.spool.clear)
+                    return  # what was inserted of this chunk stays spooled: the next drain skips it (store_max)
+            self.in_thread(self.spool.remove_through, records[-1].id)
         self._backlog = False
         log.info("spool written back: the store has every event")
 
