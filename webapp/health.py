@@ -30,6 +30,8 @@ def store_health(rt) -> dict:
         "dead_letter": {"events": w.dead_letter_events, "batches": w.dead_letter_batches,
                         "last": w.dead_letter_last, "dir": w.dead_letter_dir},
         "last_error": w.last_error or rt.boot_error or rt.state_error,
+        # times the ingest wrote the seq reservation itself (the background extension was late or failed)
+        "reservation_sync_writes": rt.seq_state.sync_writes if rt.seq_state else 0,
     }
 
 
@@ -56,6 +58,7 @@ def metric_values(rt) -> dict:
         "spool_full": store.get("spool_full", False),
         "store_dropped_events": store.get("dropped", 0),
         "store_dead_letter_events": store["dead_letter"]["events"] if "dead_letter" in store else 0,
+        "seq_reservation_sync_writes": store.get("reservation_sync_writes", 0),
         "leader": rt.role in ("single", "leader"),
         "bus_ok": rt.bus.ok,
         "bus_lag_events": -1 if lag is None else lag,

@@ -49,6 +49,8 @@ FROM_PARTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "spool_full": (GAUGE, "1 while the spool cannot take more", ()),
     "store_dropped_events": (GAUGE, "Events neither spooled nor stored (spool full during an outage)", ()),
     "store_dead_letter_events": (GAUGE, "Events the store refused for good, written to DATA_DIR/dead-letter", ()),
+    "seq_reservation_sync_writes": (COUNTER, "Times the ingest wrote the seq reservation to DATA_DIR itself, on the "
+                                    "hub, because the background extension was late or failed", ()),
     "leader": (GAUGE, "1 while this worker holds the upstream (always 1 without Redis)", ()),
     "bus_ok": (GAUGE, "1 while the event bus (Redis) answers", ()),
     "bus_lag_events": (GAUGE, "Events this worker is behind on the stream (leader: numbered, not yet read back; "

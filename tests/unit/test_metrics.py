@@ -103,3 +103,12 @@ def test_the_upstream_reconnect_counter_never_goes_back_when_the_worker_leads_ag
         assert scrape(client)[("relayhouse_upstream_reconnects_total", ())] >= 4
     finally:
         rt.shutdown()
+
+
+
+def test_the_ingests_own_reservation_writes_are_shown(tmp_path):
+    """A late background extension makes the ingest write the reservation itself: /health and /metrics count it."""
+    client, rt = make_runtime(tmp_path, "chdb")
+    rt.seq_state.sync_writes = 3
+    assert client.get("/health").get_json()["store"]["reservation_sync_writes"] == 3
+    assert scrape(client)[("relayhouse_seq_reservation_sync_writes_total", ())] == 3
