@@ -43,6 +43,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
+from handlers.control import OP_PONG, PING_FRAME, control_frames, pong_for
+
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
@@ -196,13 +198,26 @@ class HeldWebSocket(Held):
                 self.closed()
                 return
             self.ponged = False
-            self.send(Ping())
+            self.wire.write(PING_FRAME)  # the same bytes for every client: wsproto keeps no state about pings
             self.ping_tick = tick + self.keeper.ticks(self.keeper.ping_interval_s)
         self.keeper.schedule(self, self.next_tick())
 
     def readable(self, data: bytes) -> None:
-        """What simple-websocket's reader did with received bytes, without its greenlet."""
+        """What simple-websocket's reader did with received bytes, without its greenlet.
+
+        A read that is nothing but pings and pongs (an idle client's usual traffic) is answered
+        from the raw bytes (handlers/control.py), when wsproto holds no part of a frame;
+        everything else goes through wsproto, which checks it."""
         proto = self.proto
+        if data and frame_boundary(proto):
+            frames = control_frames(data)
+            if frames is not None:
+                for opcode, payload in frames:
+                    if opcode == OP_PONG:
+                        self.ponged = True
+                    else:
+                        self.wire.write(pong_for(payload))
+                return
         proto.receive_data(data or None)  # None: the peer closed the TCP connection (1006)
         keep = bool(data)
         for event in proto.events():
@@ -229,6 +244,13 @@ class HeldWebSocket(Held):
                 keep = False
         if not keep or proto.state is ConnectionState.CLOSED:
             self.closed()
+
+
+def frame_boundary(proto) -> bool:
+    """wsproto's connection is open and holds no received byte or event: the next bytes start a frame."""
+    decoder = proto._proto._frame_decoder  # wsproto 1.2's reader: its header and buffer (tests/unit/test_conn.py)
+    return proto.state is ConnectionState.OPEN and not proto._events and decoder.header is None \
+        and not decoder.buffer
 
 
 class HeldStream(Held):

@@ -113,3 +113,58 @@ def test_a_route_deadline_fires_once_on_the_ticker_and_the_connection_stays():
     assert client.ended_count == 0
     peer.close()
     wait_for(lambda: client.ended_count == 1)
+
+
+def test_a_read_of_pings_and_pongs_is_answered_without_wsproto_and_a_pong_counts():
+    client = Client()
+    k = keeper()
+    held, server, peer = held_pair(k, client)
+    held.ponged = False  # a ping of ours is out
+    before = held.proto._proto._frame_decoder.buffer.buffer
+    peer.sendall(masked(0xA, b"") + masked(0x9, b"p2"))
+    wait_for(lambda: held.ponged)
+    assert peer.recv(100) == b"\x8a\x02p2"
+    assert held.proto._proto._frame_decoder.buffer.buffer is before and client.texts == []
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)
+
+
+def test_the_server_ping_is_the_two_byte_frame_and_an_unanswered_one_closes_with_1008():
+    client = Client()
+    k = keeper(ping_interval_s=0.5)
+    held, server, peer = held_pair(k, client)
+    assert held.ping_tick <= k.ticks(0.5)  # the first ping falls within one interval
+    with gevent.Timeout(5):
+        assert peer.recv(2) == b"\x89\x00"
+    wait_for(lambda: client.ended_count == 1)  # no pong: dropped at the next ping
+    frame = peer.recv(100)
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1008
+
+
+def test_bytes_that_look_like_a_pong_inside_a_frame_are_that_frame_s_payload():
+    """A read that starts mid-frame is never taken for a pong: wsproto holds the frame's head."""
+    client = Client()
+    k = keeper()
+    held, server, peer = held_pair(k, client)
+    lookalike = masked(0xA, b"")  # what a masked pong looks like on the wire: 6 bytes
+    key = b"\x05\x06\x07\x08"
+    payload = bytes(b ^ key[i % 4] for i, b in enumerate(lookalike))
+    peer.sendall(bytes([0x82, 0x80 | len(payload)]) + key)  # a binary frame's head, its payload to follow
+    wait_for(lambda: held.proto._proto._frame_decoder.header is not None)
+    held.ponged = False
+    peer.sendall(lookalike)  # its masked payload: on the wire, exactly a pong
+    wait_for(lambda: client.texts)
+    assert client.texts == [payload] and held.ponged is False
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)
+
+
+def test_a_hostile_control_frame_still_closes_the_connection_through_wsproto():
+    client = Client()
+    k = keeper()
+    _held, _server, peer = held_pair(k, client)
+    peer.sendall(masked(0x9, b"x" * 126))  # a ping over 125 bytes
+    wait_for(lambda: client.ended_count == 1)
+    frame = peer.recv(100)
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
+    peer.close()
