@@ -1,6 +1,8 @@
 """The keeper of held connections: gunicorn's pool slots, client messages read without a greenlet of their own."""
 
+import gc
 import struct
+import weakref
 
 import gevent
 import gevent.event
@@ -168,3 +170,40 @@ def test_a_hostile_control_frame_still_closes_the_connection_through_wsproto():
     frame = peer.recv(100)
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
     peer.close()
+
+
+def test_a_closed_connection_is_freed_by_refcounting_alone():
+    """The keeper freezes held connections out of the cyclic collector's reach: a cycle left
+    behind by a closed one would never be freed."""
+    client = Client()
+    k = keeper()
+    gc.disable()
+    try:
+        held, server, peer = held_pair(k, client)
+        other, other_server, other_peer = held_pair(k, Client())
+        refs = [weakref.ref(held), weakref.ref(held.proto), weakref.ref(held.proto._proto)]
+        peer.sendall(masked(0x1, b"{}"))  # wsproto's parser is then a suspended generator holding it
+        wait_for(lambda: client.texts == ["{}"])
+        peer.shutdown(socket.SHUT_WR)
+        wait_for(lambda: client.ended_count == 1)
+        del held
+        server.close()
+        peer.close()
+        other.ponged = False
+        other_peer.sendall(masked(0xA, b""))  # the shared reader moves on to another connection
+        wait_for(lambda: other.ponged)
+        assert [r() is None for r in refs] == [True, True, True]
+        other_peer.close()
+    finally:
+        gc.enable()
+
+
+def test_enough_new_connections_are_frozen_and_many_closes_thaw_them():
+    k = keeper()
+    try:
+        k.taken_count = 200
+        assert k.step_gc() == "freeze" and gc.get_freeze_count() > 0
+        k.closed_count = 200
+        assert k.step_gc() == "thaw" and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
