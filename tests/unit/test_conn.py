@@ -161,11 +161,17 @@ def test_bytes_that_look_like_a_pong_inside_a_frame_are_that_frame_s_payload():
     wait_for(lambda: client.ended_count == 1)
 
 
-def test_a_hostile_control_frame_still_closes_the_connection_through_wsproto():
+@pytest.mark.parametrize("data", [
+    pytest.param(masked(0x9, b"x" * 126), id="a ping over 125 bytes"),
+    pytest.param(masked(0x9, b"p", fin=False), id="a fragmented ping"),
+    pytest.param(b"\x8a\x00", id="an unmasked pong"),
+    pytest.param(bytes([0xCA]) + masked(0xA, b"")[1:], id="a pong with RSV1"),
+])
+def test_a_hostile_control_frame_still_closes_the_connection_through_wsproto(data):
     client = Client()
     k = keeper()
     _held, _server, peer = held_pair(k, client)
-    peer.sendall(masked(0x9, b"x" * 126))  # a ping over 125 bytes
+    peer.sendall(data)
     wait_for(lambda: client.ended_count == 1)
     frame = peer.recv(100)
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
