@@ -145,7 +145,7 @@ class HeldWebSocket(Held):
 
     def release(self) -> None:
         self.on_text = self.on_deadline = self.message = None
-        self.proto._proto._parse_more = None  # wsproto 1.2's frame parser: a generator holding its protocol
+        self.proto._proto._parse_more = None  # wsproto 1.3's frame parser: a generator holding its protocol (a cycle)
 
     def send(self, event) -> bool:
         try:
@@ -226,7 +226,7 @@ class HeldWebSocket(Held):
 
 def frame_boundary(proto) -> bool:
     """wsproto's connection is open and holds no received byte or event: the next bytes start a frame."""
-    decoder = proto._proto._frame_decoder  # wsproto 1.2's reader: its header and buffer (tests/unit/test_conn.py)
+    decoder = proto._proto._frame_decoder  # wsproto 1.3's reader (pinned in requirements.txt): its header and buffer (tests/unit/test_conn.py)
     return proto.state is ConnectionState.OPEN and not proto._events and decoder.header is None \
         and not decoder.buffer
 
