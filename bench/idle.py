@@ -54,7 +54,7 @@ class IdleLoad(LineProc):
     """One bench/idleload.py process."""
 
     def __init__(self, url: str, n: int, *, source: str = "", rate: float = 2000, inflight: int = 2000,
-                 hold_s: float = 3600, max_s: float = 900, log: Path | None = None):
+                 hold_s: float = 3600, max_s: float = 600, log: Path | None = None):
         argv = [PYTHON, str(BENCH / "idleload.py"), "--url", url, "--n", str(n), "--rate", str(rate),
                 "--inflight", str(inflight), "--hold-s", str(hold_s), "--max-s", str(max_s)]
         if source:
@@ -323,13 +323,13 @@ class IdleBench:
 
     # -- the crowd: many workers, many load generators --------------------------------------------
 
-    def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rate: float, hold_s: float,
-              active: int, active_rate: float, active_s: float) -> dict:
+    def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rates: list[float], hold_s: float,
+              active: int, active_rate: float, active_s: float, settle_s: float = 5.0) -> dict:
         run_id = f"crowd-{total}-w{workers}"
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
-                  "rate": rate, "before": machine_note(), "steps": []}
+                  "rates": rates, "settle_s": settle_s, "before": machine_note(), "steps": []}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
@@ -342,7 +342,7 @@ class IdleBench:
                                                        active_s, 1)
             rss0 = {p: rss_kib(p) for p in relay.pids}
             done = 0
-            for step in steps:
+            for step, rate in zip(steps, rates, strict=True):
                 add = step - done
                 per = [add // loadgens + (1 if i < add % loadgens else 0) for i in range(loadgens)]
                 health, metrics = Timer(relay.base + "/health"), Timer(relay.base + "/metrics")
@@ -361,7 +361,7 @@ class IdleBench:
                 connected = sum(x.poll().get("connected", 0) for x in loads)
                 failed = sum(x.poll().get("failed", 0) for x in loads)
                 step_rec = {
-                    "clients": step, "connected": connected, "failed": failed, "connect_s": round(connect_s, 1),
+                    "clients": step, "rate_offered": rate, "connected": connected, "failed": failed, "connect_s": round(connect_s, 1),
                     "rss_kib_per_worker": [rss1[p] for p in relay.pids],
                     "sockets_per_worker": [tcp_sockets(p) for p in relay.pids],
                     "kib_per_connection": round(sum(rss1[p] - rss0[p] for p in relay.pids) / max(1, connected), 2),
@@ -376,6 +376,7 @@ class IdleBench:
                          f"{step_rec['health_while_connecting']['p99_ms']} ms")
                 done = step
             # pings: every client is pinged once per WS_PING_INTERVAL_S; spread, not in bursts
+            time.sleep(settle_s)  # the last handshakes' work done before the active clients are timed
             t_hold = time.monotonic()
             for x in loads:
                 x.poll()
@@ -398,6 +399,11 @@ class IdleBench:
             record["closed_by_server"] = sum(x.poll().get("closed", 0) for x in loads)
             record["summaries"] = [x.stop() for x in loads]
             loads = []
+            if active:  # A-B-A: the same relay once more without the crowd, its sockets closed
+                wait_for(lambda: sum(tcp_sockets(p) for p in relay.pids) < 2 * workers + active // 2 + 50, 60,
+                         "the crowd's sockets closed")
+                time.sleep(settle_s)
+                record["active_after"] = self.active(relay, up, wd / "active-after", active, active_rate, active_s, 3)
             record["ok"] = all(s["connected"] + s["failed"] > 0 for s in record["steps"]) and \
                 record["steps"][-1]["connected"] == total
         except Exception as exc:  # noqa: BLE001
@@ -428,6 +434,9 @@ class IdleBench:
             up.run(base, rate, duration_s)
             up.expect("done", duration_s + 120)
             rec["cpu_pct"] = meter.stop()
+            ours = sum(v for k, v in rec["cpu_pct"].items() if k != "machine_busy_pct_of_all_cores")
+            rec["cpu_pct"]["not_ours"] = round(rec["cpu_pct"]["machine_busy_pct_of_all_cores"] * (os.cpu_count() or 1)
+                                               - ours, 1)  # other people's processes and the kernel's softirqs
             subs.quiet(2000, 10_000)
             rep = subs.report()
             rec.update({k: rep[k] for k in ("delivered", "lost", "duplicated", "out_of_order", "closed")})
@@ -499,12 +508,15 @@ def main() -> None:
     p.add_argument("--steps", default="10000,50000,100000")
     p.add_argument("--loadgens", type=int, default=6)
     p.add_argument("--rate", type=float, default=2000, help="crowd: connections per second, all load generators")
+    p.add_argument("--rates", default="", help="crowd: one --rate per step (comma-separated)")
+    p.add_argument("--settle-s", type=float, default=5.0, help="crowd: wait after the last connect")
     p.add_argument("--hold-s", type=float, default=40)
     p.add_argument("--active", type=int, default=1000)
     p.add_argument("--active-rate", type=float, default=200)
     p.add_argument("--active-s", type=float, default=20)
     p.add_argument("--out", default="")
     a = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: the finally blocks stop every child
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
@@ -517,7 +529,9 @@ def main() -> None:
         b.storm(a.n, a.workers)
     else:
         steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
-        rec = b.crowd(a.total, steps, a.workers, a.loadgens, a.rate, a.hold_s, a.active, a.active_rate, a.active_s)
+        rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
+        rec = b.crowd(a.total, steps, a.workers, a.loadgens, rates, a.hold_s, a.active, a.active_rate, a.active_s,
+                      a.settle_s)
         b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
     print(out)
 

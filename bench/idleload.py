@@ -29,6 +29,7 @@ import time
 from urllib.parse import urlsplit
 
 CONNECTING, HANDSHAKE, OPEN = 0, 1, 2
+EMPTY_PONG = bytes([0x8A, 0x80]) + os.urandom(4)  # nothing to mask: the key is sent, no payload
 
 
 class Client:
@@ -43,6 +44,8 @@ class Client:
 
 
 def pong_frame(payload: bytes) -> bytes:
+    if not payload:
+        return EMPTY_PONG
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return bytes([0x8A, 0x80 | len(payload)]) + mask + masked
@@ -172,7 +175,9 @@ def main() -> int:
             inflight += 1
             clients.add(c)
             sel.register(s, selectors.EVENT_WRITE, c)
-        for key, _mask in sel.select(timeout=0.01):
+        # while connecting, wake often to keep the pace; then only for pings and the report line
+        wait_s = 0.01 if made < args.n else max(0.0, min(1.0, next_report - now))
+        for key, _mask in sel.select(timeout=wait_s):
             c: Client = key.data
             if c.state == CONNECTING:
                 err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -21,6 +21,11 @@ WireSocket, its protocol state and its client:
 - writes are unchanged: every byte goes through the connection's WireSocket (wire.py),
   whole frames, non-blocking.
 
+Garbage collection: a held /ws connection is ~26 objects the cyclic collector tracks, and
+a full collection over 9,000 of them took 35-50 ms; every 5 s the ticker freezes what
+came since (handlers/heldgc.py says when, and when to thaw), and a closed connection
+breaks its own cycles so that refcounting frees it.
+
 gunicorn's gevent worker counts connections by its pool's greenlets (WORKER_CONNECTIONS).
 A held connection keeps the pool slot its request greenlet had (`HeldPool`, installed by
 gunicorn.conf.py), so the cap, the accept loop and the graceful shutdown still count it.
@@ -29,65 +34,29 @@ gunicorn.conf.py), so the cap, the accept loop and the graceful shutdown still c
 from __future__ import annotations
 
 import _socket
+import gc
 import logging
 import random
 import time
-import weakref
 from collections import deque
 
 import gevent
-import gevent.pool
 from gevent.event import Event as Signal
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
+from handlers.control import OP_PONG, PING_FRAME, control_frames, pong_for
+from handlers.heldgc import gc_step
+from webapp.heldpool import HeldPool, pool_slot_of  # noqa: F401  (gunicorn.conf.py installs HeldPool)
+
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 RECV_BYTES = 16384
 PEER_CLOSE_WAIT_S = 1.0  # after our close frame, how long the peer gets to answer with its own
-
-
-class HeldPool(gevent.pool.Pool):
-    """gunicorn's per-worker connection pool, counting held connections as members.
-
-    A request greenlet that hands its connection over gives its pool slot to the
-    connection (`keep_slot`); closing the connection frees it (`release_slot`), which
-    also wakes an accept loop that stopped because the pool was full.
-    """
-
-    instances: weakref.WeakSet = weakref.WeakSet()
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.held = 0
-        HeldPool.instances.add(self)
-
-    def free_count(self) -> int:
-        if self.size is None:
-            return 1
-        return max(0, self.size - len(self) - self.held)
-
-    def keep_slot(self, greenlet) -> bool:
-        if greenlet not in self.greenlets:
-            return False
-        greenlet.unlink(self._discard)
-        gevent.pool.Group._discard(self, greenlet)  # no longer a member; its semaphore permit stays taken
-        self.held += 1
-        return True
-
-    def release_slot(self) -> None:
-        self.held -= 1
-        self._semaphore.release()
-
-
-def pool_slot_of(greenlet) -> HeldPool | None:
-    for pool in HeldPool.instances:
-        if pool.keep_slot(greenlet):
-            return pool
-    return None
+GC_STEP_S = 5.0  # how often the ticker asks handlers/heldgc.py whether to freeze or thaw
 
 
 class Held:
@@ -144,7 +113,14 @@ class Held:
         if self.slot is not None:
             self.slot.release_slot()
             self.slot = None
-        self.client.ended()
+        self.keeper.closed_count += 1
+        client, self.client = self.client, None
+        client.ended()
+        self.release()
+
+    def release(self) -> None:
+        """Drop what could form a reference cycle with the client, so that refcounting alone frees
+        a closed connection (the keeper may have frozen it out of the cyclic collector's reach)."""
 
 
 class HeldWebSocket(Held):
@@ -166,6 +142,10 @@ class HeldWebSocket(Held):
 
     def next_tick(self) -> int:
         return self.ping_tick if self.deadline is None else min(self.ping_tick, self.deadline)
+
+    def release(self) -> None:
+        self.on_text = self.on_deadline = self.message = None
+        self.proto._proto._parse_more = None  # wsproto 1.3's frame parser: a generator holding its protocol (a cycle)
 
     def send(self, event) -> bool:
         try:
@@ -196,13 +176,26 @@ class HeldWebSocket(Held):
                 self.closed()
                 return
             self.ponged = False
-            self.send(Ping())
+            self.wire.write(PING_FRAME)  # the same bytes for every client: wsproto keeps no state about pings
             self.ping_tick = tick + self.keeper.ticks(self.keeper.ping_interval_s)
         self.keeper.schedule(self, self.next_tick())
 
     def readable(self, data: bytes) -> None:
-        """What simple-websocket's reader did with received bytes, without its greenlet."""
+        """What simple-websocket's reader did with received bytes, without its greenlet.
+
+        A read that is nothing but pings and pongs (an idle client's usual traffic) is answered
+        from the raw bytes (handlers/control.py), when wsproto holds no part of a frame;
+        everything else goes through wsproto, which checks it."""
         proto = self.proto
+        if data and frame_boundary(proto):
+            frames = control_frames(data)
+            if frames is not None:
+                for opcode, payload in frames:
+                    if opcode == OP_PONG:
+                        self.ponged = True
+                    else:
+                        self.wire.write(pong_for(payload))
+                return
         proto.receive_data(data or None)  # None: the peer closed the TCP connection (1006)
         keep = bool(data)
         for event in proto.events():
@@ -229,6 +222,13 @@ class HeldWebSocket(Held):
                 keep = False
         if not keep or proto.state is ConnectionState.CLOSED:
             self.closed()
+
+
+def frame_boundary(proto) -> bool:
+    """wsproto's connection is open and holds no received byte or event: the next bytes start a frame."""
+    decoder = proto._proto._frame_decoder  # wsproto 1.3's reader (pinned in requirements.txt): its header and buffer (tests/unit/test_conn.py)
+    return proto.state is ConnectionState.OPEN and not proto._events and decoder.header is None \
+        and not decoder.buffer
 
 
 class HeldStream(Held):
@@ -272,6 +272,10 @@ class HeldStream(Held):
             self.closed()  # the client went away
 
 
+def kind_of(held: Held) -> str:
+    return held.client.kind if held.client is not None else "closed"
+
+
 class Keeper:
     """Every held connection of one worker: the watchers' queue, the reader and the ticker."""
 
@@ -288,6 +292,8 @@ class Keeper:
         self._t0 = time.monotonic()
         self.now_tick = 0
         self._tasks: list[gevent.Greenlet] = []
+        self.taken_count = self.closed_count = 0  # since the last freeze, and since the last thaw
+        self.frozen_count = 0  # connections held at the last freeze
 
     def ticks(self, seconds: float) -> int:
         return max(1, round(seconds / TICK_S))
@@ -302,6 +308,7 @@ class Keeper:
     def take(self, held: Held, greenlet) -> None:
         """Own `held` from now on; `greenlet` (the request's) may end without closing its socket."""
         self._start()
+        self.taken_count += 1
         held.slot = pool_slot_of(greenlet)
         self.held.add(held)
         held.watcher = gevent.get_hub().loop.io(held.sock.fileno(), 1)
@@ -356,19 +363,35 @@ class Keeper:
                     try:
                         held.readable(data)
                     except Exception:  # noqa: BLE001  (one client's failure must not stop the shared reader)
-                        log.exception("a %s connection failed: closing it", held.client.kind)
+                        log.exception("a %s connection failed: closing it", kind_of(held))
                         held.closed()
                 if held.state != Held.CLOSED and held.watcher is not None:
                     held.watcher.start(self._readable, held)
 
     # -- time ---------------------------------------------------------------------------
 
+    def step_gc(self) -> str | None:
+        """Held connections out of the cyclic collector's reach (or back, once many closed)."""
+        action = gc_step(self.taken_count, self.closed_count, self.frozen_count)
+        if action == "thaw":
+            gc.unfreeze()
+            gc.collect()
+            self.closed_count, self.frozen_count, self.taken_count = 0, 0, len(self.held)
+        elif action == "freeze":
+            gc.collect()  # nothing unreachable may be frozen; this scans only what came since the last freeze
+            gc.freeze()
+            self.taken_count, self.frozen_count = 0, len(self.held)
+        return action
+
     def _tick_loop(self) -> None:
+        gc_every = self.ticks(GC_STEP_S)
         while True:
             gevent.sleep(TICK_S)
             now = int((time.monotonic() - self._t0) / TICK_S)
             while self.now_tick < now:
                 self.now_tick += 1
+                if self.now_tick % gc_every == 0:
+                    self.step_gc()
                 bucket = self._wheel.pop(self.now_tick, None)
                 if not bucket:
                     continue
@@ -377,5 +400,5 @@ class Keeper:
                     try:
                         held.due(self.now_tick)
                     except Exception:  # noqa: BLE001  (one client's failure must not stop the ticker)
-                        log.exception("a %s connection failed: closing it", held.client.kind)
+                        log.exception("a %s connection failed: closing it", kind_of(held))
                         held.closed()

@@ -1,6 +1,8 @@
 """The keeper of held connections: gunicorn's pool slots, client messages read without a greenlet of their own."""
 
+import gc
 import struct
+import weakref
 
 import gevent
 import gevent.event
@@ -113,3 +115,101 @@ def test_a_route_deadline_fires_once_on_the_ticker_and_the_connection_stays():
     assert client.ended_count == 0
     peer.close()
     wait_for(lambda: client.ended_count == 1)
+
+
+def test_a_read_of_pings_and_pongs_is_answered_without_wsproto_and_a_pong_counts():
+    client = Client()
+    k = keeper()
+    held, server, peer = held_pair(k, client)
+    held.ponged = False  # a ping of ours is out
+    before = held.proto._proto._frame_decoder.buffer.buffer
+    peer.sendall(masked(0xA, b"") + masked(0x9, b"p2"))
+    wait_for(lambda: held.ponged)
+    assert peer.recv(100) == b"\x8a\x02p2"
+    assert held.proto._proto._frame_decoder.buffer.buffer is before and client.texts == []
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)
+
+
+def test_the_server_ping_is_the_two_byte_frame_and_an_unanswered_one_closes_with_1008():
+    client = Client()
+    k = keeper(ping_interval_s=0.5)
+    held, server, peer = held_pair(k, client)
+    assert held.ping_tick <= k.ticks(0.5)  # the first ping falls within one interval
+    with gevent.Timeout(5):
+        assert peer.recv(2) == b"\x89\x00"
+    wait_for(lambda: client.ended_count == 1)  # no pong: dropped at the next ping
+    frame = peer.recv(100)
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1008
+
+
+def test_bytes_that_look_like_a_pong_inside_a_frame_are_that_frame_s_payload():
+    """A read that starts mid-frame is never taken for a pong: wsproto holds the frame's head."""
+    client = Client()
+    k = keeper()
+    held, server, peer = held_pair(k, client)
+    lookalike = masked(0xA, b"")  # what a masked pong looks like on the wire: 6 bytes
+    key = b"\x05\x06\x07\x08"
+    payload = bytes(b ^ key[i % 4] for i, b in enumerate(lookalike))
+    peer.sendall(bytes([0x82, 0x80 | len(payload)]) + key)  # a binary frame's head, its payload to follow
+    wait_for(lambda: held.proto._proto._frame_decoder.header is not None)
+    held.ponged = False
+    peer.sendall(lookalike)  # its masked payload: on the wire, exactly a pong
+    wait_for(lambda: client.texts)
+    assert client.texts == [payload] and held.ponged is False
+    peer.close()
+    wait_for(lambda: client.ended_count == 1)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(masked(0x9, b"x" * 126), id="a ping over 125 bytes"),
+    pytest.param(masked(0x9, b"p", fin=False), id="a fragmented ping"),
+    pytest.param(b"\x8a\x00", id="an unmasked pong"),
+    pytest.param(bytes([0xCA]) + masked(0xA, b"")[1:], id="a pong with RSV1"),
+])
+def test_a_hostile_control_frame_still_closes_the_connection_through_wsproto(data):
+    client = Client()
+    k = keeper()
+    _held, _server, peer = held_pair(k, client)
+    peer.sendall(data)
+    wait_for(lambda: client.ended_count == 1)
+    frame = peer.recv(100)
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
+    peer.close()
+
+
+def test_a_closed_connection_is_freed_by_refcounting_alone():
+    """The keeper freezes held connections out of the cyclic collector's reach: a cycle left
+    behind by a closed one would never be freed."""
+    client = Client()
+    k = keeper()
+    gc.disable()
+    try:
+        held, server, peer = held_pair(k, client)
+        other, other_server, other_peer = held_pair(k, Client())
+        refs = [weakref.ref(held), weakref.ref(held.proto), weakref.ref(held.proto._proto)]
+        peer.sendall(masked(0x1, b"{}"))  # wsproto's parser is then a suspended generator holding it
+        wait_for(lambda: client.texts == ["{}"])
+        peer.shutdown(socket.SHUT_WR)
+        wait_for(lambda: client.ended_count == 1)
+        del held
+        server.close()
+        peer.close()
+        other.ponged = False
+        other_peer.sendall(masked(0xA, b""))  # the shared reader moves on to another connection
+        wait_for(lambda: other.ponged)
+        assert [r() is None for r in refs] == [True, True, True]
+        other_peer.close()
+    finally:
+        gc.enable()
+
+
+def test_enough_new_connections_are_frozen_and_many_closes_thaw_them():
+    k = keeper()
+    try:
+        k.taken_count = 200
+        assert k.step_gc() == "freeze" and gc.get_freeze_count() > 0
+        k.closed_count = 200
+        assert k.step_gc() == "thaw" and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
