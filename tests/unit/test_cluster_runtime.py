@@ -6,7 +6,6 @@ handlers/holes.py's (tests/unit/test_seq_state.py).
 Redis here is a unix socket path where nothing listens: every command fails at connect(), with no network.
 """
 
-import redis
 
 from handlers import roles
 from webapp.health import stream_lag
