@@ -73,6 +73,8 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"machine": machine(), "args": vars(args), "started": stamp, "runs": []}
         self.n = 0
+        self.relay_config = "gunicorn.conf.py"  # bench/latency_probe.py runs the relay with its probe config
+        self.relay_env: dict = {}  # added to every relay's environment (bench/mixed_rounds.py --monitor)
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -89,7 +91,7 @@ class Bench:
     def start_system(self, kind: str, run_id: str, up: Upstream, env: dict | None = None):
         wd = self.work / run_id
         if kind == "relayhouse":
-            return Relayhouse(wd, up.url, env)
+            return Relayhouse(wd, up.url, env, config=self.relay_config)
         if kind == "nchan":
             return Nchan(wd)
         system = Naive(wd, up.url)
@@ -388,7 +390,7 @@ class Bench:
         run_id, base = self.next_id(f"relayhouse-mixed-{label}")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
-        env = {"WS_QUEUE_MAX_BYTES": str(MIXED_QUEUE_BYTES)}
+        env = {"WS_QUEUE_MAX_BYTES": str(MIXED_QUEUE_BYTES), **self.relay_env}
         record = {"id": run_id, "scenario": "mixed", "label": label, "system": "relayhouse", "clients": live,
                   "rated": rated, "slow_readers": slow, "rate": rate, "topics": topics, "duration_s": duration_s,
                   "env": env, "loadavg_before": loadavg()}
@@ -396,7 +398,7 @@ class Bench:
         system = subs = rated_subs = None
         readers: list[SlowReader] = []
         try:
-            system = Relayhouse(wd, up.url, env)
+            system = Relayhouse(wd, up.url, env, config=self.relay_config)
             url = system.sub_url(run_id)
             subs = Subscribers(url, live, deflate=False, log=wd / "subscribers.log", first_frame=True)
             if rated:

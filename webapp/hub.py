@@ -5,15 +5,18 @@ per wire format, and hands the same bytes to every client of the group; a
 client writes them without a greenlet switch unless its socket is full (see
 wire.py).
 
-Pacing: what a flush costs is one write per client, whatever the number of
-events (a loopback write costs ~10 µs of kernel time on its own), so the hub
-bounds flushes, not events. Two flushes start at least the flush interval
-apart, and at least 2.5 times the last flush's duration apart: the flusher
-takes at most 40 % of the worker, and a large audience gets bigger batches
-instead of a saturated process (bench/ab.py, 2 rounds, quiet machine: at
-1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of 48-49 %
-at twice the duration; p99 33-44 ms either way). An event that arrives when the hub
-has been quiet for that long goes out at once.
+Pacing (handlers/flush.py): what a flush costs is one write per client,
+whatever the number of events (a loopback write costs ~10 µs of kernel time on
+its own), so the hub bounds flushes, not events. Two flushes start at least the
+flush interval apart, and at least 2.5 times the last flush's duration apart:
+the flusher takes at most 40 % of the worker, and a large audience gets bigger
+batches instead of a saturated process (bench/ab.py, 2 rounds, quiet machine:
+at 1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of
+48-49 % at twice the duration; p99 33-44 ms either way). An event that arrives
+when the hub has been quiet for that long is flushed at once by `publish`
+itself, in the publisher's greenlet: at 100 x 50 the flusher's wake-up took
+0.04 ms (p50) to 0.09 ms (p99) of the relay's ~0.6 ms per event, the writes
+to 100 clients 0.46 ms (bench/latency_probe.py).
 
 No latency floor (contract §12, bench/ 100 x 50 and 100 x 500 beside nchan):
 the flush interval defaults to 0, so an event goes out at once when the
@@ -44,11 +47,11 @@ from gevent.event import Event as Signal
 
 from handlers.conflate import Conflator, Latest, Release
 from handlers.events import Event
+from handlers.flush import FlushPacer
 from handlers.topics import Matcher, compile_patterns
 
 log = logging.getLogger(__name__)
 
-FLUSH_SHARE_MAX = 0.4  # of the worker's time spent flushing, at most
 SLOW_CHECK_S = 0.05  # how often a slow client's backlog is looked at while no event arrives
 _KEEP = object()
 
@@ -104,6 +107,9 @@ class Hub:
                  on_flush: Callable[[float], None] = lambda seconds: None,
                  on_conflated: Callable[[int], None] = lambda n: None):
         self.flush_interval_s = flush_interval_ms / 1000.0
+        self._pacer = FlushPacer(self.flush_interval_s)  # handlers/flush.py: when the next flush may start
+        self._parked = False  # the flusher waits for an event (not for its pacing delay)
+        self._flushing = False
         self._groups: dict[tuple, Group] = {}
         self._rated: set[Group] = set()  # groups with a Conflator
         self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
@@ -209,10 +215,19 @@ class Hub:
     # -- publishing -----------------------------------------------------------
 
     def publish(self, events: list[Event]) -> None:
-        """Queue events for the next flush; never blocks."""
-        if events:
-            self._pending.extend(events)
-            self._wake.set()
+        """Hand events on; never blocks. Queued for the flusher, or, when the hub is idle and its
+        pacing allows a flush now, flushed at once in the caller's greenlet: no wake-up and no
+        greenlet switch between an event's arrival and its writes (bench/latency_probe.py)."""
+        if not events:
+            return
+        if self._parked and not self._pending and not self._flushing \
+                and self._pacer.delay_s(time.perf_counter()) == 0.0:
+            self._flush_timed(events)
+            if self._rated or self._slow:
+                self._wake.set()  # a release or a slow client's check may now be due sooner
+            return
+        self._pending.extend(events)
+        self._wake.set()
 
     def _next_timer(self, now_s: float) -> float | None:
         """Seconds until the flusher must run without a new event (a rate's release, a slow client's check)."""
@@ -227,19 +242,30 @@ class Hub:
 
     def run(self) -> None:
         """The flusher loop: one greenlet per worker."""
-        last_start, last_cost = float("-inf"), 0.0
         while True:
-            self._wake.wait(self._next_timer(time.perf_counter()))
-            delay = last_start + max(self.flush_interval_s, last_cost / FLUSH_SHARE_MAX) - time.perf_counter()
+            self._parked = True
+            try:
+                self._wake.wait(self._next_timer(time.perf_counter()))
+            finally:
+                self._parked = False
+            delay = self._pacer.delay_s(time.perf_counter())
             if delay > 0:
                 gevent.sleep(delay)
             self._wake.clear()
             batch, self._pending = self._pending, []
-            last_start = time.perf_counter()
-            self.flush(batch, last_start)
-            last_cost = time.perf_counter() - last_start
-            if batch:
-                self._on_flush(last_cost)
+            self._flush_timed(batch)
+
+    def _flush_timed(self, batch: list[Event]) -> None:
+        """One flush, its cost noted for the pacing (and, with events, for the metrics)."""
+        self._flushing = True
+        start = time.perf_counter()
+        try:
+            self.flush(batch, start)
+        finally:
+            self._flushing = False
+            cost = self._pacer.flushed(start, time.perf_counter())
+        if batch:
+            self._on_flush(cost)
 
     def flush(self, batch: list[Event], now_s: float | None = None) -> None:
         """Hand `batch` to every group (and what a rate or slow client holds, when it is due)."""
