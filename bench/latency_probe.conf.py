@@ -4,7 +4,7 @@ Per event it notes, on CLOCK_MONOTONIC (the clock the bench upstream stamps `t` 
 read handing its frames to the ingest, the hub's publish, the start of the flush that carried it
 and the end of that flush (every client's write done). Beside that: every garbage collection
 (gc.callbacks, with its generation and duration) and the event loop's lateness (a greenlet asking
-to sleep 1 ms, noting how much later it woke). Once nothing new came for a second it writes
+to sleep 1 ms, noting how much later it woke). When the worker exits it writes
 $PROBE_DIR/latency-<pid>.json.
 """
 
@@ -87,18 +87,19 @@ def post_worker_init(worker):
                 lags.append([mono_ms() * 1000, round(late, 3)])
 
     def dump():
-        # written once the events stop coming (after a run): a dump while they come would stall the loop
-        dumped = seen = -1
-        while True:
-            gevent.sleep(1.0)
-            n = len(stages)  # (the lag monitor notes some lateness even while idle)
-            if n == dumped or n != seen:
-                seen = n
-                continue
-            dumped = n
-            out = probe_dir / f"latency-{os.getpid()}.json"
-            out.write_text(json.dumps({"stages": stages, "gc": gcs, "lags": lags,
-                                       "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}))
+        out = probe_dir / f"latency-{os.getpid()}.json"
+        out.write_text(json.dumps({"stages": stages, "gc": gcs, "lags": lags,
+                                   "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}))
 
+    _dumps.append(dump)  # written when the worker exits: a dump while events come would stall the loop
     gevent.spawn(lag_monitor)
-    gevent.spawn(dump)
+
+
+_dumps: list = []
+_worker_exit = worker_exit  # noqa: F821 (defined by the exec above)
+
+
+def worker_exit(server, worker):
+    for dump in _dumps:
+        dump()
+    _worker_exit(server, worker)

@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=MIXED_MIN_S)
     parser.add_argument("--monitor", action="store_true")
     parser.add_argument("--probe", action="store_true", help="the relay under bench/latency_probe.conf.py")
+    parser.add_argument("--variants", default="", help="relay environments to alternate within a round, "
+                        "';'-separated, each K=V,K=V (e.g. 'GC_FREEZE=0;GC_FREEZE=1')")
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = procs.BENCH / "results" / f"{stamp}-mixed"
@@ -41,9 +43,12 @@ def main() -> None:
         bench.relay_env = {"GEVENT_MONITOR_THREAD_ENABLE": "true", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
     if args.probe:
         bench.relay_config = str(procs.BENCH / "latency_probe.conf.py")
+    variants = [dict(kv.split("=", 1) for kv in v.split(",") if kv) for v in args.variants.split(";")]
+    base_env = dict(bench.relay_env)
     for _ in range(args.rounds):
-        for label in args.labels.split(","):
+        for label, variant in [(label, v) for label in args.labels.split(",") for v in variants]:
             rated, slow, live = AUDIENCES[label]
+            bench.relay_env = {**base_env, **variant}
             if args.probe:
                 probe_dir = out / f"probe-{bench.n + 1:03d}"
                 probe_dir.mkdir(parents=True, exist_ok=True)
@@ -53,8 +58,8 @@ def main() -> None:
                 files = sorted(probe_dir.glob("latency-*.json"))
                 if files:
                     rec["probe"] = summarize(json.loads(files[0].read_text()))
-                    print(label, json.dumps({k: rec["probe"].get(k) for k in ("flush", "publish_to_flush", "gc",
-                                                                               "loop_lag", "batch_sizes")}))
+                    print(label, variant, json.dumps({k: rec["probe"].get(k) for k in ("flush", "publish_to_flush", "gc",
+                                                                               "loop_lag", "batch_sizes")}), flush=True)
     bench.save()
     print(f"results: {out}", file=sys.stderr)
 
