@@ -103,6 +103,7 @@ def post_worker_init(worker):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(secrets_filter)
     wsgi.start_runtime()
+    _tune_gc(wsgi.settings)
     handle_exit = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
@@ -114,6 +115,21 @@ def post_worker_init(worker):
             handle_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _tune_gc(settings):
+    """What the interpreter loaded to boot (modules, the app) is moved out of the collector's reach,
+    and the first generation collects every 5,000 allocations instead of 700, so collections are
+    few and walk only what serving keeps alive. bench/latency_probe.py, 900 clients x 1000
+    events/s, 20 s, 2 rounds: GC paused the worker 55-59 ms in all (the longest pause 26-37 ms,
+    one gen-2 collection) with the interpreter's defaults; 12-13 ms (longest 3-4 ms, no gen-1 or
+    gen-2 collection) with both. GC_FREEZE and GC_GEN0_THRESHOLD (webapp/settings.py) change them."""
+    import gc
+
+    gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
 
 
 def worker_exit(server, worker):

@@ -73,6 +73,8 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"machine": machine(), "args": vars(args), "started": stamp, "runs": []}
         self.n = 0
+        self.relay_config = "gunicorn.conf.py"  # bench/latency_probe.py runs the relay with its probe config
+        self.relay_env: dict = {}  # added to every relay's environment (bench/mixed_rounds.py --monitor)
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -89,7 +91,7 @@ class Bench:
     def start_system(self, kind: str, run_id: str, up: Upstream, env: dict | None = None):
         wd = self.work / run_id
         if kind == "relayhouse":
-            return Relayhouse(wd, up.url, env)
+            return Relayhouse(wd, up.url, env, config=self.relay_config)
         if kind == "nchan":
             return Nchan(wd)
         system = Naive(wd, up.url)
@@ -388,7 +390,7 @@ class Bench:
         run_id, base = self.next_id(f"relayhouse-mixed-{label}")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
-        env = {"WS_QUEUE_MAX_BYTES": str(MIXED_QUEUE_BYTES)}
+        env = {"WS_QUEUE_MAX_BYTES": str(MIXED_QUEUE_BYTES), **self.relay_env}
         record = {"id": run_id, "scenario": "mixed", "label": label, "system": "relayhouse", "clients": live,
                   "rated": rated, "slow_readers": slow, "rate": rate, "topics": topics, "duration_s": duration_s,
                   "env": env, "loadavg_before": loadavg()}
@@ -396,7 +398,7 @@ class Bench:
         system = subs = rated_subs = None
         readers: list[SlowReader] = []
         try:
-            system = Relayhouse(wd, up.url, env)
+            system = Relayhouse(wd, up.url, env, config=self.relay_config)
             url = system.sub_url(run_id)
             subs = Subscribers(url, live, deflate=False, log=wd / "subscribers.log", first_frame=True)
             if rated:
@@ -410,6 +412,7 @@ class Bench:
             time.sleep(0.5)
             meter = CpuMeter({"system": system.pids, "gen_upstream": [up.pid], "gen_subscribers": [subs.pid],
                               **({"gen_rated": [rated_subs.pid]} if rated_subs else {})})
+            tcp0 = tcp_counters()
             up.run(base, rate, duration_s, topics=topics)
             modes = []
             t_end = time.monotonic() + duration_s + 120
@@ -422,6 +425,9 @@ class Bench:
                         raise
                     modes.append(system.health().get("clients_by_mode"))
             record["cpu_pct"] = meter.stop()
+            # receive queues over their buffer (a subscriber behind): the kernel prunes and collapses
+            # them, on loopback inside the sender's send() (machine-wide counters: other work counts too)
+            record["tcp_counters"] = {k: v - tcp0.get(k, 0) for k, v in tcp_counters().items()}
             record["clients_by_mode"] = modes
             record["drain"] = subs.quiet(QUIET_MS, DRAIN_MAX_MS)
             rep = subs.report()
@@ -453,7 +459,7 @@ class Bench:
                  f"cpu sys={cpu.get('system')}% machine={cpu.get('machine_busy_pct_of_all_cores')}% "
                  f"rated: p99={rr.get('latency_ms', {}).get('p99')} max={rr.get('latency_ms', {}).get('max')} "
                  f"{rr.get('rated')} slow: {[(r['connected'], r['modes'][:4], r['age_ms_max']) for r in record.get('slow_readers_report', [])][:3]} "
-                 f"{record.get('error', '')}")
+                 f"tcp={record.get('tcp_counters')} {record.get('error', '')}")
         return record
 
     def slow_client(self, systems: list[str], clients: int, rate: float, duration_s: float,
@@ -476,6 +482,20 @@ MIXED_SLOW_BPS = 4096
 MIXED_MIN_S = 20.0  # long enough for a slow reader to go conflated and back
 LIGHT_POINTS = [(100, 50), (100, 500), (1000, 50), (1000, 200), (1000, 500)]
 PREVIOUS_DEFAULT = {"HUB_FLUSH_INTERVAL_MS": "10"}  # the flush-interval floor before contract §12
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TcpExt counters of receive-queue pruning and collapsing (/proc/net/netstat)."""
+    wanted = ("PruneCalled", "TCPRcvCollapsed", "TCPToZeroWindowAdv")
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return {k: int(table[k]) for k in wanted if k in table}
+    return {}
 
 
 def metric(base: str, name: str) -> float | None:

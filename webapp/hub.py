@@ -5,15 +5,18 @@ per wire format, and hands the same bytes to every client of the group; a
 client writes them without a greenlet switch unless its socket is full (see
 wire.py).
 
-Pacing: what a flush costs is one write per client, whatever the number of
-events (a loopback write costs ~10 µs of kernel time on its own), so the hub
-bounds flushes, not events. Two flushes start at least the flush interval
-apart, and at least 2.5 times the last flush's duration apart: the flusher
-takes at most 40 % of the worker, and a large audience gets bigger batches
-instead of a saturated process (bench/ab.py, 2 rounds, quiet machine: at
-1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of 48-49 %
-at twice the duration; p99 33-44 ms either way). An event that arrives when the hub
-has been quiet for that long goes out at once.
+Pacing (handlers/flush.py): what a flush costs is one write per client,
+whatever the number of events (a loopback write costs ~10 µs of kernel time on
+its own), so the hub bounds flushes, not events. Two flushes start at least the
+flush interval apart, and at least 2.5 times the last flush's duration apart:
+the flusher takes at most 40 % of the worker, and a large audience gets bigger
+batches instead of a saturated process (bench/ab.py, 2 rounds, quiet machine:
+at 1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of
+48-49 % at twice the duration; p99 33-44 ms either way). An event that arrives
+when the hub has been quiet for that long is flushed at once by `publish`
+itself, in the publisher's greenlet: at 100 x 50 the flusher's wake-up took
+0.04 ms (p50) to 0.09 ms (p99) of the relay's ~0.6 ms per event, the writes
+to 100 clients 0.46 ms (bench/latency_probe.py).
 
 No latency floor (contract §12, bench/ 100 x 50 and 100 x 500 beside nchan):
 the flush interval defaults to 0, so an event goes out at once when the
@@ -44,11 +47,11 @@ from gevent.event import Event as Signal
 
 from handlers.conflate import Conflator, Latest, Release
 from handlers.events import Event
+from handlers.flush import FlushPacer
 from handlers.topics import Matcher, compile_patterns
 
 log = logging.getLogger(__name__)
 
-FLUSH_SHARE_MAX = 0.4  # of the worker's time spent flushing, at most
 SLOW_CHECK_S = 0.05  # how often a slow client's backlog is looked at while no event arrives
 _KEEP = object()
 
@@ -104,9 +107,15 @@ class Hub:
                  on_flush: Callable[[float], None] = lambda seconds: None,
                  on_conflated: Callable[[int], None] = lambda n: None):
         self.flush_interval_s = flush_interval_ms / 1000.0
+        self._pacer = FlushPacer(self.flush_interval_s)  # handlers/flush.py: when the next flush may start
+        self._parked = False  # the flusher waits for an event (not for its pacing delay)
+        self._flushing = False
         self._groups: dict[tuple, Group] = {}
         self._rated: set[Group] = set()  # groups with a Conflator
         self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
+        # a slow client's last release (the seq it covers, its events): should its frame be dropped
+        # unsent, the client turns slow again from these values, not from every event since before it
+        self._released: dict[Subscriber, tuple[int, list[Event]]] = {}
         self._pending: list[Event] = []
         self._wake = Signal()
         self._on_delivered = on_delivered  # (kind, frames, events) for metrics
@@ -128,6 +137,7 @@ class Hub:
             self.on_subscription(client, (), client.matcher.patterns)
 
     def remove(self, client: Subscriber) -> None:
+        self._released.pop(client, None)
         if self._slow.pop(client, None) is not None or self._leave(client):
             self.clients_by_kind[client.kind] -= 1
             if self.on_subscription is not None:
@@ -174,17 +184,32 @@ class Hub:
         """The newest seq handed to a flush: a client's frame of that flush covers its events up to it."""
         return self._last_seq
 
-    def conflate_slow(self, client: Subscriber, unsent: list[Event] = ()) -> None:
+    def released_through(self, client: Subscriber) -> int:
+        """The seq that `client`'s last release (its newest values when it went live again) covers, or 0.
+
+        Everything up to it is summed up in that release's events, so a client that turns
+        slow again needs the events after it only (bench mixed run: re-reading every event
+        since the frame before its previous slow spell cost ~2,400 events a turn, 1.8 M
+        counted as conflated in 20 s for 10 slow readers)."""
+        released = self._released.get(client)
+        return released[0] if released is not None else 0
+
+    def conflate_slow(self, client: Subscriber, unsent: list[Event] = (), sent_through: int | None = None) -> None:
         """`client` passed its bound and asked for conflation: newest value per topic until it catches up.
 
         Called from its `deliver`, within a flush. `unsent`: the events (ascending) it
         was due and will not get as they were (its dropped backlog, this batch); their
-        newest per topic go out with the first release.
+        newest per topic go out with the first release. `sent_through`: the seq its
+        frames still certainly sent cover; below its last release's, that release was
+        dropped too and its events are due again.
         """
         if client in self._slow or not self._leave(client):
             return
+        released = self._released.pop(client, None)
         client.after_seq = max(client.after_seq, self._last_seq)
         latest = Latest()
+        if released is not None and sent_through is not None and sent_through < released[0]:
+            latest.offer(released[1])
         latest.offer(e for e in unsent if e.seq <= self._last_seq)  # later ones come with the next batch
         self._slow[client] = latest
         client.tell_slow("conflated")
@@ -209,10 +234,19 @@ class Hub:
     # -- publishing -----------------------------------------------------------
 
     def publish(self, events: list[Event]) -> None:
-        """Queue events for the next flush; never blocks."""
-        if events:
-            self._pending.extend(events)
-            self._wake.set()
+        """Hand events on; never blocks. Queued for the flusher, or, when the hub is idle and its
+        pacing allows a flush now, flushed at once in the caller's greenlet: no wake-up and no
+        greenlet switch between an event's arrival and its writes (bench/latency_probe.py)."""
+        if not events:
+            return
+        if self._parked and not self._pending and not self._flushing \
+                and self._pacer.delay_s(time.perf_counter()) == 0.0:
+            self._flush_timed(events)
+            if self._rated or self._slow:
+                self._wake.set()  # a release or a slow client's check may now be due sooner
+            return
+        self._pending.extend(events)
+        self._wake.set()
 
     def _next_timer(self, now_s: float) -> float | None:
         """Seconds until the flusher must run without a new event (a rate's release, a slow client's check)."""
@@ -227,19 +261,30 @@ class Hub:
 
     def run(self) -> None:
         """The flusher loop: one greenlet per worker."""
-        last_start, last_cost = float("-inf"), 0.0
         while True:
-            self._wake.wait(self._next_timer(time.perf_counter()))
-            delay = last_start + max(self.flush_interval_s, last_cost / FLUSH_SHARE_MAX) - time.perf_counter()
+            self._parked = True
+            try:
+                self._wake.wait(self._next_timer(time.perf_counter()))
+            finally:
+                self._parked = False
+            delay = self._pacer.delay_s(time.perf_counter())
             if delay > 0:
                 gevent.sleep(delay)
             self._wake.clear()
             batch, self._pending = self._pending, []
-            last_start = time.perf_counter()
-            self.flush(batch, last_start)
-            last_cost = time.perf_counter() - last_start
-            if batch:
-                self._on_flush(last_cost)
+            self._flush_timed(batch)
+
+    def _flush_timed(self, batch: list[Event]) -> None:
+        """One flush, its cost noted for the pacing (and, with events, for the metrics)."""
+        self._flushing = True
+        start = time.perf_counter()
+        try:
+            self.flush(batch, start)
+        finally:
+            self._flushing = False
+            cost = self._pacer.flushed(start, time.perf_counter())
+        if batch:
+            self._on_flush(cost)
 
     def flush(self, batch: list[Event], now_s: float | None = None) -> None:
         """Hand `batch` to every group (and what a rate or slow client holds, when it is due)."""
@@ -305,6 +350,7 @@ class Hub:
             client.after_seq = max(client.after_seq, self._last_seq)
             self._join(client)  # first: should the release itself pass its bound, it conflates again
             if release.events:
+                self._released[client] = (self._last_seq, release.events)
                 client.deliver(client.encode(release.events, release.conflated), len(release.events))
                 self._on_delivered(client.kind, 1, len(release.events))
             if client not in self._slow:

@@ -253,7 +253,8 @@ class Conflating:
         throughs.clear()
         self.sent_base = sent_through
         rt = self.rt
-        rt.hub.conflate_slow(self, rt.cache.events_after(sent_through, rt.now_ms(), self.matcher))
+        since = max(sent_through, rt.hub.released_through(self))  # what a release summed up is not read again
+        rt.hub.conflate_slow(self, rt.cache.events_after(since, rt.now_ms(), self.matcher), sent_through)
         return True
 
 

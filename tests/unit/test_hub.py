@@ -249,3 +249,109 @@ def test_a_release_that_passes_the_bound_again_conflates_again_instead_of_going_
     slow.backlog = 0
     hub.flush([])  # the release (2 events) passes its bound of 1 again
     assert slow.said == ["conflated", "conflated"] and hub.mode_counts()["conflated"] == 1
+
+
+# -- the idle flush: an event that finds the flusher parked goes out in the publisher's greenlet --
+
+def _parked_hub():
+    import gevent
+
+    hub, delivered = make_hub()
+    flusher = gevent.spawn(hub.run)
+    gevent.sleep(0)  # the flusher starts and parks, waiting for an event
+    return hub, delivered, flusher
+
+
+def test_an_event_published_while_the_hub_is_idle_is_written_before_publish_returns():
+    hub, delivered, flusher = _parked_hub()
+    try:
+        client = FakeClient()
+        hub.add(client)
+        hub.publish(events("a"))
+        assert client.frames == [(b"ws:1", 1)]  # no greenlet switch happened in between
+        assert hub._pending == []
+    finally:
+        flusher.kill()
+
+
+def test_an_event_published_while_the_flusher_paces_waits_for_the_flusher():
+    import gevent
+
+    hub, delivered, flusher = _parked_hub()
+    try:
+        client = FakeClient()
+        hub.add(client)
+        hub._pacer.flushed(start_s=float("inf"), end_s=float("inf"))  # a flush "just now": pacing forbids another
+        hub.publish(events("a"))
+        assert client.frames == [] and [e.seq for e in hub._pending] == [1]
+        hub._pacer.flushed(start_s=float("-inf"), end_s=float("-inf"))  # the flusher may go now
+        with gevent.Timeout(2.0):
+            while not client.frames:
+                gevent.sleep(0.001)
+        assert client.frames == [(b"ws:1", 1)] and hub._pending == []
+    finally:
+        flusher.kill()
+
+
+def test_a_rated_group_fed_by_an_idle_flush_still_gets_its_release_from_the_flusher():
+    import gevent
+
+    hub, delivered, flusher = _parked_hub()
+    try:
+        rated = RatedClient(max_hz=20.0)  # one release per 50 ms
+        hub.add(rated)
+        gevent.sleep(0)  # the flusher parks again, now with a rated group (nothing held: no timer)
+        hub.publish(events("a"))  # an idle flush: released at once, the first release
+        hub._pacer.flushed(start_s=float("-inf"), end_s=float("-inf"))  # as if that flush were long ago
+        hub.publish(events("a", first=2))  # an idle flush too: held, the interval has not passed
+        assert rated.frames == [(b"ws:1", 1)] and hub._pending == []
+        with gevent.Timeout(2.0):
+            while len(rated.frames) < 2:
+                gevent.sleep(0.005)
+        assert rated.frames[1] == (b"ws:2", 1)
+    finally:
+        flusher.kill()
+
+
+def test_a_client_slow_again_before_its_release_went_out_gets_that_release_s_values_again():
+    hub, _ = make_hub()
+    slow = SlowClient(hub)
+    hub.add(slow)
+    hub.flush(events("a", "b", "a", "b", "a"))  # conflated after its first frame
+    hub.flush(events("a", "b", first=6))  # still behind: held
+    slow.backlog = 0
+    hub.flush(events("c", first=8))  # released: the newest of a, b, c through seq 8
+    assert slow.frames[-1] == (b"ws:6,7,8", 3)
+    assert hub.released_through(slow) == 8  # its socket reads the cache from here on, not from seq 5
+    hub.flush(events("a", first=9))  # live again
+    # past its bound with the release and seq 9 still queued: both dropped, sent through seq 5 only
+    hub.conflate_slow(slow, events("a", first=9), sent_through=5)
+    slow.backlog = 0
+    hub.flush([])
+    assert slow.frames[-1] == (b"ws:7,8,9+1", 3)  # b and c from the dropped release, a newer
+
+
+def test_a_client_whose_release_went_out_turns_slow_from_what_came_after_it_only():
+    hub, _ = make_hub()
+    slow = SlowClient(hub)
+    hub.add(slow)
+    hub.flush(events("a", "b", "a", "b", "a"))
+    hub.flush(events("a", "b", first=6))
+    slow.backlog = 0
+    hub.flush(events("c", first=8))  # released through seq 8
+    hub.flush(events("d", first=9))
+    hub.conflate_slow(slow, events("d", first=9), sent_through=8)  # the release went out
+    slow.backlog = 0
+    hub.flush([])
+    assert slow.frames[-1] == (b"ws:9", 1)  # its values are not sent again
+
+
+def test_a_removed_client_leaves_no_release_behind():
+    hub, _ = make_hub()
+    slow = SlowClient(hub)
+    hub.add(slow)
+    hub.flush(events("a", "b", "a", "b", "a"))
+    slow.backlog = 0
+    hub.flush(events("c", first=6))
+    hub.remove(slow)
+    assert hub.released_through(slow) == 0
