@@ -1,7 +1,7 @@
-"""The flush-interval floor at light load: relayhouse with HUB_FLUSH_INTERVAL_MS 0 (the default), 2, 5 and 10
-beside nginx + nchan, 100 x 50 and 100 x 500, alternated in rounds (docs/benchmarks.md, Delivery control).
+"""The flush-interval floor: relayhouse with several HUB_FLUSH_INTERVAL_MS beside nginx + nchan, point by point,
+alternated in rounds (docs/benchmarks.md, Delivery control).
 
-    .venv/bin/python bench/floor_probe.py [--rounds 2] [--duration 10]
+    .venv/bin/python bench/floor_probe.py [--rounds 2] [--duration 10] [--floors 0,2,5,10] [--points 100x50,100x500]
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--floors", default=",".join(FLOORS_MS), help="HUB_FLUSH_INTERVAL_MS values, comma-separated")
+    parser.add_argument("--points", default="100x50,100x500", help="clients x events/s, comma-separated")
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = procs.BENCH / "results" / f"{stamp}-floor"
     bench = Bench(argparse.Namespace(out=str(out), quick=False, only="floor", systems="relayhouse,nchan",
                                      duration=args.duration))
     for _ in range(args.rounds):
-        for clients, rate in ((100, 50), (100, 500)):
-            for floor in FLOORS_MS:
+        for point in args.points.split(","):
+            clients, rate = (int(n) for n in point.lower().split("x"))
+            for floor in args.floors.split(","):
                 bench.fanout("relayhouse", clients, rate, deflate=False, duration_s=args.duration, scenario="floor",
                              env={"HUB_FLUSH_INTERVAL_MS": floor})
             bench.fanout("nchan", clients, rate, deflate=False, duration_s=args.duration, scenario="floor")
