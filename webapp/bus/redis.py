@@ -327,10 +327,18 @@ class RedisBus(Bus):
                       held_note(held))
 
     def _failed(self, exc: Exception) -> None:
+        """A Redis call of the reader, the lease loop or a take-over failed. A refusal (READONLY, OOM) is an
+        answer: Redis is there, so `ok` stays (no "unavailable" flapping against the reader's next good read);
+        said at most once per 10 s. No answer at all: `ok` false, said once per outage."""
         text = failure_text(exc)
-        if (self.ok or text.split(":", 1)[0] != (self.last_error or "").split(":", 1)[0]):
-            log.error("bus: Redis %s", text)  # once per outage and kind, not per retry
-        self.ok = False
+        if isinstance(exc, REFUSED):
+            held = self._said.allow("refused")
+            if held is not None:
+                log.error("bus: Redis %s%s", text, held_note(held))
+        else:
+            if self.ok or not (self.last_error or "").startswith("unavailable"):
+                log.error("bus: Redis %s", text)  # once per outage, not per retry
+            self.ok = False
         self.last_error = text
 
     # -- state for a new leader or a starting worker ---------------------------------
