@@ -16,9 +16,10 @@ def local_port(environ: Mapping[str, Any]) -> int | None:
     proxy protocol may rewrite it). None outside gunicorn (Flask's test client): the main port."""
     sock = environ.get("gunicorn.socket")
     try:
-        return sock.getsockname()[1] if sock is not None else None
-    except (OSError, IndexError, TypeError):
-        return None  # a unix socket's name is a string; a closed socket has none
+        name = sock.getsockname() if sock is not None else None
+    except OSError:
+        return None  # closed already
+    return name[1] if isinstance(name, tuple) and len(name) >= 2 else None  # a unix socket's name is a path
 
 
 def register_health_listener(app: Flask, settings: Settings) -> None:

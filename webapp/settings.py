@@ -177,7 +177,7 @@ def _health_bind(text: str) -> str:
     """HEALTH_BIND: host:port ([v6]:port) of the health listener; a real port, never 0 (any)."""
     host, sep, port = text.strip().rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not bare or any(c.isspace() or c in "/[]@" for c in bare) or (":" in bare) != (bare != host):
+    if not sep or not port.isdigit() or not bare or any(c.isspace() or c in "/[]@" for c in bare) or (":" in bare) != (bare != host):
         raise ValueError(f"expected host:port such as 127.0.0.1:8001 or [::1]:8001, got {text.strip()[:60]!r}")
     return f"{host}:{_int(1, 65535)(port)}"
 
