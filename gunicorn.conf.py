@@ -12,19 +12,21 @@ _redis = bool(os.environ.get("REDIS_URL"))
 _requested = os.environ.get("WEB_CONCURRENCY", "1")
 
 
-
 def _health_bind():
     """HEALTH_BIND's listener, when its value is good: a bad one is left unbound here and stops the
     worker with every other bad variable (webapp/settings.py), in one message."""
-    if not os.environ.get("HEALTH_BIND", "").strip():
+    raw = os.environ.get("HEALTH_BIND", "").strip()
+    if not raw:
         return []
-    from webapp.settings import Settings, SettingsError  # pure: no sockets, safe before gevent patches
+    from handlers.listeners import parse_bind  # pure and stdlib-only: nothing of the web stack in the master
 
     try:
-        settings = Settings.from_env({k: os.environ.get(k, "") for k in ("PORT", "HEALTH_BIND")})
-    except SettingsError:
+        host, port = parse_bind(raw)
+    except ValueError:
         return []
-    return [settings.health_bind]
+    if str(port) == os.environ.get("PORT", "8000").strip():
+        return []  # the same port twice: Settings' cross-check names it
+    return [f"{host}:{port}"]
 
 
 # a second listener for /health and /metrics only: a probe's connect does not queue behind a connect

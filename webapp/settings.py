@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from handlers.listeners import parse_bind
 from handlers.sql import SqlError, check_read_only_sql, placeholder_names
 from handlers.subscriptions import is_upstream_form
 from handlers.topics import PatternError, parse_patterns
@@ -174,12 +175,8 @@ def _token_topics(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 def _health_bind(text: str) -> str:
-    """HEALTH_BIND: host:port ([v6]:port) of the health listener; a real port, never 0 (any)."""
-    host, sep, port = text.strip().rpartition(":")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not port.isdigit() or not bare or any(c.isspace() or c in "/[]@" for c in bare) or (":" in bare) != (bare != host):
-        raise ValueError(f"expected host:port such as 127.0.0.1:8001 or [::1]:8001, got {text.strip()[:60]!r}")
-    return f"{host}:{_int(1, 65535)(port)}"
+    host, port = parse_bind(text)
+    return f"{host}:{port}"
 
 
 def env(name: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
@@ -331,7 +328,7 @@ class Settings:
     @property
     def health_port(self) -> int | None:
         """The health listener's port (HEALTH_BIND), None when there is none."""
-        return int(self.health_bind.rpartition(":")[2]) if self.health_bind else None
+        return parse_bind(self.health_bind)[1] if self.health_bind else None
 
     @property
     def store_backend(self) -> str:
