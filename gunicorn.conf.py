@@ -11,7 +11,27 @@ from urllib.parse import unquote_plus
 _redis = bool(os.environ.get("REDIS_URL"))
 _requested = os.environ.get("WEB_CONCURRENCY", "1")
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+def _health_bind():
+    """HEALTH_BIND's listener, when its value is good: a bad one is left unbound here and stops the
+    worker with every other bad variable (webapp/settings.py), in one message."""
+    raw = os.environ.get("HEALTH_BIND", "").strip()
+    if not raw:
+        return []
+    from handlers.listeners import parse_bind  # pure and stdlib-only: nothing of the web stack in the master
+
+    try:
+        host, port = parse_bind(raw)
+    except ValueError:
+        return []
+    if str(port) == os.environ.get("PORT", "8000").strip():
+        return []  # the same port twice: Settings' cross-check names it
+    return [f"{host}:{port}"]
+
+
+# a second listener for /health and /metrics only: a probe's connect does not queue behind a connect
+# storm in the main port's accept queue (docs/operations.md)
+bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}", *_health_bind()]
 worker_class = "gevent"
 workers = int(_requested) if _redis and _requested.isdigit() else 1
 # gunicorn's default of 1000 would cap clients; stay under the open-file limit (sockets + spare)

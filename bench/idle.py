@@ -7,6 +7,8 @@
                                                         # 10 k / 50 k / 100 k idle over several workers,
                                                         # /health and /metrics timed while they connect,
                                                         # 1,000 active clients at 200 ev/s without and with them
+    ... --health-port                                   # crowd/storm with HEALTH_BIND: /health and /metrics
+                                                        # timed on their own listener
     .venv/bin/python bench/idle.py nchan                # nginx + nchan, 10,000 idle, same load generator
 
 Each run writes bench/results/<UTC time>-idle/results.json. Load generators are bench/idleload.py
@@ -41,6 +43,7 @@ from procs import (  # noqa: E402
     Subscribers,
     Upstream,
     cpu_seconds,
+    free_port,
     loadavg,
     rss_kib,
     tcp_sockets,
@@ -276,8 +279,8 @@ class IdleBench:
 
     # -- storms ---------------------------------------------------------------------------------
 
-    def storm(self, n: int, workers: int) -> dict:
-        run_id = f"storm-{n}-w{workers}"
+    def storm(self, n: int, workers: int, health_port: bool = False) -> dict:
+        run_id = f"storm-{n}-w{workers}" + ("-hp" if health_port else "")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "storm", "clients": n, "workers": workers, "before": machine_note()}
@@ -286,8 +289,9 @@ class IdleBench:
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, cluster_env(workers, prefix))
-            timer = Timer(relay.base + "/health", 0.1)
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port)})
+            record["probed"] = relay.health_base
+            timer = Timer(relay.health_base + "/health", 0.1)
             timer.start()
             cpu0 = sum(cpu_seconds(p) for p in relay.pids)
             drops0 = listen_drops()
@@ -324,19 +328,22 @@ class IdleBench:
     # -- the crowd: many workers, many load generators --------------------------------------------
 
     def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rates: list[float], hold_s: float,
-              active: int, active_rate: float, active_s: float, settle_s: float = 5.0) -> dict:
-        run_id = f"crowd-{total}-w{workers}"
+              active: int, active_rate: float, active_s: float, settle_s: float = 5.0,
+              health_port: bool = False) -> dict:
+        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
-                  "rates": rates, "settle_s": settle_s, "before": machine_note(), "steps": []}
+                  "rates": rates, "settle_s": settle_s, "health_port": health_port, "before": machine_note(),
+                  "steps": []}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, cluster_env(workers, prefix))
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port)})
             record["pids"] = relay.pids
+            record["probed"] = relay.health_base
             if active:
                 record["active_without"] = self.active(relay, up, wd / "active-without", active, active_rate,
                                                        active_s, 1)
@@ -345,7 +352,7 @@ class IdleBench:
             for step, rate in zip(steps, rates, strict=True):
                 add = step - done
                 per = [add // loadgens + (1 if i < add % loadgens else 0) for i in range(loadgens)]
-                health, metrics = Timer(relay.base + "/health"), Timer(relay.base + "/metrics")
+                health, metrics = Timer(relay.health_base + "/health"), Timer(relay.health_base + "/metrics")
                 health.start()
                 metrics.start()
                 cpu0 = sum(cpu_seconds(p) for p in relay.pids)
@@ -475,6 +482,11 @@ def cluster_env(workers: int, prefix: str) -> dict:
             "WEB_CONCURRENCY": str(workers), "STARTUP_GRACE_S": "0"}
 
 
+def health_env(on: bool) -> dict:
+    """HEALTH_BIND on a free loopback port: /health and /metrics get a listener of their own."""
+    return {"HEALTH_BIND": f"127.0.0.1:{free_port()}"} if on else {}
+
+
 def drop_prefix(prefix: str) -> None:
     import redis
 
@@ -514,6 +526,8 @@ def main() -> None:
     p.add_argument("--active", type=int, default=1000)
     p.add_argument("--active-rate", type=float, default=200)
     p.add_argument("--active-s", type=float, default=20)
+    p.add_argument("--health-port", action="store_true",
+                   help="crowd/storm: run with HEALTH_BIND and time /health and /metrics on that listener")
     p.add_argument("--out", default="")
     a = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: the finally blocks stop every child
@@ -526,12 +540,12 @@ def main() -> None:
     elif a.scenario == "nchan":
         b.nchan(a.n)
     elif a.scenario == "storm":
-        b.storm(a.n, a.workers)
+        b.storm(a.n, a.workers, a.health_port)
     else:
         steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
         rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
         rec = b.crowd(a.total, steps, a.workers, a.loadgens, rates, a.hold_s, a.active, a.active_rate, a.active_s,
-                      a.settle_s)
+                      a.settle_s, a.health_port)
         b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
     print(out)
 

@@ -428,12 +428,15 @@ class Relayhouse:
         environ = {k: v for k, v in environ.items() if v is not None}
         self.env = environ
         self.log = open(workdir / "gunicorn.log", "ab")
-        # -b keeps it on loopback (gunicorn.conf.py binds 0.0.0.0 for platforms)
-        self.proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", config,
-                                      "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
+        # -b keeps it on loopback (gunicorn.conf.py binds 0.0.0.0 for platforms); a -b replaces every
+        # bind of the config, so HEALTH_BIND's listener is named again
+        binds = ["-b", f"127.0.0.1:{self.port}"] + (["-b", environ["HEALTH_BIND"]] if environ.get("HEALTH_BIND") else [])
+        self.proc = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", config, *binds, "wsgi:app"],
                                      cwd=self.root, env=environ, stdout=self.log, stderr=self.log,
                                      start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"
+        # where /health and /metrics are timed: the health listener when there is one
+        self.health_base = f"http://{environ['HEALTH_BIND']}" if environ.get("HEALTH_BIND") else self.base
         self.side_pids: dict[str, list[int]] = {}  # other processes whose CPU the run should report
         self.workers = int(environ.get("WEB_CONCURRENCY") or 1) if environ.get("REDIS_URL") else 1
         if not environ.get("REDIS_URL"):

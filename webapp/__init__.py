@@ -12,6 +12,7 @@ from handlers.params import ParamError
 from webapp.auth import CLIENT, refusal
 from webapp.cli import register_commands
 from webapp.cors import register_cors
+from webapp.healthport import register_health_listener
 from webapp.responses import json_error
 from webapp.routes import cache, clients, history, monitor, polygon, publish, query, sse, status, ws
 from webapp.runtime import Runtime
@@ -46,6 +47,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
                     "(a test-only setting; never set it in production)")
         app.register_blueprint(debug.bp)
     register_commands(app)
+    register_health_listener(app, settings)  # first of the checks: the probes' port opens nothing else
     register_cors(app, settings)  # before the access check: preflights carry no token
 
     @app.before_request

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from handlers.listeners import parse_bind
 from handlers.sql import SqlError, check_read_only_sql, placeholder_names
 from handlers.subscriptions import is_upstream_form
 from handlers.topics import PatternError, parse_patterns
@@ -173,6 +174,11 @@ def _token_topics(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(scopes)
 
 
+def _health_bind(text: str) -> str:
+    host, port = parse_bind(text)
+    return f"{host}:{port}"
+
+
 def env(name: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     """Declare a setting read from environment variable `name`."""
     return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
@@ -183,6 +189,7 @@ class Settings:
     """Every tunable of the relay. Build with `Settings.from_env(mapping)`."""
 
     port: int = env("PORT", 8000, _int(1, 65535), "HTTP port")
+    health_bind: str | None = env("HEALTH_BIND", None, _health_bind, "a second listener (host:port, e.g. 127.0.0.1:8001) answering only GET /health and /metrics, for probes that must not queue behind a connect storm; unset = none")
     web_concurrency: int = env("WEB_CONCURRENCY", 1, _int(1, 64), "gunicorn workers; above 1 only with REDIS_URL")
     upstream_url: str | None = env("UPSTREAM_URL", None, _ws_url, "ws:// or wss:// upstream; unset = built-in demo feed")
     upstream_init: tuple = env("UPSTREAM_INIT", (), _json_list, "JSON array of messages sent after every (re)connect")
@@ -303,6 +310,8 @@ class Settings:
             unknown = sum(1 for token, _ in self.token_topics if token not in self.api_tokens)
             if unknown:
                 problems.append(f"TOKEN_TOPICS: {unknown} of its tokens are not in API_TOKENS (tokens are not shown)")
+        if self.health_port == self.port:
+            problems.append("HEALTH_BIND: its port is PORT's; the health listener needs a port of its own")
         if self.cors_allow_credentials and "*" in self.cors_origins:
             problems.append("CORS_ALLOW_CREDENTIALS: credentials need an explicit CORS_ORIGINS list, not *")
         return problems
@@ -315,6 +324,11 @@ class Settings:
             if hmac.compare_digest(listed.encode(), token.encode()):
                 return patterns
         return None
+
+    @property
+    def health_port(self) -> int | None:
+        """The health listener's port (HEALTH_BIND), None when there is none."""
+        return parse_bind(self.health_bind)[1] if self.health_bind else None
 
     @property
     def store_backend(self) -> str:
