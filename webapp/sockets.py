@@ -226,8 +226,11 @@ class Conflating:
         self.sent_base = 0  # what the frames before those in `throughs` covered
 
     def below_half(self) -> bool:
+        """Caught up enough to go live again (the hub asks while it is slow): under half its bounds, and the
+        socket taking bytes — a backlog emptied by turning slow (its frames dropped) is not a client catching up."""
         wire = self.wire
-        return wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
+        return (wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
+                and wire.has_room())
 
     def write_tracked(self, frame: bytes, n_events: int) -> None:
         """write_bounded for an on_slow=conflate client (`throughs` is not None): noting what it covers."""

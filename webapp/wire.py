@@ -18,7 +18,11 @@ from collections import deque
 
 import gevent
 from gevent.event import Event as Signal
+from gevent.monkey import get_original
 from gevent.socket import wait_write
+
+_poll = get_original("select", "poll")  # the real one: a zero-timeout look, and fds past FD_SETSIZE
+_POLLOUT = get_original("select", "POLLOUT")
 
 
 class WireSocket:
@@ -132,6 +136,18 @@ class WireSocket:
         self._backlog.clear()
         self._backlog.extend(kept)
         return dropped
+
+    def has_room(self) -> bool:
+        """Nothing queued here and the kernel's send buffer has room (POLLOUT, looked at without waiting):
+        what was written has really gone towards the client, not merely been dropped from the backlog."""
+        if self._backlog:
+            return False
+        try:
+            poller = _poll()
+            poller.register(self.sock.fileno(), _POLLOUT)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False  # closed: it will not catch up
 
     def queued_frames(self) -> int:
         """Entries waiting in the backlog (at least the event frames not yet begun)."""
