@@ -60,7 +60,7 @@ class Subscriber(Protocol):
     """What the hub needs of a client (a /ws, /sse or Polygon connection).
 
     Optional: `max_hz` (a rate, None = every event); for `on_slow=conflate`,
-    `below_half()` (its backlog is under half its bounds), `encode(events, conflated)`
+    `caught_up()` (its backlog under half its bounds and its socket taking bytes), `encode(events, conflated)`
     and `tell_slow(mode)` (writes the `slow` message).
     """
 
@@ -336,12 +336,12 @@ class Hub:
                 self._on_delivered(kind, n_clients, n_clients * n_events)
 
     def _feed_slow(self, batch: list[Event]) -> None:
-        """Slow clients keep their newest value per topic; one below half its bound gets them, then goes live."""
+        """Slow clients keep their newest value per topic; one that caught up gets them, then goes live."""
         for client, latest in list(self._slow.items()):
             if batch:
                 match, after = client.matcher, client.after_seq
                 latest.offer(e for e in batch if e.seq > after and match(e.topic))
-            if not client.below_half():
+            if not client.caught_up():
                 continue
             del self._slow[client]
             release: Release = latest.take()

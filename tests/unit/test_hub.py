@@ -188,7 +188,7 @@ class SlowClient(RatedClient):
         if self.backlog > 4 and self.hub.mode_of(self) == "live":
             self.hub.conflate_slow(self)
 
-    def below_half(self):
+    def caught_up(self):
         return self.backlog <= 2
 
     def tell_slow(self, mode):
@@ -238,7 +238,7 @@ def test_a_release_that_passes_the_bound_again_conflates_again_instead_of_going_
             if self.backlog > 1 and self.hub.mode_of(self) == "live":
                 self.hub.conflate_slow(self, [])
 
-        def below_half(self):
+        def caught_up(self):
             return self.backlog == 0
 
     slow = Tiny(hub)

@@ -180,10 +180,7 @@ class RedisBus(Bus):
                 # batch, so the script answers what it did instead of appending twice
                 # said by the outbox (once per 10 s while appends fail, and /health's reason); a refusal
                 # is an answer: Redis is not "unavailable" (the reader and the lease loop still work)
-                self.last_error = failure_text(exc)
-                if not isinstance(exc, REFUSED):
-                    self.ok = False
-                self.outbox.append_failed(self.last_error)
+                self.outbox.append_failed(self._note(exc))
                 uncertain = uncertain or not isinstance(exc, NOT_WRITTEN)
                 if not uncertain:
                     for _, ticket in groups:
@@ -330,16 +327,22 @@ class RedisBus(Bus):
         """A Redis call of the reader, the lease loop or a take-over failed. A refusal (READONLY, OOM) is an
         answer: Redis is there, so `ok` stays (no "unavailable" flapping against the reader's next good read);
         said at most once per 10 s. No answer at all: `ok` false, said once per outage."""
-        text = failure_text(exc)
+        was_unavailable = not self.ok and (self.last_error or "").startswith("unavailable")
+        text = self._note(exc)
         if isinstance(exc, REFUSED):
             held = self._said.allow("refused")
             if held is not None:
                 log.error("bus: Redis %s%s", text, held_note(held))
-        else:
-            if self.ok or not (self.last_error or "").startswith("unavailable"):
-                log.error("bus: Redis %s", text)  # once per outage, not per retry
+        elif not was_unavailable:
+            log.error("bus: Redis %s", text)  # once per outage, not per retry
+
+    def _note(self, exc: Exception) -> str:
+        """Record a failed call: its text in `last_error`; `ok` false only when Redis did not answer
+        (a refusal is an answer). Returns the text."""
+        self.last_error = failure_text(exc)
+        if not isinstance(exc, REFUSED):
             self.ok = False
-        self.last_error = text
+        return self.last_error
 
     # -- state for a new leader or a starting worker ---------------------------------
 
