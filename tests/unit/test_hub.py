@@ -367,8 +367,8 @@ class FakeClock:
 
 
 def test_a_rate_s_interval_holds_between_one_client_s_writes_not_only_between_releases():
-    """A release that rode a long flush (900 live writes first, its own writes slow) went out late;
-    the next one, alone in a flush, must still reach each client an interval after the last."""
+    """A release whose writes were slow (a client's socket, a large group) ended late; the next one,
+    alone in a timer flush, must still reach each client an interval after the last."""
     clock = FakeClock()
     hub, _ = make_hub(clock)
 
@@ -401,3 +401,35 @@ def test_a_rate_s_interval_holds_between_one_client_s_writes_not_only_between_re
     for c in (a, b):
         assert len(c.at) == 2
         assert c.at[1] - c.at[0] >= 0.5 - 1e-9, c.at
+
+
+def test_a_release_is_written_before_the_live_clients_of_its_flush():
+    """So a topic's last value waits an interval plus the release's own writes, not every live write."""
+    clock = FakeClock()
+    hub, _ = make_hub(clock)
+    order = []
+
+    class Live(FakeClient):  # 900 live clients' writes: 7 ms of every flush
+        def deliver(self, frame, n_events):
+            super().deliver(frame, n_events)
+            order.append("live")
+            clock.t += 0.007
+
+    class Timed(RatedClient):
+        def deliver(self, frame, n_events):
+            super().deliver(frame, n_events)
+            order.append("rated")
+            self.at.append(clock.t)
+
+    hub.add(Live())  # the live group is the older one
+    rated = Timed(max_hz=2.0)
+    rated.at = []
+    hub.add(rated)
+    hub.flush(events("a"), now_s=clock.t)
+    assert order == ["rated", "live"]
+    clock.t = 0.1
+    hub.flush(events("a", first=2), now_s=clock.t)  # arrives 0.1 s in: held
+    for ms in range(500, 521):
+        clock.t = ms / 1000
+        hub.flush([], now_s=clock.t)
+    assert rated.at == [0.0, 0.5]
