@@ -4,7 +4,9 @@ Per event it notes, on CLOCK_MONOTONIC (the clock the bench upstream stamps `t` 
 read handing its frames to the ingest, the hub's publish, the start of the flush that carried it
 and the end of that flush (every client's write done). Beside that: every garbage collection
 (gc.callbacks, with its generation and duration) and the event loop's lateness (a greenlet asking
-to sleep 1 ms, noting how much later it woke). When the worker exits it writes
+to sleep 1 ms, noting how much later it woke), and when each `max_hz` group's release began
+and ended its writes (so a rate's spacing can be read at the relay's sockets, free of the
+subscriber's read jitter). When the worker exits it writes
 $PROBE_DIR/latency-<pid>.json.
 """
 
@@ -62,9 +64,22 @@ def post_worker_init(worker):
                 row[3], row[4], row[5] = start, end, len(batch)
         return out
 
+    send = Hub._send
+    releases: list = []  # a rated group's release: [group id, first write starts, last write ends] (ms)
+
+    def hub_send(self, group, events, conflated):
+        if group.conflator is None:
+            return send(self, group, events, conflated)
+        start = mono_ms() * 1000
+        try:
+            return send(self, group, events, conflated)
+        finally:
+            releases.append([id(group), start, mono_ms() * 1000])
+
     Ingest.submit_frames = submit_frames
     Hub.publish = hub_publish
     Hub.flush = hub_flush
+    Hub._send = hub_send
 
     started = {}
 
@@ -88,7 +103,7 @@ def post_worker_init(worker):
 
     def dump():
         out = probe_dir / f"latency-{os.getpid()}.json"
-        out.write_text(json.dumps({"stages": stages, "gc": gcs, "lags": lags,
+        out.write_text(json.dumps({"stages": stages, "gc": gcs, "lags": lags, "releases": releases,
                                    "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}))
 
     _dumps.append(dump)  # written when the worker exits: a dump while events come would stall the loop

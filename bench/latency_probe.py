@@ -51,7 +51,22 @@ def summarize(probe: dict, t0_ms: float | None = None) -> dict:
                      "total_ms": round(sum(g[2] for g in gcs), 2)}
         out["loop_lag"] = {"over_0.5ms": len(lags), "max_ms": max((x[1] for x in lags), default=0)}
     out["gc_threshold"], out["gc_frozen"] = probe.get("gc_threshold"), probe.get("gc_frozen")
+    out["releases"] = release_spacing(probe.get("releases", []))
     return out
+
+
+def release_spacing(releases: list) -> dict | None:
+    """Per `max_hz` group, consecutive releases: the least time from one's last write to the next one's
+    first (a lower bound of the gap between any one client's two writes) and from start to start."""
+    by_group: dict = {}
+    for gid, start, end in releases:
+        by_group.setdefault(gid, []).append((start, end))
+    gaps = [b[0] - a[1] for rs in by_group.values() for a, b in zip(rs, rs[1:], strict=False)]
+    starts = [b[0] - a[0] for rs in by_group.values() for a, b in zip(rs, rs[1:], strict=False)]
+    if not gaps:
+        return None
+    return {"releases": len(releases), "min_end_to_start_ms": round(min(gaps), 2),
+            "min_start_to_start_ms": round(min(starts), 2), "max_write_ms": round(max(e - s for _, s, e in releases), 2)}
 
 
 def main() -> None:

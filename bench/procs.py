@@ -45,14 +45,19 @@ def free_port() -> int:
 # -- /proc ----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, path: str | None = None) -> float:
     """utime + stime of a process, in seconds (0 when it is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(path or f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def thread_cpu_seconds(tid: int) -> float:
+    """utime + stime of one thread of this process, in seconds (0 when it is gone)."""
+    return cpu_seconds(tid, f"/proc/self/task/{tid}/stat")
 
 
 def rss_kib(pid: int) -> int:
@@ -229,11 +234,18 @@ class SlowReader:
         self.ages: list[float] = []
         self.closed_code: int | None = None
         self.eof = False
+        self.cpu_s: float | None = None  # this reader thread's own CPU (is the load generator the interference?)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._read()
+        finally:
+            self.cpu_s = thread_cpu_seconds(threading.get_native_id())
+
+    def _read(self) -> None:
         self.sock.settimeout(0.5)
         while not self._stop.is_set() and not self.eof:
             try:
@@ -293,7 +305,7 @@ class SlowReader:
         return {"frames": self.frames, "events": self.events, "modes": self.modes,
                 "closed_code": self.closed_code, "connected": not self.eof,
                 "age_ms_p50": round(ages[len(ages) // 2], 1) if ages else None,
-                "age_ms_max": round(self.max_age_ms, 1)}
+                "age_ms_max": round(self.max_age_ms, 1), "cpu_s": self.cpu_s}
 
 
 class StalledClient:

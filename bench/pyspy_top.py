@@ -1,10 +1,11 @@
 """Summarize a py-spy `--format raw` profile (collapsed stacks): where the worker's samples go.
 
-    python bench/pyspy_top.py PROFILE.txt [--top 25] [--rate 250 --duration 10]
+    python bench/pyspy_top.py PROFILE.txt [--top 25] [--rate 250 --duration 10] [--funcs Hub._feed_slow,Latest.offer]
 
 Prints the functions with the most samples on top of the stack (self) and anywhere on
 it (total). With the sampling rate and duration it also prints the share of a core the
-sampled samples amount to (py-spy skips idle samples by default).
+sampled samples amount to (py-spy skips idle samples by default). With --funcs it prints only
+the total % of the named functions (`Class.method`, any file): e.g. what conflation costs a flush.
 """
 
 import argparse
@@ -66,13 +67,24 @@ def report(path: Path, top: int = 25, rate: float | None = None, duration: float
     return "\n".join(lines)
 
 
+def shares(path: Path, funcs: list[str]) -> str:
+    """The inclusive share of each named function (a function is on the stack: counted once per sample)."""
+    n, _, total = summarize(path.read_text())
+    got = {f: sum(c for func, c in total.items() if func.startswith(f + " ")) for f in funcs}
+    return f"{path}: {n} samples; " + ", ".join(f"{f} {100 * c / max(n, 1):.2f} %" for f, c in got.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=float)
     parser.add_argument("--duration", type=float)
+    parser.add_argument("--funcs", default="", help="comma-separated Class.method names: their total %% only")
     args = parser.parse_args()
+    if args.funcs:
+        print(shares(args.profile, [f for f in args.funcs.split(",") if f]))
+        return
     print(report(args.profile, args.top, args.rate, args.duration))
 
 

@@ -75,6 +75,7 @@ class Bench:
         self.n = 0
         self.relay_config = "gunicorn.conf.py"  # bench/latency_probe.py runs the relay with its probe config
         self.relay_env: dict = {}  # added to every relay's environment (bench/mixed_rounds.py --monitor)
+        self.pyspy = False  # mixed runs: py-spy the worker (bench/mixed_rounds.py --pyspy)
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -395,7 +396,7 @@ class Bench:
                   "rated": rated, "slow_readers": slow, "rate": rate, "topics": topics, "duration_s": duration_s,
                   "env": env, "loadavg_before": loadavg()}
         up = Upstream("serve", wd / "upstream.log")
-        system = subs = rated_subs = None
+        system = subs = rated_subs = spy = None
         readers: list[SlowReader] = []
         try:
             system = Relayhouse(wd, up.url, env, config=self.relay_config)
@@ -410,9 +411,12 @@ class Bench:
                 if s is not None:
                     s.arm(base, count)
             time.sleep(0.5)
+            # bench_self: this process, i.e. the slow readers' threads (each also reports its own, cpu_s)
             meter = CpuMeter({"system": system.pids, "gen_upstream": [up.pid], "gen_subscribers": [subs.pid],
-                              **({"gen_rated": [rated_subs.pid]} if rated_subs else {})})
+                              **({"gen_rated": [rated_subs.pid]} if rated_subs else {}), "bench_self": [os.getpid()]})
             tcp0 = tcp_counters()
+            out0 = hub_counters(system.base)
+            spy = start_pyspy(system.pids[0], duration_s, wd / "pyspy.txt") if self.pyspy else None
             up.run(base, rate, duration_s, topics=topics)
             modes = []
             t_end = time.monotonic() + duration_s + 120
@@ -425,6 +429,11 @@ class Bench:
                         raise
                     modes.append(system.health().get("clients_by_mode"))
             record["cpu_pct"] = meter.stop()
+            # what the worker did for that CPU: frames and event deliveries written, flushes and their time
+            record["hub"] = {k: round(v - out0.get(k, 0), 3) for k, v in hub_counters(system.base).items()}
+            if spy is not None:
+                spy.wait(timeout=60)
+                record["profile"] = str((wd / "pyspy.txt").relative_to(self.out))
             # receive queues over their buffer (a subscriber behind): the kernel prunes and collapses
             # them, on loopback inside the sender's send() (machine-wide counters: other work counts too)
             record["tcp_counters"] = {k: v - tcp0.get(k, 0) for k, v in tcp_counters().items()}
@@ -450,6 +459,9 @@ class Bench:
             for p in (subs, rated_subs, system, up):
                 if p is not None:
                     p.stop()
+            if spy is not None and spy.poll() is None:
+                spy.terminate()
+                spy.wait()
         record["loadavg_after"] = loadavg()
         self.results["runs"].append(record)
         self.save()
@@ -496,6 +508,13 @@ def tcp_counters() -> dict[str, int]:
             table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
             return {k: int(table[k]) for k in wanted if k in table}
     return {}
+
+
+def hub_counters(base: str) -> dict[str, float]:
+    """The hub's running totals from /metrics: frames and event deliveries written, flushes, flush seconds."""
+    names = {"frames_out": "relayhouse_frames_out_total", "events_out": "relayhouse_events_out_total",
+             "flushes": "relayhouse_hub_flush_seconds_count", "flush_s": "relayhouse_hub_flush_seconds_sum"}
+    return {k: metric(base, name) or 0.0 for k, name in names.items()}
 
 
 def metric(base: str, name: str) -> float | None:

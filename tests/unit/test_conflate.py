@@ -93,3 +93,17 @@ def test_max_hz_accepts_numbers_in_range(raw, want):
 def test_max_hz_refuses_what_is_not_a_rate_in_range(raw):
     with pytest.raises(RateError, match="max_hz"):
         parse_max_hz(raw)
+
+
+def test_the_interval_runs_from_when_a_release_was_written():
+    c = Conflator(2.0)
+    c.offer([ev(1, "a")])
+    assert seqs(c.take(0.0)) == [1]
+    c.sent(0.009)  # its writes ended 9 ms after the decision
+    c.offer([ev(2, "a")])
+    assert c.due_at() == pytest.approx(0.509)
+    assert c.take(0.5) is None
+    assert seqs(c.take(0.509)) == [2]
+    c.sent(0.0)  # an end before the decision moves nothing back
+    c.offer([ev(3, "a")])
+    assert c.take(1.0) is None and seqs(c.take(1.009)) == [3]

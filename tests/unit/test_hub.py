@@ -29,9 +29,10 @@ def events(*topics, first=1):
     return [make_event(first + i, 0, t, {}) for i, t in enumerate(topics)]
 
 
-def make_hub():
+def make_hub(clock=lambda: 0.0):
+    """A hub whose flushes take no time on the clock that times a rate's releases (tests give now_s)."""
     delivered = []
-    return Hub(0, on_delivered=lambda kind, frames, n: delivered.append((kind, frames, n))), delivered
+    return Hub(0, on_delivered=lambda kind, frames, n: delivered.append((kind, frames, n)), clock=clock), delivered
 
 
 def test_clients_with_the_same_subscription_share_one_frame_object():
@@ -355,3 +356,80 @@ def test_a_removed_client_leaves_no_release_behind():
     hub.flush(events("c", first=6))
     hub.remove(slow)
     assert hub.released_through(slow) == 0
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_a_rate_s_interval_holds_between_one_client_s_writes_not_only_between_releases():
+    """A release whose writes were slow (a client's socket, a large group) ended late; the next one,
+    alone in a timer flush, must still reach each client an interval after the last."""
+    clock = FakeClock()
+    hub, _ = make_hub(clock)
+
+    class Live(FakeClient):  # the live group: its writes take 7 ms of every flush
+        def deliver(self, frame, n_events):
+            super().deliver(frame, n_events)
+            clock.t += 0.007
+
+    class Timed(RatedClient):  # notes when each frame was written; the first write can be slow
+        def __init__(self, cost_s):
+            super().__init__(max_hz=2.0)
+            self.at, self.cost_s = [], cost_s
+
+        def deliver(self, frame, n_events):
+            super().deliver(frame, n_events)
+            self.at.append(clock.t)
+            clock.t += self.cost_s
+            self.cost_s = 0.0
+
+    hub.add(Live())
+    a, b = Timed(0.003), Timed(0.0)
+    hub.add(a)
+    hub.add(b)
+    hub.flush(events("a"), now_s=clock.t)  # released: written 7 ms (and 10 ms) after the flush began
+    clock.t = 0.1
+    hub.flush(events("a", first=2), now_s=clock.t)  # held for the next release
+    for ms in range(500, 531):  # the flusher's timer flushes, nothing new arriving
+        clock.t = ms / 1000
+        hub.flush([], now_s=clock.t)
+    for c in (a, b):
+        assert len(c.at) == 2
+        assert c.at[1] - c.at[0] >= 0.5 - 1e-9, c.at
+
+
+def test_a_release_is_written_before_the_live_clients_of_its_flush():
+    """So a topic's last value waits an interval plus the release's own writes, not every live write."""
+    clock = FakeClock()
+    hub, _ = make_hub(clock)
+    order = []
+
+    class Live(FakeClient):  # 900 live clients' writes: 7 ms of every flush
+        def deliver(self, frame, n_events):
+            super().deliver(frame, n_events)
+            order.append("live")
+            clock.t += 0.007
+
+    class Timed(RatedClient):
+        def deliver(self, frame, n_events):
+            super().deliver(frame, n_events)
+            order.append("rated")
+            self.at.append(clock.t)
+
+    hub.add(Live())  # the live group is the older one
+    rated = Timed(max_hz=2.0)
+    rated.at = []
+    hub.add(rated)
+    hub.flush(events("a"), now_s=clock.t)
+    assert order == ["rated", "live"]
+    clock.t = 0.1
+    hub.flush(events("a", first=2), now_s=clock.t)  # arrives 0.1 s in: held
+    for ms in range(500, 521):
+        clock.t = ms / 1000
+        hub.flush([], now_s=clock.t)
+    assert rated.at == [0.0, 0.5]
