@@ -51,6 +51,14 @@ def summarize(probe: dict, t0_ms: float | None = None) -> dict:
                      "total_ms": round(sum(g[2] for g in gcs), 2)}
         out["loop_lag"] = {"over_0.5ms": len(lags), "max_ms": max((x[1] for x in lags), default=0)}
     out["gc_threshold"], out["gc_frozen"] = probe.get("gc_threshold"), probe.get("gc_frozen")
+    flushes = probe.get("flushes") or []
+    if flushes:
+        # wall time against the worker's own CPU time per flush: the difference is the worker
+        # descheduled (or waiting) mid-flush, which the pacing's cost/share rule counts as cost
+        out["flush_wall_ms"] = {q: pct([f[1] for f in flushes], q) for q in (50, 90, 99, 100)}
+        out["flush_cpu_ms"] = {q: pct([f[2] for f in flushes], q) for q in (50, 90, 99, 100)}
+        out["flushes"] = len(flushes)
+    out["threads"] = probe.get("threads")
     return out
 
 
