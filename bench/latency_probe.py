@@ -70,7 +70,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], help="K=V for the relay (repeatable)")
     parser.add_argument("--nchan", action="store_true", help="an nchan run after each relay run")
+    parser.add_argument("--root", help="the checkout to run (default: this one), e.g. a `git archive` of another revision")
     args = parser.parse_args()
+    if args.root:
+        procs.Relayhouse.root = Path(args.root).resolve()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = procs.BENCH / "results" / f"{stamp}-latency-probe"
     bench = Bench(argparse.Namespace(out=str(out), quick=False, only="latency-probe", systems="relayhouse",
