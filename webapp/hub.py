@@ -22,9 +22,10 @@ to 100 clients 0.46 ms (bench/latency_probe.py).
 
 No latency floor (contract §12, bench/ 100 x 50 and 100 x 500 beside nchan):
 the flush interval defaults to 0, so an event goes out at once when the
-hub is idle or the last flush was cheap, and batches grow only with load
-through the flush-share rule above (a 1000-client flush costs ~5 ms, so
-under load flushes are >= 12 ms apart there on average, as with the old 10 ms floor).
+hub is idle or its flushes stayed within their share, and batches grow only
+with load through the flush-share rule above (a 1000-client flush costs
+~5 ms, so under load flushes are >= 12 ms apart there on average, as with
+the old 10 ms floor).
 
 Rates (`max_hz`): clients with the same patterns AND the same rate form one
 group with one Conflator (handlers/conflate.py), so a thousand clients at
