@@ -4,9 +4,10 @@ Per event it notes, on CLOCK_MONOTONIC (the clock the bench upstream stamps `t` 
 read handing its frames to the ingest, the hub's publish, the start of the flush that carried it
 and the end of that flush (every client's write done). Beside that: every garbage collection
 (gc.callbacks, with its generation and duration) and the event loop's lateness (a greenlet asking
-to sleep 1 ms, noting how much later it woke), and when each `max_hz` group's release began
+to sleep 1 ms, noting how much later it woke), when each `max_hz` group's release began
 and ended its writes (so a rate's spacing can be read at the relay's sockets, free of the
-subscriber's read jitter). When the worker exits it writes
+subscriber's read jitter), each flush's wall and CPU time (time.thread_time), and the worker's
+OS thread count at exit. When the worker exits it writes
 $PROBE_DIR/latency-<pid>.json.
 """
 
@@ -53,11 +54,17 @@ def post_worker_init(worker):
         return publish(self, events)
 
     flush = Hub.flush
+    flushes: list = []  # [start ms, wall ms, the worker thread's CPU ms, events] per flush with events
+    thread_time = time.thread_time
 
     def hub_flush(self, batch, now_s=None):
         start = mono_ms() * 1000
+        cpu0 = thread_time()
         out = flush(self, batch, now_s)
+        cpu = (thread_time() - cpu0) * 1000
         end = mono_ms() * 1000
+        if batch:
+            flushes.append([round(start, 3), round(end - start, 3), round(cpu, 3), len(batch)])
         for e in batch:
             row = stages.get(e.seq)
             if row is not None:
@@ -104,6 +111,7 @@ def post_worker_init(worker):
     def dump():
         out = probe_dir / f"latency-{os.getpid()}.json"
         out.write_text(json.dumps({"stages": stages, "gc": gcs, "lags": lags, "releases": releases,
+                                   "flushes": flushes, "threads": len(os.listdir(f"/proc/{os.getpid()}/task")),
                                    "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}))
 
     _dumps.append(dump)  # written when the worker exits: a dump while events come would stall the loop

@@ -52,6 +52,14 @@ def summarize(probe: dict, t0_ms: float | None = None) -> dict:
         out["loop_lag"] = {"over_0.5ms": len(lags), "max_ms": max((x[1] for x in lags), default=0)}
     out["gc_threshold"], out["gc_frozen"] = probe.get("gc_threshold"), probe.get("gc_frozen")
     out["releases"] = release_spacing(probe.get("releases", []))
+    flushes = probe.get("flushes") or []
+    if flushes:
+        # wall time against the worker's own CPU time per flush: the difference is the worker
+        # descheduled (or waiting) mid-flush, which the pacing's cost/share rule counts as cost
+        out["flush_wall_ms"] = {q: pct([f[1] for f in flushes], q) for q in (50, 90, 99, 100)}
+        out["flush_cpu_ms"] = {q: pct([f[2] for f in flushes], q) for q in (50, 90, 99, 100)}
+        out["flushes"] = len(flushes)
+    out["threads"] = probe.get("threads")
     return out
 
 
@@ -77,7 +85,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], help="K=V for the relay (repeatable)")
     parser.add_argument("--nchan", action="store_true", help="an nchan run after each relay run")
+    parser.add_argument("--root", help="the checkout to run (default: this one), e.g. a `git archive` of another revision")
     args = parser.parse_args()
+    if args.root:
+        procs.Relayhouse.root = Path(args.root).resolve()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = procs.BENCH / "results" / f"{stamp}-latency-probe"
     bench = Bench(argparse.Namespace(out=str(out), quick=False, only="latency-probe", systems="relayhouse",

@@ -8,11 +8,13 @@ wire.py).
 Pacing (handlers/flush.py): what a flush costs is one write per client,
 whatever the number of events (a loopback write costs ~10 µs of kernel time on
 its own), so the hub bounds flushes, not events. Two flushes start at least the
-flush interval apart, and at least 2.5 times the last flush's duration apart:
-the flusher takes at most 40 % of the worker, and a large audience gets bigger
+flush interval apart, and flushing takes at most 40 % of the worker over time
+(a credit that each flush's CPU time spends): a large audience gets bigger
 batches instead of a saturated process (bench/ab.py, 2 rounds, quiet machine:
 at 1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of
-48-49 % at twice the duration; p99 33-44 ms either way). An event that arrives
+48-49 % at twice the share; p99 33-44 ms either way), while one slow flush at
+light load no longer holds back the next event (docs/benchmarks.md,
+"Light-load tail, fifth session"). An event that arrives
 when the hub has been quiet for that long is flushed at once by `publish`
 itself, in the publisher's greenlet: at 100 x 50 the flusher's wake-up took
 0.04 ms (p50) to 0.09 ms (p99) of the relay's ~0.6 ms per event, the writes
@@ -20,9 +22,10 @@ to 100 clients 0.46 ms (bench/latency_probe.py).
 
 No latency floor (contract §12, bench/ 100 x 50 and 100 x 500 beside nchan):
 the flush interval defaults to 0, so an event goes out at once when the
-hub is idle or the last flush was cheap, and batches grow only with load
-through the flush-share rule above (a 1000-client flush costs ~5 ms, so
-flushes stay >= 12 ms apart there, as they did with the old 10 ms floor).
+hub is idle or its flushes stayed within their share, and batches grow only
+with load through the flush-share rule above (a 1000-client flush costs
+~5 ms, so under load flushes are >= 12 ms apart there on average, as with
+the old 10 ms floor).
 
 Rates (`max_hz`): clients with the same patterns AND the same rate form one
 group with one Conflator (handlers/conflate.py), so a thousand clients at
@@ -284,13 +287,16 @@ class Hub:
         """One flush, its cost noted for the pacing (and, with events, for the metrics)."""
         self._flushing = True
         start = time.perf_counter()
+        cpu_start = time.thread_time()
         try:
             self.flush(batch, start)
         finally:
             self._flushing = False
-            cost = self._pacer.flushed(start, time.perf_counter())
+            # the pacing counts the worker's CPU time (time descheduled is no flushing); the metric, wall time
+            self._pacer.flushed(start, time.thread_time() - cpu_start)
+            wall = time.perf_counter() - start
         if batch:
-            self._on_flush(cost)
+            self._on_flush(wall)
 
     def flush(self, batch: list[Event], now_s: float | None = None) -> None:
         """Hand `batch` to every group (and what a rate or slow client holds, when it is due)."""

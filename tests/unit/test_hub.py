@@ -275,6 +275,25 @@ def test_an_event_published_while_the_hub_is_idle_is_written_before_publish_retu
         flusher.kill()
 
 
+def test_time_a_flush_spends_descheduled_is_not_counted_against_the_share():
+    import time
+
+    class Descheduled(FakeClient):
+        def deliver(self, frame, n_events):
+            time.sleep(0.060)  # the worker off the CPU mid-flush: wall time, no CPU time
+            super().deliver(frame, n_events)
+
+    hub, delivered, flusher = _parked_hub()
+    try:
+        client = Descheduled()
+        hub.add(client)
+        hub.publish(events("a"))  # an idle flush: 60 ms of wall time, more than the share's credit
+        hub.publish(events("a", first=2))
+        assert client.frames == [(b"ws:1", 1), (b"ws:2", 1)]  # flushed at once too: no pacing delay
+    finally:
+        flusher.kill()
+
+
 def test_an_event_published_while_the_flusher_paces_waits_for_the_flusher():
     import gevent
 
@@ -282,10 +301,10 @@ def test_an_event_published_while_the_flusher_paces_waits_for_the_flusher():
     try:
         client = FakeClient()
         hub.add(client)
-        hub._pacer.flushed(start_s=float("inf"), end_s=float("inf"))  # a flush "just now": pacing forbids another
+        hub._pacer.flushed(start_s=float("inf"), cost_s=0.0)  # a flush "just now": pacing forbids another
         hub.publish(events("a"))
         assert client.frames == [] and [e.seq for e in hub._pending] == [1]
-        hub._pacer.flushed(start_s=float("-inf"), end_s=float("-inf"))  # the flusher may go now
+        hub._pacer.flushed(start_s=float("-inf"), cost_s=0.0)  # the flusher may go now
         with gevent.Timeout(2.0):
             while not client.frames:
                 gevent.sleep(0.001)
@@ -303,7 +322,7 @@ def test_a_rated_group_fed_by_an_idle_flush_still_gets_its_release_from_the_flus
         hub.add(rated)
         gevent.sleep(0)  # the flusher parks again, now with a rated group (nothing held: no timer)
         hub.publish(events("a"))  # an idle flush: released at once, the first release
-        hub._pacer.flushed(start_s=float("-inf"), end_s=float("-inf"))  # as if that flush were long ago
+        hub._pacer.flushed(start_s=float("-inf"), cost_s=0.0)  # as if that flush were long ago
         hub.publish(events("a", first=2))  # an idle flush too: held, the interval has not passed
         assert rated.frames == [(b"ws:1", 1)] and hub._pending == []
         with gevent.Timeout(2.0):
