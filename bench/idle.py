@@ -190,7 +190,9 @@ def listen_drops() -> dict:
     for names, values in zip(lines[::2], lines[1::2], strict=False):
         if names.startswith("TcpExt:"):
             table = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
-            return {"ListenOverflows": table.get("ListenOverflows", 0), "ListenDrops": table.get("ListenDrops", 0)}
+            # + SYNs the clients had to send again, and SYNs refused by a full SYN queue
+            return {k: table.get(k, 0) for k in ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPReqQFullDrop",
+                                                 "TCPReqQFullDoCookies")}
     return {}
 
 
