@@ -123,7 +123,9 @@ def main() -> int:
     inflight = 0
     made = 0
     handshakes: list[float] = []
-    tcp_connects: list[float] = []  # connect() to writable: a SYN dropped at a full accept queue is retried after 1 s
+    # connect() to writable, as this loop sees it: a SYN dropped at a full accept queue is resent 1 s later,
+    # but the loop's own lag on a busy host is in it too (the kernel's TCPSynRetrans says which)
+    tcp_connects: list[float] = []
     errors: dict[str, int] = {}
     all_open_at = None
     next_report = started + 1.0
