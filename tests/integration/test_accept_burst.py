@@ -22,6 +22,9 @@ from support.procnet import children
 from support.waiting import wait_until
 
 BURST = 400  # well beyond one of gevent's default batches (100), well under BACKLOG (4096)
+# the workers are stopped while the burst connects: on a busy host that can take a while, and gunicorn
+# would kill a worker silent for its 30 s time-out (seen once, with a 100,000-client bench beside it)
+RELAY_ENV = {"GUNICORN_CMD_ARGS": "--timeout 300"}
 
 
 def accept_queue(port: int) -> int | None:
@@ -41,7 +44,7 @@ def test_a_burst_in_the_accept_queue_is_accepted_before_any_of_it_is_served(rela
 def test_with_several_workers_too(prefix, fresh_upstream, launch_relay):  # noqa: F811
     """gunicorn's gevent worker sets max_accept to 1 on its servers when it has several workers (one
     connection per wake-up, spread between them); MAX_ACCEPT overrides that too."""
-    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="2"))
+    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="2", **RELAY_ENV))
     workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 2 else None, 20,
                          "two workers")
     burst_is_taken_at_once(relay, workers)
