@@ -159,13 +159,40 @@ class Probe:
         return json.loads(path.read_text())
 
 
+class AcceptQueue(threading.Thread):
+    """Samples a listener's accept queue (`ss -ltn`'s Recv-Q: connections the kernel completed that no
+    worker has accepted yet) every `every_s` until stopped."""
+
+    def __init__(self, port: int, every_s: float = 0.1):
+        super().__init__(daemon=True)
+        self.port, self.every_s = port, every_s
+        self.depths: list[int] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every_s):
+            out = subprocess.run(["ss", "-Hltn", f"sport = :{self.port}"], capture_output=True, text=True).stdout
+            fields = out.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                self.depths.append(int(fields[1]))
+
+    def result(self) -> dict:
+        self.halt.set()
+        self.join(5)
+        d = self.depths
+        return {"samples": len(d), "max": max(d) if d else None, "nonzero": sum(1 for x in d if x),
+                "over_1000": sum(1 for x in d if x > 1000)}
+
+
 def listen_drops() -> dict:
     """The kernel's count of connections dropped because a listen queue was full (whole machine)."""
     lines = Path("/proc/net/netstat").read_text().splitlines()
     for names, values in zip(lines[::2], lines[1::2], strict=False):
         if names.startswith("TcpExt:"):
             table = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
-            return {"ListenOverflows": table.get("ListenOverflows", 0), "ListenDrops": table.get("ListenDrops", 0)}
+            # + SYNs the clients had to send again, and SYNs refused by a full SYN queue
+            return {k: table.get(k, 0) for k in ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPReqQFullDrop",
+                                                 "TCPReqQFullDoCookies")}
     return {}
 
 
@@ -279,20 +306,25 @@ class IdleBench:
 
     # -- storms ---------------------------------------------------------------------------------
 
-    def storm(self, n: int, workers: int, health_port: bool = False) -> dict:
-        run_id = f"storm-{n}-w{workers}" + ("-hp" if health_port else "")
+    def storm(self, n: int, workers: int, health_port: bool = False, max_accept: str = "", nth: int = 0) -> dict:
+        run_id = (f"storm-{n}-w{workers}" + ("-hp" if health_port else "") + f"-ma{max_accept or 'default'}"
+                  + (f"-r{nth}" if nth else ""))
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
-        record = {"id": run_id, "scenario": "storm", "clients": n, "workers": workers, "before": machine_note()}
+        record = {"id": run_id, "scenario": "storm", "clients": n, "workers": workers, "before": machine_note(),
+                  "max_accept": max_accept or "the relay's default"}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port)})
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port),
+                                            "MAX_ACCEPT": max_accept or None})
             record["probed"] = relay.health_base
             timer = Timer(relay.health_base + "/health", 0.1)
             timer.start()
+            queue = AcceptQueue(relay.port)
+            queue.start()
             cpu0 = sum(cpu_seconds(p) for p in relay.pids)
             drops0 = listen_drops()
             t0 = time.monotonic()
@@ -301,6 +333,8 @@ class IdleBench:
                               log=wd / "load.log")]
             wait_for(lambda: all(x.settled() for x in loads), 300, f"{n} clients")
             record["all_settled_s"] = round(time.monotonic() - t0, 2)
+            record["accept_queue"] = queue.result()
+            record["clients_per_worker"] = relay.connections_per_worker()
             drops1 = listen_drops()
             record["listen_queue_drops"] = {k: drops1[k] - drops0.get(k, 0) for k in drops1}
             # what a handshake costs the workers, whatever else the machine does
@@ -321,8 +355,11 @@ class IdleBench:
             drop_prefix(prefix)
         record["after"] = machine_note()
         self.save(record)
-        self.say(f"{run_id}: {record.get('connected')} of {n} in {record.get('summary', [{}])[0].get('connect_s')} s "
-                 f"({record.get('handshakes_per_s')}/s) {record.get('error', '')}")
+        first = (record.get("summary") or [{}])[0]
+        self.say(f"{run_id}: {record.get('connected')} of {n} in {first.get('connect_s')} s "
+                 f"({record.get('handshakes_per_s')}/s) overflows {record.get('listen_queue_drops')} "
+                 f"queue {record.get('accept_queue')} hs {first.get('handshake_ms')} tcp {first.get('tcp_connect_ms')} "
+                 f"health {record.get('health_while_connecting')} {record.get('error', '')}")
         return record
 
     # -- the crowd: many workers, many load generators --------------------------------------------
@@ -528,6 +565,9 @@ def main() -> None:
     p.add_argument("--active-s", type=float, default=20)
     p.add_argument("--health-port", action="store_true",
                    help="crowd/storm: run with HEALTH_BIND and time /health and /metrics on that listener")
+    p.add_argument("--max-accept", default="",
+                   help="storm: comma-separated MAX_ACCEPT values run interleaved ('default' = unset, the relay's default; 0 = gunicorn's choice)")
+    p.add_argument("--rounds", type=int, default=1, help="storm: rounds of the --max-accept values")
     p.add_argument("--out", default="")
     a = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: the finally blocks stop every child
@@ -540,7 +580,9 @@ def main() -> None:
     elif a.scenario == "nchan":
         b.nchan(a.n)
     elif a.scenario == "storm":
-        b.storm(a.n, a.workers, a.health_port)
+        for nth in range(1, a.rounds + 1):
+            for value in (a.max_accept or "default").split(","):
+                b.storm(a.n, a.workers, a.health_port, "" if value == "default" else value, nth if a.rounds > 1 else 0)
     else:
         steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
         rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
