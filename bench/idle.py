@@ -58,9 +58,11 @@ class IdleLoad(LineProc):
     """One bench/idleload.py process."""
 
     def __init__(self, url: str, n: int, *, source: str = "", rate: float = 2000, inflight: int = 2000,
-                 hold_s: float = 3600, max_s: float = 600, log: Path | None = None):
+                 hold_s: float = 3600, max_s: float = 600, log: Path | None = None, batch_ms: float | None = None):
         argv = [PYTHON, str(BENCH / "idleload.py"), "--url", url, "--n", str(n), "--rate", str(rate),
                 "--inflight", str(inflight), "--hold-s", str(hold_s), "--max-s", str(max_s)]
+        if batch_ms is not None:
+            argv += ["--batch-ms", str(batch_ms)]
         if source:
             argv += ["--source", source]
         super().__init__(argv, log=log)
@@ -181,6 +183,7 @@ class IdleBench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"started": machine_note(), "git": git_head(), "runs": []}
         self.spy = self.perf = False  # crowd: py-spy on a worker (and perf on the machine) in each active row
+        self.paused_row = False  # crowd: one more active row with the crowd held but its load generators stopped
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -393,6 +396,11 @@ class IdleBench:
             if active:
                 record["active_with"] = self.active(relay, up, wd / "active-with", active, active_rate, active_s,
                                                     2, {"gen_idle": [x.pid for x in loads]}, crowd=loads)
+                if self.paused_row:  # the relay's share of the crowd alone: its clients' processes stopped
+                    record["active_with_paused"] = self.active(relay, up, wd / "active-with-paused", active,
+                                                               active_rate, active_s, 4,
+                                                               {"gen_idle": [x.pid for x in loads]}, crowd=loads,
+                                                               pause=[x.pid for x in loads])
             left = hold_s - (time.monotonic() - t_hold)
             if left > 0:
                 time.sleep(left)
@@ -426,9 +434,13 @@ class IdleBench:
         return record
 
     def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int,
-               others: dict | None = None, crowd: list | None = None) -> dict:
+               others: dict | None = None, crowd: list | None = None, pause: list[int] | None = None) -> dict:
         """`clients` Node.js subscribers at `rate` events/s for `duration_s`: p50/p99, lost; where every
-        process's CPU went meanwhile (bench/crowdscan.py) and the crowd's pings in the window."""
+        process's CPU went meanwhile (bench/crowdscan.py) and the crowd's pings in the window.
+
+        `pause`: processes stopped (SIGSTOP) for the timed window only, continued right after it (the
+        idle crowd's load generators: the relay still pings their clients, whose pongs come once they
+        run again, within the 25 s a client has to answer)."""
         wd.mkdir(parents=True, exist_ok=True)
         subs = spy = None
         rec: dict = {"clients": clients, "rate": rate, "duration_s": duration_s, "loadavg_before": loadavg()}
@@ -455,8 +467,14 @@ class IdleBench:
                 x.poll()
             mark = [len(x.ticks) for x in crowd or []]
             t_window = time.monotonic()
-            up.run(base, rate, duration_s)
-            up.expect("done", duration_s + 120)
+            for pid in pause or []:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                up.run(base, rate, duration_s)
+                up.expect("done", duration_s + 120)
+            finally:
+                for pid in pause or []:
+                    os.kill(pid, signal.SIGCONT)
             rec["cpu_pct"] = meter.stop()
             rec["scan"] = scan.stop()
             if crowd:  # the crowd's pings answered while the active clients were timed
@@ -560,13 +578,15 @@ def main() -> None:
                    help="crowd/storm: run with HEALTH_BIND and time /health and /metrics on that listener")
     p.add_argument("--spy", action="store_true", help="crowd: py-spy on the busiest worker in each active row")
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
+    p.add_argument("--paused-row", action="store_true",
+                   help="crowd: an active row with the crowd held but its load generators stopped (SIGSTOP)")
     p.add_argument("--out", default="")
     a = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: the finally blocks stop every child
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
-    b.spy, b.perf = a.spy, a.perf
+    b.spy, b.perf, b.paused_row = a.spy, a.perf, a.paused_row
     if a.scenario == "breakdown":
         for route in a.routes.split(","):
             b.breakdown(route, 2000 if a.trace else a.n, a.trace)
