@@ -438,9 +438,9 @@ class IdleBench:
         """`clients` Node.js subscribers at `rate` events/s for `duration_s`: p50/p99, lost; where every
         process's CPU went meanwhile (bench/crowdscan.py) and the crowd's pings in the window.
 
-        `pause`: processes stopped (SIGSTOP) for the timed window only, continued right after it (the
-        idle crowd's load generators: the relay still pings their clients, whose pongs come once they
-        run again, within the 25 s a client has to answer)."""
+        `pause`: processes stopped (SIGSTOP) for the timed window and until every event is delivered,
+        continued right after (the idle crowd's load generators: the relay still pings their clients,
+        whose pongs come once they run again, within the 25 s a client has to answer)."""
         wd.mkdir(parents=True, exist_ok=True)
         subs = spy = None
         rec: dict = {"clients": clients, "rate": rate, "duration_s": duration_s, "loadavg_before": loadavg()}
@@ -472,11 +472,14 @@ class IdleBench:
             try:
                 up.run(base, rate, duration_s)
                 up.expect("done", duration_s + 120)
+                rec["cpu_pct"] = meter.stop()
+                rec["scan"] = scan.stop()
+                # every event delivered before stopped processes run again: their backlog of pongs
+                # (40,000 for the crowd) must not land on the relay while the last events are in flight
+                subs.quiet(2000, 10_000)
             finally:
                 for pid in pause or []:
                     os.kill(pid, signal.SIGCONT)
-            rec["cpu_pct"] = meter.stop()
-            rec["scan"] = scan.stop()
             if crowd:  # the crowd's pings answered while the active clients were timed
                 for x in crowd:
                     x.poll()
@@ -485,7 +488,6 @@ class IdleBench:
             ours = sum(v for k, v in rec["cpu_pct"].items() if k != "machine_busy_pct_of_all_cores")
             rec["cpu_pct"]["not_ours"] = round(rec["cpu_pct"]["machine_busy_pct_of_all_cores"] * (os.cpu_count() or 1)
                                                - ours, 1)  # other people's processes and the kernel's softirqs
-            subs.quiet(2000, 10_000)
             rep = subs.report()
             rec.update({k: rep[k] for k in ("delivered", "lost", "duplicated", "out_of_order", "closed")})
             rec["latency_ms"] = rep["latency_ms"]
