@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from crowdscan import Scan, Spy  # noqa: E402
 from procs import (  # noqa: E402
     BENCH,
     VENV_BIN,
@@ -57,9 +58,11 @@ class IdleLoad(LineProc):
     """One bench/idleload.py process."""
 
     def __init__(self, url: str, n: int, *, source: str = "", rate: float = 2000, inflight: int = 2000,
-                 hold_s: float = 3600, max_s: float = 600, log: Path | None = None):
+                 hold_s: float = 3600, max_s: float = 600, log: Path | None = None, batch_ms: float | None = None):
         argv = [PYTHON, str(BENCH / "idleload.py"), "--url", url, "--n", str(n), "--rate", str(rate),
                 "--inflight", str(inflight), "--hold-s", str(hold_s), "--max-s", str(max_s)]
+        if batch_ms is not None:
+            argv += ["--batch-ms", str(batch_ms)]
         if source:
             argv += ["--source", source]
         super().__init__(argv, log=log)
@@ -206,6 +209,8 @@ class IdleBench:
         self.work = out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"started": machine_note(), "git": git_head(), "runs": []}
+        self.spy = self.perf = False  # crowd: py-spy on a worker (and perf on the machine) in each active row
+        self.paused_row = False  # crowd: one more active row with the crowd held but its load generators stopped
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -427,7 +432,12 @@ class IdleBench:
             mark = [len(x.ticks) for x in loads]
             if active:
                 record["active_with"] = self.active(relay, up, wd / "active-with", active, active_rate, active_s,
-                                                    2, {"gen_idle": [x.pid for x in loads]})
+                                                    2, {"gen_idle": [x.pid for x in loads]}, crowd=loads)
+                if self.paused_row:  # the relay's share of the crowd alone: its clients' processes stopped
+                    record["active_with_paused"] = self.active(relay, up, wd / "active-with-paused", active,
+                                                               active_rate, active_s, 4,
+                                                               {"gen_idle": [x.pid for x in loads]}, crowd=loads,
+                                                               pause=[x.pid for x in loads])
             left = hold_s - (time.monotonic() - t_hold)
             if left > 0:
                 time.sleep(left)
@@ -461,38 +471,78 @@ class IdleBench:
         return record
 
     def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int,
-               others: dict | None = None) -> dict:
-        """`clients` Node.js subscribers at `rate` events/s for `duration_s`: p50/p99, lost."""
+               others: dict | None = None, crowd: list | None = None, pause: list[int] | None = None) -> dict:
+        """`clients` Node.js subscribers at `rate` events/s for `duration_s`: p50/p99, lost; where every
+        process's CPU went meanwhile (bench/crowdscan.py) and the crowd's pings in the window.
+
+        `pause`: processes stopped (SIGSTOP) for the timed window and until every event is delivered,
+        continued right after (the idle crowd's load generators: the relay still pings their clients,
+        whose pongs come once they run again, within the 25 s a client has to answer)."""
         wd.mkdir(parents=True, exist_ok=True)
-        subs = None
+        subs = spy = None
         rec: dict = {"clients": clients, "rate": rate, "duration_s": duration_s, "loadavg_before": loadavg()}
         try:
+            socks0 = [tcp_sockets(p) for p in relay.pids]
             subs = Subscribers(client_url(relay, "ws"), clients, deflate=False, log=wd / "subscribers.log",
                                first_frame=True)
+            # which workers the kernel gave the active clients to (established sockets, after - before)
+            rec["active_per_worker"] = [tcp_sockets(p) - s0 for p, s0 in zip(relay.pids, socks0, strict=True)]
             base, count = nth * 100_000_000, round(rate * duration_s)
             subs.arm(base, count)
             time.sleep(0.5)
             # everything on the machine that is ours: the idle crowd's generators and Redis too
-            meter = CpuMeter({"workers": relay.pids, "gen_subscribers": [subs.pid], "gen_upstream": [up.pid],
-                              **getattr(relay, "side_pids", {}), **(others or {})})
-            up.run(base, rate, duration_s)
-            up.expect("done", duration_s + 120)
-            rec["cpu_pct"] = meter.stop()
+            groups = {"workers": relay.pids, "gen_subscribers": [subs.pid], "gen_upstream": [up.pid],
+                      **getattr(relay, "side_pids", {}), **(others or {})}
+            if self.spy:
+                busiest = relay.pids[max(range(len(relay.pids)), key=lambda i: rec["active_per_worker"][i])]
+                spy = Spy(VENV_BIN, wd / "spy", busiest, duration_s, perf=self.perf)
+                rec["spied_worker"] = busiest
+                groups["spy"] = spy.pids()
+            scan = Scan({**groups, "bench_and_master": [os.getpid(), relay.proc.pid]}, relay.pids)
+            meter = CpuMeter(groups)
+            for x in crowd or []:
+                x.poll()
+            mark = [len(x.ticks) for x in crowd or []]
+            t_window = time.monotonic()
+            for pid in pause or []:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                up.run(base, rate, duration_s)
+                up.expect("done", duration_s + 120)
+                rec["cpu_pct"] = meter.stop()
+                rec["scan"] = scan.stop()
+                # every event delivered before stopped processes run again: their backlog of pongs
+                # (40,000 for the crowd) must not land on the relay while the last events are in flight
+                subs.quiet(2000, 10_000)
+            finally:
+                for pid in pause or []:
+                    os.kill(pid, signal.SIGCONT)
+            if crowd:  # the crowd's pings answered while the active clients were timed
+                for x in crowd:
+                    x.poll()
+                pings = sum(sum(t["pings"] for t in x.ticks[m:]) for x, m in zip(crowd, mark, strict=True))
+                rec["crowd_pings_per_s"] = round(pings / (time.monotonic() - t_window), 1)
             ours = sum(v for k, v in rec["cpu_pct"].items() if k != "machine_busy_pct_of_all_cores")
             rec["cpu_pct"]["not_ours"] = round(rec["cpu_pct"]["machine_busy_pct_of_all_cores"] * (os.cpu_count() or 1)
                                                - ours, 1)  # other people's processes and the kernel's softirqs
-            subs.quiet(2000, 10_000)
             rep = subs.report()
             rec.update({k: rep[k] for k in ("delivered", "lost", "duplicated", "out_of_order", "closed")})
             rec["latency_ms"] = rep["latency_ms"]
+            rec["relay_receive_ms"] = rep.get("relay_receive_ms")
         except Exception as exc:  # noqa: BLE001
             rec["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             if subs is not None:
                 subs.stop()
+            if spy is not None:
+                spy.wait()
         rec["loadavg_after"] = loadavg()
+        scan = rec.get("scan", {})
         self.say(f"active {clients} x {rate:g}: p50 {rec.get('latency_ms', {}).get('p50')} p99 "
-                 f"{rec.get('latency_ms', {}).get('p99')} ms, lost {rec.get('lost')} {rec.get('error', '')}")
+                 f"{rec.get('latency_ms', {}).get('p99')} ms, lost {rec.get('lost')}, per worker "
+                 f"{rec.get('active_per_worker')}, cpu {rec.get('cpu_pct')}, machine {scan.get('machine')}, "
+                 f"others {scan.get('others_cpu')} {[(o['comm'], o['cpu']) for o in scan.get('others_top', [])]} "
+                 f"{rec.get('error', '')}")
         return rec
 
 
@@ -568,12 +618,17 @@ def main() -> None:
     p.add_argument("--max-accept", default="",
                    help="storm: comma-separated MAX_ACCEPT values run interleaved ('default' = unset, the relay's default; 0 = gunicorn's choice)")
     p.add_argument("--rounds", type=int, default=1, help="storm: rounds of the --max-accept values")
+    p.add_argument("--spy", action="store_true", help="crowd: py-spy on the busiest worker in each active row")
+    p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
+    p.add_argument("--paused-row", action="store_true",
+                   help="crowd: an active row with the crowd held but its load generators stopped (SIGSTOP)")
     p.add_argument("--out", default="")
     a = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: the finally blocks stop every child
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
+    b.spy, b.perf, b.paused_row = a.spy, a.perf, a.paused_row
     if a.scenario == "breakdown":
         for route in a.routes.split(","):
             b.breakdown(route, 2000 if a.trace else a.n, a.trace)

@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--ping-s", type=float, default=5.0)
     p.add_argument("--window-s", type=float, default=10.0)
     p.add_argument("--spy", action="store_true")
+    p.add_argument("--batch-ms", type=float, default=None, help="bench/idleload.py's --batch-ms (its default: 100)")
     p.add_argument("--root", default="", help="run the relay from this checkout (an A/B against another revision)")
     a = p.parse_args()
     if a.root:
@@ -38,14 +39,15 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = BENCH / "results" / f"{stamp}-idle-tax"
     out.mkdir(parents=True, exist_ok=True)
-    rec: dict = {"git": git_head(), "root": str(Relayhouse.root), "n": a.n, "ping_s": a.ping_s, "loadavg_before": loadavg()}
+    rec: dict = {"git": git_head(), "root": str(Relayhouse.root), "n": a.n, "ping_s": a.ping_s, "batch_ms": a.batch_ms,
+                 "loadavg_before": loadavg()}
     up = Upstream("serve", out / "upstream.log")
     relay, loads = None, []
     try:
         relay = Relayhouse(out, up.url, {"WS_PING_INTERVAL_S": str(a.ping_s)})
         per = [min(19_000, a.n - k) for k in range(0, a.n, 19_000)]
         loads = [IdleLoad(client_url(relay, "ws", quiet=True), k, source=f"127.0.0.{2 + i}", rate=2000,
-                          inflight=500, max_s=300, log=out / f"load-{i}.log") for i, k in enumerate(per)]
+                          inflight=500, max_s=300, log=out / f"load-{i}.log", batch_ms=a.batch_ms) for i, k in enumerate(per)]
         wait_for(lambda: all(x.settled() for x in loads), 120, f"{a.n} clients {[x.last for x in loads]}")
         time.sleep(a.ping_s * 1.1)  # every client has had its first ping: the steady state
         for x in loads:
