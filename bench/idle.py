@@ -397,6 +397,15 @@ class IdleBench:
                 health, metrics = Timer(relay.health_base + "/health"), Timer(relay.health_base + "/metrics")
                 health.start()
                 metrics.start()
+                # with HEALTH_BIND, /health on the clients' port as well, side by side; both accept queues
+                main = Timer(relay.base + "/health") if relay.health_base != relay.base else None
+                queues = {"clients": AcceptQueue(relay.port)}
+                if main:
+                    main.start()
+                    queues["health"] = AcceptQueue(int(relay.health_base.rsplit(":", 1)[1]))
+                for q in queues.values():
+                    q.start()
+                drops0 = listen_drops()
                 cpu0 = sum(cpu_seconds(p) for p in relay.pids)
                 t0 = time.monotonic()
                 new = [IdleLoad(client_url(relay, "ws", quiet=True), k, source=f"127.0.0.{2 + len(loads) + i}",
@@ -419,6 +428,11 @@ class IdleBench:
                     "health_while_connecting": health.result(), "metrics_while_connecting": metrics.result(),
                     "loadavg": loadavg(),
                 }
+                if main:
+                    step_rec["health_on_clients_port"] = main.result()
+                step_rec["accept_queue"] = {k: q.result() for k, q in queues.items()}
+                drops1 = listen_drops()  # host-wide, over the connects and the 3 s after
+                step_rec["listen_queue_drops"] = {k: drops1[k] - drops0.get(k, 0) for k in drops1}
                 record["steps"].append(step_rec)
                 self.say(f"{run_id}: {connected} idle connected ({failed} failed), "
                          f"{step_rec['kib_per_connection']} KiB each, health p99 "
