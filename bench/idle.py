@@ -371,19 +371,21 @@ class IdleBench:
 
     def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rates: list[float], hold_s: float,
               active: int, active_rate: float, active_s: float, settle_s: float = 5.0,
-              health_port: bool = False) -> dict:
-        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "")
+              health_port: bool = False, max_accept: str = "") -> dict:
+        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "") + (f"-ma{max_accept}" if max_accept else "")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
                   "rates": rates, "settle_s": settle_s, "health_port": health_port, "before": machine_note(),
+                  "max_accept": max_accept or "the relay's default",
                   "steps": []}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port)})
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port),
+                                            "MAX_ACCEPT": max_accept or None})
             record["pids"] = relay.pids
             record["probed"] = relay.health_base
             if active:
@@ -630,7 +632,7 @@ def main() -> None:
     p.add_argument("--health-port", action="store_true",
                    help="crowd/storm: run with HEALTH_BIND and time /health and /metrics on that listener")
     p.add_argument("--max-accept", default="",
-                   help="storm: comma-separated MAX_ACCEPT values run interleaved ('default' = unset, the relay's default; 0 = gunicorn's choice)")
+                   help="storm: comma-separated MAX_ACCEPT values run interleaved ('default' = unset, the relay's default; 0 = gunicorn's choice); crowd: one value")
     p.add_argument("--rounds", type=int, default=1, help="storm: rounds of the --max-accept values")
     p.add_argument("--spy", action="store_true", help="crowd: py-spy on the busiest worker in each active row")
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
@@ -656,7 +658,7 @@ def main() -> None:
         steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
         rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
         rec = b.crowd(a.total, steps, a.workers, a.loadgens, rates, a.hold_s, a.active, a.active_rate, a.active_s,
-                      a.settle_s, a.health_port)
+                      a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept)
         b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
     print(out)
 

@@ -14,7 +14,12 @@ handshake, not the accept, is the limit), nor the last client's wait (~5-6 s), w
 kernel's queue into the worker (a queued greenlet and socket each). The cost: with several workers
 the first to wake takes more of the storm (7 workers held 691-2,643 each, against 1,237-1,706),
 and a /health on HEALTH_BIND waits behind the handshakes its worker already took (7 of 84 probes
-over 100 ms, against 2 of 139). MAX_ACCEPT=0 keeps gunicorn's choice.
+over 100 ms, against 2 of 139). And, found later, why it is opt-in (MAX_ACCEPT default 0 =
+gunicorn's choice): in the 100,000-client crowd on 7 workers with REDIS_URL (connects offered at
+1,500/s for minutes, bench/idle.py crowd --max-accept), a worker ran the thousands of handshakes it
+took at once in one long loop iteration and missed its leader-lease renewals: 22-37 lease changes
+and 6,000-10,400 held clients closed by the relay with 4096, none with 0 (docs/benchmarks.md,
+"MAX_ACCEPT during the 100,000 crowd"). Bounding the handshakes in flight would be the next step.
 """
 
 from __future__ import annotations

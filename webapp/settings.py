@@ -227,7 +227,7 @@ class Settings:
     ws_max_message_bytes: int = env("WS_MAX_MESSAGE_BYTES", 65536, _int(125, 1 << 24), "larger client frames close with 1009")
     hub_flush_interval_ms: float = env("HUB_FLUSH_INTERVAL_MS", 0.0, _float(0, 1000), "least time between two flushes (0: none; load alone batches, see webapp/hub.py)")
     gc_freeze: bool = env("GC_FREEZE", True, _bool, "after boot, move what start-up loaded out of the garbage collector's reach (gc.freeze)")
-    max_accept: int = env("MAX_ACCEPT", 4096, _int(0, 1_000_000), "connections a worker takes from the kernel's accept queue per wake-up of its listener; the pool (WORKER_CONNECTIONS) still caps what it holds. 0 = gunicorn's choice (gevent's 100 with one worker, 1 with several)")
+    max_accept: int = env("MAX_ACCEPT", 0, _int(0, 1_000_000), "connections a worker takes from the kernel's accept queue per wake-up of its listener (opt-in: drains a connect storm, but a worker busy with thousands of handshakes can miss its leader-lease renewal; see webapp/accept.py); the pool (WORKER_CONNECTIONS) still caps what it holds. 0 = gunicorn's choice (gevent's 100 with one worker, 1 with several)")
     gc_gen0_threshold: int = env("GC_GEN0_THRESHOLD", 5000, _int(1, 10_000_000), "allocations between two young-generation garbage collections (the interpreter's default is 700)")
     slow_close_timeout_s: float = env("SLOW_CLOSE_TIMEOUT_S", 5.0, _float(0.1, 600), "how long a slow consumer gets to take its close frame")
     sse_keepalive_s: float = env("SSE_KEEPALIVE_S", 15.0, _float(0.1, 3600), "SSE keep-alive comment interval")
