@@ -23,7 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from procs import TICKS, machine_jiffies
+
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
@@ -63,7 +64,7 @@ def cmdline(pid: int) -> str:
 
 
 def cpu_line() -> list[int]:
-    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return machine_jiffies()[:len(STAT_FIELDS)]
 
 
 class Scan:

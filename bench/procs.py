@@ -81,9 +81,14 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def machine_jiffies() -> list[int]:
+    """The machine's time by kind (user, nice, system, idle, iowait, irq, softirq, steal, ...), /proc/stat."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy jiffies, total jiffies) of the whole machine, from /proc/stat."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    parts = machine_jiffies()
     idle = parts[3] + parts[4]
     return sum(parts) - idle, sum(parts)
 
