@@ -11,8 +11,8 @@ What the thread may touch: the C socket type (`_socket`, which gevent does not p
 under the GIL), and the pure handlers/probes.py. Never a gevent socket, lock or event, never logging
 (its locks are gevent's after monkey-patching), never a part of the runtime: /health and /metrics are
 computed on the loop, as on PORT, and published as bytes. On each probe the thread asks the loop for a
-fresh report and waits FRESH_WAIT_S for it; a loop too busy to answer that fast gets its last report
-served, with its age. A loop that has not run its heartbeat for HEALTH_LOOP_STALL_MS makes /health a
+fresh report and waits FRESH_WAIT_S for it (not at all when the loop is already late for its heartbeat);
+a loop too busy to answer that fast gets its last report served, with its age. A loop that has not run its heartbeat for HEALTH_LOOP_STALL_MS makes /health a
 503: the thread must not make a stuck worker look alive.
 """
 
@@ -171,7 +171,8 @@ class HealthThread:
         conn.settimeout(WRITE_TIMEOUT_S)
         if isinstance(probe, probes.Refusal):
             return probes.refusal_response(probe)
-        report, now = self._fresh(probe.path), time.monotonic()
+        behind = time.monotonic() - self.loop_side.beat > 2 * TICK_S  # a loop late for its heartbeat: no wait
+        report, now = self._fresh(probe.path, 0.0 if behind else FRESH_WAIT_S), time.monotonic()
         silent_s = max(0.0, now - self.loop_side.beat)
         age_s = None if report is None else max(0.0, now - report.made_at)
         if report is not None and report.failed:
@@ -205,12 +206,14 @@ class HealthThread:
                 return refusal
         return buffer
 
-    def _fresh(self, path: str) -> Report | None:
-        """The loop's report of `path`, made for this probe when the loop answers within FRESH_WAIT_S."""
+    def _fresh(self, path: str, wait_s: float) -> Report | None:
+        """The loop's report of `path`: one made for this probe when the loop answers within `wait_s`, else
+        the last (the one asked for now is there for the next probe)."""
         lock = native_lock()
         lock.acquire()
         self.loop_side.want(path, lock)
-        lock.acquire(timeout=FRESH_WAIT_S)
+        if wait_s > 0:
+            lock.acquire(timeout=wait_s)
         return self.loop_side.reports[path]
 
     def _linger(self, conn: _socket.socket) -> None:
