@@ -127,10 +127,15 @@ class HealthThread:
                 busy = self.open >= MAX_CONNECTIONS
                 if not busy:
                     self.open += 1
-            if busy:
-                self._refuse_busy(conn)
-            else:
-                start_native_thread(self._serve, (conn,))
+            if not busy:
+                try:
+                    start_native_thread(self._serve, (conn,))
+                    continue
+                except RuntimeError as exc:  # the process has no thread left to give
+                    self._note(exc)
+                    with self._count:
+                        self.open -= 1
+            self._refuse_busy(conn)
 
     def _refuse_busy(self, conn: _socket.socket) -> None:
         try:
