@@ -127,6 +127,7 @@ def post_worker_init(worker):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(secrets_filter)
     wsgi.start_runtime()
+    _health_thread(worker, wsgi)
     _tune_gc(wsgi.settings)
     handle_exit = signal.getsignal(signal.SIGTERM)
 
@@ -139,6 +140,15 @@ def post_worker_init(worker):
             handle_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _health_thread(worker, wsgi):
+    """HEALTH_BIND answered from a native thread of this worker, not its gevent loop, so a connect storm's
+    handshakes do not delay /health and /metrics there (webapp/healththread.py). Before run() builds the
+    servers: the listener is taken out of worker.sockets."""
+    from webapp.healththread import serve_in_thread
+
+    serve_in_thread(worker, wsgi.app.extensions["relayhouse"], wsgi.settings)
 
 
 def _tune_gc(settings):

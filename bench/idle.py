@@ -113,6 +113,7 @@ class Timer(threading.Thread):
         self.ms: list[float] = []
         self.connect_ms: list[float] = []  # of which the TCP connect (the listen queue)
         self.errors = 0
+        self.statuses: dict[str, int] = {}  # answers by status code (a 503 is an answer, not a healthy one)
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -124,8 +125,10 @@ class Timer(threading.Thread):
                 conn.connect()
                 t1 = time.perf_counter()
                 conn.request("GET", url.path, headers={"Connection": "close"})
-                conn.getresponse().read()
+                answer = conn.getresponse()
+                answer.read()
                 conn.close()
+                self.statuses[str(answer.status)] = self.statuses.get(str(answer.status), 0) + 1
                 t2 = time.perf_counter()
                 self.ms.append((t2 - t0) * 1000)
                 self.connect_ms.append((t1 - t0) * 1000)
@@ -140,7 +143,8 @@ class Timer(threading.Thread):
         return {"requests": len(ms), "errors": self.errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
                 "max_ms": pick(1.0), "over_100ms": sum(1 for m in ms if m > 100),
                 "connect_over_100ms": sum(1 for m in self.connect_ms if m > 100),
-                "max_connect_ms": round(max(self.connect_ms), 1) if self.connect_ms else None}
+                "max_connect_ms": round(max(self.connect_ms), 1) if self.connect_ms else None,
+                "statuses": dict(self.statuses)}
 
 
 class Probe:
@@ -376,7 +380,7 @@ class IdleBench:
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
-                  "rates": rates, "settle_s": settle_s, "health_port": health_port, "before": machine_note(),
+                  "rates": rates, "settle_s": settle_s, "health_port": health_port, "before": machine_note(), "root": str(Relayhouse.root),
                   "max_accept": max_accept or "the relay's default",
                   "steps": []}
         up = Upstream("serve", wd / "upstream.log")
@@ -638,8 +642,12 @@ def main() -> None:
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
     p.add_argument("--paused-row", action="store_true",
                    help="crowd: an active row with the crowd held but its load generators stopped (SIGSTOP)")
+    p.add_argument("--root", default="",
+                   help="the checkout whose relay runs (e.g. a `git archive` of main with .venv linked); default this one")
     p.add_argument("--out", default="")
     a = p.parse_args()
+    if a.root:
+        Relayhouse.root = Path(a.root).resolve()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: the finally blocks stop every child
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"

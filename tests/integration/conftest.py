@@ -134,10 +134,11 @@ def launch_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
     """Start relays with special settings; all of them are stopped when the test ends."""
     relays: list[Relay] = []
 
-    def launch(upstream: FakeUpstream | str, env: dict[str, str] | None = None, *, wait_upstream: bool = True) -> Relay:
-        """`upstream`: a fake upstream, or a URL ("" for the demo feed)."""
+    def launch(upstream: FakeUpstream | str, env: dict[str, str] | None = None, *, wait_upstream: bool = True,
+               config: str = "gunicorn.conf.py") -> Relay:
+        """`upstream`: a fake upstream, or a URL ("" for the demo feed); `config`: gunicorn's -c."""
         url = upstream if isinstance(upstream, str) else upstream.url
-        relay = Relay(tmp_path / f"relay{len(relays)}", url, env)
+        relay = Relay(tmp_path / f"relay{len(relays)}", url, env, config)
         relays.append(relay)
         return relay.start(wait_upstream=wait_upstream)
 

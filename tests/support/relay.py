@@ -75,8 +75,10 @@ def _signal_group(pgid: int, sig: int) -> None:
 class Relay:
     """One relay under gunicorn, with its settings, data directory and log."""
 
-    def __init__(self, workdir: Path, upstream_url: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, upstream_url: str, env: Mapping[str, str] | None = None,
+                 config: str = "gunicorn.conf.py") -> None:
         self.workdir = workdir
+        self.config = config  # gunicorn's -c: the project's, or a test's that wraps it
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(exist_ok=True)
@@ -120,7 +122,7 @@ class Relay:
         with self.log_path.open("ab") as log:
             log.write(f"\n===== test harness: start #{self.starts} on port {self.port} =====\n".encode())
             self.proc = subprocess.Popen(
-                [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+                [str(GUNICORN), "-c", self.config, "wsgi:app"],
                 cwd=ROOT,
                 env=self.environment(),
                 stdin=subprocess.DEVNULL,
