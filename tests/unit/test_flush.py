@@ -73,3 +73,86 @@ def test_a_clock_that_steps_back_grows_no_credit():
     pacer.flushed(start_s=5.0, cost_s=0.004)
     assert pacer.credit_s(now_s=4.0) == pytest.approx(-0.004)
     assert pacer.delay_s(now_s=4.0) == pytest.approx(1.0 + 0.004 / FLUSH_SHARE_MAX)
+
+
+# -- the worker's budget: flushing may go past its own share while the whole worker stays within it --
+
+def _simulate(pacer, *, seconds, event_gap_s, flush_cpu_s, other_cpu_per_s):
+    """Events every `event_gap_s`, each flushed alone when the pacer allows (queued ones share the
+    next flush); the rest of the worker burns `other_cpu_per_s`. Returns (waits, flush CPU, worker CPU)."""
+    now = cpu = flushing = 0.0
+    waits, queued, next_event, steps = [], [], 0.0, 0
+    while now < seconds:
+        steps += 1
+        assert steps < 1_000_000, "the pacer's waits do not move the clock on"
+        if not queued:
+            cpu += (next_event - now) * other_cpu_per_s if next_event > now else 0.0
+            now = max(now, next_event)
+        while next_event <= now:
+            queued.append(next_event)
+            next_event += event_gap_s
+        delay = pacer.delay_s(now, cpu)
+        if delay > 0:
+            cpu += delay * other_cpu_per_s
+            now += delay
+            continue
+        pacer.flushed(start_s=now, cost_s=flush_cpu_s)
+        waits += [now - t for t in queued]
+        queued = []
+        cpu += flush_cpu_s
+        flushing += flush_cpu_s
+        now += flush_cpu_s
+    return waits, flushing, cpu
+
+
+def test_flushes_that_need_a_little_more_than_their_share_go_out_at_once_within_the_worker_budget():
+    # 1000 x 50: a flush costs 8.4 ms, 42 % of a core, the rest of the worker ~2 %
+    waits, _, cpu = _simulate(FlushPacer(worker_share_max=0.48), seconds=20.0, event_gap_s=0.020,
+                              flush_cpu_s=0.0084, other_cpu_per_s=0.02)
+    assert max(waits) == 0.0
+    assert cpu <= 0.48 * 20.0
+
+
+def test_without_the_worker_budget_the_same_load_waits_for_the_flush_credit():
+    waits, _, _ = _simulate(FlushPacer(), seconds=20.0, event_gap_s=0.020, flush_cpu_s=0.0084, other_cpu_per_s=0.02)
+    assert max(waits) > 0.010
+
+
+def test_under_load_the_whole_worker_is_held_to_its_budget():
+    # 1000 x 200: flushing could take the whole core; the rest of the worker ~4 %
+    waits, flushing, cpu = _simulate(FlushPacer(worker_share_max=0.48), seconds=20.0, event_gap_s=0.005,
+                                     flush_cpu_s=0.009, other_cpu_per_s=0.04)
+    assert cpu <= 0.48 * 20.0 + 2 * FLUSH_BURST_S + 0.009
+    assert flushing >= FLUSH_SHARE_MAX * 20.0 - 0.009
+    assert max(waits) > 0  # batched: events share flushes
+
+
+def test_a_busy_worker_leaves_flushing_its_own_share():
+    # the rest of the worker alone past the budget (a connect storm): flushes keep 40 %
+    _, flushing, _ = _simulate(FlushPacer(worker_share_max=0.48), seconds=20.0, event_gap_s=0.005,
+                               flush_cpu_s=0.009, other_cpu_per_s=0.6)
+    assert flushing >= FLUSH_SHARE_MAX * 20.0 - 0.009
+
+
+def test_a_flush_the_worker_budget_allowed_is_not_charged_to_the_flush_credit():
+    pacer = FlushPacer(burst_s=0.0, worker_share_max=0.48)
+    pacer.delay_s(now_s=0.0, worker_cpu_s=0.0)
+    assert pacer.flushed(start_s=0.0, cost_s=0.005) == pytest.approx(0.005)  # on its own credit (full)
+    assert pacer.delay_s(now_s=0.006, worker_cpu_s=0.0) == 0.0  # the worker spent nothing else: allowed
+    assert pacer.flushed(start_s=0.006, cost_s=0.005) == 0.0
+    assert pacer.next_start_s() == pytest.approx(0.0125)  # as after the first flush alone
+
+
+def test_the_worker_credit_is_bounded_both_ways():
+    pacer = FlushPacer(burst_s=0.010, worker_share_max=0.5)
+    pacer.delay_s(now_s=0.0, worker_cpu_s=0.0)
+    pacer.delay_s(now_s=3600.0, worker_cpu_s=0.0)
+    assert pacer.worker_credit_s() == pytest.approx(0.010)  # a long idle stores no more than the burst
+    pacer.delay_s(now_s=3601.0, worker_cpu_s=5.0)  # a spell far past the budget
+    assert pacer.worker_credit_s() == pytest.approx(-0.010)  # back within 20 ms, not after hours
+
+
+def test_without_a_cpu_clock_only_the_flush_credit_counts():
+    pacer = FlushPacer(burst_s=0.0, worker_share_max=0.48)
+    pacer.flushed(start_s=10.0, cost_s=0.005)
+    assert pacer.delay_s(now_s=10.006) == pytest.approx(0.0125 - 0.006)
