@@ -9,8 +9,9 @@ divided by N. Variants, interleaved round by round:
 
   raw    a loop of bound `sock.send(frame)` (the floor: the system call and CPython's socket call)
   write  a loop of `os.write(fd, frame)`
+  write_fileno  a loop of `os.write(sock.fileno(), frame)` (what webapp/wire.py does, the descriptor looked up each time)
   hub    `Hub.flush([event])` to N real `WsClient`s on real `WireSocket`s: group, checks, deliver, write
-  stub   the same hub path with the socket's send replaced by `len`: the hub's Python alone
+  stub   the same hub path writing to /dev/null: the hub's Python and the cheapest system call
 
 Prints the median and p90 microseconds per client of each variant and writes JSON to
 bench/results/<UTC>-flush-micro/results.json.
@@ -77,13 +78,9 @@ def connect(n: int):
     return socks, child
 
 
-class StubSock:
-    """A socket whose send takes everything at once and does no system call."""
-
-    send = staticmethod(len)
-
-    def fileno(self) -> int:
-        return -1
+def stub_socks(n: int):
+    """Stand-ins for N sockets: /dev/null opened N times (a write takes everything at once)."""
+    return [open(os.devnull, "wb", buffering=0) for _ in range(n)]  # noqa: SIM115 (closed at exit)
 
 
 def make_hub(socks) -> Hub:
@@ -101,7 +98,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--flushes", type=int, default=25, help="flushes per variant per round")
     ap.add_argument("--rate", type=float, default=50.0, help="flushes a second")
-    ap.add_argument("--variants", default="raw,write,hub,stub", help="comma-separated, run in a rotated order per round")
+    ap.add_argument("--variants", default="raw,write,write_fileno,hub,stub", help="comma-separated, run in a rotated order per round")
     args = ap.parse_args()
 
     socks, child = connect(args.clients)
@@ -115,7 +112,7 @@ def main() -> None:
     sends = [s.send for s in socks]
     fds = [s.fileno() for s in socks]
     hub = make_hub(socks)
-    stub_hub = make_hub([StubSock() for _ in socks])
+    stub_hub = make_hub(stub_socks(len(socks)))
 
     def raw():
         for send in sends:
@@ -126,7 +123,12 @@ def main() -> None:
         for fd in fds:
             w(fd, frame)
 
-    every = {"raw": raw, "write": write, "hub": lambda: hub.flush([event()]),
+    def write_fileno():
+        w = os.write
+        for s in socks:
+            w(s.fileno(), frame)
+
+    every = {"raw": raw, "write": write, "write_fileno": write_fileno, "hub": lambda: hub.flush([event()]),
              "stub": lambda: stub_hub.flush([event()])}
     variants = {name: every[name] for name in args.variants.split(",")}
     per_client: dict[str, list[float]] = {k: [] for k in variants}
