@@ -9,7 +9,9 @@ divided by N. Variants, interleaved round by round:
 
   raw    a loop of bound `sock.send(frame)` (the floor: the system call and CPython's socket call)
   write  a loop of `os.write(fd, frame)`
-  write_fileno  a loop of `os.write(sock.fileno(), frame)` (what webapp/wire.py does, the descriptor looked up each time)
+  write_fileno  a loop of `os.write(sock.fileno(), frame)` (the descriptor looked up each time, as a
+         socket's closing would need; tried in webapp/wire.py in place of send and not kept:
+         docs/benchmarks.md, "Light load, sixth session")
   hub    `Hub.flush([event])` to N real `WsClient`s on real `WireSocket`s: group, checks, deliver, write
   stub   the same hub path writing to /dev/null: the hub's Python and the cheapest system call
 

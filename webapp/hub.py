@@ -9,9 +9,7 @@ Pacing (handlers/flush.py): what a flush costs is one write per client,
 whatever the number of events (a loopback write costs ~10 µs of kernel time on
 its own), so the hub bounds flushes, not events. Two flushes start at least the
 flush interval apart, and flushing takes at most 40 % of the worker over time
-(a credit that each flush's CPU time spends), or more while the whole worker
-stays within 48 % of a core (a second credit, spent by the process's CPU
-time: at 1000 x 50 a flush needs 42 %, the rest of the worker ~2 %): a large audience gets bigger
+(a credit that each flush's CPU time spends): a large audience gets bigger
 batches instead of a saturated process (bench/ab.py, 2 rounds, quiet machine:
 at 1000 x 200 and 1000 x 500 the worker used 40-41 % of a core instead of
 48-49 % at twice the share; p99 33-44 ms either way), while one slow flush at
@@ -56,7 +54,7 @@ from gevent.event import Event as Signal
 
 from handlers.conflate import Conflator, Latest, Release
 from handlers.events import Event
-from handlers.flush import WORKER_SHARE_MAX, FlushPacer
+from handlers.flush import FlushPacer
 from handlers.topics import Matcher, compile_patterns
 
 log = logging.getLogger(__name__)
@@ -123,9 +121,7 @@ class Hub:
                  clock: Callable[[], float] = time.perf_counter):
         self._clock = clock  # times a rate's release within a flush (tests pass their own)
         self.flush_interval_s = flush_interval_ms / 1000.0
-        # handlers/flush.py: when the next flush may start; the worker's budget is spent by its
-        # process CPU time (every thread: a store's pool too), the flush credit by the flushes'
-        self._pacer = FlushPacer(self.flush_interval_s, worker_share_max=WORKER_SHARE_MAX)
+        self._pacer = FlushPacer(self.flush_interval_s)  # handlers/flush.py: when the next flush may start
         self._parked = False  # the flusher waits for an event (not for its pacing delay)
         self._flushing = False
         self._groups: dict[tuple, Group] = {}
@@ -258,7 +254,7 @@ class Hub:
         if not events:
             return
         if self._parked and not self._pending and not self._flushing \
-                and self._pacer.delay_s(time.perf_counter(), time.process_time()) == 0.0:
+                and self._pacer.delay_s(time.perf_counter()) == 0.0:
             self._flush_timed(events)
             if self._rated or self._slow:
                 self._wake.set()  # a release or a slow client's check may now be due sooner
@@ -285,8 +281,8 @@ class Hub:
                 self._wake.wait(self._next_timer(time.perf_counter()))
             finally:
                 self._parked = False
-            # asked again after each wait: the rest of the worker may have spent its budget meanwhile
-            while (delay := self._pacer.delay_s(time.perf_counter(), time.process_time())) > 0:
+            delay = self._pacer.delay_s(time.perf_counter())
+            if delay > 0:
                 gevent.sleep(delay)
             self._wake.clear()
             batch, self._pending = self._pending, []

@@ -15,7 +15,6 @@ before its writer ran.
 
 import socket
 from collections import deque
-from os import write as _write
 
 import gevent
 from gevent.event import Event as Signal
@@ -31,7 +30,7 @@ class WireSocket:
 
     # one per connection: slots, and the backlog and its signal only while there is a backlog,
     # keep an idle connection small
-    __slots__ = ("sock", "_fileno", "_backlog", "backlog_bytes", "backlog_weight", "_writer", "_drained",
+    __slots__ = ("sock", "_send_now", "_backlog", "backlog_bytes", "backlog_weight", "_writer", "_drained",
                  "broken", "_corked")
 
     def __init__(self, sock):
@@ -51,12 +50,9 @@ class WireSocket:
         non-blocking one on the same file descriptor."""
         self.sock = sock
         # gevent's socket wraps a non-blocking stdlib socket: writing to that directly is the
-        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush).
-        # Written with os.write on its current descriptor (-1 once closed: EBADF, as send gives):
-        # 3.3-3.5 us a write against send's 4.0-4.3 on 1000 loopback sockets, the same partial
-        # writes and errors (bench/flush_micro.py, variants raw and write_fileno)
+        # same non-blocking attempt minus a Python call per write (the hub does thousands a flush)
         raw = getattr(sock, "_sock", sock)
-        self._fileno = raw.fileno
+        self._send_now = raw.send
 
     # -- the socket interface simple-websocket uses --------------------------
 
@@ -99,7 +95,7 @@ class WireSocket:
             if self.broken:
                 return
             try:
-                sent = _write(self._fileno(), data)
+                sent = self._send_now(data)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -178,7 +174,7 @@ class WireSocket:
                 try:
                     while view:
                         try:
-                            sent = _write(self._fileno(), view)
+                            sent = self._send_now(view)
                         except BlockingIOError:
                             wait_write(self.sock.fileno())  # this greenlet only waits for room
                             continue
