@@ -29,7 +29,11 @@ counts) or its greenlet ends, and the freed slot starts the oldest waiting socke
   reconnecting client is told to come back rather than served a handshake it stopped waiting for;
 - a socket whose client already closed is dropped without a handshake; one that has sent nothing
   yet waits on a watcher (no slot, no greenlet) until its request arrives, so a silent client
-  cannot sit on a slot for gunicorn's 5 s keep-alive time-out.
+  cannot sit on a slot for gunicorn's 5 s keep-alive time-out;
+- slow clients: a handshake that held its slot HANDSHAKE_SLOT_MAX_S (1 s) loses it to the next
+  waiting socket and goes on without one (a client sending its request or body slowly costs no CPU
+  meanwhile), so 32 slow clients cannot stop a worker's handshakes for gunicorn's 5 s keep-alive
+  time-out or a body's 30 s.
 
 /metrics shows the slots and the queue (relayhouse_handshakes_in_flight, _waiting, their maxima,
 relayhouse_accept_dropped_total): `stats()`. MAX_ACCEPT (`eager_server`) is the older, unbounded
@@ -122,6 +126,7 @@ class PacedServer(StreamServer):
     instances: weakref.WeakSet = weakref.WeakSet()
     handshake_concurrency = 32
     wait_timeout_s = 30.0
+    slot_max_s = 1.0
     asked_max_accept: int | None = None
 
     def __init__(self, *args, **kwargs):
@@ -129,10 +134,11 @@ class PacedServer(StreamServer):
         self.__dict__.pop("full", None)  # set_spawn put the pool's own `full` here: ours counts the queue too
         self._waiting: deque = deque()  # (sock, address, accepted_at), oldest first
         self._quiet: dict = {}  # sock -> (its read watcher, accepted_at), for sockets that sent nothing yet
-        self._holding: set = set()  # greenlets holding a handshake slot
+        self._holding: dict = {}  # greenlet holding a handshake slot -> when it got it
         self._sweeper = None
         self.in_flight_max = self.waiting_max = 0
         self.dropped = {"expired": 0, "gone": 0}
+        self.slow = 0  # slots taken back from handshakes that held them past slot_max_s
         PacedServer.instances.add(self)
 
     @property
@@ -210,7 +216,7 @@ class PacedServer(StreamServer):
                 self._watch(sock, address, accepted_at)
                 continue
             greenlet = self._spawn(self._serve, sock, address)
-            self._holding.add(greenlet)
+            self._holding[greenlet] = now
             self.in_flight_max = max(self.in_flight_max, len(self._holding))
 
     def _serve(self, sock, address) -> None:
@@ -221,9 +227,8 @@ class PacedServer(StreamServer):
 
     def release(self, greenlet) -> bool:
         """The handshake of `greenlet`'s connection is over: its slot starts the next waiting socket."""
-        if greenlet not in self._holding:
+        if self._holding.pop(greenlet, None) is None:
             return False
-        self._holding.discard(greenlet)
         self.dispatch()
         return True
 
@@ -245,8 +250,15 @@ class PacedServer(StreamServer):
         self.dispatch()
 
     def _sweep(self) -> None:
-        """In the hub, every SWEEP_S: answer the sockets that waited too long."""
-        deadline = time.monotonic() - self.wait_timeout_s
+        """In the hub, every SWEEP_S: answer the sockets that waited too long, and take the slot back
+        from a handshake that held it past slot_max_s (a slow client: waiting for the rest of its
+        request, or its body, is no work; the handshake goes on without a slot)."""
+        now = time.monotonic()
+        slow = [g for g, since in self._holding.items() if now - since > self.slot_max_s]
+        for greenlet in slow:
+            del self._holding[greenlet]
+        self.slow += len(slow)
+        deadline = now - self.wait_timeout_s
         while self._waiting and self._waiting[0][2] < deadline:
             self.dropped["expired"] += 1
             answer_busy(self._waiting.popleft()[0])
@@ -256,11 +268,13 @@ class PacedServer(StreamServer):
             watcher.close()
             self.dropped["expired"] += 1
             answer_busy(sock)
+        if slow:
+            self.dispatch()
         if not self.full():
             self._start_accepting_if_started()
 
 
-def paced_server(handshake_concurrency: int, wait_timeout_s: float) -> type:
+def paced_server(handshake_concurrency: int, wait_timeout_s: float, slot_max_s: float = 1.0) -> type:
     if handshake_concurrency < 1:
         raise ValueError(f"handshake_concurrency must be at least 1, not {handshake_concurrency}")
 
@@ -269,6 +283,7 @@ def paced_server(handshake_concurrency: int, wait_timeout_s: float) -> type:
 
     Paced.handshake_concurrency = handshake_concurrency
     Paced.wait_timeout_s = wait_timeout_s
+    Paced.slot_max_s = slot_max_s
     return Paced
 
 
@@ -285,7 +300,8 @@ def install(ggevent, worker, settings) -> None:
     that frees a handshake slot after a connection's first request (not at its end: a keep-alive
     connection waiting for its next request is no handshake)."""
     if settings.handshake_concurrency:
-        ggevent.StreamServer = paced_server(settings.handshake_concurrency, settings.accept_wait_timeout_s)
+        ggevent.StreamServer = paced_server(settings.handshake_concurrency, settings.accept_wait_timeout_s,
+                                            settings.handshake_slot_max_s)
         handle_request = worker.handle_request
 
         def handle_request_then_free_the_slot(*args, **kwargs):
@@ -308,4 +324,5 @@ def stats() -> dict:
         "accept_waiting": sum(s.waiting for s in servers),
         "accept_waiting_max": max((s.waiting_max for s in servers), default=0),
         "accept_dropped": {reason: sum(s.dropped[reason] for s in servers) for reason in ("expired", "gone")},
+        "handshakes_slow": sum(s.slow for s in servers),
     }

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from support.cluster import cluster_env, prefix  # noqa: F401 (prefix: a fixture)
 from support.procnet import children
-from support.relay import free_port
 from support.waiting import wait_until
 
 from webapp.settings import Settings
@@ -55,12 +54,27 @@ def metrics(relay, health: str = "") -> dict[str, float]:
     else:
         text = relay.get("/metrics").text
     found = {}
-    for name in ("handshakes_in_flight", "handshakes_in_flight_max", "accept_waiting", "accept_waiting_max"):
+    for name in ("handshakes_in_flight", "handshakes_in_flight_max", "accept_waiting", "accept_waiting_max",
+                 "handshakes_slow_total"):
         found[name] = float(re.search(rf"^relayhouse_{name} (\S+)$", text, re.M).group(1))
     for reason in ("expired", "gone"):
         found[reason] = float(re.search(rf'^relayhouse_accept_dropped_total{{reason="{reason}"}} (\S+)$',
                                         text, re.M).group(1))
     return found
+
+
+def health_bind() -> str:
+    """A free loopback port outside the ephemeral range, where the relay's own PORT is drawn (by
+    binding port 0), so that the two cannot be the same."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(low - 1, 1024, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return f"127.0.0.1:{port}"
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def request(port: int, path: str = "/health") -> bytes:
@@ -118,9 +132,9 @@ def test_a_connection_that_waits_too_long_is_answered_503_and_closed(fresh_upstr
     time-out, for the rest); a complete request behind it waits past ACCEPT_WAIT_TIMEOUT_S (1 s) and
     is told to come back. A client that sends nothing does not take the slot: it waits without one.
     /metrics is read on HEALTH_BIND, whose listener has slots of its own."""
-    health = f"127.0.0.1:{free_port()}"
+    health = health_bind()
     relay = launch_relay(fresh_upstream, {"HANDSHAKE_CONCURRENCY": "1", "ACCEPT_WAIT_TIMEOUT_S": "1",
-                                          "HEALTH_BIND": health})
+                                          "HANDSHAKE_SLOT_MAX_S": "60", "HEALTH_BIND": health})
     silent = socket.create_connection(("127.0.0.1", relay.port), timeout=15)
     served_past_the_silent_one = socket.create_connection(("127.0.0.1", relay.port), timeout=15)
     half = socket.create_connection(("127.0.0.1", relay.port), timeout=15)
@@ -144,6 +158,28 @@ def test_a_connection_that_waits_too_long_is_answered_503_and_closed(fresh_upstr
     seen = metrics(relay, health)
     assert seen["expired"] == 2
     assert seen["handshakes_in_flight_max"] == 1
+
+
+def test_a_slow_client_loses_its_slot_to_the_next_connection(fresh_upstream, launch_relay):
+    """A handshake that held its slot HANDSHAKE_SLOT_MAX_S gives it to the next waiting connection
+    and goes on without it: half a request does not keep the worker's one slot for gunicorn's 5 s."""
+    health = health_bind()
+    relay = launch_relay(fresh_upstream, {"HANDSHAKE_CONCURRENCY": "1", "HANDSHAKE_SLOT_MAX_S": "0.5",
+                                          "HEALTH_BIND": health})
+    half = socket.create_connection(("127.0.0.1", relay.port), timeout=15)
+    next_one = socket.create_connection(("127.0.0.1", relay.port), timeout=15)
+    try:
+        half.sendall(request(relay.port)[:20])
+        wait_until(lambda: metrics(relay, health)["handshakes_in_flight"] == 2, 10, "the slot taken")
+        next_one.sendall(request(relay.port))
+        assert read_all(next_one).startswith(b"HTTP/1.1 200 ")
+        seen = metrics(relay, health)
+        assert seen["handshakes_slow_total"] == 1  # taken back from the half request, not freed by its end
+        half.sendall(request(relay.port)[20:])  # the rest: it is still served
+        assert read_all(half).startswith(b"HTTP/1.1 200 ")
+    finally:
+        half.close()
+        next_one.close()
 
 
 def burst_is_taken_at_once(relay, workers: list[int], full_pool: bool = False) -> int:
