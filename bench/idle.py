@@ -378,21 +378,22 @@ class IdleBench:
 
     def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rates: list[float], hold_s: float,
               active: int, active_rate: float, active_s: float, settle_s: float = 5.0,
-              health_port: bool = False, max_accept: str = "") -> dict:
-        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "") + (f"-ma{max_accept}" if max_accept else "")
+              health_port: bool = False, max_accept: str = "", variant: str = "") -> dict:
+        settings = {**variant_env(variant), **({"MAX_ACCEPT": max_accept} if max_accept else {})}
+        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "") + (f"-ma{max_accept}" if max_accept else "") \
+            + (f"-{variant}" if variant not in ("", "default") else "")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
                   "rates": rates, "settle_s": settle_s, "health_port": health_port, "before": machine_note(),
-                  "max_accept": max_accept or "the relay's default",
+                  "max_accept": max_accept or "the relay's default", "settings": settings,
                   "steps": []}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port),
-                                            "MAX_ACCEPT": max_accept or None})
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port), **settings})
             record["pids"] = relay.pids
             record["probed"] = relay.health_base
             if active:
@@ -474,6 +475,7 @@ class IdleBench:
                                      "mean": round(sum(series) / max(1, len(series)), 1),
                                      "max": max(series, default=0)}
             record["closed_by_server"] = sum(x.poll().get("closed", 0) for x in loads)
+            record["accept_metrics"] = accept_metrics(relay.health_base, 3 * workers)
             record["lease_changes"] = (wd / "gunicorn.log").read_text(errors="replace").count("no longer the leader")
             record["summaries"] = [x.stop() for x in loads]
             loads = []
@@ -673,7 +675,8 @@ def main() -> None:
                    help="storm: comma-separated MAX_ACCEPT values run interleaved ('default' = unset, the relay's default; 0 = gunicorn's choice); crowd: one value")
     p.add_argument("--variants", default="",
                    help="storm: comma-separated relay settings run interleaved, each 'NAME=VALUE+NAME=VALUE' or "
-                        "'default' (e.g. default,HANDSHAKE_CONCURRENCY=0+MAX_ACCEPT=0); instead of --max-accept")
+                        "'default' (e.g. default,HANDSHAKE_CONCURRENCY=0+MAX_ACCEPT=0); instead of --max-accept; "
+                        "crowd: one such value")
     p.add_argument("--rounds", type=int, default=1, help="storm: rounds of the --max-accept values or --variants")
     p.add_argument("--spy", action="store_true", help="crowd: py-spy on the busiest worker in each active row")
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
@@ -703,7 +706,8 @@ def main() -> None:
         steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
         rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
         rec = b.crowd(a.total, steps, a.workers, a.loadgens, rates, a.hold_s, a.active, a.active_rate, a.active_s,
-                      a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept)
+                      a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept,
+                      a.variants)
         b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
     print(out)
 

@@ -136,6 +136,7 @@ class PacedServer(StreamServer):
         self._quiet: dict = {}  # sock -> (its read watcher, accepted_at), for sockets that sent nothing yet
         self._holding: dict = {}  # greenlet holding a handshake slot -> when it got it
         self._sweeper = None
+        self._next_turn = None  # a 0 s timer: the next loop iteration starts what freed slots allow
         self.in_flight_max = self.waiting_max = 0
         self.dropped = {"expired": 0, "gone": 0}
         self.slow = 0  # slots taken back from handshakes that held them past slot_max_s
@@ -171,10 +172,11 @@ class PacedServer(StreamServer):
             self._sweeper.start(self._sweep)
 
     def close(self) -> None:
-        sweeper = self.__dict__.pop("_sweeper", None)  # absent when __init__ itself failed
-        if sweeper is not None:
-            sweeper.stop()
-            sweeper.close()
+        for name in ("_sweeper", "_next_turn"):
+            timer = self.__dict__.pop(name, None)  # absent when __init__ itself failed
+            if timer is not None:
+                timer.stop()
+                timer.close()
         for sock, (watcher, _) in list(self.__dict__.get("_quiet", {}).items()):
             watcher.stop()
             watcher.close()
@@ -226,11 +228,23 @@ class PacedServer(StreamServer):
             self.release(getcurrent())
 
     def release(self, greenlet) -> bool:
-        """The handshake of `greenlet`'s connection is over: its slot starts the next waiting socket."""
+        """The handshake of `greenlet`'s connection is over: its slot starts the next waiting socket, in
+        the loop's next iteration. Started at once, the next handshake would run in the same pass over
+        gevent's callbacks (which a freed slot would extend again and again): the loop must poll its
+        sockets and run its timers between two batches of at most handshake_concurrency handshakes."""
         if self._holding.pop(greenlet, None) is None:
             return False
-        self.dispatch()
+        if self._waiting and self._next_turn is None:  # (after close() nothing waits)
+            self._next_turn = self.loop.timer(0.0)
+            self._next_turn.start(self._turn)
         return True
+
+    def _turn(self) -> None:
+        turn, self._next_turn = self._next_turn, None
+        if turn is not None:
+            turn.stop()
+            turn.close()
+        self.dispatch()
 
     # -- sockets that wait -----------------------------------------------------------------
 
