@@ -118,8 +118,8 @@ def post_worker_init(worker):
     # before the worker builds its pool: a connection held without a greenlet (webapp/conn.py)
     # keeps its request's slot, so worker_connections still caps every connection
     ggevent.Pool = HeldPool
-    # take a connect storm from the kernel's accept queue as fast as it comes, with a bounded number
-    # of handshakes in flight (webapp/accept.py)
+    # HANDSHAKE_CONCURRENCY (opt-in): take a connect storm from the kernel's accept queue as it comes,
+    # with a bounded number of handshakes in flight; else MAX_ACCEPT or gunicorn's pacing (webapp/accept.py)
     accept.install(ggevent, worker, wsgi.settings)
 
     secrets_filter = RedactSecrets()

@@ -14,7 +14,7 @@ at once, and in the 100,000-client crowd on 7 workers with REDIS_URL a worker ho
 started handshakes missed leader-lease renewals: 22-37 lease changes and 6,000-10,400 held clients
 closed by the relay, none with gunicorn's pacing ("MAX_ACCEPT during the 100,000 crowd").
 
-So (`PacedServer`, HANDSHAKE_CONCURRENCY): accept eagerly — every wake-up of the listener drains
+So (`PacedServer`, HANDSHAKE_CONCURRENCY, opt-in): accept eagerly — every wake-up of the listener drains
 the kernel's queue — but start at most HANDSHAKE_CONCURRENCY handshakes at a time per listener.
 The others wait here as plain sockets in a FIFO (no greenlet each); a handshake's slot is freed
 when its connection's first request is done (the /ws and /sse routes hand their socket to the
@@ -35,9 +35,23 @@ counts) or its greenlet ends, and the freed slot starts the oldest waiting socke
   meanwhile), so 32 slow clients cannot stop a worker's handshakes for gunicorn's 5 s keep-alive
   time-out or a body's 30 s.
 
+A freed slot starts the next socket in the loop's next iteration (a 0 s timer), not in the same
+pass over gevent's callbacks: there each release would append one more handshake, and gevent looks
+at the clock only every 50 callbacks, so the loop's timers and sockets (the leader lease, pings,
+flushes) would wait behind a long run of handshakes.
+
+Measured (docs/benchmarks.md, "Connect storms, sixth session"): 10,000 /ws connects within one
+second, 3 rounds each on 1 and 7 workers: 0 ListenOverflows with a bound of 32 (850-930 and
+10,580-11,337 with gunicorn's pacing), all served, handshakes 1,379-1,558/s. But in the 100,000
+crowd on 7 workers (connects offered at 1,500/s for four minutes, ~400/s served) the per-worker
+queues were unfair — what gunicorn's pacing leaves in the kernel's one queue, taken by whichever
+worker is free, waited here in the queue of the worker that woke first — and 1,057 clients were
+answered 503 after 30 s; the lease changed 33 times (no held client closed). So
+HANDSHAKE_CONCURRENCY is opt-in (default 0 = gunicorn's server and pacing).
+
 /metrics shows the slots and the queue (relayhouse_handshakes_in_flight, _waiting, their maxima,
-relayhouse_accept_dropped_total): `stats()`. MAX_ACCEPT (`eager_server`) is the older, unbounded
-variant, used only with HANDSHAKE_CONCURRENCY=0.
+relayhouse_accept_dropped_total, relayhouse_handshakes_slow_total): `stats()`. MAX_ACCEPT
+(`eager_server`) is the older, unbounded variant, used only with HANDSHAKE_CONCURRENCY=0.
 """
 
 from __future__ import annotations
