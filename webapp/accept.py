@@ -179,6 +179,13 @@ class PacedServer(StreamServer):
             return False
         return self.pool.free_count() <= self.waiting
 
+    def _start_accepting_if_started(self, _event=None) -> None:
+        """The pool gave a place back (BaseServer links this to its semaphore): a waiting socket may
+        start now, and the server may accept again."""
+        if self.started:
+            self.dispatch()
+        super()._start_accepting_if_started(_event)
+
     def start_accepting(self) -> None:
         super().start_accepting()
         if self.__dict__.get("_sweeper") is None:
@@ -296,8 +303,7 @@ class PacedServer(StreamServer):
             watcher.close()
             self.dropped["expired"] += 1
             answer_busy(sock)
-        if slow:
-            self.dispatch()
+        self.dispatch()  # also what a pool place given back allows (see _start_accepting_if_started)
         if not self.full():
             self._start_accepting_if_started()
 
