@@ -112,15 +112,15 @@ def post_worker_init(worker):
     from gunicorn.workers import ggevent
 
     import wsgi  # the app module; importing it again is free
-    from webapp.accept import eager_server
+    from webapp import accept
     from webapp.conn import HeldPool
 
     # before the worker builds its pool: a connection held without a greenlet (webapp/conn.py)
     # keeps its request's slot, so worker_connections still caps every connection
     ggevent.Pool = HeldPool
-    # take a connect storm from the kernel's accept queue as fast as it comes (webapp/accept.py)
-    if wsgi.settings.max_accept:
-        ggevent.StreamServer = eager_server(wsgi.settings.max_accept)
+    # HANDSHAKE_CONCURRENCY (opt-in): take a connect storm from the kernel's accept queue as it comes,
+    # with a bounded number of handshakes in flight; else MAX_ACCEPT or gunicorn's pacing (webapp/accept.py)
+    accept.install(ggevent, worker, wsgi.settings)
 
     secrets_filter = RedactSecrets()
     for name in ("", "gunicorn.error", "gunicorn.access"):  # the app's root handler exists once wsgi is imported

@@ -315,20 +315,25 @@ class IdleBench:
 
     # -- storms ---------------------------------------------------------------------------------
 
-    def storm(self, n: int, workers: int, health_port: bool = False, max_accept: str = "", nth: int = 0) -> dict:
-        run_id = (f"storm-{n}-w{workers}" + ("-hp" if health_port else "") + f"-ma{max_accept or 'default'}"
+    def storm(self, n: int, workers: int, health_port: bool = False, max_accept: str = "", nth: int = 0,
+              variant: str = "") -> dict:
+        """`variant`: relay settings of this row, 'NAME=VALUE+NAME=VALUE' ('' = the defaults)."""
+        settings = variant_env(variant)
+        if max_accept:
+            settings["MAX_ACCEPT"] = max_accept
+        label = variant or (f"ma{max_accept}" if max_accept else "default")
+        run_id = (f"storm-{n}-w{workers}" + ("-hp" if health_port else "") + f"-{label}"
                   + (f"-r{nth}" if nth else ""))
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "storm", "clients": n, "workers": workers, "before": machine_note(),
-                  "max_accept": max_accept or "the relay's default"}
+                  "max_accept": max_accept or "the relay's default", "variant": label, "settings": settings}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port),
-                                            "MAX_ACCEPT": max_accept or None})
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port), **settings})
             record["probed"] = relay.health_base
             timer = Timer(relay.health_base + "/health", 0.1)
             timer.start()
@@ -350,6 +355,7 @@ class IdleBench:
             record["worker_cpu_ms_per_connect"] = round(1000 * (sum(cpu_seconds(p) for p in relay.pids) - cpu0) / n,
                                                         3)
             record["health_while_connecting"] = timer.result()
+            record["accept_metrics"] = accept_metrics(relay.health_base, 3 * workers)
             record["summary"] = [x.stop() for x in loads]
             loads = []
             s = record["summary"][0]
@@ -368,28 +374,30 @@ class IdleBench:
         self.say(f"{run_id}: {record.get('connected')} of {n} in {first.get('connect_s')} s "
                  f"({record.get('handshakes_per_s')}/s) overflows {record.get('listen_queue_drops')} "
                  f"queue {record.get('accept_queue')} hs {first.get('handshake_ms')} tcp {first.get('tcp_connect_ms')} "
-                 f"health {record.get('health_while_connecting')} {record.get('error', '')}")
+                 f"health {record.get('health_while_connecting')} {record.get('accept_metrics')} "
+                 f"{record.get('error', '')}")
         return record
 
     # -- the crowd: many workers, many load generators --------------------------------------------
 
     def crowd(self, total: int, steps: list[int], workers: int, loadgens: int, rates: list[float], hold_s: float,
               active: int, active_rate: float, active_s: float, settle_s: float = 5.0,
-              health_port: bool = False, max_accept: str = "") -> dict:
-        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "") + (f"-ma{max_accept}" if max_accept else "")
+              health_port: bool = False, max_accept: str = "", variant: str = "") -> dict:
+        settings = {**variant_env(variant), **({"MAX_ACCEPT": max_accept} if max_accept else {})}
+        run_id = f"crowd-{total}-w{workers}" + ("-hp" if health_port else "") + (f"-ma{max_accept}" if max_accept else "") \
+            + (f"-{variant}" if variant not in ("", "default") else "")
         wd = self.work / run_id
         wd.mkdir(parents=True, exist_ok=True)
         record = {"id": run_id, "scenario": "crowd", "total": total, "workers": workers, "loadgens": loadgens,
                   "rates": rates, "settle_s": settle_s, "health_port": health_port, "before": machine_note(), "root": str(Relayhouse.root),
-                  "max_accept": max_accept or "the relay's default",
+                  "max_accept": max_accept or "the relay's default", "settings": settings,
                   "steps": []}
         up = Upstream("serve", wd / "upstream.log")
         relay = None
         loads: list[IdleLoad] = []
         prefix = f"rh-bench-idle-{time.time_ns()}"
         try:
-            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port),
-                                            "MAX_ACCEPT": max_accept or None})
+            relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port), **settings})
             record["pids"] = relay.pids
             record["probed"] = relay.health_base
             if active:
@@ -471,6 +479,8 @@ class IdleBench:
                                      "mean": round(sum(series) / max(1, len(series)), 1),
                                      "max": max(series, default=0)}
             record["closed_by_server"] = sum(x.poll().get("closed", 0) for x in loads)
+            record["accept_metrics"] = accept_metrics(relay.health_base, 3 * workers)
+            record["lease_changes"] = (wd / "gunicorn.log").read_text(errors="replace").count("no longer the leader")
             record["summaries"] = [x.stop() for x in loads]
             loads = []
             if active:  # A-B-A: the same relay once more without the crowd, its sockets closed
@@ -487,7 +497,13 @@ class IdleBench:
             stop_all(*loads, relay, up)
             drop_prefix(prefix)
         record["after"] = machine_note()
+        p99 = {k: (record.get(k) or {}).get("latency_ms", {}).get("p99") for k in ("active_without", "active_with")}
+        if p99["active_without"] and p99["active_with"]:
+            record["active_p99_ratio"] = round(p99["active_with"] / p99["active_without"], 2)
         self.save(record)
+        self.say(f"{run_id}: closed by the relay {record.get('closed_by_server')}, lease changes "
+                 f"{record.get('lease_changes')}, active p99 with/without {p99['active_with']}/"
+                 f"{p99['active_without']} ms = {record.get('active_p99_ratio')}x")
         return record
 
     def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int,
@@ -582,6 +598,30 @@ def client_url(relay, route: str, quiet: bool = False) -> str:
     return f"ws://127.0.0.1:{relay.port}/ws?snapshot=0{topics}"
 
 
+def accept_metrics(base: str, scrapes: int) -> dict:
+    """The most handshakes in flight and sockets waiting any worker reported (each scrape reaches one)."""
+    seen: dict = {}
+    for _ in range(scrapes):
+        try:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            for name in ("handshakes_in_flight_max", "accept_waiting_max", "accept_dropped_total"):
+                if line.startswith("relayhouse_" + name):
+                    key = line.split(" ")[0][len("relayhouse_"):]
+                    seen[key] = max(seen.get(key, 0), float(line.split(" ")[1]))
+    return seen
+
+
+def variant_env(variant: str) -> dict:
+    """'HANDSHAKE_CONCURRENCY=0+MAX_ACCEPT=4096' -> the relay settings of a row ('default' or '': none)."""
+    if variant in ("", "default"):
+        return {}
+    return dict(part.split("=", 1) for part in variant.split("+"))
+
+
 def cluster_env(workers: int, prefix: str) -> dict:
     if workers <= 1:
         return {}
@@ -637,7 +677,11 @@ def main() -> None:
                    help="crowd/storm: run with HEALTH_BIND and time /health and /metrics on that listener")
     p.add_argument("--max-accept", default="",
                    help="storm: comma-separated MAX_ACCEPT values run interleaved ('default' = unset, the relay's default; 0 = gunicorn's choice); crowd: one value")
-    p.add_argument("--rounds", type=int, default=1, help="storm: rounds of the --max-accept values")
+    p.add_argument("--variants", default="",
+                   help="storm: comma-separated relay settings run interleaved, each 'NAME=VALUE+NAME=VALUE' or "
+                        "'default' (e.g. default,HANDSHAKE_CONCURRENCY=0+MAX_ACCEPT=0); instead of --max-accept; "
+                        "crowd: one such value")
+    p.add_argument("--rounds", type=int, default=1, help="storm: rounds of the --max-accept values or --variants")
     p.add_argument("--spy", action="store_true", help="crowd: py-spy on the busiest worker in each active row")
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
     p.add_argument("--paused-row", action="store_true",
@@ -660,13 +704,18 @@ def main() -> None:
         b.nchan(a.n)
     elif a.scenario == "storm":
         for nth in range(1, a.rounds + 1):
+            if a.variants:
+                for variant in a.variants.split(","):
+                    b.storm(a.n, a.workers, a.health_port, "", nth if a.rounds > 1 else 0, variant)
+                continue
             for value in (a.max_accept or "default").split(","):
                 b.storm(a.n, a.workers, a.health_port, "" if value == "default" else value, nth if a.rounds > 1 else 0)
     else:
         steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
         rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
         rec = b.crowd(a.total, steps, a.workers, a.loadgens, rates, a.hold_s, a.active, a.active_rate, a.active_s,
-                      a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept)
+                      a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept,
+                      a.variants)
         b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
     print(out)
 

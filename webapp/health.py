@@ -6,6 +6,7 @@ import time
 
 from handlers import roles
 from handlers.health import HealthFacts, degraded_reasons
+from webapp import accept
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def metric_values(rt) -> dict:
         "bus_lag_events": -1 if lag is None else lag,
         "bus_gaps": rt.bus.gaps,
         "bus_unreadable_entries": getattr(rt.bus, "unreadable", 0),  # the memory bus reads nothing it could not
+        **accept.stats(),  # the worker's listeners (gunicorn's servers), not the app's
     }
 
 

@@ -57,6 +57,15 @@ FROM_PARTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                        "follower: the stream's newest minus its last read; -1 unknown)", ()),
     "bus_gaps": (GAUGE, "Seq jumps seen on the bus (events trimmed before this worker read them)", ()),
     "bus_unreadable_entries": (COUNTER, "Stream entries that could not be read (skipped)", ()),
+    "handshakes_in_flight": (GAUGE, "Connections of this worker between accept and the end of their first request "
+                             "(at most HANDSHAKE_CONCURRENCY per listener)", ()),
+    "handshakes_in_flight_max": (GAUGE, "The most handshakes one listener of this worker ran at once since it started", ()),
+    "accept_waiting": (GAUGE, "Accepted connections waiting for a handshake slot (no greenlet yet)", ()),
+    "accept_waiting_max": (GAUGE, "The most connections one listener of this worker held waiting since it started", ()),
+    "handshakes_slow": (COUNTER, "Handshakes that held their slot past HANDSHAKE_SLOT_MAX_S (a slow client): the "
+                        "slot went to the next waiting connection, the handshake went on", ()),
+    "accept_dropped": (COUNTER, "Accepted connections closed without a handshake: expired (waited past "
+                       "ACCEPT_WAIT_TIMEOUT_S, answered 503), gone (the client closed while waiting)", ("reason",)),
 }
 
 # a value: a number (True/False count as 1/0), or for a labelled metric {label value: number}
