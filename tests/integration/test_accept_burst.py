@@ -23,6 +23,7 @@ from pathlib import Path
 
 from support.cluster import cluster_env, prefix  # noqa: F401 (prefix: a fixture)
 from support.procnet import children
+from support.relay import health_port
 from support.waiting import wait_until
 
 BURST = 400  # well beyond the bound (32) and gevent's batch (100), well under BACKLOG (4096)
@@ -62,17 +63,7 @@ def metrics(relay, health: str = "") -> dict[str, float]:
 
 
 def health_bind() -> str:
-    """A free loopback port outside the ephemeral range, where the relay's own PORT is drawn (by
-    binding port 0), so that the two cannot be the same."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in range(low - 1, 1024, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return f"127.0.0.1:{port}"
-    raise RuntimeError("no free port below the ephemeral range")
+    return f"127.0.0.1:{health_port()}"
 
 
 def request(port: int, path: str = "/health") -> bytes:

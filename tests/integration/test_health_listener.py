@@ -6,9 +6,9 @@ import json
 import pytest
 import requests
 from support.clients import WsClient
-from support.relay import RelayError, free_port
+from support.relay import RelayError, health_port
 
-HEALTH_PORT = free_port()
+HEALTH_PORT = health_port()
 RELAY_ENV = {"HEALTH_BIND": f"127.0.0.1:{HEALTH_PORT}"}
 HEALTH_URL = f"http://127.0.0.1:{HEALTH_PORT}"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.relay import Relay, free_port
+from support.relay import Relay, health_port
 
 STALL_CONFIG = "tests/support/stall.conf.py"
 BLOCK_S = 6.0
@@ -19,12 +19,12 @@ ANSWER_WITHIN_S = 2.0  # a wide margin: the design answers within a few ms
 @pytest.fixture(scope="module")
 def stallable(upstream, tmp_path_factory):
     """One worker (no Redis) under the test config, its health listener, and a way to block its event loop."""
-    health_port = free_port()
+    port = health_port()
     relay = Relay(tmp_path_factory.mktemp("health_thread"), upstream.url,
-                  {"HEALTH_BIND": f"127.0.0.1:{health_port}", "HEALTH_LOOP_STALL_MS": str(STALL_MS)},
+                  {"HEALTH_BIND": f"127.0.0.1:{port}", "HEALTH_LOOP_STALL_MS": str(STALL_MS)},
                   STALL_CONFIG).start()
-    relay.health_url = f"http://127.0.0.1:{health_port}"
-    relay.health_port = health_port
+    relay.health_url = f"http://127.0.0.1:{port}"
+    relay.health_port = port
     yield relay
     relay.stop()
 

@@ -48,6 +48,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def health_port() -> int:
+    """A free loopback port below the ephemeral range, for HEALTH_BIND: the relay's own PORT is drawn
+    by `free_port` (binding port 0, inside that range), so the two cannot be the same (drawn both from
+    it, they once were, and the relay refused to start: "its port is PORT's")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(low - 1, 1024, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def _live_members(pgid: int) -> list[int]:
     """Processes of group `pgid` that are still running (zombies excluded)."""
     members = []
