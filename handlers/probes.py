@@ -111,12 +111,14 @@ def metrics_answer(text: bytes, silent_s: float, report_age_s: float) -> bytes:
 
 
 def response(status: int, body: bytes, content_type: str = "application/json", *, head_only: bool = False,
-             allow: str | None = None) -> bytes:
+             allow: str | None = None, retry_after: int | None = None) -> bytes:
     """One HTTP/1.1 response that closes the connection."""
     lines = [f"HTTP/1.1 {status} {PHRASES[status]}", "Connection: close",
              f"Content-Type: {content_type}", f"Content-Length: {len(body)}", "Cache-Control: no-store"]
     if allow:
         lines.append(f"Allow: {allow}")
+    if retry_after is not None:
+        lines.append(f"Retry-After: {retry_after}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
 
 

@@ -66,11 +66,12 @@ from gevent import getcurrent
 from gevent.baseserver import _handle_and_close_when_done
 from gevent.server import StreamServer
 
+from handlers.probes import response
+
 ACCEPT_BATCH = 4096  # accepts per wake-up of the listener: the kernel's whole queue (somaxconn here)
 SWEEP_S = 0.5  # how often waiting sockets are checked against ACCEPT_WAIT_TIMEOUT_S
-_BODY = json.dumps({"error": "the server is busy with a connect storm: retry"}).encode()
-BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\n"
-               b"Retry-After: 1\r\nContent-Length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
+BUSY_ANSWER = response(503, json.dumps({"error": "the server is busy with a connect storm: retry"}).encode(),
+                       retry_after=1)
 READY, QUIET, GONE = "ready", "quiet", "gone"
 
 
