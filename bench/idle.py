@@ -19,6 +19,7 @@ process started here is stopped by its pid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -174,21 +175,23 @@ class AcceptQueue(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.every_s = port, every_s
         self.depths: list[int] = []
+        self.backlog = None  # the listener's queue limit: ss's Send-Q, BACKLOG capped by net.core.somaxconn
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.wait(self.every_s):
             out = subprocess.run(["ss", "-Hltn", f"sport = :{self.port}"], capture_output=True, text=True).stdout
             fields = out.split()
-            if len(fields) >= 2 and fields[1].isdigit():
+            if len(fields) >= 3 and fields[1].isdigit():
                 self.depths.append(int(fields[1]))
+                self.backlog = int(fields[2])
 
     def result(self) -> dict:
         self.halt.set()
         self.join(5)
         d = self.depths
         return {"samples": len(d), "max": max(d) if d else None, "nonzero": sum(1 for x in d if x),
-                "over_1000": sum(1 for x in d if x > 1000)}
+                "over_1000": sum(1 for x in d if x > 1000), "limit": self.backlog}
 
 
 def listen_drops() -> dict:
@@ -203,8 +206,26 @@ def listen_drops() -> dict:
     return {}
 
 
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
 def machine_note() -> dict:
-    return {"loadavg": loadavg(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {"loadavg": loadavg(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "somaxconn": int(SOMAXCONN.read_text())}
+
+
+@contextlib.contextmanager
+def somaxconn(value: int | None):
+    """net.core.somaxconn set to `value` for the run (needs root), the previous value put back after."""
+    if value is None:
+        yield
+        return
+    before = SOMAXCONN.read_text()
+    SOMAXCONN.write_text(str(value))
+    try:
+        yield
+    finally:
+        SOMAXCONN.write_text(before)
 
 
 class IdleBench:
@@ -686,6 +707,8 @@ def main() -> None:
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
     p.add_argument("--paused-row", action="store_true",
                    help="crowd: an active row with the crowd held but its load generators stopped (SIGSTOP)")
+    p.add_argument("--somaxconn", type=int, default=None,
+                   help="set net.core.somaxconn (the kernel's cap on BACKLOG) for the run, put back after; needs root")
     p.add_argument("--root", default="",
                    help="the checkout whose relay runs (e.g. a `git archive` of main with .venv linked); default this one")
     p.add_argument("--out", default="")
@@ -697,6 +720,12 @@ def main() -> None:
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
     b.spy, b.perf, b.paused_row = a.spy, a.perf, a.paused_row
+    with somaxconn(a.somaxconn):
+        run(a, b)
+    print(out)
+
+
+def run(a, b: IdleBench) -> None:
     if a.scenario == "breakdown":
         for route in a.routes.split(","):
             b.breakdown(route, 2000 if a.trace else a.n, a.trace)
@@ -717,7 +746,6 @@ def main() -> None:
                       a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept,
                       a.variants)
         b.say(f"crowd: ok={rec.get('ok')} {rec.get('error', '')}")
-    print(out)
 
 
 if __name__ == "__main__":
