@@ -127,7 +127,7 @@ def post_worker_init(worker):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(secrets_filter)
     wsgi.start_runtime()
-    _health_thread(worker, wsgi)
+    _health_process(worker, wsgi)
     _tune_gc(wsgi.settings)
     handle_exit = signal.getsignal(signal.SIGTERM)
 
@@ -142,13 +142,13 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def _health_thread(worker, wsgi):
-    """HEALTH_BIND answered from a native thread of this worker, not its gevent loop, so a connect storm's
-    handshakes do not delay /health and /metrics there (webapp/healththread.py). Before run() builds the
-    servers: the listener is taken out of worker.sockets."""
-    from webapp.healththread import serve_in_thread
+def _health_process(worker, wsgi):
+    """HEALTH_BIND answered by a small process forked from this worker, not by its gevent loop, so a
+    connect storm's handshakes (and the worker's GIL) do not delay /health and /metrics there
+    (webapp/healthproc.py). Before run() builds the servers: the listener is taken out of worker.sockets."""
+    from webapp.healthproc import serve_in_child
 
-    serve_in_thread(worker, wsgi.app.extensions["relayhouse"], wsgi.settings)
+    serve_in_child(worker, wsgi.app.extensions["relayhouse"], wsgi.settings)
 
 
 def _tune_gc(settings):

@@ -1,14 +1,18 @@
-"""HEALTH_BIND answered from a native thread of the worker, under real gunicorn: /health and /metrics answer
+"""HEALTH_BIND answered by a process forked from the worker, under real gunicorn: /health and /metrics answer
 while the worker's gevent loop is blocked, /health says the loop stalled once that passes
 HEALTH_LOOP_STALL_MS, and hostile requests on the listener get bounded, clear errors."""
 
+import os
+import signal
 import socket
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from support.procnet import children
 from support.relay import Relay, health_port
+from support.waiting import wait_until
 
 STALL_CONFIG = "tests/support/stall.conf.py"
 BLOCK_S = 6.0
@@ -185,3 +189,69 @@ def test_more_connections_than_the_bound_are_refused_at_once(stallable):
             sock.close()
     time.sleep(0.2)
     assert on_health_port(stallable, "/health").status_code == 200
+
+
+def nice_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
+def gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def health_child(relay, not_child: int | None = None) -> tuple[int, int]:
+    """(the worker, its health listener process) once the worker has forked one (other than `not_child`)."""
+    def pair():
+        workers = [pid for pid in children(relay.proc.pid) if not gone(pid)]
+        found = [pid for pid in children(workers[0]) if not gone(pid)] if len(workers) == 1 else []
+        return (workers[0], found[0]) if len(found) == 1 and found[0] != not_child else None
+    return wait_until(pair, 20, "a worker and its health listener process")
+
+
+def answers_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_the_listener_process_runs_at_health_nice_and_the_worker_does_not(stallable):
+    worker, child = health_child(stallable)
+    assert nice_of(worker) == 0
+    if "keeps the worker's priority" in stallable.log_text():  # no CAP_SYS_NICE where the suite runs
+        assert nice_of(child) == 0
+    else:
+        assert nice_of(child) == -10
+    # it holds the listener and nothing else of the worker's: no client, upstream or store descriptor
+    sockets = [os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")]
+    assert sum(name.startswith("socket:") for name in sockets) == 1, sockets
+
+
+def test_a_listener_process_that_dies_is_forked_again(stallable):
+    worker, child = health_child(stallable)
+    os.kill(child, signal.SIGKILL)
+    started = time.monotonic()
+    _, again = health_child(stallable, not_child=child)
+    assert time.monotonic() - started < 5
+    wait_until(lambda: "ended (signal 9): forking another" in stallable.log_text(), 5, "the death logged")
+    answer = on_health_port(stallable, "/health")
+    assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+
+
+def test_the_listener_process_ends_with_its_worker(upstream, tmp_path):
+    port = health_port()
+    relay = Relay(tmp_path, upstream.url, {"HEALTH_BIND": f"127.0.0.1:{port}"}).start()
+    try:
+        worker, child = health_child(relay)
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: gone(child), 5, "the health listener process gone with its worker")
+        health_child(relay, not_child=child)  # gunicorn's next worker forks its own
+        wait_until(lambda: answers_ok(f"http://127.0.0.1:{port}/health"), 20, "the next worker's listener answering")
+    finally:
+        relay.stop()
