@@ -38,9 +38,11 @@ workers = int(_requested) if _redis and _requested.isdigit() else 1
 _nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 _nofile_hard = 1 << 20 if _nofile_hard == resource.RLIM_INFINITY else _nofile_hard
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", str(max(1000, min(20000, _nofile_hard - 256)))))
-# a reconnect storm (every client of a deploy at once) must wait in the accept queue, not be refused;
-# the kernel caps it at net.core.somaxconn (4096 here; gunicorn's default is 2048)
-backlog = int(os.environ.get("BACKLOG", "4096"))
+# a reconnect storm (every client of a deploy at once) must wait in the accept queue, not be refused:
+# 10,000 connects within a second left up to ~8,600 waiting here (docs/benchmarks.md, "the listen queue
+# in a storm"); the kernel caps it at net.core.somaxconn (4096 by default; gunicorn's default is 2048)
+backlog = int(os.environ.get("BACKLOG", "16384"))
+_SOMAXCONN = "/proc/sys/net/core/somaxconn"
 graceful_timeout = int(float(os.environ.get("GRACEFUL_TIMEOUT_S", "10")))
 timeout = 30
 keepalive = 5
@@ -103,6 +105,15 @@ def on_starting(server):
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < worker_connections + 64:
         server.log.warning("open-file limit %d is below worker_connections=%d: raise it (ulimit -n)",
                            resource.getrlimit(resource.RLIMIT_NOFILE)[0], worker_connections)
+    try:
+        with open(_SOMAXCONN) as f:
+            cap = int(f.read())
+    except (OSError, ValueError):
+        cap = None
+    if cap is not None and cap < backlog:
+        server.log.info("the listen queue holds %d connections (net.core.somaxconn), not BACKLOG=%d: a connect "
+                        "storm larger than that has SYNs dropped and resent; raise net.core.somaxconn to hold it",
+                        cap, backlog)
     if not _redis and _requested not in ("", "1"):
         server.log.warning("WEB_CONCURRENCY=%s ignored: several workers need REDIS_URL (one upstream "
                            "connection, one seq space); running one worker", _requested)
