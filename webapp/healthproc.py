@@ -45,6 +45,7 @@ native_lock = monkey.get_original("_thread", "allocate_lock")
 native_sleep = monkey.get_original("time", "sleep")
 native_fork = monkey.get_original("os", "fork")
 native_waitpid = monkey.get_original("os", "waitpid")
+native_signal = monkey.get_original("signal", "signal")  # gevent's would reach for the worker's hub
 try:  # looked up here, not in the child: a dlopen after fork could wait on a lock another thread held
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -372,7 +373,7 @@ def _child_main(sock: _socket.socket, shared: Shared, stall_s: float, nice: int 
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
                        signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD, signal.SIGABRT):
-            signal.signal(signum, signal.SIG_DFL)  # gunicorn's worker handlers are not this process's
+            native_signal(signum, signal.SIG_DFL)  # gunicorn's worker handlers are not this process's
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != worker_pid:
