@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from support.events import unique_sym
+from support.procnet import stat_fields
 from support.upstream import FakeUpstream
 
 # -- the upstream side ------------------------------------------------------------------------
@@ -364,11 +365,6 @@ def read_spool(directory: Path) -> list[dict[str, Any]]:
 # -- the relay's process --------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2:].split()
-
-
 def worker_pid(master_pid: int, timeout_s: float = 10) -> int:
     """The gunicorn worker: the one live child of the master."""
     deadline = time.monotonic() + timeout_s
@@ -378,7 +374,7 @@ def worker_pid(master_pid: int, timeout_s: float = 10) -> int:
             if not entry.name.isdigit():
                 continue
             try:
-                fields = _stat_fields(int(entry.name))
+                fields = stat_fields(int(entry.name))
             except (OSError, ValueError):
                 continue
             if int(fields[1]) == master_pid and fields[0] != "Z":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.procnet import children
+from support.procnet import children, stat_fields
 from support.relay import Relay, health_port
 from support.waiting import wait_until
 
@@ -192,17 +192,15 @@ def test_more_connections_than_the_bound_are_refused_at_once(stallable):
 
 
 def nice_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[16])
+    return int(stat_fields(pid)[16])
 
 
 def gone(pid: int) -> bool:
     """Ended: no such process, or a zombie not reaped yet."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat_fields(pid)[0] == "Z"
     except OSError:
         return True
-    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def health_child(relay, not_child: int | None = None) -> tuple[int, int]:

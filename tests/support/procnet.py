@@ -11,6 +11,13 @@ import os
 from pathlib import Path
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses): state, ppid, ...;
+    the nice value is [16]. Raises OSError once the process is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def children(pid: int) -> list[int]:
     """The direct children of `pid` (gunicorn's workers, for its master)."""
     try:
