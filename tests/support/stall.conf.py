@@ -1,6 +1,7 @@
 """gunicorn settings for tests: the project's gunicorn.conf.py, plus a way to stall a worker's event loop.
 
-A file `block-loop-<seconds>` appearing in DATA_DIR makes the worker's gevent loop block for that long
+The worker also holds an inheritable pipe (as a C library may open one), which the HEALTH_BIND process
+must not keep. A file `block-loop-<seconds>` appearing in DATA_DIR makes the worker's gevent loop block for that long
 (the original time.sleep, called on the loop: nothing else in the worker runs meanwhile, as in a stuck
 worker). The file is removed when the block starts.
 """
@@ -16,6 +17,10 @@ MARKER_PREFIX = "block-loop-"
 
 
 def post_worker_init(worker):  # noqa: F811  (wraps the project's)
+    # a descriptor without close-on-exec, as some C libraries open them: the health process must not keep it
+    worker.test_leaked_pipe = os.pipe()
+    for fd in worker.test_leaked_pipe:
+        os.set_inheritable(fd, True)
     _project_post_worker_init(worker)
     import gevent
     from gevent import monkey
