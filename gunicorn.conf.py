@@ -154,8 +154,8 @@ def post_worker_init(worker):
 
 
 def _health_process(worker, wsgi):
-    """HEALTH_BIND answered by a small process forked from this worker, not by its gevent loop, so a
-    connect storm's handshakes (and the worker's GIL) do not delay /health and /metrics there
+    """HEALTH_BIND answered by a small process this worker starts (webapp/healthchild.py), not by its gevent
+    loop, so a connect storm's handshakes (and the worker's GIL) do not delay /health and /metrics there
     (webapp/healthproc.py). Before run() builds the servers: the listener is taken out of worker.sockets."""
     from webapp.healthproc import serve_in_child
 

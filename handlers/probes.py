@@ -1,5 +1,5 @@
 """The health listener's HTTP without I/O: a request head read into what to answer, the event loop's
-stall verdict, and the answers' bytes (webapp/healthproc.py does the sockets)."""
+stall verdict, and the answers' bytes (webapp/healthchild.py does the sockets)."""
 
 from dataclasses import dataclass
 from urllib.parse import parse_qsl

@@ -1,6 +1,6 @@
 """The health listener (HEALTH_BIND): a second port on which only GET /health and /metrics answer.
 
-Under the project's gunicorn.conf.py a process forked from each worker answers it (webapp/healthproc.py) and
+Under the project's gunicorn.conf.py a process each worker starts answers it (webapp/healthchild.py) and
 no request from it reaches Flask; this filter keeps the port closed to every other route when the loop
 serves it (gunicorn run with another config)."""
 

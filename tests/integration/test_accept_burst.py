@@ -122,7 +122,7 @@ def test_a_connection_that_waits_too_long_is_answered_503_and_closed(fresh_upstr
     """One slot, held by a client that sent half a request (gunicorn waits 5 s, its keep-alive
     time-out, for the rest); a complete request behind it waits past ACCEPT_WAIT_TIMEOUT_S (1 s) and
     is told to come back. A client that sends nothing does not take the slot: it waits without one.
-    /metrics is read on HEALTH_BIND, which a process of the worker answers without a slot (webapp/healthproc.py)
+    /metrics is read on HEALTH_BIND, which a process of the worker answers without a slot (webapp/healthchild.py)
     from the report the loop made last (at most ~1 s old): what changes is waited for, not read once."""
     health = health_bind()
     relay = launch_relay(fresh_upstream, {"HANDSHAKE_CONCURRENCY": "1", "ACCEPT_WAIT_TIMEOUT_S": "1",

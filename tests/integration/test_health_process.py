@@ -1,4 +1,4 @@
-"""HEALTH_BIND answered by a process forked from the worker, under real gunicorn: /health and /metrics answer
+"""HEALTH_BIND answered by a process the worker starts, under real gunicorn: /health and /metrics answer
 while the worker's gevent loop is blocked, /health says the loop stalled once that passes
 HEALTH_LOOP_STALL_MS, and hostile requests on the listener get bounded, clear errors."""
 
