@@ -10,8 +10,8 @@ by a process of each worker").
 
 How: post_worker_init starts webapp/healthchild.py in a fresh interpreter (os.posix_spawn: no Python runs
 between fork and exec; Python's descriptors are close-on-exec, so it inherits only the two made
-inheritable here, the listener and a memfd). The loop writes its
-/health and /metrics reports there every REFRESH_S (computed on the loop, as on PORT) and a heartbeat
+inheritable here, the listener and a memfd; a memfd needs Linux). The loop writes its /health and
+/metrics reports there every REFRESH_S (computed on the loop, as on PORT) and a heartbeat
 every TICK_S; the health process serves the last report with its age, never waiting for the loop. A loop
 that has not run its heartbeat for HEALTH_LOOP_STALL_MS makes /health a 503: the health process must not
 make a stuck worker look alive. Its unexpected errors are counted in the map and logged by the loop; a
@@ -45,7 +45,7 @@ RESPAWN_MIN_S = 1.0  # a health process that keeps ending is started again at mo
 
 class LoopSide:
     """What runs on the gevent loop: the heartbeat, a fresh report of each path every REFRESH_S, the
-    child's errors logged, and the child forked again if it died."""
+    health process's errors logged, and the health process started again if it ended."""
 
     def __init__(self, runtime, hub, shared: Shared, child: "Child"):
         self.runtime = runtime
@@ -80,9 +80,9 @@ class LoopSide:
                          "needs CAP_SYS_NICE)", self.child.nice)
         ended = self.child.reap()
         if ended is not None:
-            gevent.spawn(log.error, "health listener process %d ended (%s): forking another", *ended)
-        if not self.child.running and now - self.child.forked_at >= RESPAWN_MIN_S:
-            self.child.fork()
+            gevent.spawn(log.error, "health listener process %d ended (%s): starting another", *ended)
+        if not self.child.running and now - self.child.started_at >= RESPAWN_MIN_S:
+            self.child.start()
 
     def _refresh(self) -> None:
         for path in PATHS:
@@ -111,7 +111,7 @@ class Child:
     def __init__(self, sock: _socket.socket, shared: Shared, stall_s: float, nice: int | None):
         self.sock, self.shared, self.stall_s, self.nice = sock, shared, stall_s, nice
         self.pid: int | None = None
-        self.forked_at = 0.0
+        self.started_at = 0.0
         for fd in (sock.fileno(), shared.fd):
             os.set_inheritable(fd, True)  # by the health process only: the worker starts no other
 
@@ -119,8 +119,8 @@ class Child:
     def running(self) -> bool:
         return self.pid is not None
 
-    def fork(self) -> int:
-        self.forked_at = time.monotonic()
+    def start(self) -> int:
+        self.started_at = time.monotonic()
         argv = [sys.executable, CHILD_SCRIPT, str(self.sock.fileno()), str(self.shared.fd), repr(self.stall_s),
                 "" if self.nice is None else str(self.nice), str(os.getpid()), CONTENT_TYPE_LATEST]
         self.pid = native_spawn(sys.executable, argv, os.environ)
@@ -169,5 +169,5 @@ def serve_in_child(worker, runtime, settings) -> bool:
     child = Child(sock, shared, settings.health_loop_stall_ms / 1000, settings.health_nice)
     loop_side = LoopSide(runtime, gevent.get_hub(), shared, child)
     loop_side.start()  # the first beat is in the map before the health process can answer
-    child.fork()
+    child.start()
     return True

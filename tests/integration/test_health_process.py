@@ -204,7 +204,7 @@ def gone(pid: int) -> bool:
 
 
 def health_child(relay, not_child: int | None = None) -> tuple[int, int]:
-    """(the worker, its health listener process) once the worker has forked one (other than `not_child`)."""
+    """(the worker, its health listener process) once the worker has started one (other than `not_child`)."""
     def pair():
         workers = [pid for pid in children(relay.proc.pid) if not gone(pid)]
         found = [pid for pid in children(workers[0]) if not gone(pid)] if len(workers) == 1 else []
@@ -233,13 +233,13 @@ def test_the_listener_process_runs_at_health_nice_and_the_worker_does_not(stalla
     assert all(name.startswith(("socket:", "/memfd:relayhouse-health")) for name in held), held
 
 
-def test_a_listener_process_that_dies_is_forked_again(stallable):
+def test_a_listener_process_that_dies_is_started_again(stallable):
     worker, child = health_child(stallable)
     os.kill(child, signal.SIGKILL)
     started = time.monotonic()
     _, again = health_child(stallable, not_child=child)
     assert time.monotonic() - started < 5
-    wait_until(lambda: "ended (signal 9): forking another" in stallable.log_text(), 5, "the death logged")
+    wait_until(lambda: "ended (signal 9): starting another" in stallable.log_text(), 5, "the death logged")
     answer = on_health_port(stallable, "/health")
     assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
 
@@ -251,7 +251,7 @@ def test_the_listener_process_ends_with_its_worker(upstream, tmp_path):
         worker, child = health_child(relay)
         os.kill(worker, signal.SIGKILL)
         wait_until(lambda: gone(child), 5, "the health listener process gone with its worker")
-        health_child(relay, not_child=child)  # gunicorn's next worker forks its own
+        health_child(relay, not_child=child)  # gunicorn's next worker starts its own
         wait_until(lambda: answers_ok(f"http://127.0.0.1:{port}/health"), 20, "the next worker's listener answering")
     finally:
         relay.stop()
