@@ -190,7 +190,7 @@ class Settings:
 
     port: int = env("PORT", 8000, _int(1, 65535), "HTTP port")
     health_bind: str | None = env("HEALTH_BIND", None, _health_bind, "a second listener (host:port, e.g. 127.0.0.1:8001) answering only GET /health and /metrics, for probes that must not queue behind a connect storm; unset = none")
-    health_loop_stall_ms: int = env("HEALTH_LOOP_STALL_MS", 5000, _int(100, 600_000), "on the health listener (answered from a thread of each worker, not its event loop), /health is a 503 once the worker's event loop has not run for this long: a stuck worker is not reported alive")
+    health_loop_stall_ms: int = env("HEALTH_LOOP_STALL_MS", 5000, _int(100, 600_000), "on the health listener (answered by a small process of each worker, not its event loop), /health is a 503 once the worker's event loop has not run for this long: a stuck worker is not reported alive")
     health_nice: int = env("HEALTH_NICE", -10, _int(-20, 19), "the scheduling priority (nice) of the small process of each worker that answers HEALTH_BIND, so a probe runs before a saturated machine's other work; raising it needs CAP_SYS_NICE, without which it keeps the worker's (and says so in the log)")
     web_concurrency: int = env("WEB_CONCURRENCY", 1, _int(1, 64), "gunicorn workers; above 1 only with REDIS_URL")
     upstream_url: str | None = env("UPSTREAM_URL", None, _ws_url, "ws:// or wss:// upstream; unset = built-in demo feed")
