@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import requests
 
+from support.procnet import stat_fields
 from webapp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,11 +71,9 @@ def _live_members(pgid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = stat_fields(int(entry.name))  # state, ppid, pgrp, ...
         except OSError:
             continue  # exited while we looked
-        # pid (comm) state ppid pgrp ...; comm may contain spaces and parens
-        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
