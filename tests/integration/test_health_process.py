@@ -228,9 +228,13 @@ def test_the_listener_process_runs_at_health_nice_and_the_worker_does_not(stalla
     else:
         assert nice_of(child) == -10
     # it holds the listener and its map, nothing else of the worker's: no client, upstream, store or pipe
-    held = [os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd") if int(fd) > 2]
-    assert sum(name.startswith("socket:") for name in held) == 1, held
-    assert all(name.startswith(("socket:", "/memfd:relayhouse-health")) for name in held), held
+    # (the probe above may still be open in its serving thread for LINGER_S: wait for it to close)
+    def held():
+        return [os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd") if int(fd) > 2]
+
+    wait_until(lambda: sum(name.startswith("socket:") for name in held()) == 1, 3, "only the listener open",
+               describe=lambda: repr(held()))
+    assert all(name.startswith(("socket:", "/memfd:relayhouse-health")) for name in held()), held()
 
 
 def test_a_listener_process_that_dies_is_started_again(stallable):
