@@ -31,6 +31,9 @@ def main() -> None:
     p.add_argument("--ping-s", type=float, default=5.0)
     p.add_argument("--window-s", type=float, default=10.0)
     p.add_argument("--spy", action="store_true")
+    p.add_argument("--native", action="store_true", help="with --spy: C frames too (py-spy --native)")
+    p.add_argument("--strace", action="store_true",
+                   help="count the worker's system calls over the window (strace -c; slows the worker: CPU figures of such a run are not comparable)")
     p.add_argument("--batch-ms", type=float, default=None, help="bench/idleload.py's --batch-ms (its default: 100)")
     p.add_argument("--root", default="", help="run the relay from this checkout (an A/B against another revision)")
     a = p.parse_args()
@@ -58,10 +61,17 @@ def main() -> None:
         if a.spy:
             spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--rate", "250",
                                     "--duration", str(int(a.window_s)), "--pid", str(relay.pids[0]),
-                                    "--output", str(out / "worker.pyspy.txt")],
+                                    "--output", str(out / "worker.pyspy.txt")] + (["--native"] if a.native else []),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        tracer = None
+        if a.strace:
+            tracer = subprocess.Popen(["strace", "-c", "-q", "-o", str(out / "worker.strace.txt"), "-p", str(relay.pids[0])],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(a.window_s)
         rec["cpu_pct"] = meter.stop()
+        if tracer is not None:
+            tracer.send_signal(2)  # SIGINT: strace detaches and writes its table
+            tracer.wait(timeout=60)
         if spy is not None:
             spy.wait(timeout=60)
         for x in loads:
@@ -72,6 +82,8 @@ def main() -> None:
         for name in ("worker", "loadgens"):
             rec[f"{name}_us_per_ping"] = round(rec["cpu_pct"][name] * 1e4 * a.window_s / max(1, pings), 1)
         rec["closed_by_server"] = sum(x.poll().get("closed", 0) for x in loads)
+        if tracer is not None:
+            rec["syscalls_per_ping"] = syscalls_per_ping(out / "worker.strace.txt", pings)
     finally:
         for x in loads:
             x.stop()
@@ -81,6 +93,16 @@ def main() -> None:
     rec["loadavg_after"] = loadavg()
     (out / "results.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec), flush=True)
+
+
+def syscalls_per_ping(table: Path, pings: int) -> dict[str, float]:
+    """strace -c's table as calls per ping answered, by system call (the busiest first)."""
+    counts = {}
+    for line in table.read_text().splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
+            counts[cols[-1]] = int(cols[3])
+    return {name: round(n / max(1, pings), 2) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_a_closed_connection_is_freed_by_refcounting_alone():
         server.close()
         peer.close()
         other.ponged = False
-        other_peer.sendall(masked(0xA, b""))  # the shared reader moves on to another connection
+        other_peer.sendall(masked(0xA, b""))  # the keeper goes on with another connection
         wait_for(lambda: other.ponged)
         assert [r() is None for r in refs] == [True, True, True]
         other_peer.close()
