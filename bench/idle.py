@@ -583,7 +583,7 @@ class IdleBench:
             rec["cpu_pct"]["not_ours"] = round(rec["cpu_pct"]["machine_busy_pct_of_all_cores"] * (os.cpu_count() or 1)
                                                - ours, 1)  # other people's processes and the kernel's softirqs
             rep = subs.report()
-            rec.update({k: rep[k] for k in ("delivered", "lost", "duplicated", "out_of_order", "closed")})
+            rec.update({k: rep[k] for k in ("delivered", "frames", "lost", "duplicated", "out_of_order", "closed")})
             rec["latency_ms"] = rep["latency_ms"]
             rec["relay_receive_ms"] = rep.get("relay_receive_ms")
         except Exception as exc:  # noqa: BLE001
@@ -596,7 +596,7 @@ class IdleBench:
         rec["loadavg_after"] = loadavg()
         scan = rec.get("scan", {})
         self.say(f"active {clients} x {rate:g}: p50 {rec.get('latency_ms', {}).get('p50')} p99 "
-                 f"{rec.get('latency_ms', {}).get('p99')} ms, lost {rec.get('lost')}, per worker "
+                 f"{rec.get('latency_ms', {}).get('p99')} ms, frames {rec.get('frames')}, lost {rec.get('lost')}, per worker "
                  f"{rec.get('active_per_worker')}, cpu {rec.get('cpu_pct')}, machine {scan.get('machine')}, "
                  f"others {scan.get('others_cpu')} {[(o['comm'], o['cpu']) for o in scan.get('others_top', [])]} "
                  f"{rec.get('error', '')}")
