@@ -236,6 +236,7 @@ class IdleBench:
         self.results: dict = {"started": machine_note(), "git": git_head(), "runs": []}
         self.spy = self.perf = False  # crowd: py-spy on a worker (and perf on the machine) in each active row
         self.paused_row = False  # crowd: one more active row with the crowd held but its load generators stopped
+        self.crowd_nice = 0  # crowd: the load generators' nice from the with row on (0: left as they are)
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -480,6 +481,10 @@ class IdleBench:
                 x.poll()
             mark = [len(x.ticks) for x in loads]
             if active:
+                if self.crowd_nice:  # the crowd's clients yield the CPU, as clients on other hosts would
+                    for x in loads:
+                        os.setpriority(os.PRIO_PGRP, x.pid, self.crowd_nice)  # its own session: every thread
+                    record["crowd_nice"] = self.crowd_nice
                 record["active_with"] = self.active(relay, up, wd / "active-with", active, active_rate, active_s,
                                                     2, {"gen_idle": [x.pid for x in loads]}, crowd=loads)
                 if self.paused_row:  # the relay's share of the crowd alone: its clients' processes stopped
@@ -707,6 +712,9 @@ def main() -> None:
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
     p.add_argument("--paused-row", action="store_true",
                    help="crowd: an active row with the crowd held but its load generators stopped (SIGSTOP)")
+    p.add_argument("--crowd-nice", type=int, default=0,
+                   help="crowd: renice the crowd's load generators to this before the with row (they stand for "
+                        "clients on other hosts; the relay's own pings are unchanged)")
     p.add_argument("--somaxconn", type=int, default=None,
                    help="set net.core.somaxconn (the kernel's cap on BACKLOG) for the run, put back after; needs root")
     p.add_argument("--root", default="",
@@ -719,7 +727,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
-    b.spy, b.perf, b.paused_row = a.spy, a.perf, a.paused_row
+    b.spy, b.perf, b.paused_row, b.crowd_nice = a.spy, a.perf, a.paused_row, a.crowd_nice
     with somaxconn(a.somaxconn):
         run(a, b)
     print(out)
