@@ -515,7 +515,7 @@ class IdleBench:
                 time.sleep(settle_s)
                 record["active_after"] = self.active(relay, up, wd / "active-after", active, active_rate, active_s, 3)
             record["ok"] = all(s["connected"] + s["failed"] > 0 for s in record["steps"]) and \
-                record["steps"][-1]["connected"] == total
+                (record["steps"][-1]["connected"] if record["steps"] else 0) == total
         except Exception as exc:  # noqa: BLE001
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["ok"] = False
@@ -748,8 +748,10 @@ def run(a, b: IdleBench) -> None:
             for value in (a.max_accept or "default").split(","):
                 b.storm(a.n, a.workers, a.health_port, "" if value == "default" else value, nth if a.rounds > 1 else 0)
     else:
-        steps = [int(s) for s in a.steps.split(",") if int(s) <= a.total]
+        steps = [int(s) for s in a.steps.split(",")]
         rates = [float(r) for r in a.rates.split(",")] if a.rates else [a.rate] * len(steps)
+        kept = [(step, rate) for step, rate in zip(steps, rates, strict=True) if step <= a.total]
+        steps, rates = [step for step, _ in kept], [rate for _, rate in kept]  # --total 0: the active row alone
         rec = b.crowd(a.total, steps, a.workers, a.loadgens, rates, a.hold_s, a.active, a.active_rate, a.active_s,
                       a.settle_s, a.health_port, "" if a.max_accept in ("", "default") else a.max_accept,
                       a.variants)
