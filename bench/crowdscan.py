@@ -52,6 +52,16 @@ def ctx_switches(pid: int) -> tuple[int, int]:
     return vol, invol
 
 
+def schedstat(pid: int) -> tuple[int, int, int]:
+    """/proc/<pid>/schedstat: ns on a CPU, ns runnable but waiting for one, times scheduled in
+    (the main thread: a worker's loop)."""
+    try:
+        run, wait, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+        return int(run), int(wait), int(slices)
+    except (OSError, ValueError):
+        return 0, 0, 0
+
+
 def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
@@ -77,12 +87,14 @@ class Scan:
         self.cpu0 = cpu_line()
         self.p0 = {pid: s for pid in all_pids() if (s := proc_stat(pid)) is not None}
         self.ctx0 = {pid: ctx_switches(pid) for pid in workers}
+        self.sched0 = {pid: schedstat(pid) for pid in workers}
 
     def stop(self) -> dict:
         wall = time.monotonic() - self.t0
         cpu1 = cpu_line()
         p1 = {pid: s for pid in all_pids() if (s := proc_stat(pid)) is not None}
         ctx1 = {pid: ctx_switches(pid) for pid in self.workers}
+        sched1 = {pid: schedstat(pid) for pid in self.workers}
 
         def pct(ticks: float) -> float:
             return round(100 * ticks / TICKS / wall, 1)
@@ -115,10 +127,14 @@ class Scan:
             if d is None:
                 continue
             (v0, i0), (v1, i1) = self.ctx0.get(pid, (0, 0)), ctx1.get(pid, (0, 0))
+            (_, w0, n0), (_, w1, n1) = self.sched0.get(pid, (0, 0, 0)), sched1.get(pid, (0, 0, 0))
             out["workers"].append({"pid": pid, "cpu": pct(d[1] + d[2]), "system": pct(d[2]),
                                    "minflt_per_s": round(d[3] / wall), "majflt": d[4],
                                    "voluntary_cs_per_s": round((v1 - v0) / wall),
-                                   "involuntary_cs_per_s": round((i1 - i0) / wall)})
+                                   "involuntary_cs_per_s": round((i1 - i0) / wall),
+                                   # the time its loop was runnable but had no core, per second and per wake-up
+                                   "runqueue_wait_pct": round(100 * (w1 - w0) / 1e9 / wall, 1),
+                                   "runqueue_wait_ms_per_slice": round((w1 - w0) / 1e6 / max(1, n1 - n0), 3)})
         return out
 
 
