@@ -78,6 +78,7 @@ class Held:
         self.close_tick = 0
 
     def readable(self, data: bytes) -> None:
+        """In the reader greenlet: a read `quick` did not take (b"": the peer closed)."""
         raise NotImplementedError
 
     def quick(self, data: bytes) -> bool:
@@ -207,10 +208,8 @@ class HeldWebSocket(Held):
         return True
 
     def readable(self, data: bytes) -> None:
-        """What simple-websocket's reader did with received bytes, without its greenlet:
-        pings and pongs as in `quick`, everything else through wsproto, which checks it."""
-        if data and self.quick(data):
-            return
+        """What simple-websocket's reader did with received bytes, without its greenlet: what
+        `quick` left (the keeper tried it first), through wsproto, which checks it."""
         proto = self.proto
         proto.receive_data(data or None)  # None: the peer closed the TCP connection (1006)
         keep = bool(data)
