@@ -237,6 +237,7 @@ class IdleBench:
         self.spy = self.perf = False  # crowd: py-spy on a worker (and perf on the machine) in each active row
         self.paused_row = False  # crowd: one more active row with the crowd held but its load generators stopped
         self.crowd_nice = 0  # crowd: the load generators' nice from the with row on (0: left as they are)
+        self.warmup_s = 0.0  # crowd: an untimed active row before the first timed one
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -422,6 +423,9 @@ class IdleBench:
             relay = Relayhouse(wd, up.url, {**cluster_env(workers, prefix), **health_env(health_port), **settings})
             record["pids"] = relay.pids
             record["probed"] = relay.health_base
+            if active and self.warmup_s:  # the relay's first active row after start is often its worst
+                record["active_warmup"] = self.active(relay, up, wd / "active-warmup", active, active_rate,
+                                                      self.warmup_s, 5)
             if active:
                 record["active_without"] = self.active(relay, up, wd / "active-without", active, active_rate,
                                                        active_s, 1)
@@ -523,13 +527,17 @@ class IdleBench:
             stop_all(*loads, relay, up)
             drop_prefix(prefix)
         record["after"] = machine_note()
-        p99 = {k: (record.get(k) or {}).get("latency_ms", {}).get("p99") for k in ("active_without", "active_with")}
+        p99 = {k: (record.get(k) or {}).get("latency_ms", {}).get("p99")
+               for k in ("active_without", "active_with", "active_after")}
         if p99["active_without"] and p99["active_with"]:
             record["active_p99_ratio"] = round(p99["active_with"] / p99["active_without"], 2)
+        if p99["active_after"] and p99["active_with"]:  # A-B-A: the same relay, warm, its crowd gone
+            record["active_p99_ratio_after"] = round(p99["active_with"] / p99["active_after"], 2)
         self.save(record)
         self.say(f"{run_id}: closed by the relay {record.get('closed_by_server')}, lease changes "
                  f"{record.get('lease_changes')}, active p99 with/without {p99['active_with']}/"
-                 f"{p99['active_without']} ms = {record.get('active_p99_ratio')}x")
+                 f"{p99['active_without']} ms = {record.get('active_p99_ratio')}x (with/after "
+                 f"{record.get('active_p99_ratio_after')}x)")
         return record
 
     def active(self, relay, up, wd: Path, clients: int, rate: float, duration_s: float, nth: int,
@@ -712,6 +720,9 @@ def main() -> None:
     p.add_argument("--perf", action="store_true", help="crowd, with --spy: perf record -a in each active row")
     p.add_argument("--paused-row", action="store_true",
                    help="crowd: an active row with the crowd held but its load generators stopped (SIGSTOP)")
+    p.add_argument("--warmup-s", type=float, default=0,
+                   help="crowd: an untimed active row of this length first (the first row after the relay "
+                        "starts was often its worst); recorded as active_warmup, not in the ratio")
     p.add_argument("--crowd-nice", type=int, default=0,
                    help="crowd: renice the crowd's load generators to this before the with row (they stand for "
                         "clients on other hosts; the relay's own pings are unchanged)")
@@ -727,7 +738,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
-    b.spy, b.perf, b.paused_row, b.crowd_nice = a.spy, a.perf, a.paused_row, a.crowd_nice
+    b.spy, b.perf, b.paused_row, b.crowd_nice, b.warmup_s = a.spy, a.perf, a.paused_row, a.crowd_nice, a.warmup_s
     with somaxconn(a.somaxconn):
         run(a, b)
     print(out)
