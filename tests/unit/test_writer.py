@@ -25,11 +25,13 @@ class FakeStore:
         self.poison = set()  # seqs the store refuses, every time
         self.refusals = 0
         self.hold = None  # an Event the insert waits on (a slow store)
+        self.entered = gevent.event.Event()  # set when an insert starts waiting on `hold`
 
     def insert(self, events):
         if self.down:
             raise StoreUnavailable("down")
         if self.hold is not None:
+            self.entered.set()
             self.hold.wait()
         if self.poison & {e.seq for e in events}:
             self.refusals += 1
@@ -258,7 +260,7 @@ def test_the_shutdown_flush_never_runs_a_cycle_beside_the_writer_greenlets_own(t
     store.insert = counting_insert
     writer.enqueue(events(1, 3))
     running = gevent.spawn(writer.cycle)
-    gevent.sleep(0.01)  # the writer greenlet is inside its insert
+    assert store.entered.wait(5)  # the writer greenlet is inside its insert
     writer.enqueue(events(4, 3))
     flushing = gevent.spawn(writer.flush, 2)
     gevent.sleep(0.01)
@@ -326,7 +328,7 @@ def test_a_batch_being_inserted_is_not_reported_as_spooled_backlog(tmp_path):
     store.hold = gevent.event.Event()
     writer.enqueue(events(1, 3))
     cycle = gevent.spawn(writer.cycle)
-    gevent.sleep(0.01)  # inside the insert
+    assert store.entered.wait(5)  # inside the insert (the spool's write may yield first: wait for it, not a time)
     assert writer._backlog is False  # /health counts spooled events only while there is a backlog
     store.hold.set()
     cycle.join(5)
@@ -338,7 +340,7 @@ def test_a_cycle_killed_during_the_insert_of_a_spooled_batch_leaves_it_to_the_dr
     store.hold = gevent.event.Event()
     writer.enqueue(events(1, 3))
     cycle = gevent.spawn(writer.cycle)
-    gevent.sleep(0.01)
+    assert store.entered.wait(5)  # inside the insert of the spooled batch
     cycle.kill(ValueError("crashed"))
     assert writer._backlog is True and writer.pending == []
     store.hold.set()
