@@ -14,6 +14,10 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from idle import active_p99, p99_ratio, variant_env  # noqa: E402
+
 
 def rounds(paths: list[str], variant: str) -> list[dict]:
     found = []
@@ -24,17 +28,10 @@ def rounds(paths: list[str], variant: str) -> list[dict]:
             for run in json.loads(results.read_text()).get("runs", []):
                 if run.get("scenario") != "crowd" or not run.get("active_with") or run.get("crowd_nice"):
                     continue  # no active rows, or the crowd reniced (--crowd-nice: another condition)
-                if (run.get("settings") or {}) != ({} if variant == "default" else dict(
-                        part.split("=", 1) for part in variant.split("+"))):
+                if (run.get("settings") or {}) != variant_env(variant):
                     continue
-                p99 = {k: (run.get(k) or {}).get("latency_ms", {}).get("p99")
-                       for k in ("active_without", "active_with", "active_after")}
-                found.append({"where": str(results.parent), **p99})
+                found.append({"where": str(results.parent), **active_p99(run)})
     return found
-
-
-def ratio(a, b):
-    return round(a / b, 2) if a and b else None
 
 
 def main() -> int:
@@ -50,15 +47,15 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for r in found:
         print(f"| {r['where']} | {r['active_without']} | {r['active_with']} | {r['active_after']} | "
-              f"{ratio(r['active_with'], r['active_without'])} | {ratio(r['active_with'], r['active_after'])} |")
+              f"{p99_ratio(r['active_with'], r['active_without'])} | {p99_ratio(r['active_with'], r['active_after'])} |")
     med = {k: round(statistics.median(v), 1) if (v := [r[k] for r in found if r[k]]) else None
            for k in ("active_without", "active_with", "active_after")}
     without = [r[k] for r in found for k in ("active_without", "active_after") if r[k]]
     print(f"\n{len(found)} rounds; medians: before {med['active_without']}, with {med['active_with']}, "
           f"after {med['active_after']}, every row without the crowd {round(statistics.median(without), 1)} ms")
-    print(f"with ÷ before {ratio(med['active_with'], med['active_without'])}x, with ÷ after "
-          f"{ratio(med['active_with'], med['active_after'])}x, with ÷ every row without "
-          f"{ratio(med['active_with'], statistics.median(without))}x (on the medians)")
+    print(f"with ÷ before {p99_ratio(med['active_with'], med['active_without'])}x, with ÷ after "
+          f"{p99_ratio(med['active_with'], med['active_after'])}x, with ÷ every row without "
+          f"{p99_ratio(med['active_with'], statistics.median(without))}x (on the medians)")
     return 0
 
 

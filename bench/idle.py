@@ -527,12 +527,11 @@ class IdleBench:
             stop_all(*loads, relay, up)
             drop_prefix(prefix)
         record["after"] = machine_note()
-        p99 = {k: (record.get(k) or {}).get("latency_ms", {}).get("p99")
-               for k in ("active_without", "active_with", "active_after")}
-        if p99["active_without"] and p99["active_with"]:
-            record["active_p99_ratio"] = round(p99["active_with"] / p99["active_without"], 2)
-        if p99["active_after"] and p99["active_with"]:  # A-B-A: the same relay, warm, its crowd gone
-            record["active_p99_ratio_after"] = round(p99["active_with"] / p99["active_after"], 2)
+        p99 = active_p99(record)
+        if ratio := p99_ratio(p99["active_with"], p99["active_without"]):
+            record["active_p99_ratio"] = ratio
+        if ratio := p99_ratio(p99["active_with"], p99["active_after"]):  # A-B-A: the same relay, warm, its crowd gone
+            record["active_p99_ratio_after"] = ratio
         self.save(record)
         self.say(f"{run_id}: closed by the relay {record.get('closed_by_server')}, lease changes "
                  f"{record.get('lease_changes')}, active p99 with/without {p99['active_with']}/"
@@ -647,6 +646,16 @@ def accept_metrics(base: str, scrapes: int) -> dict:
                     key = line.split(" ")[0][len("relayhouse_"):]
                     seen[key] = max(seen.get(key, 0), float(line.split(" ")[1]))
     return seen
+
+
+def active_p99(run: dict) -> dict:
+    """A crowd run's active p99 (ms) before, with and after the crowd; None for a row it lacks."""
+    return {k: (run.get(k) or {}).get("latency_ms", {}).get("p99")
+            for k in ("active_without", "active_with", "active_after")}
+
+
+def p99_ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
 
 
 def variant_env(variant: str) -> dict:
