@@ -80,9 +80,20 @@ def connect(n: int):
     return socks, child
 
 
+class DevNull:
+    """A stand-in socket: /dev/null, whose write takes everything at once (WireSocket wants `send`)."""
+
+    def __init__(self) -> None:
+        self.file = open(os.devnull, "wb", buffering=0)  # noqa: SIM115 (closed at exit)
+        self.send = self.file.write
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+
 def stub_socks(n: int):
-    """Stand-ins for N sockets: /dev/null opened N times (a write takes everything at once)."""
-    return [open(os.devnull, "wb", buffering=0) for _ in range(n)]  # noqa: SIM115 (closed at exit)
+    """Stand-ins for N sockets: /dev/null opened N times."""
+    return [DevNull() for _ in range(n)]
 
 
 def make_hub(socks) -> Hub:
