@@ -123,7 +123,7 @@ def post_worker_init(worker):
     from gunicorn.workers import ggevent
 
     import wsgi  # the app module; importing it again is free
-    from webapp import accept
+    from webapp import accept, accesslog
     from webapp.conn import HeldPool
 
     # before the worker builds its pool: a connection held without a greenlet (webapp/conn.py)
@@ -132,6 +132,8 @@ def post_worker_init(worker):
     # HANDSHAKE_CONCURRENCY (opt-in): take a connect storm from the kernel's accept queue as it comes,
     # with a bounded number of handshakes in flight; else MAX_ACCEPT or gunicorn's pacing (webapp/accept.py)
     accept.install(ggevent, worker, wsgi.settings)
+    # /ws, /sse and Polygon connections get their access line when they end (gunicorn never logs them)
+    accesslog.install(worker.log)
 
     secrets_filter = RedactSecrets()
     for name in ("", "gunicorn.error", "gunicorn.access"):  # the app's root handler exists once wsgi is imported

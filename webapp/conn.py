@@ -49,6 +49,7 @@ from wsproto.utilities import LocalProtocolError
 
 from handlers.control import OP_PONG, PING_FRAME, control_frames, pong_for
 from handlers.heldgc import gc_step
+from webapp import accesslog
 from webapp.heldpool import HeldPool, pool_slot_of  # noqa: F401  (gunicorn.conf.py installs HeldPool)
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Held:
         self.state = Held.CLOSED
         self.keeper.forget(self)
         self.wire.abandon()
+        accesslog.ended(self.client, self.sock)  # its line, while the socket can still say what went out
         try:
             self.sock.close()
         except OSError:

@@ -19,6 +19,7 @@ from flask import Response, current_app, g
 from simple_websocket import ConnectionClosed
 
 from handlers.protocol import SSE_KEEPALIVE, ws_frame
+from webapp import accesslog
 from webapp.conn import HeldStream, HeldWebSocket, Keeper
 from webapp.responses import json_error
 from webapp.wire import WireSocket
@@ -115,8 +116,9 @@ class SocketClient:
     """
 
     kind = "socket"
+    access_status = "101 Switching Protocols"  # what its access line says the client got (webapp/accesslog.py)
     __slots__ = ("ws", "wire", "rt", "matcher", "after_seq", "max_events", "max_bytes", "closed", "conn",
-                 "connected_at")
+                 "connected_at", "access")
 
     def __init__(self, ws, wire: WireSocket, rt, matcher):
         self.ws = ws
@@ -129,6 +131,7 @@ class SocketClient:
         self.max_bytes = rt.settings.ws_queue_max_bytes
         self.closed = False
         self.connected_at = time.monotonic()  # read by GET /clients only
+        self.access = accesslog.opened(self.access_status)  # None unless access lines are written
 
     @staticmethod
     def closing_message(reason: str) -> bytes:
@@ -204,6 +207,7 @@ class SocketClient:
         self.rt.hub.remove(self)
         self.closed = True
         self.wire.wait_drained(self.rt.settings.slow_close_timeout_s)
+        accesslog.ended(self, self.wire.sock)
 
     def ended(self) -> None:
         """The keeper closed the connection (or saw it closed)."""
@@ -282,6 +286,7 @@ class StreamClient(SocketClient):
     What the hub delivers before the head is out waits in `pending`.
     """
 
+    access_status = "200 OK"
     __slots__ = ("pending", "pending_events", "chunked")
 
     def __init__(self, wire: WireSocket, rt, matcher):
