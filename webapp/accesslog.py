@@ -37,29 +37,19 @@ def install(glog) -> None:
     _glog = glog if getattr(glog, "access_log_enabled", False) else None
 
 
-class Opened:
-    """What a connection's line needs, taken while its request is there."""
-
-    __slots__ = ("environ", "headers", "status", "started")
-
-    def __init__(self, environ: dict[str, str], status: str):
-        self.environ = environ
-        self.headers = request_headers(environ)
-        self.status = status
-        self.started = time.monotonic()
-
-
-def opened(status: str) -> Opened | None:
-    """In the request that opens a connection; None when no line will be written."""
+def opened() -> dict[str, str] | None:
+    """In the request that opens a connection: the strings of its environ (what its line prints), or
+    None when no line will be written. The status, the start and the headers are read at the end
+    from the client (`access_status`, `connected_at`) and these strings."""
     if _glog is None or not has_request_context():
         return None
-    return Opened(kept_environ(request.environ), status)
+    return kept_environ(request.environ)
 
 
 def ended(client, sock) -> None:
     """The connection of `client` ends: its line, once (before `sock` is closed)."""
-    record = getattr(client, "access", None)
-    if record is None or _glog is None:
+    environ = getattr(client, "access", None)
+    if environ is None or _glog is None:
         return
     client.access = None
     try:
@@ -67,7 +57,7 @@ def ended(client, sock) -> None:
     except (OSError, AttributeError, ValueError):  # closed, not TCP (a test's socketpair)
         sent = None
     try:
-        _glog.access(SimpleNamespace(status=record.status, sent=sent, headers=()), record.headers,
-                     record.environ, timedelta(seconds=time.monotonic() - record.started))
+        _glog.access(SimpleNamespace(status=client.access_status, sent=sent, headers=()), request_headers(environ),
+                     environ, timedelta(seconds=time.monotonic() - client.connected_at))
     except Exception:  # noqa: BLE001  (a line that fails must not fail the close)
         log.exception("could not write an access line")

@@ -130,8 +130,8 @@ class SocketClient:
         self.max_events = rt.settings.ws_queue_max_events
         self.max_bytes = rt.settings.ws_queue_max_bytes
         self.closed = False
-        self.connected_at = time.monotonic()  # read by GET /clients only
-        self.access = accesslog.opened(self.access_status)  # None unless access lines are written
+        self.connected_at = time.monotonic()  # read by GET /clients and the access line (webapp/accesslog.py)
+        self.access = accesslog.opened()  # its request's strings; None unless access lines are written
 
     @staticmethod
     def closing_message(reason: str) -> bytes:
