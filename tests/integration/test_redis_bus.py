@@ -4,6 +4,7 @@ fenced by the lease's token; the seed; /publish requests; shared store holes (co
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import gevent
@@ -157,3 +158,32 @@ def test_a_publish_whose_caller_gave_up_before_the_append_is_never_appended(pref
     finally:
         publisher.kill()
     assert [seq for seq, _, _ in stream_seqs(bus)] == [1]  # only the second one
+
+
+def test_the_reader_reads_on_after_redis_drops_its_connection_and_loses_or_repeats_nothing(prefix, leader):
+    # the reader holds one connection between its XREADs (RedisBus._xread): a connection the
+    # server drops mid-read is replaced and the read goes on from the last entry it took.
+    # This process is not monkey-patched: the reader gets a thread of its own, and close() ends it.
+    got: list = []
+    follower = bus_of(prefix, "follower-1", got)
+    reader = threading.Thread(target=follower.run_reader, daemon=True)
+    reader.start()
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            gevent.sleep(0.01)  # the leader's publisher greenlet runs meanwhile
+
+    leader.publish(provisional(3))
+    wait_for(3)
+    first = follower._read_conn
+    port = first._sock.getsockname()[1]
+    assert leader.client.client_kill_filter(_type="normal", addr=f"127.0.0.1:{port}") == 1
+    leader.publish(provisional(4))
+    wait_for(7)
+    gevent.sleep(0.3)  # anything read twice would have come by now
+    assert [e.seq for e in got] == list(range(42, 49))
+    assert follower._read_conn is not None and follower._read_conn._sock.getsockname()[1] != port
+    follower.close()
+    reader.join(timeout=5)
+    assert not reader.is_alive()
