@@ -84,7 +84,7 @@ class RedisBus(Bus):
         self.last_id = b"0-0"
         self._read_conn = None  # the reader's connection, taken from its pool once (_xread)
         self._closed = False  # close() ends run_reader
-        self._xread_reply = self.reader.response_callbacks.get("XREAD", lambda reply, **options: reply)
+        self._xread_reply = self.reader.response_callbacks["XREAD"]  # the reply in the shape xread() gives
         self.published = 0
         self.assigned_seq = 0  # the last seq the append script gave this leader's events
         self._batches = 0
@@ -314,11 +314,16 @@ class RedisBus(Bus):
                               self.stream_key, self.last_id)
             raw = conn.read_response()
         except BaseException:
-            self._read_conn = None
-            conn.disconnect()
-            self.reader.connection_pool.release(conn)
+            self._drop_read_conn()
             raise
         return self._xread_reply(raw)
+
+    def _drop_read_conn(self) -> None:
+        """Close the reader's held connection and give it back to its pool; the next read opens another."""
+        conn, self._read_conn = self._read_conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.reader.connection_pool.release(conn)
 
     def _take(self, entries) -> None:
         events: list[Event] = []
@@ -410,10 +415,7 @@ class RedisBus(Bus):
 
     def close(self) -> None:
         self._closed = True
-        conn, self._read_conn = self._read_conn, None
-        if conn is not None:
-            conn.disconnect()
-            self.reader.connection_pool.release(conn)
+        self._drop_read_conn()
         for client in (self.client, self.reader, self.waiter):
             client.connection_pool.disconnect()
 
