@@ -208,9 +208,14 @@ def test_a_batch_the_store_always_refuses_goes_to_the_dead_letter_file_and_the_w
 def test_a_poison_batch_left_in_the_spool_by_a_crash_is_dead_lettered_after_the_restart_not_crash_looped(tmp_path):
     store = FakeStore()
     store.poison = {2}
-    first, _ = make_writer(tmp_path, store, poison_attempts=2)
+    # the first writer's retry is far off: its one cycle must not drain (and dead-letter) the batch
+    # itself, which with a 1 ms retry it did whenever the cycle took longer than the retry delay
+    first = StoreWriter(store, Spool(str(tmp_path / "spool"), 1 << 20, fsync=False), batch_rows=100,
+                        batch_ms=10, retry_min_ms=60_000, retry_max_ms=60_000, poison_attempts=2)
+    first.start_from(store.max_seq(), spooled=False)
     first.enqueue(events(1, 3))
     first.cycle()  # refused once; the process dies here, the batch in the spool
+    assert store.refusals == 1 and first.dead_letter_events == 0 and first.spool.events == 3
     second = StoreWriter(store, Spool(str(tmp_path / "spool"), 1 << 20, fsync=False), batch_rows=100,
                          batch_ms=10, retry_min_ms=1, retry_max_ms=1, poison_attempts=2)
     second.spool.load()
