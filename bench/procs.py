@@ -474,9 +474,18 @@ class Relayhouse:
         self.worker = self.pids[0]
         heard: dict[str, dict] = {}
 
+        # LEADER_ACCEPTS=false: the lease holder takes no connection once it leads, so it is heard
+        # of through the others (the lease's holder and the stream's epoch they read)
+        leader_apart = self.env.get("LEADER_ACCEPTS", "").lower() in ("0", "false", "no", "off")
+
         def all_ready() -> bool:
             h = http_json(self.base + "/health")
             heard[h["bus"]["worker"]] = h
+            if leader_apart:
+                holder = h["bus"]["lease_holder"]
+                ready = [x for name, x in heard.items() if name != holder and x["role"] == "follower"
+                         and x["ready"] and x["bus"]["ok"] and x["epoch"]]
+                return holder is not None and len(ready) == self.workers - 1
             leaders = [x for x in heard.values() if x["role"] == "leader" and x["upstream"]["connected"]]
             return (len(heard) == self.workers and len(leaders) == 1
                     and all(x["ready"] and x["bus"]["ok"] for x in heard.values()))

@@ -53,6 +53,12 @@ def holds_lease(role: str) -> bool:
     return role in (CANDIDATE, LEADER, STEPPING_DOWN)
 
 
+def takes_clients(role: str, leader_accepts: bool, workers: int) -> bool:
+    """Whether a worker accepts new client connections: always, unless LEADER_ACCEPTS is off, it
+    holds the lease (or is about to), and other workers on its socket can take them instead."""
+    return leader_accepts or workers < 2 or role not in (CANDIDATE, LEADER, STEPPING_DOWN)
+
+
 def may_write_store(role: str, lease_valid: bool) -> bool:
     """The store writer's fence: only a lease holder, and only while its lease is surely valid."""
     if role == SINGLE:

@@ -67,6 +67,7 @@ from gevent.baseserver import _handle_and_close_when_done
 from gevent.server import StreamServer
 
 from handlers.probes import response
+from webapp import clientgate
 
 ACCEPT_BATCH = 4096  # accepts per wake-up of the listener: the kernel's whole queue (somaxconn here)
 SWEEP_S = 0.5  # how often waiting sockets are checked against ACCEPT_WAIT_TIMEOUT_S
@@ -348,6 +349,8 @@ def install(ggevent, worker, settings) -> None:
         worker.handle_request = handle_request_then_free_the_slot
     elif settings.max_accept:
         ggevent.StreamServer = eager_server(settings.max_accept)
+    # LEADER_ACCEPTS=false: the lease holder leaves new connections to the other workers (webapp/clientgate.py)
+    ggevent.StreamServer = clientgate.gated(ggevent.StreamServer)
 
 
 def stats() -> dict:

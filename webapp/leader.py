@@ -16,6 +16,7 @@ import gevent
 
 from handlers import roles
 from handlers.backoff import reconnect_delay_ms
+from webapp import clientgate
 from webapp.bus.failures import FAILURES
 from webapp.bus.lease import LostLease
 from webapp.bus.receipt import NoLeader
@@ -47,8 +48,10 @@ class Leadership:
         return self.rt.role
 
     def apply(self, event: str) -> str:
-        self.rt.role = roles.next_role(self.rt.role, event)
-        return self.rt.role
+        self.rt.role = role = roles.next_role(self.rt.role, event)
+        settings = self.rt.settings
+        clientgate.set_open(roles.takes_clients(role, settings.leader_accepts, settings.web_concurrency))
+        return role
 
     def may_write(self) -> bool:
         """The store writer's fence (checked right before each insert)."""

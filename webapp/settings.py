@@ -193,6 +193,7 @@ class Settings:
     health_loop_stall_ms: int = env("HEALTH_LOOP_STALL_MS", 5000, _int(100, 600_000), "on the health listener (answered by a small process of each worker, not its event loop), /health is a 503 once the worker's event loop has not run for this long: a stuck worker is not reported alive")
     health_nice: int = env("HEALTH_NICE", -10, _int(-20, 19), "the scheduling priority (nice) of the small process of each worker that answers HEALTH_BIND, so a probe runs before a saturated machine's other work; raising it needs CAP_SYS_NICE, without which it keeps the worker's (and says so in the log)")
     web_concurrency: int = env("WEB_CONCURRENCY", 1, _int(1, 64), "gunicorn workers; above 1 only with REDIS_URL")
+    leader_accepts: bool = env("LEADER_ACCEPTS", True, _bool, "with several workers on one socket (WEB_CONCURRENCY > 1, REDIS_URL): false = the lease holder takes no new client connections and leaves them to the other workers, so the upstream read that every client's events pass through does not wait behind its own clients' writes (webapp/clientgate.py); clients it already holds stay")
     upstream_url: str | None = env("UPSTREAM_URL", None, _ws_url, "ws:// or wss:// upstream; unset = built-in demo feed")
     upstream_init: tuple = env("UPSTREAM_INIT", (), _json_list, "JSON array of messages sent after every (re)connect")
     upstream_headers: tuple = env("UPSTREAM_HEADERS", (), _json_headers, "JSON object of extra handshake headers")

@@ -67,6 +67,31 @@ def test_several_workers_in_one_gunicorn_share_one_upstream_connection(prefix, f
     assert fresh_upstream.connection_count == 1
 
 
+def test_with_leader_accepts_off_the_lease_holder_leaves_every_new_client_to_the_other_workers(
+        prefix, fresh_upstream, launch_relay, ws):
+    """LEADER_ACCEPTS=false on 3 workers: once one leads, no new connection lands on it (each /health is a
+    connection of its own, answered by whichever worker accepts it), and the followers' clients get every
+    event through it. Broken on purpose (the gate never closed), the leader answered 27, 60 and 40 of the 60 in 3 runs."""
+    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="3", LEADER_ACCEPTS="false"),
+                         wait_upstream=False)
+    workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 3 else None, 20,
+                         "three workers")
+    holder = wait_until(lambda: relay.health()["bus"]["lease_holder"], 15, "a lease holder")
+    leader_pid = int(holder.split(":")[1])
+    assert leader_pid in workers
+    wait_until(lambda: fresh_upstream.connection_count == 1, 15, "the leader's upstream connection")
+    answers = [relay.health() for _ in range(60)]
+    assert {(h["role"], h["bus"]["worker"] == holder) for h in answers} == {("follower", False)}
+    sym = unique_sym()
+    clients = [ws(relay, topics=f"T.{sym}", snapshot=0) for _ in range(6)]
+    for client in clients:
+        client.read_snapshot()
+        assert owner_of_connection(relay.port, client.conn.socket.getsockname()[1], workers) != leader_pid
+    fresh_upstream.emit(trades(0, 200, sym=sym), batch=20)
+    for client in clients:
+        assert [e["seq"] for e in client.wait_for_seq(200)] == list(range(1, 201))
+
+
 def test_four_workers_one_upstream_and_killing_any_worker_loses_nothing_for_the_others(prefix, fresh_upstream,
                                                                                         launch_relay, ws):
     """The issue's "done when": WEB_CONCURRENCY=4 serves from all four workers with one upstream

@@ -110,3 +110,18 @@ def test_the_leader_counts_what_redis_numbered_that_has_not_come_back_and_what_w
 ])
 def test_a_follower_compares_the_streams_newest_seq_with_its_last_read(newest, last_seq, read_epoch, expected):
     assert roles.follower_lag(newest, last_seq, read_epoch) == expected
+
+
+@pytest.mark.parametrize(("role", "leader_accepts", "workers", "expected"), [
+    (roles.LEADER, True, 7, True),  # the default: every worker takes clients
+    (roles.LEADER, False, 7, False),
+    (roles.CANDIDATE, False, 7, False),  # holds the lease: about to lead
+    (roles.STEPPING_DOWN, False, 7, False),
+    (roles.FOLLOWER, False, 7, True),
+    (roles.STARTING, False, 7, True),
+    (roles.LEADER, False, 1, True),  # alone on its socket: nobody else would accept them
+    (roles.SINGLE, False, 1, True),
+])
+def test_only_a_lease_holder_with_others_on_its_socket_leaves_new_clients_to_them(role, leader_accepts, workers,
+                                                                                    expected):
+    assert roles.takes_clients(role, leader_accepts, workers) is expected
