@@ -342,6 +342,9 @@ def test_a_batch_being_inserted_is_not_reported_as_spooled_backlog(tmp_path):
 
 def test_a_cycle_killed_during_the_insert_of_a_spooled_batch_leaves_it_to_the_drain(tmp_path):
     writer, store = make_writer(tmp_path)
+    # the retry far off: a cycle descheduled past a 1 ms retry would drain at once and wait on `hold`
+    # again inside the killed greenlet, which kill() then waits for forever
+    writer.retry_min_ms = writer.retry_max_ms = 60_000
     store.hold = gevent.event.Event()
     writer.enqueue(events(1, 3))
     cycle = gevent.spawn(writer.cycle)
