@@ -42,7 +42,7 @@ from procs import (  # noqa: E402
     LineProc,
     Nchan,
     Relayhouse,
-    Subscribers,
+    SubscriberSet,
     Upstream,
     cpu_seconds,
     free_port,
@@ -238,6 +238,7 @@ class IdleBench:
         self.paused_row = False  # crowd: one more active row with the crowd held but its load generators stopped
         self.crowd_nice = 0  # crowd: the load generators' nice from the with row on (0: left as they are)
         self.warmup_s = 0.0  # crowd: an untimed active row before the first timed one
+        self.active_procs = 1  # crowd: the subscriber processes the active clients are spread over
 
     def say(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -552,15 +553,16 @@ class IdleBench:
         rec: dict = {"clients": clients, "rate": rate, "duration_s": duration_s, "loadavg_before": loadavg()}
         try:
             socks0 = [tcp_sockets(p) for p in relay.pids]
-            subs = Subscribers(client_url(relay, "ws"), clients, deflate=False, log=wd / "subscribers.log",
-                               first_frame=True)
+            subs = SubscriberSet(client_url(relay, "ws"), clients, self.active_procs, deflate=False,
+                                 log=wd / "subscribers.log", first_frame=True)
+            rec["subscriber_processes"] = len(subs.pids)
             # which workers the kernel gave the active clients to (established sockets, after - before)
             rec["active_per_worker"] = [tcp_sockets(p) - s0 for p, s0 in zip(relay.pids, socks0, strict=True)]
             base, count = nth * 100_000_000, round(rate * duration_s)
             subs.arm(base, count)
             time.sleep(0.5)
             # everything on the machine that is ours: the idle crowd's generators and Redis too
-            groups = {"workers": relay.pids, "gen_subscribers": [subs.pid], "gen_upstream": [up.pid],
+            groups = {"workers": relay.pids, "gen_subscribers": subs.pids, "gen_upstream": [up.pid],
                       **getattr(relay, "side_pids", {}), **(others or {})}
             if self.spy:
                 busiest = relay.pids[max(range(len(relay.pids)), key=lambda i: rec["active_per_worker"][i])]
@@ -732,6 +734,9 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=0,
                    help="crowd: an untimed active row of this length first (the first row after the relay "
                         "starts was often its worst); recorded as active_warmup, not in the ratio")
+    p.add_argument("--active-procs", type=int, default=1,
+                   help="crowd: spread the active clients over this many subscriber processes (one process with "
+                        "1,000 clients at 200 events/s is itself ~85 %% busy, and its own queue is then measured too)")
     p.add_argument("--crowd-nice", type=int, default=0,
                    help="crowd: renice the crowd's load generators to this before the with row (they stand for "
                         "clients on other hosts; the relay's own pings are unchanged)")
@@ -748,6 +753,7 @@ def main() -> None:
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}-idle-{a.scenario}"
     b = IdleBench(out.resolve())
     b.spy, b.perf, b.paused_row, b.crowd_nice, b.warmup_s = a.spy, a.perf, a.paused_row, a.crowd_nice, a.warmup_s
+    b.active_procs = a.active_procs
     with somaxconn(a.somaxconn):
         run(a, b)
     print(out)

@@ -2,6 +2,7 @@
 //
 //   node subscribers.js '{"url":"ws://127.0.0.1:P/ws?snapshot=0","clients":1000,"deflate":false,"slow":0}'
 //   (optional: "memo": false parses byte-identical frames once per client instead of once per process;
+//    "hist": true adds the latency histograms to the report, for merging several processes' reports;
 //    "rated": true, "topics": T for max_hz clients: per-topic rates and newest values in the report)
 //
 // `deflate`: offer permessage-deflate as browsers do (ws's default) or not at all.
@@ -236,9 +237,19 @@ function report() {
     closed: fastClosed, close_codes: closes, span_s: span,
     latency_ms: percentiles(hist, latCount, latMax, [50, 90, 99, 99.9]),
     relay_receive_ms: percentiles(relayHist, relayCount, relayMax, [50, 99, 99.9]),
+    // the histograms themselves (0.1 ms buckets with a count, [bucket, count] pairs), so that the
+    // reports of several subscriber processes can be merged into one set of percentiles
+    latency_hist: cfg.hist ? sparse(hist) : undefined,
+    relay_receive_hist: cfg.hist ? sparse(relayHist) : undefined,
     slow_frames: slowFrames,
     rated: RATED ? ratedReport() : undefined,
   };
+}
+
+function sparse(h) {
+  const out = [];
+  for (let b = 0; b < BUCKETS; b++) if (h[b]) out.push([b, h[b]]);
+  return out;
 }
 
 function ratedReport() {
