@@ -56,7 +56,7 @@ def holds_lease(role: str) -> bool:
 def takes_clients(role: str, leader_accepts: bool, workers: int) -> bool:
     """Whether a worker accepts new client connections: always, unless LEADER_ACCEPTS is off, it
     holds the lease (or is about to), and other workers on its socket can take them instead."""
-    return leader_accepts or workers < 2 or role not in (CANDIDATE, LEADER, STEPPING_DOWN)
+    return leader_accepts or workers < 2 or not holds_lease(role)
 
 
 def may_write_store(role: str, lease_valid: bool) -> bool:
