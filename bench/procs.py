@@ -526,13 +526,20 @@ class Relayhouse:
         self.health_base = f"http://{environ['HEALTH_BIND']}" if environ.get("HEALTH_BIND") else self.base
         self.side_pids: dict[str, list[int]] = {}  # other processes whose CPU the run should report
         self.workers = int(environ.get("WEB_CONCURRENCY") or 1) if environ.get("REDIS_URL") else 1
-        if not environ.get("REDIS_URL"):
-            wait_for(lambda: http_json(self.base + "/health")["upstream"]["connected"], 60, "relay connected upstream")
-            self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10,
-                                   "worker")
-            self.pids = [self.worker]
-        else:
-            self._wait_for_cluster()
+        try:
+            if not environ.get("REDIS_URL"):
+                wait_for(lambda: http_json(self.base + "/health")["upstream"]["connected"], 60,
+                         "relay connected upstream")
+                self.worker = wait_for(lambda: children(self.proc.pid)[0] if children(self.proc.pid) else None, 10,
+                                       "worker")
+                self.pids = [self.worker]
+            else:
+                self._wait_for_cluster()
+        except BaseException:
+            # the caller gets no handle to stop it: a relay that never became ready must not outlive
+            # its run (two such, idle, ran beside every later bench of the twelfth session until found)
+            self.stop()
+            raise
 
     def _wait_for_cluster(self) -> None:
         """Every worker up and reading the stream, one of them leading with the upstream connected.
