@@ -258,8 +258,6 @@ class SubscriberSet:
             self.stop()
             raise
         self.pids = [p.pid for p in self.parts]
-        self.opened = {"connected": sum(p.opened.get("connected", 0) for p in self.parts),
-                       "failed": sum(p.opened.get("failed", 0) for p in self.parts)}
 
     def arm(self, base: int, count: int) -> None:
         for p in self.parts:
@@ -280,8 +278,6 @@ class SubscriberSet:
                                                [r["latency_ms"].get("max") for r in reps], (50, 90, 99, 99.9))
         out["relay_receive_ms"] = merged_percentiles([r["relay_receive_hist"] for r in reps],
                                                      [r["relay_receive_ms"].get("max") for r in reps], (50, 99, 99.9))
-        out["per_process"] = [{"clients": r.get("clients"), "frames": r.get("frames"), "latency_ms": r["latency_ms"]}
-                              for r in reps]
         return out
 
     def stop(self) -> None:

@@ -52,10 +52,10 @@ def events(first, n, ts=1_000):
     return [make_event(seq, ts, "t", {"n": seq}) for seq in range(first, first + n)]
 
 
-def make_writer(tmp_path, store=None, max_bytes=1 << 20, poison_attempts=5):
+def make_writer(tmp_path, store=None, max_bytes=1 << 20, poison_attempts=5, retry_ms=1):
     store = store or FakeStore()
     writer = StoreWriter(store, Spool(str(tmp_path / "spool"), max_bytes, fsync=False), batch_rows=100,
-                         batch_ms=10, retry_min_ms=1, retry_max_ms=1, poison_attempts=poison_attempts)
+                         batch_ms=10, retry_min_ms=retry_ms, retry_max_ms=retry_ms, poison_attempts=poison_attempts)
     writer.start_from(store.max_seq(), spooled=False)
     return writer, store
 
@@ -210,9 +210,7 @@ def test_a_poison_batch_left_in_the_spool_by_a_crash_is_dead_lettered_after_the_
     store.poison = {2}
     # the first writer's retry is far off: its one cycle must not drain (and dead-letter) the batch
     # itself, which with a 1 ms retry it did whenever the cycle took longer than the retry delay
-    first = StoreWriter(store, Spool(str(tmp_path / "spool"), 1 << 20, fsync=False), batch_rows=100,
-                        batch_ms=10, retry_min_ms=60_000, retry_max_ms=60_000, poison_attempts=2)
-    first.start_from(store.max_seq(), spooled=False)
+    first, _ = make_writer(tmp_path, store, poison_attempts=2, retry_ms=60_000)
     first.enqueue(events(1, 3))
     first.cycle()  # refused once; the process dies here, the batch in the spool
     assert store.refusals == 1 and first.dead_letter_events == 0 and first.spool.events == 3
@@ -341,10 +339,9 @@ def test_a_batch_being_inserted_is_not_reported_as_spooled_backlog(tmp_path):
 
 
 def test_a_cycle_killed_during_the_insert_of_a_spooled_batch_leaves_it_to_the_drain(tmp_path):
-    writer, store = make_writer(tmp_path)
     # the retry far off: a cycle descheduled past a 1 ms retry would drain at once and wait on `hold`
     # again inside the killed greenlet, which kill() then waits for forever
-    writer.retry_min_ms = writer.retry_max_ms = 60_000
+    writer, store = make_writer(tmp_path, retry_ms=60_000)
     store.hold = gevent.event.Event()
     writer.enqueue(events(1, 3))
     cycle = gevent.spawn(writer.cycle)
