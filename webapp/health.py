@@ -6,7 +6,7 @@ import time
 
 from handlers import roles
 from handlers.health import HealthFacts, degraded_reasons
-from webapp import accept
+from webapp import accept, clientgate
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ def health(rt) -> dict:
             "errors": rt.enricher.errors, "timeouts": rt.enricher.timeouts,
             "cached_topics": rt.enricher.cached_topics, "connections": rt.enricher.connections},
         "clients": rt.hub.client_count,
+        "accepting_clients": clientgate.is_open(),  # false: the lease holder with LEADER_ACCEPTS=false
         "clients_by_transport": dict(rt.hub.clients_by_kind),
         "clients_by_mode": rt.hub.mode_counts(),
         "delivered": rt.delivered,

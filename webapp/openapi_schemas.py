@@ -54,6 +54,8 @@ def schemas() -> dict[str, Any]:
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
                 "reasons": {"type": "array", "items": {"type": "string"},
                             "description": "why the relay is degraded, in words (empty when ok)"},
+                "accepting_clients": {"type": "boolean", "description": "whether this worker takes new "
+                                      "connections (false: the lease holder with LEADER_ACCEPTS=false)"},
                 "version": {"type": "string"}, "uptime_s": {"type": "number"}, "now": {"type": "number"},
                 "epoch": {"type": "string"}, "last_seq": {"type": "integer"}, "ready": {"type": "boolean"},
                 "role": {"type": "string", "enum": ["starting", "single", "follower", "candidate", "leader",

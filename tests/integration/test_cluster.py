@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from support.clickhouse import ClickHouseServer, clickhouse_server  # noqa: F401
 from support.cluster import PrivateRedis, Pump, UpstreamWatch, cluster_env, role, start_pair
 from support.events import trades, unique_sym
 from support.procnet import children, owner_of_connection
+from support.relay import health_port
 from support.waiting import wait_until
 
 
@@ -72,8 +74,9 @@ def test_with_leader_accepts_off_the_lease_holder_leaves_every_new_client_to_the
     """LEADER_ACCEPTS=false on 3 workers: once one leads, no new connection lands on it (each /health is a
     connection of its own, answered by whichever worker accepts it), and the followers' clients get every
     event through it. Broken on purpose (the gate never closed), the leader answered 27, 60 and 40 of the 60 in 3 runs."""
-    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="3", LEADER_ACCEPTS="false"),
-                         wait_upstream=False)
+    health = f"127.0.0.1:{health_port()}"
+    relay = launch_relay(fresh_upstream, cluster_env(prefix, WEB_CONCURRENCY="3", LEADER_ACCEPTS="false",
+                                                     HEALTH_BIND=health), wait_upstream=False)
     workers = wait_until(lambda: children(relay.proc.pid) if len(children(relay.proc.pid)) == 3 else None, 20,
                          "three workers")
     holder = wait_until(lambda: relay.health()["bus"]["lease_holder"], 15, "a lease holder")
@@ -81,7 +84,20 @@ def test_with_leader_accepts_off_the_lease_holder_leaves_every_new_client_to_the
     assert leader_pid in workers
     wait_until(lambda: fresh_upstream.connection_count == 1, 15, "the leader's upstream connection")
     answers = [relay.health() for _ in range(60)]
-    assert {(h["role"], h["bus"]["worker"] == holder) for h in answers} == {("follower", False)}
+    assert {(h["role"], h["bus"]["worker"] == holder, h["accepting_clients"]) for h in answers} == {
+        ("follower", False, True)}
+    # each worker's own process answers HEALTH_BIND (a report the worker makes every second): there the
+    # leader says why it took none of them
+    led_at, seen = time.time(), {}
+
+    def look() -> bool:
+        h = requests.get(f"http://{health}/health", timeout=5, headers={"Connection": "close"}).json()
+        if h["now"] > led_at:
+            seen[h["bus"]["worker"]] = h["accepting_clients"]
+        return len(seen) == 3
+
+    wait_until(look, 20, "a fresh report from every worker's health process")
+    assert seen == {worker: worker != holder for worker in seen}, seen
     sym = unique_sym()
     clients = [ws(relay, topics=f"T.{sym}", snapshot=0) for _ in range(6)]
     for client in clients:
