@@ -104,7 +104,10 @@ class Held:
         """Let the backlog go out (bounded), then close the socket and tell the client."""
         if self.state == Held.CLOSED:
             return
-        if not self.wire.wait_drained(0) and self.keeper.now_tick < self.close_tick:
+        drained = self.wire.wait_drained(0)
+        if self.state == Held.CLOSED:  # closed meanwhile: the look at the writer may switch greenlets
+            return
+        if not drained and self.keeper.now_tick < self.close_tick:
             if self.state == Held.OPEN:
                 self.state = Held.CLOSING
                 self.close_tick = self.keeper.now_tick + self.keeper.ticks(self.keeper.close_timeout_s)
@@ -194,8 +197,8 @@ class HeldWebSocket(Held):
         """A read that is nothing but pings and pongs (an idle client's usual traffic), while
         wsproto holds no part of a frame, answered from the raw bytes (handlers/control.py):
         no greenlet, no protocol object. The pong to our empty ping is its own test."""
-        if self.state != Held.OPEN or not self.at_boundary:
-            return False
+        if self.state != Held.OPEN or not self.at_boundary or self.wire.backlog_bytes:
+            return False  # (with a backlog, the reader greenlet answers and checks the client's bound)
         if len(data) == 6 and data[0] == OP_PONG | 0x80 and data[1] == 0x80:
             self.ponged = True
             return True
@@ -223,7 +226,9 @@ class HeldWebSocket(Held):
                     keep = False
                     break
                 if not event.message_finished:
-                    self.message = (self.message or []) + [event.data]
+                    if self.message is None:
+                        self.message = []
+                    self.message.append(event.data)  # in place: a copy per fragment was quadratic
                     continue
                 parts, self.message, self.message_len = self.message, None, 0
                 text = event.data if parts is None else type(event.data)().join(parts + [event.data])
@@ -238,6 +243,8 @@ class HeldWebSocket(Held):
                     self.send(event.response())
                 keep = False
         self.at_boundary = frame_boundary(proto)
+        if keep and self.client is not None:
+            self.client.check_bound()  # pongs and answers count towards the client's bound too
         if not keep or proto.state is ConnectionState.CLOSED:
             self.closed()
 

@@ -118,7 +118,7 @@ class SocketClient:
     kind = "socket"
     access_status = "101 Switching Protocols"  # what its access line says the client got (webapp/accesslog.py)
     __slots__ = ("ws", "wire", "rt", "matcher", "after_seq", "max_events", "max_bytes", "closed", "conn",
-                 "connected_at", "access")
+                 "connected_at", "access", "snapshot_end")
 
     def __init__(self, ws, wire: WireSocket, rt, matcher):
         self.ws = ws
@@ -130,6 +130,7 @@ class SocketClient:
         self.max_events = rt.settings.ws_queue_max_events
         self.max_bytes = rt.settings.ws_queue_max_bytes
         self.closed = False
+        self.snapshot_end = 0  # where the snapshot's last byte leaves the backlog (the wire's drained_bytes)
         self.connected_at = time.monotonic()  # read by GET /clients and the access line (webapp/accesslog.py)
         self.access = accesslog.opened()  # its request's strings; None unless access lines are written
 
@@ -140,10 +141,35 @@ class SocketClient:
     def send(self, message: bytes) -> None:
         self.wire.write(ws_frame(message))
 
+    def reply(self, message: bytes) -> None:
+        """An answer to the client's own message: bounded like events (a client that sends and never reads
+        would otherwise queue answers without end), and past the bound always closed: answers cannot be
+        conflated."""
+        self.send(message)
+        self.check_bound()
+
+    def check_bound(self) -> None:
+        """Close as a slow consumer if what is queued (answers and pongs included) is past the byte bound."""
+        if not self.closed and self.queued_bytes() > self.max_bytes:
+            SocketClient.slow(self)
+
+    def snapshot_written(self) -> None:
+        """The snapshot is in the wire: its bytes do not count towards the bound while they drain (a resume
+        may be larger than the bound on its own, and a client reading it at full speed is not slow). While
+        the wire is corked (the handshake's answer, the snapshot and what waited for it go out in one
+        write), the mark is made once it is uncorked (`hold`)."""
+        wire = self.wire
+        self.snapshot_end = -1 if wire.corked else wire.drained_bytes + wire.backlog_bytes
+
+    def queued_bytes(self) -> int:
+        """Bytes queued for this client, the snapshot's part not counted."""
+        wire = self.wire
+        return wire.backlog_bytes - max(0, self.snapshot_end - wire.drained_bytes)  # (-1 while corked: 0)
+
     def write_bounded(self, frame: bytes, n_events: int) -> None:
         """Write a shared frame, or close the client if it would go past its backlog bounds."""
         wire = self.wire
-        if wire.backlog_bytes and (wire.backlog_bytes + len(frame) > self.max_bytes
+        if wire.backlog_bytes and (self.queued_bytes() + len(frame) > self.max_bytes
                                    or wire.backlog_weight + n_events > self.max_events):
             self.slow(n_events, frame)
             return
@@ -189,6 +215,8 @@ class SocketClient:
         connection of the worker: they may yield, but other clients' messages wait meanwhile,
         so anything slow (a store query, a round trip to Redis) belongs in a greenlet of its own."""
         self.wire.uncork()
+        if self.snapshot_end == -1:
+            self.snapshot_written()
         if self.closed:
             return
         ws, self.ws = self.ws, None
@@ -233,7 +261,7 @@ class Conflating:
         """Caught up enough to go live again (the hub asks while it is slow): under half its bounds, and the
         socket taking bytes — a backlog emptied by turning slow (its frames dropped) is not a client catching up."""
         wire = self.wire
-        return (wire.backlog_weight * 2 <= self.max_events and wire.backlog_bytes * 2 <= self.max_bytes
+        return (wire.backlog_weight * 2 <= self.max_events and self.queued_bytes() * 2 <= self.max_bytes
                 and wire.has_room())
 
     def write_tracked(self, frame: bytes, n_events: int) -> None:
@@ -329,6 +357,7 @@ class StreamClient(SocketClient):
         pending, self.pending, self.pending_events = self.pending or [], None, 0
         body = b"".join([first] + [chunk_data(frame) for frame, _ in pending])
         self.wire.write(head + (http_chunk(body) if chunked else body))
+        self.snapshot_written()
         sock = detach_socket(self.wire)
         keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
         self.conn = HeldStream(keeper(), sock, self.wire, self, keepalive, LAST_CHUNK if chunked else b"")

@@ -31,7 +31,7 @@ class WireSocket:
     # one per connection: slots, and the backlog and its signal only while there is a backlog,
     # keep an idle connection small
     __slots__ = ("sock", "_send_now", "_backlog", "backlog_bytes", "backlog_weight", "_writer", "_drained",
-                 "broken", "_corked")
+                 "broken", "_corked", "drained_bytes")
 
     def __init__(self, sock):
         self.adopt(sock)
@@ -40,6 +40,7 @@ class WireSocket:
         self._backlog: deque[tuple[memoryview | bytes, int, bool]] | None = None
         self.backlog_bytes = 0
         self.backlog_weight = 0  # events held in the backlog (the hub's bound)
+        self.drained_bytes = 0  # bytes the writer greenlet has sent from the backlog, ever (a position in it)
         self._writer: gevent.Greenlet | None = None
         self._drained: Signal | None = None  # set when the writer is done
         self.broken = False
@@ -80,6 +81,10 @@ class WireSocket:
         system call (on loopback a send costs the kernel's whole TCP path; a storm of
         connections is mostly that)."""
         self._corked = []
+
+    @property
+    def corked(self) -> bool:
+        return self._corked is not None
 
     def uncork(self) -> None:
         corked, self._corked = self._corked, None
@@ -179,6 +184,7 @@ class WireSocket:
                             wait_write(self.sock.fileno())  # this greenlet only waits for room
                             continue
                         self.backlog_bytes -= sent
+                        self.drained_bytes += sent
                         view = view[sent:]
                 finally:
                     self.backlog_bytes -= len(view)

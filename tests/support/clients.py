@@ -184,6 +184,15 @@ def upgrade_headers() -> dict[str, str]:
     }
 
 
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame: FIN, `opcode`, the payload's length in the shortest form, masked."""
+    mask = os.urandom(4)
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else (bytes([0x80 | 126]) + struct.pack("!H", n) if n < 65536
+                                                else bytes([0x80 | 127]) + struct.pack("!Q", n))
+    return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 @dataclass
 class RawClose:
     """What a RawWsClient saw: its text messages in order, then the close (if any)."""
@@ -308,13 +317,14 @@ class RawWsClient:
             # pings (0x9) and pongs (0xA) carry nothing the tests look at
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) < 126
         try:
-            self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+            self.sock.sendall(masked_frame(opcode, payload))
         except OSError:
             pass  # the relay may have dropped the TCP connection right after its close frame
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        """One whole masked frame, of any length (0x1 text, 0x9 ping); raises if the relay has gone."""
+        self.sock.sendall(masked_frame(opcode, payload))
 
     def close(self) -> None:
         self.sock.close()

@@ -119,23 +119,23 @@ def market_socket(ws, market: str):
 def answer(client: PolygonClient, action) -> None:
     if isinstance(action, BadAction):
         client.rt.metrics.client_errors.inc()
-        client.send(error_frame(action.message))
+        client.reply(error_frame(action.message))
     elif isinstance(action, Auth):
         if client.authenticated:
-            client.send(ALREADY_AUTHENTICATED)
+            client.reply(ALREADY_AUTHENTICATED)
         elif client.rt.settings.api_tokens and not token_matches(action.key, client.rt.settings.api_tokens):
             log.info("a Polygon client sent an unknown key: closing it")
             client.refuse(AUTH_FAILED, CLOSE_POLICY_VIOLATION, "auth_failed")
         else:
             client.authenticated = True
             client.scope = client.rt.settings.topic_scope(action.key)
-            client.send(AUTH_SUCCESS)
+            client.reply(AUTH_SUCCESS)
     elif not client.authenticated:
         client.rt.metrics.client_errors.inc()
-        client.send(AUTH_REQUIRED)
+        client.reply(AUTH_REQUIRED)
     else:
         topics, reply = change_reply(limit_change(action, client.scope), client.matcher.patterns,
                                      client.rt.settings.ws_max_patterns)
         # no yield between the change and its ack: data for a new topic comes after the ack
         client.subscribe(topics)
-        client.send(reply)
+        client.reply(reply)

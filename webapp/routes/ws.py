@@ -120,11 +120,12 @@ def stream(ws):
             return
         client.send(snapshot_message(opening.epoch, opening.last_seq, opening.recovered, opening.events,
                                      opening.missing))
+        client.snapshot_written()
         client.release()
         if g.refused_topics:
             client.send(error_message(refusal_message(g.refused_topics)))
         scope = g.scope  # the keeper's reader calls back outside this request: no `g` there
-        client.hold(lambda text: answer(client, scoped_action(parse_client_message(text), scope, client.send)))
+        client.hold(lambda text: answer(client, scoped_action(parse_client_message(text), scope, client.reply)))
     except ConnectionClosed:
         pass
     finally:
@@ -134,9 +135,9 @@ def stream(ws):
 def answer(client: WsClient, action) -> None:
     if not isinstance(action, Action):
         client.rt.metrics.client_errors.inc()
-        client.send(error_message(action.message))
+        client.reply(error_message(action.message))
     elif action.kind == "ping":
-        client.send(PONG_MESSAGE)
+        client.reply(PONG_MESSAGE)
     else:
         current = client.matcher.patterns
         refused: tuple[str, ...] = ()
@@ -151,5 +152,5 @@ def answer(client: WsClient, action) -> None:
             client.rt.hub.resubscribe(client, patterns)
         if refused:
             client.rt.metrics.bound_hits.labels("ws_patterns").inc()
-            client.send(error_message(limit_message(limit, refused)))
-        client.send(subscribed_message(patterns, client.max_hz))
+            client.reply(error_message(limit_message(limit, refused)))
+        client.reply(subscribed_message(patterns, client.max_hz))
