@@ -18,12 +18,23 @@ def topic_of(data: Any, fields: tuple[str, ...]) -> str:
 
 def _topic_part(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return value if value.isascii() else text_of(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def text_of(value: str) -> str:
+    """`value` as text every store and client can take: a lone surrogate (JSON allows the escape
+    "\\udfff", UTF-8 has no encoding for it) becomes U+FFFD. A topic is a stored column and a
+    subscription key: one such topic made the store refuse its whole batch."""
+    try:
+        value.encode()
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class PatternError(ValueError):

@@ -311,3 +311,18 @@ def test_failing_enrichment_is_counted_and_never_stops_the_feed(backend, server,
     received = client.wait_for_seq(200)
     assert [e["data"]["n"] for e in received] == list(range(200)) and not any("enrichment" in e for e in received)
     assert 'relayhouse_enrich_errors_total{kind="error"}' in relay.get("/metrics").text
+
+
+def test_a_topic_with_a_lone_surrogate_is_stored_with_the_events_around_it(backend, server, fresh_upstream,
+                                                                            launch_relay):
+    """JSON may carry "\\udfff", UTF-8 cannot: such a topic made the store refuse its whole batch, and the
+    writer dead-lettered the 25 good events beside it. The topic now has U+FFFD in its place."""
+    relay = launch_relay(fresh_upstream, store_env(backend, server))
+    sym = unique_sym()
+    fresh_upstream.emit(['[{"ev":"T","sym":"%s","n":0},{"ev":"T\\udfff","sym":"%s","n":1},'
+                         '{"ev":"T","sym":"%s","n":2}]' % (sym, sym, sym)], batch=None)
+    assert wait_stored(relay, 3) == {"count": 3, "unique": 3, "min": 1, "max": 3}
+    got = relay.get("/history", params={"since": 0, "limit": 10}).json()["events"]
+    assert [(e["topic"], e["data"]["n"]) for e in got] == [(f"T.{sym}", 0), (f"T\ufffd.{sym}", 1), (f"T.{sym}", 2)]
+    assert got[1]["data"]["ev"] == "T\udfff"  # the element itself is kept as it came
+    assert relay.health()["status"] == "ok"

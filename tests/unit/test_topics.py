@@ -174,3 +174,10 @@ def test_unsubscribing_removes_exact_patterns_only():
 
 def test_unsubscribing_everything_leaves_an_empty_subscription():
     assert remove_patterns(("T.*", "Q.*"), ("Q.*", "T.*")) == ()
+
+
+def test_a_lone_surrogate_in_a_topic_field_becomes_the_replacement_character_and_pairs_are_kept():
+    assert topic_of({"ev": "T\udfff", "sym": "X"}, ("ev", "sym")) == "T\ufffd.X"
+    assert topic_of({"ev": "T\ud83d\ude00"}, ("ev",)) == "T\U0001f600"  # a pair written as two escapes
+    assert topic_of({"ev": "Tü", "sym": "\ud800\ud800"}, ("ev", "sym")) == "Tü.\ufffd\ufffd"
+    topic_of({"ev": "T\udfff"}, ("ev",)).encode()  # every topic is UTF-8 text
