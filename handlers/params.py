@@ -1,10 +1,17 @@
 """Request parameters parsed and checked as data; each error names its parameter."""
 
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from handlers.conflate import RateError, parse_max_hz
+from handlers.conflate import MAX_HZ, RateError, parse_max_hz
 from handlers.topics import PatternError, parse_patterns
+
+# What a number looks like in a query, and nothing else that Python's int() and float() take:
+# no spaces, no `_` between digits, no `+`, no digits of other scripts, no inf or nan.
+INTEGER = re.compile(r"-?[0-9]+")
+DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")  # a flag's spellings; empty = its default
 
 
 class ParamError(ValueError):
@@ -12,16 +19,26 @@ class ParamError(ValueError):
 
 
 def int_param(args: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """ASCII digits with an optional leading `-`, in lo..hi; absent or empty = `default`."""
     raw = args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ParamError(f"'{name}' must be an integer, got {raw[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise ParamError(f"'{name}' must be in {lo}..{hi}, got {value}")
+    if not INTEGER.fullmatch(raw):
+        raise ParamError(f"'{name}' must be an integer, got {raw[:40]!r}")
+    value = int(raw) if len(raw) <= 40 else None  # int() of thousands of digits is slow, then an error
+    if value is None or not lo <= value <= hi:
+        raise ParamError(f"'{name}' must be in {lo}..{hi}, got {raw[:40]}")
     return value
+
+
+def bool_param(args: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A flag: 1, true or yes; 0, false or no; absent or empty = `default`."""
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw in TRUE or raw in FALSE:
+        return raw in TRUE
+    raise ParamError(f"'{name}' must be 1, true, yes, 0, false or no, got {raw[:40]!r}")
 
 
 def topics_param(args: Mapping[str, str], name: str = "topics") -> tuple[str, ...]:
@@ -55,10 +72,15 @@ ON_SLOW = ("close", "conflate")
 
 def delivery_params(args: Mapping[str, str]) -> tuple[float | None, str]:
     """`max_hz` and `on_slow` of contract §12."""
-    try:
-        max_hz = parse_max_hz(args.get("max_hz"))
-    except RateError as exc:
-        raise ParamError(str(exc)) from None
+    raw = args.get("max_hz")
+    max_hz = None
+    if raw:
+        try:
+            max_hz = parse_max_hz(raw) if len(raw) <= 32 and DECIMAL.fullmatch(raw) else None
+        except RateError:
+            pass
+        if max_hz is None:  # the value as given, not as the float it parsed to
+            raise ParamError(f"'max_hz' must be a number in (0, {MAX_HZ:g}], got {raw[:32]!r}")
     on_slow = args.get("on_slow") or "close"
     if on_slow not in ON_SLOW:
         raise ParamError(f"'on_slow' must be close or conflate, got {on_slow[:40]!r}")

@@ -4,7 +4,7 @@ import logging
 import socket
 
 import gevent
-from flask import Flask, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
@@ -26,6 +26,20 @@ def _stop_reading(sock) -> None:
         sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass  # already gone
+
+
+class LastResponse(Response):
+    """A response after which the connection closes, and whose head says so (`Connection: close`).
+
+    gunicorn drops a Connection header the app sets and writes its own from whether it will
+    keep the connection; the server's own response object (the `start_response` it hands over)
+    is told to close instead. Other servers keep their default."""
+
+    def __call__(self, environ, start_response):
+        force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+        if force_close is not None:
+            force_close()
+        return super().__call__(environ, start_response)
 
 
 def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
@@ -82,10 +96,11 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         except gevent.Timeout:
             log.info("%s %s: the request body did not arrive within %g s", request.method, request.path,
                      settings.body_timeout_s)
-            response = json_error(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
-            # gunicorn drops a Connection header from the app and would, after this response,
-            # wait to drain the rest of the body with no time limit. Once the 408 is written,
-            # end the reading side: the drain sees end-of-stream and the connection is closed.
+            error = json_error(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
+            # The rest of the body is never read: the connection closes after the 408, which says
+            # so (before, gunicorn said keep-alive, then drained the body into end-of-stream).
+            # Its reading side is ended as well, in case the server keeps it for a drain anyway.
+            response = LastResponse(error.get_data(), 408, mimetype=error.mimetype)
             sock = request.environ.get("gunicorn.socket")
             if sock is not None:
                 response.call_on_close(lambda: _stop_reading(sock))

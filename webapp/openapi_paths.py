@@ -89,8 +89,12 @@ def paths(s: Settings) -> dict[str, Any]:
     return {
         "/health": {"get": {
             "summary": "state of upstream, store, bus, clients and cache", "security": OPEN,
-            "parameters": [_str("strict", "1, true or yes: answer 503 while degraded (any other value: 200)")],
+            "parameters": [{"name": "strict", "in": "query", "required": False, "allowEmptyValue": True,
+                            "description": "1, true or yes: answer 503 while degraded; 0, false, no or empty: "
+                                           "200 (the default); any other value is a 400",
+                            "schema": {"type": "string", "enum": ["1", "true", "yes", "0", "false", "no", ""]}}],
             "responses": {"200": _ok("serving (status says ok or degraded)", ref("Health")),
+                          "400": BAD,
                           "503": _ok("degraded, with strict=1", ref("Health"))}}},
         "/metrics": {"get": {
             "summary": "Prometheus metrics", "security": OPEN,
@@ -199,8 +203,14 @@ def paths(s: Settings) -> dict[str, Any]:
             "summary": "the event stream as Server-Sent Events (docs/api.md)", "security": CLIENT,
             "parameters": [*_stream_parameters(s),
                            {"name": "Last-Event-ID", "in": "header", "required": False,
-                            "description": "works like since (the query parameter wins)",
-                            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}}],
+                            "description": "`<epoch>:<seq>`, the id of the last message received, as the relay "
+                                           "sends it (an EventSource sends it back on reconnecting), or a bare "
+                                           "seq (the epoch query parameter, if any, names its epoch); seq in "
+                                           f"0..{MAX_SEQ}, epoch at most 128 characters. Works like since and "
+                                           "epoch (the since query parameter wins; this epoch wins over the "
+                                           "query's); anything else is a 400 naming Last-Event-ID",
+                            "schema": {"type": "string", "pattern": r"^(.{0,128}:)?[0-9]{1,19}$",
+                                       "example": "6921f3a0-1b2c3d4e:1042"}}],
             "responses": {"200": {
                 "description": "the stream: `retry: 1000`, then `event: gap` when a resume is partial, then "
                                "`event: event` (id: seq, data: an Event) per event; with max_hz or while slow, "

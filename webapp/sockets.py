@@ -368,7 +368,13 @@ class StreamClient(SocketClient):
 
 class StreamResponse(Response):
     """The response of a StreamClient: Flask's hooks (CORS) have shaped its headers; instead of
-    gunicorn writing it, it writes its head and first chunk itself and hands the connection over."""
+    gunicorn writing it, it writes its head and first chunk itself and hands the connection over.
+
+    A stream has no length: its head carries no Content-Length (Werkzeug would add `0` for the
+    empty body it sees, and a client must refuse it next to `Transfer-Encoding: chunked`, RFC 9112
+    §6.3, or read an HTTP/1.0 body as empty)."""
+
+    automatically_set_content_length = False
 
     def __init__(self, client: StreamClient, first: bytes, **kwargs):
         super().__init__(**kwargs)

@@ -3,7 +3,7 @@ as the relay sends it (`<epoch>:<seq>`) or as a bare seq."""
 
 import pytest
 
-from handlers.params import ParamError, stream_params
+from handlers.params import ParamError, bool_param, int_param, stream_params
 
 
 def parse(**args):
@@ -62,3 +62,57 @@ def test_a_malformed_last_event_id_is_a_400_naming_it(bad):
 def test_an_overlong_epoch_in_last_event_id_is_refused():
     with pytest.raises(ParamError, match="epoch"):
         parse_id(last_event_id="E" * 200 + ":1")
+
+
+# -- the text of a number or a flag: only the documented forms (contract §10) --
+
+@pytest.mark.parametrize("raw, value", [("5", 5), ("-5", -5), ("0", 0), ("007", 7), ("1000", 1000)])
+def test_an_integer_is_ascii_digits_with_an_optional_minus(raw, value):
+    assert int_param({"limit": raw}, "limit", None, -10, 1000) == value
+
+
+@pytest.mark.parametrize("raw", ["1_0", "\u0663", "  5", "5 ", "+5", "5\n", "0x10", "1e3", "1.0", "--5", "-", "\uff15"])
+def test_what_pythons_int_takes_beyond_that_is_refused_naming_the_parameter(raw):
+    with pytest.raises(ParamError, match=r"'limit' must be an integer, got "):
+        int_param({"limit": raw}, "limit", None, -10, 1000)
+
+
+def test_an_absent_or_empty_integer_is_the_default_and_a_huge_one_is_out_of_range():
+    assert int_param({}, "limit", 50, 1, 1000) == 50
+    assert int_param({"limit": ""}, "limit", 50, 1, 1000) == 50
+    with pytest.raises(ParamError, match=r"'limit' must be in 1\.\.1000, got 9999"):
+        int_param({"limit": "9" * 5000}, "limit", 50, 1, 1000)
+
+
+def test_stream_integers_are_checked_the_same_way():
+    for args in ({"since": "1_0"}, {"snapshot": "\u0663"}, {"since": " 1"}):
+        with pytest.raises(ParamError, match=next(iter(args))):
+            parse(**args)
+    with pytest.raises(ParamError, match="Last-Event-ID"):
+        parse_id(last_event_id="E:1_0")
+
+
+@pytest.mark.parametrize("raw, rate", [("2", 2.0), ("0.5", 0.5), (".5", 0.5), ("5.", 5.0), ("1e2", 100.0),
+                                       ("1E-1", 0.1), ("1000", 1000.0)])
+def test_max_hz_is_a_decimal_number(raw, rate):
+    assert parse(max_hz=raw).max_hz == rate
+
+
+@pytest.mark.parametrize("raw", ["1_0", " 2", "2 ", "+2", "\u0663", "inf", "nan", "0x1p3", ".", "e5", "1000.0001",
+                                 "0", "-1", "1" * 40])
+def test_other_max_hz_text_is_refused_quoting_the_value_as_given(raw):
+    with pytest.raises(ParamError, match="'max_hz'") as refused:
+        parse(max_hz=raw)
+    assert str(refused.value).endswith(f"got {raw[:32]!r}")
+
+
+@pytest.mark.parametrize("raw, value", [(None, False), ("", False), ("0", False), ("false", False), ("no", False),
+                                        ("1", True), ("true", True), ("yes", True)])
+def test_a_flag_takes_its_documented_spellings(raw, value):
+    assert bool_param({} if raw is None else {"strict": raw}, "strict") is value
+
+
+@pytest.mark.parametrize("raw", ["abc", "2", "on", "TRUE", " 1", "\u0661", "%ff"])
+def test_any_other_flag_value_is_refused_naming_it(raw):
+    with pytest.raises(ParamError, match=r"'strict' must be 1, true, yes, 0, false or no"):
+        bool_param({"strict": raw}, "strict")

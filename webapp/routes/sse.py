@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 
 from handlers.events import Event
 from handlers.params import stream_params
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sse", __name__)
 
 RETRY_MS = b"retry: 1000\n\n"
+EVENT_STREAM = "text/event-stream"
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class SseClient(Conflating, StreamClient):
@@ -69,6 +71,10 @@ def stream():
     params, refused = scoped_stream(params, request.args, request_scope(request, rt.settings))
     if refused:
         raise TopicsForbidden(refused)
+    if request.method == "HEAD":  # the head a GET would get: no body, no client held open
+        head = Response(status=200, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)
+        head.automatically_set_content_length = False  # a stream has no length
+        return head
     sock = server_socket(request.environ)
     if sock is None:
         return json_error(500, "no socket in the WSGI environment (run under gunicorn)")
@@ -82,6 +88,4 @@ def stream():
     rt.hub.add(client)
     opening = fill_from_store(rt, opening, client.matcher)
     first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events, opening.epoch)
-    return StreamResponse(client, first, mimetype="text/event-stream", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-    })
+    return StreamResponse(client, first, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)

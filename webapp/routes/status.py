@@ -2,6 +2,7 @@
 
 from flask import Blueprint, Response, redirect, request
 
+from handlers.params import bool_param
 from webapp.auth import OPEN, access
 from webapp.metrics import CONTENT_TYPE_LATEST
 from webapp.openapi import openapi_document
@@ -14,8 +15,8 @@ bp = Blueprint("status", __name__)
 @bp.get("/health")
 @access(OPEN)
 def health():
+    strict = bool_param(request.args, "strict")
     report = runtime().health()
-    strict = request.args.get("strict", "") in ("1", "true", "yes")
     status = 503 if strict and report["status"] != "ok" else 200
     return json_response(report, status)
 
