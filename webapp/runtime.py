@@ -9,6 +9,7 @@ import time
 
 import gevent
 import gevent.event
+import gevent.lock
 
 from handlers.cache import EventCache
 from handlers.events import Event
@@ -127,6 +128,7 @@ class Runtime:
                                  spawn=lambda run: self.tasks.spawn("demo", run))
         self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
+        self.resume_gate = gevent.lock.BoundedSemaphore(settings.resume_concurrency)  # webapp/streams.py
         if self.store is None and not self.clustered:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"

@@ -252,6 +252,8 @@ class Settings:
     seq_reserve_block: int = env("SEQ_RESERVE_BLOCK", 10_000, _int(1, 1 << 40), "seqs reserved at a time in DATA_DIR/relay.sqlite3")
     history_max_limit: int = env("HISTORY_MAX_LIMIT", 10_000, _int(1, 10_000_000), "largest /history limit")
     resume_max_events: int = env("RESUME_MAX_EVENTS", 100_000, _int(1, 100_000_000), "most stored events a resume replays (older ones are reported missing)")
+    resume_concurrency: int = env("RESUME_CONCURRENCY", 2, _int(1, 64), "resumes that read the store at once per worker (the others wait their turn)")
+    resume_page_events: int = env("RESUME_PAGE_EVENTS", 10_000, _int(100, 1_000_000), "stored events a resume reads per query (the worker serves others between pages)")
     enrich_sql: str | None = env("ENRICH_SQL", None, _str, "parameterised SELECT run for an event's topic")
     enrich_ttl_ms: int = env("ENRICH_TTL_MS", 1000, _int(0, 86_400_000), "enrichment results are cached per topic this long")
     enrich_timeout_ms: int = env("ENRICH_TIMEOUT_MS", 50, _int(1, 60_000), "an event never waits longer than this for enrichment")

@@ -23,6 +23,7 @@ from gevent.socket import wait_write
 
 _poll = get_original("select", "poll")  # the real one: a zero-timeout look, and fds past FD_SETSIZE
 _POLLOUT = get_original("select", "POLLOUT")
+_HUNG_UP = get_original("select", "POLLRDHUP") | get_original("select", "POLLHUP") | get_original("select", "POLLERR")
 
 
 class WireSocket:
@@ -153,6 +154,17 @@ class WireSocket:
             return bool(poller.poll(0))
         except (OSError, ValueError):
             return False  # closed: it will not catch up
+
+    def peer_gone(self) -> bool:
+        """The peer hung up or reset (looked at without waiting and without reading)."""
+        if self.broken:
+            return True
+        try:
+            poller = _poll()
+            poller.register(self.sock.fileno(), _HUNG_UP)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True  # closed
 
     def queued_frames(self) -> int:
         """Entries waiting in the backlog (at least the event frames not yet begun)."""

@@ -100,9 +100,9 @@ def test_history_serves_ranges_and_resists_injection(backend, server, fresh_upst
 
 
 def test_a_resume_older_than_the_cache_comes_from_the_store(backend, server, fresh_upstream, launch_relay, ws):
-    relay = launch_relay(fresh_upstream, store_env(backend, server, CACHE_MAX_ITEMS="100"))
+    relay = launch_relay(fresh_upstream, store_env(backend, server, CACHE_MAX_ITEMS="100", RESUME_PAGE_EVENTS="300"))
     sym = unique_sym()
-    fresh_upstream.emit(trades(0, 1000, sym=sym), batch=100)
+    fresh_upstream.emit(trades(0, 1000, sym=sym), batch=100)  # the resume below reads 4 pages of 300
     wait_stored(relay, 1000)
     epoch = relay.health()["epoch"]
     client = ws(relay, since=10, epoch=epoch, topics=f"T.{sym}")

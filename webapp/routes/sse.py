@@ -86,6 +86,6 @@ def stream():
     opening = open_stream(rt, params, client.matcher)
     client.after_seq = opening.last_seq
     rt.hub.add(client)
-    opening = fill_from_store(rt, opening, client.matcher)
+    opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or client.wire.peer_gone())
     first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events, opening.epoch)
     return StreamResponse(client, first, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)

@@ -115,7 +115,7 @@ def stream(ws):
         client.held = []  # live events wait while the older part comes from the store
     rt.hub.add(client)
     try:
-        opening = fill_from_store(rt, opening, client.matcher)
+        opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or wire.peer_gone())
         if client.closed:
             return
         client.send(snapshot_message(opening.epoch, opening.last_seq, opening.recovered, opening.events,
