@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from handlers.sql_lexer import COMMENT, PUNCT, SPACE, WORD, SqlError, is_name, name_text, tokenize
+from handlers.sql_lexer import (
+    COMMENT,
+    NUMBER,
+    PUNCT,
+    SPACE,
+    STRING,
+    WORD,
+    SqlError,
+    is_name,
+    name_text,
+    tokenize,
+)
 
 ALLOWED_LEADING = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
 
@@ -40,8 +51,16 @@ users and other callers' queries, not the relay's events."""
 
 MAX_NESTING = 100
 
+DESCRIBING = frozenset({"SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
+"""Leading words that do not start a SELECT: each takes only the forms below (an allow-list), since the
+same words also list the server's processes, users, grants, settings and other databases."""
+SHOW_FORMS = ("SHOW TABLES [FROM|IN <the relay's database>] [[NOT] [I]LIKE '...'] [LIMIT n]",
+              "SHOW CREATE TABLE [<the relay's database>.]<table>")
+EXPLAIN_KINDS = frozenset({"AST", "SYNTAX", "QUERY", "TREE", "PLAN", "PIPELINE", "ESTIMATE"})
 
-def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = frozenset()) -> str:
+
+def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = frozenset(),
+                        database: str | None = None) -> str:
     """Vet /query text and return it as one clean statement, or raise SqlError (→ 400).
 
     A second line of defence behind the engine's readonly=1 session: comments
@@ -51,7 +70,8 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
     OUTFILE (the relay sets the limits and the output format itself), a call
     of any table function outside ALLOWED_TABLE_FUNCTIONS — the names in
     EXTERNAL_FUNCTIONS and in `table_functions` (the engine's own list) — and
-    a table of `system` or `information_schema` outside ALLOWED_SYSTEM_TABLES.
+    a table of `system` or `information_schema` outside ALLOWED_SYSTEM_TABLES, and a SHOW, DESCRIBE,
+    EXISTS or EXPLAIN outside the forms check_describing allows (over `database`, the relay's own).
 
     Names are read as ClickHouse reads them: bare, "double-quoted" or
     `back-quoted`, in any letter case, at any depth of nesting, with comments
@@ -86,6 +106,11 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
         got = first.text[:40] if first is not None else "("
         raise SqlError(f"only read queries are allowed: the query must start with {', '.join(ALLOWED_LEADING)} "
                        f"(it starts with {got!r})")
+
+    if first.text.upper() in DESCRIBING:
+        if first is not significant[0]:
+            raise SqlError(f"{first.text.upper()} cannot stand in brackets")
+        check_describing(significant, database)
 
     blocked = (EXTERNAL_FUNCTIONS | {name.lower() for name in table_functions}) - ALLOWED_TABLE_FUNCTIONS
     for i, token in enumerate(significant):
@@ -125,3 +150,95 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
     body = [t for t in tokens if t.start <= last.start]
     # a comment becomes one space: it may be the only separator between two words
     return "".join(" " if t.kind == COMMENT else t.text for t in body).strip()
+
+
+def check_describing(significant: list, database: str | None) -> None:
+    """Refuse (SqlError) a SHOW, DESCRIBE/DESC, EXISTS or EXPLAIN statement outside the forms that read
+    the relay's own tables: `significant` are its tokens without spaces and comments.
+
+    - SHOW_FORMS, and no other SHOW (PROCESSLIST, DATABASES, GRANTS, SETTINGS, USERS, ...: the server's);
+    - DESCRIBE|DESC [TABLE] [<database>.]<table>, or a table function call, or a (subquery);
+    - EXISTS [TABLE] [<database>.]<table>;
+    - EXPLAIN [AST|SYNTAX|QUERY TREE|PLAN|PIPELINE|ESTIMATE] [option = value, ...] of a SELECT.
+    A database other than `database` (system, information_schema, another) is refused everywhere here;
+    the rest of the statement is vetted like any other (table functions, system tables).
+    """
+    word = significant[0].text.upper()
+    rest = significant[1:]
+    if word == "SHOW":
+        _check_show(rest, database)
+    elif word in ("DESCRIBE", "DESC"):
+        rest = rest[1:] if _is_word(rest, 0, "TABLE") else rest
+        if rest and rest[0].text == "(":
+            return  # a subquery: vetted as any SELECT is
+        if len(rest) >= 2 and is_name(rest[0]) and rest[1].text == "(":
+            return  # a table function: vetted with the others
+        _check_table(rest, database, f"{word} [TABLE] [{database or '<database>'}.]<table>")
+    elif word == "EXISTS":
+        rest = rest[1:] if _is_word(rest, 0, "TABLE") else rest
+        _check_table(rest, database, f"EXISTS [TABLE] [{database or '<database>'}.]<table>")
+    else:
+        _check_explain(rest)
+
+
+def _is_word(tokens: list, i: int, *words: str) -> bool:
+    return i < len(tokens) and tokens[i].kind == WORD and tokens[i].text.upper() in words
+
+
+def _check_table(tokens: list, database: str | None, form: str) -> None:
+    """`tokens` must be exactly `<table>` or `<database>.<table>`."""
+    if len(tokens) == 1 and is_name(tokens[0]):
+        return
+    if len(tokens) == 3 and is_name(tokens[0]) and tokens[1].text == "." and is_name(tokens[2]):
+        named = name_text(tokens[0])
+        if database is not None and named == database:
+            return
+        raise SqlError(f"{(named or tokens[0].text)[:40]} is not the relay's database: /query reads the "
+                       f"relay's own tables ({database or 'qualify none'}) and nothing else")
+    raise SqlError(f"only {form} is allowed here")
+
+
+def _check_show(tokens: list, database: str | None) -> None:
+    if _is_word(tokens, 0, "CREATE") and _is_word(tokens, 1, "TABLE"):
+        _check_table(tokens[2:], database, "SHOW CREATE TABLE [<database>.]<table>")
+        return
+    if not _is_word(tokens, 0, "TABLES"):
+        what = " ".join(t.text.upper() for t in tokens[:2]) or "(nothing)"
+        raise SqlError(f"SHOW {what[:40]} is not allowed: /query reads the relay's own tables, and of SHOW "
+                       f"takes only {' and '.join(SHOW_FORMS)}")
+    i = 1
+    if _is_word(tokens, i, "FROM", "IN"):
+        if not (i + 1 < len(tokens) and is_name(tokens[i + 1])):
+            raise SqlError("SHOW TABLES FROM takes a database name")
+        named = name_text(tokens[i + 1])
+        if database is None or named != database:
+            raise SqlError(f"SHOW TABLES FROM {(named or tokens[i + 1].text)[:40]} is not allowed: /query "
+                           f"reads the relay's own database ({database or 'unnamed here'}) and nothing else")
+        i += 2
+    if _is_word(tokens, i, "NOT"):
+        i += 1
+    if _is_word(tokens, i, "LIKE", "ILIKE"):
+        if not (i + 1 < len(tokens) and tokens[i + 1].kind == STRING):
+            raise SqlError("SHOW TABLES LIKE takes a string")
+        i += 2
+    if _is_word(tokens, i, "LIMIT"):
+        if not (i + 1 < len(tokens) and tokens[i + 1].kind == NUMBER):
+            raise SqlError("SHOW TABLES LIMIT takes a number")
+        i += 2
+    if i != len(tokens):
+        raise SqlError(f"only {SHOW_FORMS[0]} is allowed (found {tokens[i].text[:40]!r})")
+
+
+def _check_explain(tokens: list) -> None:
+    i = 0
+    while i < len(tokens):
+        if _is_word(tokens, i, *EXPLAIN_KINDS):
+            i += 1
+        elif is_name(tokens[i]) and i + 2 < len(tokens) and tokens[i + 1].text == "=":
+            i += 3  # an option: name = value
+            if i < len(tokens) and tokens[i].text == ",":
+                i += 1
+        else:
+            break
+    if not (_is_word(tokens, i, "SELECT", "WITH") or (i < len(tokens) and tokens[i].text == "(")):
+        raise SqlError("EXPLAIN takes only a SELECT (or WITH ... SELECT) here")

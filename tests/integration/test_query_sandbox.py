@@ -29,6 +29,7 @@ from handlers.sql import ALLOWED_TABLE_FUNCTIONS, REFUSAL_CODES
 from webapp.store.base import QueryRefused, QueryTimedOut, StoreError
 
 MARKER = "relayhouse-sandbox-marker-5d1f0c"
+MAX_BYTES = 200_000  # QUERY_MAX_BYTES of the module's relays
 
 
 class Listener:
@@ -132,13 +133,15 @@ def backend(request, upstream, clickhouse_server: ClickHouseServer,  # noqa: F81
     """A relay on the README's defaults (no API_TOKENS, chDB) or on the ClickHouse server, and the names the
     engine lists in system.table_functions."""
     if request.param == "chdb":
-        relay = Relay(tmp_path_factory.mktemp("sandbox-chdb"), upstream.url, {"QUERY_TIMEOUT_S": "3"})
+        relay = Relay(tmp_path_factory.mktemp("sandbox-chdb"), upstream.url,
+                      {"QUERY_TIMEOUT_S": "3", "QUERY_MAX_BYTES": str(MAX_BYTES)})
         relay.settings.pop("CLICKHOUSE_URL", None)  # unset: the embedded chDB store, as `make run` has it
         relay.settings.pop("API_TOKENS", None)
         names = chdb_table_functions()
     else:
         relay = Relay(tmp_path_factory.mktemp("sandbox-ch"), upstream.url,
-                      {"CLICKHOUSE_URL": clickhouse_server.fresh_url(), "QUERY_TIMEOUT_S": "3"})
+                      {"CLICKHOUSE_URL": clickhouse_server.fresh_url(), "QUERY_TIMEOUT_S": "3",
+                       "QUERY_MAX_BYTES": str(MAX_BYTES)})
         names = server_table_functions(clickhouse_server)
     relay.start()
     upstream.emit([{"ev": "T", "sym": sym, "p": 100 + i, "s": i} for i, sym in enumerate(["AAPL", "MSFT", "NVDA"] * 3)])
@@ -198,6 +201,50 @@ def test_ordinary_analytics_on_the_events_table_still_work(backend):
     for sql in queries:
         response = query(relay, sql)
         assert response.status_code == 200, (sql, response.text)
+
+
+def test_the_servers_own_listings_are_refused_and_the_relays_tables_are_listed(backend):
+    """SHOW PROCESSLIST answered 200 with other callers' running statements (a /history topic among them)."""
+    kind, relay, _ = backend
+    db = db_name(kind, relay)
+    for sql in ["SHOW PROCESSLIST", "SHOW TABLES FROM system", "SHOW DATABASES", "SHOW GRANTS",
+                "SHOW COLUMNS FROM processes FROM system", "DESC TABLE system.processes", "EXISTS TABLE system.one"]:
+        response = query(relay, sql)
+        assert response.status_code == 400, (sql, response.status_code, response.text)
+        assert "error" in response.json()
+    for sql in ["SHOW TABLES", f"SHOW TABLES FROM {db}"]:
+        response = query(relay, sql)
+        assert response.status_code == 200, (sql, response.text)
+        assert ["events"] in response.json()["rows"], (sql, response.text)
+    response = query(relay, f"DESCRIBE TABLE {db}.events")
+    assert response.status_code == 200 and ["seq", "UInt64"] in [row[:2] for row in response.json()["rows"]]
+
+
+def test_a_result_over_query_max_bytes_is_a_400_naming_it_and_one_under_it_comes_back(backend):
+    kind, relay, _ = backend
+    # 100 rows: 50 kB under the bound, 500 kB over it; materialize(): a constant column counts in full too
+    under = query(relay, f"SELECT materialize('{'x' * 500}') AS s FROM system.numbers LIMIT 100")
+    assert under.status_code == 200, under.text
+    assert under.json()["rows"] == [["x" * 500]] * 100
+    for sql in [f"SELECT materialize('{'x' * 5000}') AS s FROM system.numbers LIMIT 100",
+                f"SELECT '{'x' * 5000}' AS s FROM system.numbers LIMIT 100"]:
+        over = query(relay, sql)
+        assert over.status_code == 400, (sql, over.status_code, over.text[:200])
+        assert "QUERY_MAX_BYTES" in over.json()["error"]
+    assert query(relay, "SELECT 1 AS one").json()["rows"] == [[1]]  # the session is fine afterwards
+
+
+def test_a_body_or_sql_that_is_not_clean_json_text_is_a_400_naming_it(backend):
+    kind, relay, _ = backend
+    headers = {"Content-Type": "application/json"}
+    surrogate = relay.request("POST", "/query", data=b'{"sql": "SELECT \'\\ud800\'"}', headers=headers)
+    assert surrogate.status_code == 400 and "'sql'" in surrogate.json()["error"], surrogate.text
+    nan = relay.request("POST", "/query", data=b'{"sql": "SELECT %(x)s", "params": {"x": NaN}}', headers=headers)
+    assert nan.status_code == 400 and "JSON" in nan.json()["error"], nan.text
+    for params in [0, "", [], 1.5, True]:
+        response = relay.request("POST", "/query", json={"sql": "SELECT 1", "params": params})
+        assert response.status_code == 400 and "'params'" in response.json()["error"], (params, response.text)
+    assert relay.request("POST", "/query", json={"sql": "SELECT 1", "params": None}).status_code == 200
 
 
 def test_settings_in_the_text_never_lift_a_limit(backend):
@@ -357,3 +404,29 @@ def test_the_documented_read_only_query_user_serves_query_and_refuses_the_rest(u
     finally:
         relay.stop()
     assert listener.connections == []
+
+
+# -- chDB: a query behind a timed-out one ------------------------------------------------------------
+
+
+def test_a_query_behind_a_timed_out_one_gets_its_own_result_on_chdb(tmp_path: Path):
+    """chDB 4.4 handed a timed-out query's output to the session's next result, even past a `SELECT 1`
+    drain: a /query queued behind a time-out got 500 (NotJSON, "Extra data") nearly every time."""
+    import gevent
+
+    from webapp.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(str(tmp_path), query_timeout_s=1)
+    store.ensure_schema()
+    slow = "SELECT sum(cityHash64(repeat(toString(number), 2000))) FROM numbers(99000000)"
+    try:
+        for attempt in range(5):
+            behind = gevent.spawn(store.query, slow, 1, 10)
+            gevent.sleep(0.3)  # the slow one is running: the next call waits behind it on the lane
+            result = store.query(f"SELECT {attempt} + 40 AS answer, 'mine' AS whose", 1, 10)
+            assert (result.columns, result.rows) == ([("answer", "UInt16"), ("whose", "String")],
+                                                     [[attempt + 40, "mine"]]), attempt
+            with pytest.raises(QueryTimedOut):
+                behind.get()
+    finally:
+        store.close()

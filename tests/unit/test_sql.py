@@ -364,9 +364,72 @@ def test_a_single_read_statement_comes_back_without_comments_or_its_semicolon(sq
     assert check_read_only_sql(sql) == (sql if clean is None else clean)
 
 
-@pytest.mark.parametrize("keyword", ALLOWED_LEADING)
-def test_every_allowed_leading_keyword_passes_in_any_case(keyword):
-    assert check_read_only_sql(f"{keyword.lower()} something") == f"{keyword.lower()} something"
+@pytest.mark.parametrize("sql", ["select something", "with 1 AS x select x", "show tables", "describe events",
+                                 "desc table events", "exists events", "explain select 1"])
+def test_every_allowed_leading_keyword_passes_in_any_case(sql):
+    assert {sql.split()[0].upper()} <= set(ALLOWED_LEADING)
+    assert check_read_only_sql(sql, database="relay") == sql
+
+
+@pytest.mark.parametrize("sql", [
+    "SHOW PROCESSLIST", "show processlist", "SHOW TABLES FROM system", "SHOW TABLES IN system",
+    "SHOW TABLES FROM `system`", 'SHOW TABLES FROM "information_schema"', "SHOW TABLES FROM INFORMATION_SCHEMA",
+    "SHOW TABLES FROM other_db", "SHOW TABLES FROM relay_other", "SHOW TABLES FROM",
+    "SHOW COLUMNS FROM processes FROM system", "SHOW GRANTS", "SHOW DATABASES", "SHOW SETTING max_memory_usage",
+    "SHOW SETTINGS LIKE 'max%'", "SHOW CHANGED SETTINGS", "SHOW MERGES", "SHOW ENGINES", "SHOW FUNCTIONS",
+    "SHOW USERS", "SHOW ROLES", "SHOW QUOTA", "SHOW QUOTAS", "SHOW ACCESS", "SHOW DICTIONARIES",
+    "SHOW CLUSTERS", "SHOW CLUSTER default", "SHOW TEMPORARY TABLES", "SHOW FULL TABLES", "SHOW CREATE USER",
+    "SHOW CREATE USER default", "SHOW CREATE ROLE r", "SHOW CREATE QUOTA", "SHOW CREATE DATABASE system",
+    "SHOW CREATE events", "SHOW CREATE TABLE system.processes", "SHOW CREATE TABLE other.events",
+    "SHOW CREATE TABLE events extra", "SHOW INDEXES FROM events", "SHOW FILESYSTEM CACHES", "SHOW PRIVILEGES",
+    "SHOW TABLES LIKE 'x' FROM system", "SHOW TABLES LIMIT 1 OFFSET 2", "SHOW", "(SHOW TABLES)",
+    "DESCRIBE system.processes", "DESC TABLE system.processes", "DESCRIBE `system`.`processes`",
+    "DESCRIBE TABLE information_schema.tables", "DESCRIBE other.events", "DESCRIBE (SELECT * FROM system.processes)",
+    "DESCRIBE TABLE file('/etc/passwd', 'LineAsString')", "DESCRIBE events FORMAT JSON", "DESCRIBE a b",
+    "EXISTS TABLE system.one", "EXISTS system.processes", "EXISTS DATABASE system", "EXISTS DICTIONARY d",
+    "EXISTS TEMPORARY TABLE t", "EXISTS VIEW v", "(DESCRIBE events)",
+    "EXPLAIN SHOW PROCESSLIST", "EXPLAIN AST SHOW PROCESSLIST", "EXPLAIN SYNTAX DESCRIBE system.processes",
+    "EXPLAIN SELECT * FROM system.processes", "EXPLAIN TABLE OVERRIDE mysql('h', 'd', 't', 'u', 'p')",
+    "EXPLAIN ESTIMATE SELECT * FROM system.parts",
+])
+def test_show_describe_exists_and_explain_outside_the_relays_own_tables_are_refused(sql):
+    with pytest.raises(SqlError):
+        check_read_only_sql(sql, database="relay")
+
+
+@pytest.mark.parametrize("sql", ["SHOW PROCESSLIST", "SHOW DATABASES", "SHOW GRANTS", "SHOW SETTING max_threads"])
+def test_a_refused_show_says_why_and_what_is_allowed(sql):
+    with pytest.raises(SqlError, match=r"is not allowed: /query reads the relay's own tables.*SHOW TABLES"):
+        check_read_only_sql(sql, database="relay")
+
+
+@pytest.mark.parametrize("sql", ["SHOW TABLES FROM system", "DESCRIBE system.processes", "EXISTS TABLE system.one"])
+def test_a_refused_database_is_named(sql):
+    with pytest.raises(SqlError, match=r"system is not.*relay's own"):
+        check_read_only_sql(sql, database="relay")
+
+
+@pytest.mark.parametrize("sql", [
+    "SHOW TABLES", "show tables", "SHOW TABLES FROM relay", "SHOW TABLES IN relay", "SHOW TABLES FROM `relay`",
+    "SHOW TABLES LIKE 'ev%'", "SHOW TABLES FROM relay NOT LIKE 'x%' LIMIT 5", "SHOW TABLES ILIKE 'E%'",
+    "SHOW TABLES LIMIT 3", "SHOW CREATE TABLE events", "SHOW CREATE TABLE relay.events",
+    "SHOW CREATE TABLE `relay`.`relay_meta`", "SHOW TABLES;",
+    "DESCRIBE events", "DESC events", "DESCRIBE TABLE events", "DESC TABLE relay.events", "DESCRIBE `events`",
+    "DESCRIBE TABLE processes", "DESCRIBE (SELECT seq, topic FROM relay.events)", "DESCRIBE TABLE numbers(3)",
+    "EXISTS events", "EXISTS TABLE events", "EXISTS TABLE relay.relay_meta",
+    "EXPLAIN SELECT 1", "EXPLAIN AST SELECT 1", "EXPLAIN SYNTAX SELECT count() FROM relay.events",
+    "EXPLAIN QUERY TREE SELECT 1", "EXPLAIN PLAN header = 1, actions=1 SELECT 1", "EXPLAIN PIPELINE (SELECT 1)",
+    "EXPLAIN WITH 1 AS x SELECT x",
+])
+def test_the_relays_own_tables_can_be_listed_and_described(sql):
+    assert check_read_only_sql(sql, database="relay") == sql.rstrip(";")
+
+
+def test_without_the_relays_database_named_no_show_or_describe_may_qualify_a_table():
+    assert check_read_only_sql("SHOW TABLES") == "SHOW TABLES"
+    for sql in ["SHOW TABLES FROM relay", "DESCRIBE relay.events", "SHOW CREATE TABLE relay.events"]:
+        with pytest.raises(SqlError):
+            check_read_only_sql(sql)
 
 
 @pytest.mark.parametrize("sql", [

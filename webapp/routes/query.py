@@ -1,7 +1,8 @@
-"""/query: read-only SQL on the store, limited in time, rows and memory by ClickHouse itself."""
+"""/query: read-only SQL on the store, limited in time, rows and memory by ClickHouse itself, in size by the relay."""
 
 from flask import Blueprint, request
 
+from handlers import jsonx
 from handlers.sql_check import check_read_only_sql
 from handlers.sql_lexer import SqlError
 from handlers.sql_params import render_params
@@ -22,16 +23,27 @@ def query():
     if request_scope(request, rt.settings) is not None:
         return json_error(403, "this token is limited to some topics (TOKEN_TOPICS): /query is not open to it")
     if request.method == "POST":
-        body = request.get_json(silent=True)
+        try:
+            # strictly, as /publish reads its body: NaN, Infinity and invalid UTF-8 are not JSON
+            body = jsonx.loads(request.get_data(cache=False))
+        except jsonx.NotJSON as exc:
+            return json_error(400, f'body must be a JSON object: {{"sql": "...", "params": {{...}}}} ({exc})')
         if not isinstance(body, dict):
             return json_error(400, 'body must be a JSON object: {"sql": "...", "params": {...}}')
-        sql, params = body.get("sql"), body.get("params") or {}
+        sql, params = body.get("sql"), body.get("params", {})
     else:
         sql, params = request.args.get("sql"), {}
     if not isinstance(sql, str) or not sql.strip():
         return json_error(400, "'sql' is required: a SELECT statement")
     if len(sql) > MAX_SQL_CHARS:
         return json_error(400, f"'sql' is longer than {MAX_SQL_CHARS} characters")
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # a lone surrogate (\ud800 in the JSON): neither chDB nor the server can take the text
+        return json_error(400, f"'sql' is not valid Unicode text: {exc.reason} at character {exc.start}")
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
         return json_error(400, "'params' must be a JSON object of placeholder values")
     if rt.store is None:
@@ -41,8 +53,10 @@ def query():
         if powers and not rt.settings.query_allow_unrestricted:
             return json_error(503, "/query is disabled: its ClickHouse session " + "; ".join(powers)
                               + " (see docs/clickhouse.md, or set QUERY_ALLOW_UNRESTRICTED=1)")
-        statement = check_read_only_sql(render_params(sql, params) if params else sql, rt.store.table_functions())
-        result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows)
+        statement = check_read_only_sql(render_params(sql, params) if params else sql, rt.store.table_functions(),
+                                        rt.store.db)
+        result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows,
+                                max_bytes=rt.settings.query_max_bytes)
     except SqlError as exc:
         rt.metrics.query_errors.labels("refused").inc()
         return json_error(400, str(exc))

@@ -24,6 +24,7 @@ from webapp.store.base import (
     probe_powers,
     rows_to_events,
     schema_statements,
+    too_large,
 )
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,12 @@ class ClickHouseStore:
                       sync_request_timeout=self.connect_timeout_s, client_name="relayhouse")
 
     def _run(self, client: Client, sql: str, params: Any = None, **kw) -> Any:
+        return self._guarded(client, client.execute, sql, params, **kw)
+
+    def _guarded(self, client: Client, call, *args, **kw) -> Any:
+        """call(*args, **kw) with the driver's errors mapped onto the store's."""
         try:
-            return client.execute(sql, params, **kw)
+            return call(*args, **kw)
         except UNREACHABLE as exc:
             client.disconnect()
             raise StoreUnavailable(f"ClickHouse unreachable: {_message(exc)}") from exc
@@ -171,10 +176,10 @@ class ClickHouseStore:
         # readonly last: the server applies a query's settings in order
         return limits if self._profile_readonly else {**limits, "readonly": 1}
 
-    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+    def query(self, sql: str, timeout_s: float, max_rows: int, max_bytes: int | None = None) -> QueryResult:
         session = self.query_session()  # fresh: a cut-off query leaves nothing behind in the pool
         try:
-            return session.query(sql, timeout_s, max_rows)
+            return session.query(sql, timeout_s, max_rows, max_bytes)
         finally:
             session.close()
 
@@ -230,16 +235,52 @@ class QuerySession:
         self.store = store
         self.client = client
 
-    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+    def query(self, sql: str, timeout_s: float, max_rows: int, max_bytes: int | None = None) -> QueryResult:
+        """Caller text with the /query limits. Rows are read as the server sends them, block by block:
+        past `max_bytes` (their values' size, see value_bytes) the query is refused (QueryRefused naming
+        QUERY_MAX_BYTES) without reading the rest. The server's own max_result_bytes cannot do it: it
+        shares result_overflow_mode with the row limit, which must `break` (a long result comes back cut
+        with `truncated`), and it does not count a constant column."""
         store = self.store
         started = time.perf_counter()
         with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
             settings = store._query_settings(self.client, timeout_s, max_rows)
-            rows, columns = store._run(self.client, sql, settings=settings, with_column_types=True)
+            columns, rows = store._guarded(self.client, self._read_bounded, sql, settings, max_rows, max_bytes)
         elapsed_ms = (time.perf_counter() - started) * 1000
         truncated = len(rows) > max_rows
         rows = rows[:max_rows]
         return QueryResult(list(columns), json_safe_rows(list(columns), rows), truncated, elapsed_ms)
 
+    def _read_bounded(self, sql: str, settings: dict[str, Any], max_rows: int,
+                      max_bytes: int | None) -> tuple[list, list]:
+        stream = self.client.execute_iter(sql, settings=settings, with_column_types=True)
+        columns: list | None = None
+        rows: list = []
+        size = 0
+        for item in stream:
+            if columns is None:
+                columns = item  # with_column_types: the first item is the columns
+                continue
+            if len(rows) > max_rows:
+                continue  # the rest of the block that crossed the row limit (the server stops after it)
+            size += value_bytes(item)
+            if max_bytes is not None and size > max_bytes:
+                # the connection is mid-query: the holder closes it (failed queries always are)
+                raise too_large(max_bytes)
+            rows.append(item)
+        return list(columns or []), rows
+
     def close(self) -> None:
         self.client.disconnect()
+
+
+def value_bytes(value: Any) -> int:
+    """About the size of a value as JSON text: a string's or bytes' length, 8 for any other scalar,
+    the sum of the parts of a row, an array, a tuple or a map."""
+    if isinstance(value, (str, bytes)):
+        return len(value) + 3
+    if isinstance(value, (list, tuple)):
+        return sum(value_bytes(v) for v in value) + 2
+    if isinstance(value, dict):
+        return sum(value_bytes(k) + value_bytes(v) for k, v in value.items()) + 2
+    return 8

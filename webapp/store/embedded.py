@@ -4,6 +4,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -12,8 +13,9 @@ import gevent.threadpool
 
 from handlers import jsonx
 from handlers.events import Event
-from handlers.sql import json_safe_rows, to_server_params
+from handlers.sql import json_safe_rows, render_params
 from webapp.store.base import (
+    DATABASE_NAME,
     EVENT_COLUMNS,
     EVENT_SELECT,
     QueryRefused,
@@ -25,25 +27,34 @@ from webapp.store.base import (
     probe_powers,
     rows_to_events,
     schema_statements,
+    too_large,
 )
 from webapp.threads import call_in_thread
 
 log = logging.getLogger(__name__)
 CODE = re.compile(r"Code: (\d+)")
 TIMEOUT_EXCEEDED = 159
+TAINT_S = 60.0
+"""After a failure, a lane frames its results this long (see Lane.sql): a failed query's output arrives within it."""
 
 
 def _message(exc: Exception) -> str:
     return str(exc).split("Stack trace")[0].strip()
 
 
-def _drain_output(sess) -> None:
-    # chDB 4.4 keeps what a failed query (a time-out) had already written and
-    # prepends it to the next result; a throwaway query takes it away.
-    try:
-        sess.query("SELECT 1", "CSV")
-    except RuntimeError as exc:
-        log.warning("chDB: could not clear a failed query's output: %s", exc)
+def _one_document(body: bytes) -> Any:
+    """The one JSON document of a JSONCompact result (nothing for a statement without a result);
+    NotJSON when there is anything more or less."""
+    return jsonx.loads(body) if body.strip() else {"meta": [], "data": []}
+
+
+def _framed(body: bytes, nonce: str) -> bytes:
+    """What lies between the two markers of `nonce` (see Lane.sql); NotJSON when they are missing."""
+    start, end = f'"{nonce}-1"\n'.encode(), f'"{nonce}-2"\n'.encode()
+    first, last = body.find(start), body.rfind(end)
+    if first < 0 or last < first:
+        raise jsonx.NotJSON("the result's markers are missing")
+    return body[first + len(start):last]
 
 
 def readonly_setup(settings: dict[str, Any]) -> tuple[str, ...]:
@@ -58,9 +69,11 @@ class Lane:
     """One chDB session on one thread of its own: calls on a lane run one at a time, in order, and
     never on the gevent hub. `setup` runs once when the session opens."""
 
-    def __init__(self, path: str, setup: tuple[str, ...] = ()):
+    def __init__(self, path: str, setup: tuple[str, ...] = (), framed: bool = False):
         self.path = path
         self.setup = setup
+        self.framed = framed
+        self._tainted_at = -TAINT_S  # monotonic time of the last failure
         self.pool = gevent.threadpool.ThreadPool(1)
         self.session = None
 
@@ -82,29 +95,66 @@ class Lane:
             self.session = sess
         return self.session
 
-    def sql(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact") -> Any:
-        """Run in the lane's thread; map chDB's errors onto the store's."""
+    def _execute(self, sess, sql: str, params: dict | None, fmt: str):
         try:
-            sess = self._open()
-        except (RuntimeError, OSError) as exc:
-            raise StoreUnavailable(f"chDB at {self.path}: {_message(exc)}") from exc
-        try:
-            result = sess.query(sql, fmt, params=params) if params else sess.query(sql, fmt)
+            return sess.query(sql, fmt, params=params) if params else sess.query(sql, fmt)
         except RuntimeError as exc:
-            _drain_output(sess)
+            self._tainted_at = time.monotonic()
             code = CODE.search(str(exc))
             if code and int(code.group(1)) == TIMEOUT_EXCEEDED:
                 raise QueryTimedOut(_message(exc)) from exc
             raise QueryRefused(_message(exc), int(code.group(1)) if code else None) from exc
         except OSError as exc:
             raise StoreUnavailable(f"chDB at {self.path}: {exc}") from exc
-        if fmt == "JSONCompact":
-            body = result.bytes()
-            return jsonx.loads(body) if body else {"meta": [], "data": []}
-        return None
 
-    def run(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact") -> Any:
-        return self.call(self.sql, sql, params, fmt)
+    def _output(self, sess, sql: str, params: dict | None, max_bytes: int | None) -> bytes:
+        result = self._execute(sess, sql, params, "JSONCompact")
+        if max_bytes is not None and result.size() > max_bytes:
+            raise too_large(max_bytes)
+        return result.bytes()
+
+    def sql(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact",
+            max_bytes: int | None = None) -> Any:
+        """Run in the lane's thread; map chDB's errors onto the store's. With `max_bytes`, output
+        longer than that is refused (QueryRefused naming QUERY_MAX_BYTES) before it is copied or decoded.
+
+        chDB 4.4 hands what a failed query (a time-out) wrote to a later result of the same session,
+        sometimes after the failure has returned: a throwaway query right after it may come back clean
+        and the next real one carry it (measured: 5 /query in 5 queued behind a time-out, with a
+        `SELECT 1` drain in between). Closing the session instead shuts chDB's engine down for the
+        other lanes. So a result is framed by two markers of its own — `SELECT '<nonce>-1'` before,
+        `SELECT '<nonce>-2'` after, in one call — and only what lies between them is read: anything
+        earlier is someone else's. The query lane frames every call; the others for a while after a
+        failure, and whenever their output is not one JSON document. A framed result that is still
+        not one document is read once more, then given up as StoreUnavailable."""
+        try:
+            sess = self._open()
+        except (RuntimeError, OSError) as exc:
+            raise StoreUnavailable(f"chDB at {self.path}: {_message(exc)}") from exc
+        if fmt != "JSONCompact":
+            self._execute(sess, sql, params, fmt)
+            return None
+        if not self.framed and time.monotonic() - self._tainted_at > TAINT_S:
+            body = self._output(sess, sql, params, max_bytes)
+            try:
+                return _one_document(body)
+            except jsonx.NotJSON:
+                self._tainted_at = time.monotonic()  # another query's output came first: read again, framed
+        for _attempt in range(2):
+            nonce = uuid.uuid4().hex  # hex digits only: safe in the text
+            # newlines: the statement may end in a comment; its own `;` was taken off by the check
+            body = self._output(sess, f"SELECT '{nonce}-1' FORMAT CSV;\n{sql}\n;\nSELECT '{nonce}-2' FORMAT CSV",
+                                params, max_bytes)
+            try:
+                return _one_document(_framed(body, nonce))
+            except jsonx.NotJSON as exc:
+                self._tainted_at = time.monotonic()
+                failure = exc
+        raise StoreUnavailable(f"chDB at {self.path} returned output that is not one JSON document twice "
+                               f"({failure})")
+
+    def run(self, sql: str, params: dict | None = None, fmt: str = "JSONCompact", max_bytes: int | None = None) -> Any:
+        return self.call(self.sql, sql, params, fmt, max_bytes)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close the session once the lane's current call is done, waiting at most `timeout_s`: a query
@@ -136,6 +186,8 @@ class EmbeddedStore:
     def __init__(self, data_dir: str, db: str = "relayhouse", max_rows_to_read: int = 100_000_000,
                  max_memory_bytes: int = 2_000_000_000, query_timeout_s: float = 10.0,
                  query_max_rows: int = 10_000):
+        if not DATABASE_NAME.match(db):
+            raise StoreError(f"bad database name {db!r}")
         self.path = os.path.join(data_dir, "chdb")
         self.db = db
         self.query_timeout_s = query_timeout_s
@@ -144,9 +196,11 @@ class EmbeddedStore:
                   "max_rows_to_read": max_rows_to_read, "max_memory_usage": max_memory_bytes}
         self._write = Lane(self.path)
         self._read = Lane(self.path, readonly_setup(limits))
-        self._query = Lane(self.path, readonly_setup({
+        # USE: unqualified names are the relay's tables, as on the server (whose /query logs into
+        # the relay's database); chDB's own current database is `default`
+        self._query = Lane(self.path, (f"USE {db}", *readonly_setup({
             **limits, "max_result_rows": query_max_rows + 1, "result_overflow_mode": "break",
-            "output_format_json_quote_decimals": 1}))
+            "output_format_json_quote_decimals": 1})), framed=True)
         self._table_functions: frozenset[str] | None = None
         self._powers: list[str] | None = None
 
@@ -172,22 +226,28 @@ class EmbeddedStore:
         return int(self._select(f"SELECT min(seq) FROM {self.db}.events")[0][0])
 
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]:
-        server_sql, server_params = to_server_params(sql, params)
-        return [tuple(row) for row in self._select(server_sql, server_params)]
+        # values as literals (render_params, as the server backend and /query have them), not chDB's
+        # query parameters: concurrent resumes failed with "Substitution 'first' is not set" (an audit,
+        # 3 of 30 beside a publishing load) and reported stored events missing
+        return [tuple(row) for row in self._select(render_params(sql, params))]
 
     def select_events(self, clauses: str, params: dict[str, Any]) -> list[Event]:
         """Events from `WHERE ... ORDER BY ... LIMIT ...` clauses (values only in params)."""
         return rows_to_events(self.fetch(EVENT_SELECT.format(db=self.db) + clauses, params))
 
-    def query(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+    def query(self, sql: str, timeout_s: float, max_rows: int, max_bytes: int | None = None) -> QueryResult:
         """Caller text on the readonly=1 query session, whose limits were set when it opened
-        (QUERY_TIMEOUT_S and the rest); `timeout_s` and `max_rows` can only tighten them."""
+        (QUERY_TIMEOUT_S and the rest); `timeout_s` and `max_rows` can only tighten them. A result
+        whose JSON text is longer than `max_bytes` is refused before it is decoded (the engine's
+        max_result_bytes cannot do it: it shares result_overflow_mode with the row limit, which must
+        `break` so that a long result comes back cut with `truncated`, and it does not count a
+        constant column — `SELECT repeat('x', 1000000) FROM numbers(500)` passes any limit)."""
         timeout_s = min(timeout_s, self.query_timeout_s)
         max_rows = min(max_rows, self.query_max_rows)
         started = time.perf_counter()
         # the engine stops the query at its limit; this bounds the caller's wait if it does not
         with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
-            result = self._query.run(sql)
+            result = self._query.run(sql, None, "JSONCompact", max_bytes)
         elapsed_ms = (time.perf_counter() - started) * 1000
         columns = [(m["name"], m["type"]) for m in result.get("meta", [])]
         rows = [list(r) for r in result.get("data", [])[:max_rows + 1]]
