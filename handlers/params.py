@@ -4,13 +4,12 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from handlers.conflate import MAX_HZ, RateError, parse_max_hz
+from handlers.conflate import DECIMAL, MAX_HZ, RateError, parse_max_hz
 from handlers.topics import PatternError, parse_patterns
 
 # What a number looks like in a query, and nothing else that Python's int() and float() take:
 # no spaces, no `_` between digits, no `+`, no digits of other scripts, no inf or nan.
 INTEGER = re.compile(r"-?[0-9]+")
-DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")  # a flag's spellings; empty = its default
 
 

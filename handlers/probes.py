@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from handlers import jsonx
+from handlers.params import ParamError, bool_param
 
 HEALTH, METRICS = "/health", "/metrics"
 PATHS = frozenset({HEALTH, METRICS})
@@ -15,7 +16,6 @@ NOT_HERE = "the health listener serves only /health and /metrics"
 PHRASES = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
            503: "Service Unavailable"}
-STRICT = ("1", "true", "yes")  # ?strict= values that make a degraded /health a 503 (as on PORT)
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,14 @@ def read_probe(head: bytes) -> Probe | Refusal:
         return Refusal(404, NOT_HERE)
     if method not in METHODS:
         return Refusal(405, f"{method} is not allowed here: use GET", allow="GET, HEAD")
+    if path != HEALTH:
+        return Probe(path, head_only=method == "HEAD")
     strict = next((value for name, value in parse_qsl(query, keep_blank_values=True) if name == "strict"), "")
-    return Probe(path, head_only=method == "HEAD", strict=path == HEALTH and strict in STRICT)
+    try:
+        # as on PORT: a value that is no flag is a 400
+        return Probe(path, head_only=method == "HEAD", strict=bool_param({"strict": strict}, "strict"))
+    except ParamError as exc:
+        return Refusal(400, str(exc))
 
 
 def loop_state(silent_s: float, stall_s: float, report_age_s: float | None) -> dict:

@@ -213,7 +213,7 @@ def paths(s: Settings) -> dict[str, Any]:
                                        "example": "6921f3a0-1b2c3d4e:1042"}}],
             "responses": {"200": {
                 "description": "the stream: `retry: 1000`, then `event: gap` when a resume is partial, then "
-                               "`event: event` (id: seq, data: an Event) per event; with max_hz or while slow, "
+                               "`event: event` (id: <epoch>:<seq>, data: an Event) per event; with max_hz or while slow, "
                                "`event: conflated` before a thinned release; `event: slow` on a mode change "
                                "(on_slow=conflate); `event: closing` before the relay ends it; `: keep-alive` "
                                "comments. Each message's data is the schema named in x-sse-messages.",

@@ -89,7 +89,8 @@ def test_max_hz_accepts_numbers_in_range(raw, want):
     assert parse_max_hz(raw) == want
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "abc", "1e9", "nan", "inf", 0, 1001, True, [2], {"x": 1}, "9" * 40])
+@pytest.mark.parametrize("raw", ["0", "-1", "abc", "1e9", "nan", "inf", 0, 1001, True, [2], {"x": 1}, "9" * 40,
+                                 "1_0", " 1", "+2", "\u0663", "1000.0001"])
 def test_max_hz_refuses_what_is_not_a_rate_in_range(raw):
     with pytest.raises(RateError, match="max_hz"):
         parse_max_hz(raw)
@@ -107,3 +108,8 @@ def test_the_interval_runs_from_when_a_release_was_written():
     c.sent(0.0)  # an end before the decision moves nothing back
     c.offer([ev(3, "a")])
     assert c.take(1.0) is None and seqs(c.take(1.009)) == [3]
+
+
+def test_a_refused_max_hz_text_is_quoted_as_given():
+    with pytest.raises(RateError, match=r"got '1000.0001'"):
+        parse_max_hz("1000.0001")

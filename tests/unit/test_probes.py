@@ -19,6 +19,8 @@ def test_strict_is_read_from_the_query_as_on_the_main_port():
     assert probes.read_probe(b"GET /health?x=2&strict=yes HTTP/1.0\r\n\r\n") == Probe("/health", strict=True)
     assert probes.read_probe(b"GET /health?strict=0 HTTP/1.1\r\n\r\n") == Probe("/health")
     assert probes.read_probe(b"GET /metrics?strict=1 HTTP/1.1\r\n\r\n") == Probe("/metrics")
+    refused = probes.read_probe(b"GET /health?strict=abc HTTP/1.1\r\n\r\n")  # a 400 naming it, as on PORT
+    assert isinstance(refused, probes.Refusal) and refused.status == 400 and "'strict'" in refused.message
 
 
 def test_a_head_request_wants_no_body():
