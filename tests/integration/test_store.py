@@ -326,3 +326,21 @@ def test_a_topic_with_a_lone_surrogate_is_stored_with_the_events_around_it(backe
     assert [(e["topic"], e["data"]["n"]) for e in got] == [(f"T.{sym}", 0), (f"T\ufffd.{sym}", 1), (f"T.{sym}", 2)]
     assert got[1]["data"]["ev"] == "T\udfff"  # the element itself is kept as it came
     assert relay.health()["status"] == "ok"
+
+
+def test_a_scoped_token_resumes_from_the_store_only_within_its_topics(backend, server, fresh_upstream, launch_relay,
+                                                                        ws):
+    """TOKEN_TOPICS on a resume older than the cache: a subscription wholly outside the scope is empty, and
+    its store half read every topic ('no patterns' was taken as 'all': 12,451 events of 41 topics for
+    topics=X.NONE, found by an outside audit)."""
+    relay = launch_relay(fresh_upstream, store_env(backend, server, CACHE_MAX_ITEMS="20", API_TOKENS="full,scoped",
+                                                   TOKEN_TOPICS='{"scoped": ["T.OWN*"]}'))
+    relay.http.headers["Authorization"] = "Bearer full"
+    own, other = f"OWN{unique_sym()}", unique_sym()
+    fresh_upstream.emit(trades(0, 100, sym=other) + trades(0, 50, sym=own) + trades(100, 200, sym=other), batch=50)
+    wait_stored(relay, 250)
+    epoch = relay.health()["epoch"]
+    outside = ws(relay, since=1, epoch=epoch, topics="X.NONE", token="scoped").read_snapshot()
+    assert outside["events"] == []
+    within = ws(relay, since=1, epoch=epoch, token="scoped").read_snapshot()
+    assert {e["topic"] for e in within["events"]} == {f"T.{own}"} and len(within["events"]) == 50

@@ -80,3 +80,12 @@ def test_a_client_gone_before_its_turn_or_between_pages_reads_no_further():
     looks = []
     fill_from_store(rt, opening(1, 1000), compile_patterns(["*"]), lambda: looks.append(1) or len(looks) > 3)
     assert store.limits == [100, 100, 100]
+
+
+def test_no_patterns_select_no_topic_in_the_store_and_star_selects_every_one():
+    from webapp.store.base import topic_condition
+
+    assert topic_condition((), {}) == "0"  # a subscription TOKEN_TOPICS emptied
+    assert topic_condition(("*",), {}) == "1"
+    params: dict = {}
+    assert "has(%(topics_exact)s, topic)" in topic_condition(("T.A",), params) and params["topics_exact"] == ["T.A"]

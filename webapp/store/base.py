@@ -139,8 +139,12 @@ EVENT_SELECT = "SELECT seq, ts, topic, data, enrichment, raw FROM {db}.events "
 
 def topic_condition(patterns: tuple[str, ...], params: dict[str, Any]) -> str:
     """SQL for 'topic matches any pattern', values in `params` (never in the text)."""
-    if not patterns or "*" in patterns:
+    if "*" in patterns:
         return "1"
+    if not patterns:
+        # nothing (a subscription TOKEN_TOPICS emptied: 'everything' here let a scoped token's resume read
+        # every topic from the store); every route gives ("*",) for 'all'
+        return "0"
     parts = []
     exact = [p for p in patterns if not p.endswith("*")]
     if exact:
