@@ -53,8 +53,14 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
-_PARAM = re.compile(r'([?&;])([^=&;\s"?#]+)=([^&;\s"#]*)')
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+")
+# A value runs to the next & or white space, as Flask reads it (a token may hold ; or "): a quote
+# that closes the log's own field is given back.
+_PARAM = re.compile(r'([?&;])([^=&;\s"?#]+)=([^&\s]*)')
+_BEARER = re.compile(r"(?i)\b(bearer)\s+(\S+)")
+
+
+def _closing_quote(value):
+    return '"' if value.endswith('"') else ""
 
 
 def redact(text):
@@ -63,9 +69,12 @@ def redact(text):
     def param(match):
         if unquote_plus(match.group(2)).strip().lower() != "token":
             return match.group(0)
-        return f"{match.group(1)}{match.group(2)}=***"
+        return f"{match.group(1)}{match.group(2)}=***{_closing_quote(match.group(3))}"
 
-    return _BEARER.sub(r"\1 ***", _PARAM.sub(param, text))
+    def bearer(match):
+        return f"{match.group(1)} ***{_closing_quote(match.group(2))}"
+
+    return _BEARER.sub(bearer, _PARAM.sub(param, text))
 
 
 class RedactSecrets(logging.Filter):

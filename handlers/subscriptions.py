@@ -32,7 +32,7 @@ ATTRIBUTE_MS = 5000
 MAX_PARAMS_CHARS = 60_000
 """One subscribe/unsubscribe message carries at most this many characters of patterns (more: several)."""
 
-_UPSTREAM_FORM = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}\.(\*|[^*,\s]+)")
+_UPSTREAM_FORM = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}\.(\*|[^*,\s\x00-\x1f\x7f]+)")  # no control characters
 
 
 def is_upstream_form(pattern: str) -> bool:

@@ -13,6 +13,7 @@ from webapp.auth import CLIENT, refusal
 from webapp.cli import register_commands
 from webapp.cors import register_cors
 from webapp.healthport import register_health_listener
+from webapp.logs import printable
 from webapp.responses import json_error
 from webapp.routes import cache, clients, history, monitor, polygon, publish, query, sse, status, ws
 from webapp.runtime import Runtime
@@ -94,7 +95,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
                 # so: read up to the limit, and a byte beyond it means the body was too big
                 too_big = chunked and request.content_length is None and request.stream.read(1)
         except gevent.Timeout:
-            log.info("%s %s: the request body did not arrive within %g s", request.method, request.path,
+            log.info("%s %s: the request body did not arrive within %g s", request.method, printable(request.path),
                      settings.body_timeout_s)
             error = json_error(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
             # The rest of the body is never read: the connection closes after the 408, which says
@@ -128,7 +129,7 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     def unexpected(exc: Exception):
         if type(exc).__module__ == "gunicorn.http.errors":  # a malformed body (bad chunk) met while reading it
             return json_error(400, f"malformed request: {exc}")
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, printable(request.path))
         return json_error(500, "internal error")
 
     return app

@@ -26,3 +26,10 @@ class Throttle:
 
 def held_note(held: int) -> str:
     return f" ({held} more like it since the last line)" if held else ""
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text from outside (a request's path, an upstream's message) as a log line may carry it: ASCII,
+    control characters and the rest escaped, so it cannot end the line (a forged one after it) or send
+    a terminal escape to whoever tails the log; cut at `limit` characters."""
+    return text[:limit].encode("unicode_escape").decode("ascii") + ("..." if len(text) > limit else "")

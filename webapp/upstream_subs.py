@@ -39,6 +39,7 @@ from handlers.subscriptions import (
     merge_counts,
 )
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
+from webapp.logs import printable
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class UpstreamSubscriptions:
             if not patterns:
                 continue
             self.plan.refused(patterns, message)
-            log.warning("the upstream refused %s: %s", ", ".join(patterns), message)
+            log.warning("the upstream refused %s: %s", ", ".join(patterns), printable(str(message)))
             if self.registry is not None:
                 gevent.spawn(self._broadcast_error, patterns, status)
             else:

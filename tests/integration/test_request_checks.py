@@ -59,3 +59,16 @@ def test_the_max_hz_refusal_quotes_the_value_as_given(relay):
                                            ("true", 200), ("yes", 200)])
 def test_health_takes_the_documented_strict_spellings(relay, value, status):
     assert relay.get(f"/health?strict={value}").status_code == status  # the relay is healthy: strict or not, 200
+
+
+def test_a_path_with_line_breaks_and_terminal_escapes_forges_no_log_line(relay):
+    """An outside audit: the 408's log line printed the percent-decoded path, so %0d%0a started a forged
+    ERROR line and %1b a terminal escape, with no token needed (an unknown path waits for its body too)."""
+    forged = "2026-12-07 12:00:00,000 ERROR [1] webapp.store: FORGED"
+    target = "/x%0d%0a" + forged.replace(" ", "%20") + "%1b[2K"
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as sock:
+        sock.sendall(f"POST {target} HTTP/1.1\r\nHost: relay\r\nContent-Length: 10\r\n\r\n".encode())
+        assert read_to_close(sock).startswith(b"HTTP/1.1 408 ")
+    log = relay.log_text()
+    assert "FORGED" in log  # the line is there, escaped
+    assert not any(line.startswith(forged) for line in log.splitlines()) and "\x1b" not in log

@@ -30,7 +30,8 @@ def test_upstream_form_is_ev_dot_symbol_or_ev_dot_star(pattern):
     assert is_upstream_form(pattern)
 
 
-@pytest.mark.parametrize("pattern", ["*", "T.AA*", "T*", "T.", ".AAPL", "T.A,Q.B", "T.A B", "default", "9.X", ""])
+@pytest.mark.parametrize("pattern", ["*", "T.AA*", "T*", "T.", ".AAPL", "T.A,Q.B", "T.A B", "default", "9.X", "",
+                                     "T.\x1b[31mRED", "Q.\x1b]0;pwned\x07X", "T.A\x00", "T.A\x7f"])  # no control characters
 def test_other_patterns_are_not_upstream_form(pattern):
     assert not is_upstream_form(pattern)
 
