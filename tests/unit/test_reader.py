@@ -101,3 +101,12 @@ def test_a_fragmented_message_that_grows_past_the_bound_is_skipped_once_with_con
 def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_violation():
     with pytest.raises(ProtocolViolation):
         FrameReader().feed(bytes([0x81, 0x7F]) + (1 << 63).to_bytes(8, "big"))
+
+
+def test_empty_continuation_frames_hold_no_memory_and_the_message_comes_out_whole():
+    """125 M empty continuations (2 bytes each) grew the worker to 1 GB: each took a list slot while the
+    byte bound saw nothing (an audit). They add nothing, so nothing is kept for them."""
+    reader = FrameReader(max_message_bytes=100)
+    assert reader.feed(frame(OP_TEXT, b"a", fin=0) + frame(OP_CONT, b"", fin=0) * 10_000) == []
+    assert len(reader._message) == 1
+    assert reader.feed(frame(OP_CONT, b"", fin=0) + frame(OP_CONT, b"b")) == [(OP_TEXT, b"ab")]
