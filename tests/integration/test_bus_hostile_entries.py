@@ -63,3 +63,36 @@ def test_hostile_stream_entries_are_skipped_counted_and_logged_once(prefix, fres
     assert len(lines) == 1, lines[:5]  # the rest are held back for 10 s, then counted in the next line
     for relay in (leader, follower):
         assert all(t["crashes"] == 0 for t in relay.health()["tasks"].values()), relay.health()["tasks"]
+
+
+def test_entries_the_counter_never_numbered_are_skipped_and_delivery_goes_on(prefix, fresh_upstream, launch_relay,  # noqa: F811
+                                                                             ws):
+    """Well-formed entries the append script never wrote (an outside audit): one with another epoch made
+    every worker drop its cache, go back to its seq and stop delivering (the publisher then waited for
+    the stream forever); one far ahead made every worker drop each real event after it. Both are checked
+    against the seq counter, skipped and counted; a joining worker's tail skips the one ahead too."""
+    env = cluster_env(prefix, CLICKHOUSE_URL="none")
+    leader = launch_relay(fresh_upstream, env)
+    wait_until(lambda: role(leader) == "leader", 15, "the relay to lead")
+    sym = unique_sym()
+    client = ws(leader, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    fresh_upstream.emit(trades(0, 3, sym=sym), batch=3)
+    assert [e["seq"] for e in client.wait_for_events(3)] == [1, 2, 3]
+    epoch = leader.health()["epoch"]
+    keys = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        for seq, entry_epoch in ((2, "foreign-epoch"), (999_999_999, epoch)):
+            event = f'{{"seq":{seq},"ts":1,"topic":"T.{sym}","data":{{"forged":true}}}}'
+            keys.xadd(f"{prefix}:events", {"epoch": entry_epoch, "e": event})
+    finally:
+        keys.close()
+    wait_until(lambda: leader.health()["bus"]["unreadable"] == 2, 10, "the reader to skip both",
+               describe=lambda: str(leader.health()["bus"]))
+    fresh_upstream.emit(trades(3, 6, sym=sym), batch=3)
+    got = client.wait_for_events(6)
+    assert [e["seq"] for e in got] == [1, 2, 3, 4, 5, 6] and not any("forged" in e["data"] for e in got)
+    assert leader.health()["epoch"] == epoch and leader.health()["last_seq"] == 6
+    follower = launch_relay(fresh_upstream, env, wait_upstream=False)
+    wait_until(lambda: role(follower) == "follower", 15, "the second relay to follow")
+    assert follower.health()["epoch"] == epoch and follower.health()["last_seq"] == 6

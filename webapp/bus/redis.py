@@ -328,12 +328,23 @@ class RedisBus(Bus):
     def _take(self, entries) -> None:
         events: list[Event] = []
         epoch = None
+        counter: tuple[int | None, str | None] | None = None  # read once per batch, and only if needed
+        expect_epoch, expect_seq = self.epoch, self.last_seq
         for entry_id, fields in entries:
             self.last_id = entry_id
             read = self._read_entry(entry_id, fields)
             if read is None:
                 continue
             entry_epoch, event = read
+            if entry_epoch != expect_epoch or event.seq > expect_seq + 1:
+                # not simply the next one (another epoch, a jump): is it one the counter gave?
+                if counter is None:
+                    counter = self._counter_or_unknown()
+                if self._never_numbered(entry_id, entry_epoch, event, counter):
+                    continue
+                expect_epoch, expect_seq = entry_epoch, event.seq
+            else:
+                expect_seq = max(expect_seq, event.seq)
             if epoch is not None and entry_epoch != epoch:
                 self.received(events, epoch)
                 events = []
@@ -351,6 +362,27 @@ class RedisBus(Bus):
             if report:
                 self._unreadable(entry_id, exc)
             return None
+
+    def _counter_or_unknown(self) -> tuple[int | None, str | None]:
+        try:
+            return self.counter()
+        except FAILURES as exc:  # unknown: the entry is taken as it is rather than the reader stopping
+            log.warning("bus: could not read the seq counter to check an entry: %s", failure_text(exc))
+            return None, None
+
+    def _never_numbered(self, entry_id: bytes, epoch: str, event: Event, counter) -> bool:
+        """An entry whose epoch is not the counter's, or whose seq is past it, was not appended by the script
+        (which numbers and appends in one step, so the counter is never behind the stream): skipped and
+        counted like an unreadable one. One such entry with another epoch made every worker drop its cache,
+        go back to seq 3 and stop delivering; one far ahead made them drop every real event after it (an
+        outside audit). With the counter unknown (Redis lost it, or did not answer), the entry is taken.
+        A reader that lags across two epoch changes skips the middle one's entries this way."""
+        counter_seq, counter_epoch = counter
+        if counter_seq is None or (epoch == counter_epoch and event.seq <= counter_seq):
+            return False
+        self._unreadable(entry_id, ValueError(f"seq {event.seq} of epoch {epoch!r} was never numbered (the counter "
+                                              f"holds {counter_seq} of {counter_epoch!r})"))
+        return True
 
     def _unreadable(self, entry_id: bytes, exc: Exception) -> None:
         self.unreadable += 1
@@ -387,11 +419,13 @@ class RedisBus(Bus):
         entries = self.client.xrevrange(self.stream_key, count=count)
         if not entries:
             return [], None, b"0-0"
+        counter = self.counter()
         epoch = None
         events = []
         for entry_id, fields in entries:
             read = self._read_entry(entry_id, fields)
-            if read is None:
+            # of the counter's epoch, past its seq: never numbered (an older epoch's entries are ended below)
+            if read is None or (read[0] == counter[1] and self._never_numbered(entry_id, read[0], read[1], counter)):
                 continue
             if epoch is not None and read[0] != epoch:
                 break  # older entries belong to another seq space
