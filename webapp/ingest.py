@@ -16,6 +16,11 @@ from webapp.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Elements of one upstream frame numbered and handed on in one piece, at most. A 3 MB frame can hold
+# 1.5 M elements: in one piece that held the loop ~5 s, a cluster leader lost its lease meanwhile (its
+# renewal could not run) and the one append of 1.5 M events was cut off with it (an outside audit).
+INGEST_CHUNK = 5000
+
 
 class Ingest:
     """Turns frames into numbered events and hands them on.
@@ -50,6 +55,9 @@ class Ingest:
         # what is cached, counted), so the queue drains at the speed of the plain path
         self.queue_max = queue_max
         self.unenriched = 0  # frames handled without waiting because the queue was full
+        # between two INGEST_CHUNKs of one frame: let the loop run (timers, the lease) and wait for room
+        # (the runtime sets it; None: a frame's elements go in one piece)
+        self.between_chunks: Callable[[], None] | None = None
         self._said = Throttle()  # lines that could come once per frame
 
     def submit_frames(self, frames: list[tuple[bytes, bool]], recv_ms: int) -> int:
@@ -123,6 +131,18 @@ class Ingest:
         enrichment = None
         if self.enricher is not None and elements:
             enrichment = self.enricher.values_for(topics_of(elements, self.topic_fields), wait)
+        if receipt or len(elements) <= INGEST_CHUNK or self.between_chunks is None:
+            return self._number(elements, recv_ms, source, receipt, enrichment)
+        # a frame's events stay in order; another source's (POST /publish) may come between two chunks
+        events: list[Event] = []
+        for start in range(0, len(elements), INGEST_CHUNK):
+            if start:
+                self.between_chunks()
+            events += self._number(elements[start:start + INGEST_CHUNK], recv_ms, source, False, enrichment)[0]
+        return events, None
+
+    def _number(self, elements: list, recv_ms: int, source: str, receipt: bool,
+                enrichment) -> tuple[list[Event], object]:
         # no yield from here to the end: seqs are handed out in one piece
         events = number_elements(elements, self.last_seq + 1, recv_ms, self.topic_fields, enrichment)
         if not events:

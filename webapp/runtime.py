@@ -120,6 +120,7 @@ class Runtime:
                              persist=self._persist if self.store is not None and not self.clustered else None,
                              enricher=self.enricher, on_statuses=self._on_upstream_statuses,
                              queue_max=settings.enrich_queue_max)
+        self.ingest.between_chunks = self._between_chunks
         self.upstream_statuses: list[dict] = []  # the upstream's last status messages (Polygon)
         self._said = Throttle()  # log lines that an upstream could repeat per frame
         self.demo = None
@@ -328,6 +329,14 @@ class Runtime:
             except REDIS_FAILURES as exc:
                 log.warning("could not read the store's holes from Redis: %s", exc)
         return holes_to_report(self.stream_epoch, state.epoch if state else None, state.holes if state else [], shared)
+
+    def _between_chunks(self) -> None:
+        """Between two parts of one large upstream frame (webapp/ingest.py): a turn of the loop (timers such
+        as the lease's renewal, sockets; sleep(0) would not poll), and a clustered leader waits for room in
+        its bus outbox as it does between reads."""
+        gevent.sleep(0.001)
+        if self.clustered:
+            self.bus.wait_for_room()
 
     def _on_delivered(self, transport: str, frames: int, events: int) -> None:
         self.delivered += events
