@@ -101,24 +101,32 @@ def _seq(ev: Event) -> int:
 class Conflator:
     """`Latest` released at most once per interval (1 / max_hz seconds)."""
 
-    __slots__ = ("max_hz", "interval_s", "_latest", "_last_release_s")
+    __slots__ = ("max_hz", "interval_s", "_latest", "_last_release_s", "max_held")
 
-    def __init__(self, max_hz: float):
+    def __init__(self, max_hz: float, max_held: int | None = None):
         self.max_hz = max_hz
         self.interval_s = 1.0 / max_hz
         self._latest = Latest()
         self._last_release_s = float("-inf")
+        # past this many topics held, the release goes at once: a rate as low as 1e-300 Hz (an interval
+        # without end) over topics without end would hold every one of them (None: no bound)
+        self.max_held = max_held
 
     def offer(self, events: Iterable[Event]) -> None:
         self._latest.offer(events)
 
     def due_at(self) -> float | None:
         """When the held events go out (None: nothing held)."""
-        return self._last_release_s + self.interval_s if self._latest else None
+        if not self._latest:
+            return None
+        if self.max_held is not None and len(self._latest) > self.max_held:
+            return self._last_release_s  # now
+        return self._last_release_s + self.interval_s
 
     def take(self, now_s: float) -> Release | None:
         """The release due at `now_s`, or None (nothing held, or the interval has not passed)."""
-        if not self._latest or now_s < self._last_release_s + self.interval_s:
+        if not self._latest or (now_s < self._last_release_s + self.interval_s
+                                and (self.max_held is None or len(self._latest) <= self.max_held)):
             return None
         self._last_release_s = now_s
         return self._latest.take()

@@ -67,8 +67,8 @@ class Subscriber(Protocol):
     """What the hub needs of a client (a /ws, /sse or Polygon connection).
 
     Optional: `max_hz` (a rate, None = every event); for `on_slow=conflate`,
-    `caught_up()` (its backlog under half its bounds and its socket taking bytes), `encode(events, conflated)`
-    and `tell_slow(mode)` (writes the `slow` message).
+    `caught_up()` (its backlog under half its bounds and its socket taking bytes), `encode(events, conflated)`,
+    `tell_slow(mode)` (writes the `slow` message) and `held_too_many()` (closes it as a slow consumer).
     """
 
     kind: str                 # wire format: frames are built once per kind per group
@@ -85,11 +85,11 @@ class Group:
 
     __slots__ = ("matcher", "clients", "_by_kind", "conflator")
 
-    def __init__(self, matcher: Matcher, max_hz: float | None = None):
+    def __init__(self, matcher: Matcher, max_hz: float | None = None, max_held: int | None = None):
         self.matcher = matcher
         self.clients: set = set()
         self._by_kind: dict[str, tuple] | None = None
-        self.conflator = Conflator(max_hz) if max_hz else None
+        self.conflator = Conflator(max_hz, max_held) if max_hz else None
 
     def changed(self) -> None:
         self._by_kind = None
@@ -118,8 +118,11 @@ class Hub:
     def __init__(self, flush_interval_ms: float, on_delivered: Callable[[str, int, int], None],
                  on_flush: Callable[[float], None] = lambda seconds: None,
                  on_conflated: Callable[[int], None] = lambda n: None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, max_held: int | None = None):
         self._clock = clock  # times a rate's release within a flush (tests pass their own)
+        # topics a rate's or a slow client's newest values may hold (WS_QUEUE_MAX_EVENTS): past it a rate
+        # releases at once and a slow client is closed (a feed with a new topic per event held them all)
+        self.max_held = max_held
         self.flush_interval_s = flush_interval_ms / 1000.0
         self._pacer = FlushPacer(self.flush_interval_s)  # handlers/flush.py: when the next flush may start
         self._parked = False  # the flusher waits for an event (not for its pacing delay)
@@ -161,7 +164,7 @@ class Hub:
         key = _key(client)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = Group(client.matcher, key[1])
+            group = self._groups[key] = Group(client.matcher, key[1], self.max_held)
             if group.conflator is not None:
                 self._rated.add(group)
                 self._wake.set()  # the flusher's wait may have to shorten
@@ -372,6 +375,9 @@ class Hub:
             if batch:
                 match, after = client.matcher, client.after_seq
                 latest.offer(e for e in batch if e.seq > after and match(e.topic))
+                if self.max_held is not None and len(latest) > self.max_held:
+                    client.held_too_many()  # closed: its newest values alone are past its bound
+                    continue
             if not client.caught_up():
                 continue
             del self._slow[client]

@@ -67,7 +67,8 @@ class Runtime:
         self.cache = EventCache(settings.cache_max_items, settings.cache_ttl_seconds)
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
-                       on_flush=self.metrics.flush_seconds.observe, on_conflated=self.metrics.conflated_events.inc)
+                       on_flush=self.metrics.flush_seconds.observe, on_conflated=self.metrics.conflated_events.inc,
+                       max_held=settings.ws_queue_max_events)
         self.tasks = Tasks(lambda name: self.metrics.task_crashes.labels(name).inc(), self._crashed,
                            backoff_max_ms=settings.task_backoff_max_ms, fault_hooks=settings.fault_hooks)
         self.role = "starting"

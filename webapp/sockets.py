@@ -257,6 +257,11 @@ class Conflating:
         self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
         self.sent_base = 0  # what the frames before those in `throughs` covered
 
+    def held_too_many(self) -> None:
+        """Conflated, its newest values alone (one per topic) are past its bound in events: closed as a slow
+        consumer (the hub has dropped them)."""
+        SocketClient.slow(self)
+
     def caught_up(self) -> bool:
         """Caught up enough to go live again (the hub asks while it is slow): under half its bounds, and the
         socket taking bytes — a backlog emptied by turning slow (its frames dropped) is not a client catching up."""

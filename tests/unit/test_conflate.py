@@ -113,3 +113,14 @@ def test_the_interval_runs_from_when_a_release_was_written():
 def test_a_refused_max_hz_text_is_quoted_as_given():
     with pytest.raises(RateError, match=r"got '1000.0001'"):
         parse_max_hz("1000.0001")
+
+
+def test_past_max_held_topics_a_release_goes_at_once_whatever_the_interval():
+    c = Conflator(1e-300, max_held=3)  # an interval without end
+    c.offer([ev(1, "a"), ev(2, "b"), ev(3, "c")])
+    assert c.take(0.0) is not None  # the first release is due at once anyway
+    c.offer([ev(4, "a"), ev(5, "b"), ev(6, "c")])
+    assert c.take(1.0) is None and c.due_at() > 1e299
+    c.offer([ev(7, "d")])  # a 4th topic
+    assert c.due_at() <= 1.0
+    assert seqs(c.take(1.0)) == [4, 5, 6, 7]

@@ -452,3 +452,25 @@ def test_a_release_is_written_before_the_live_clients_of_its_flush():
         clock.t = ms / 1000
         hub.flush([], now_s=clock.t)
     assert rated.at == [0.0, 0.5]
+
+
+def test_a_slow_client_whose_newest_values_pass_its_bound_in_topics_is_closed_and_forgotten():
+    """A feed with a new topic per event: one newest value per topic was kept for a stalled client without
+    end (860 MB in 40 s, an audit). Past max_held topics it is closed as a slow consumer."""
+    delivered = []
+    hub = Hub(0, on_delivered=lambda kind, frames, n: delivered.append(n), clock=lambda: 0.0, max_held=5)
+
+    class Stalled(SlowClient):
+        gave_up = 0
+
+        def held_too_many(self):
+            self.gave_up += 1
+            self.hub.remove(self)
+
+    slow = Stalled(hub)
+    hub.add(slow)
+    hub.flush(events(*"abcde"))  # 5 > 4: conflated
+    hub.flush(events(*"fghij", first=6))  # 5 topics held: at the bound
+    assert slow.gave_up == 0 and hub.mode_counts()["conflated"] == 1
+    hub.flush(events("k", first=11))  # a 6th
+    assert slow.gave_up == 1 and hub.client_count == 0
