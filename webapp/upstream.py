@@ -23,6 +23,7 @@ from gevent.exceptions import ConcurrentObjectUseError
 
 from handlers.backoff import reconnect_delay_ms
 from handlers.reader import OP_BINARY, OP_CLOSE, OP_OVERSIZE, OP_PING, OP_TEXT, FrameReader, ProtocolViolation
+from webapp.logs import printable
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Upstream:
             except (OSError, websocket.WebSocketException, ProtocolViolation) as exc:
                 if self._stopping:
                     break
-                self.state.last_error = f"{type(exc).__name__}: {exc}"
+                # the upstream's own words (a refused handshake's status line and body): escaped and cut
+                self.state.last_error = printable(f"{type(exc).__name__}: {exc}")
                 log.warning("upstream %s: %s", self.url, self.state.last_error)
             self._mark_disconnected()
             if self._stopping:

@@ -125,3 +125,44 @@ def hold_outage(relay, seconds: float) -> None:
         assert health["upstream"]["connected"] is False
         assert health["status"] == "degraded"
         time.sleep(0.1)
+
+
+def test_an_upstream_that_refuses_the_handshake_with_line_breaks_and_escapes_forges_no_log_line(launch_relay):
+    """websocket-client's refusal carries the upstream's status line and body as they came: the relay logged
+    them (and showed them in /health) unescaped, so a hostile upstream wrote whole forged lines and terminal
+    escapes on every reconnect (an outside check of this session's log fixes)."""
+    import socket
+    import threading
+
+    forged = "[2026-12-07 12:00:00 +0000] [1] [ERROR] FORGED LINE"
+    body = f"nope\n{forged}\n\x1b]0;pwned\x07\x1b[2J".encode()
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    stop = threading.Event()
+
+    def refuse() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 503 Busy\x1b[5mBLINK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(body), body))
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    try:
+        relay = launch_relay(f"ws://127.0.0.1:{server.getsockname()[1]}/feed",
+                             {"CLICKHOUSE_URL": "none", "UPSTREAM_BACKOFF_MAX_MS": "200"}, wait_upstream=False)
+        wait_until(lambda: "FORGED" in (relay.health()["upstream"]["last_error"] or ""), 15, "the refusal")
+        error = relay.health()["upstream"]["last_error"]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert not any(ord(c) < 0x20 for c in error), error
+    log = relay.log_text()
+    assert "FORGED" in log and "\x1b" not in log
+    assert not any(line.startswith(forged) for line in log.splitlines())
