@@ -157,14 +157,21 @@ class SocketClient:
         """The snapshot is in the wire: its bytes do not count towards the bound while they drain (a resume
         may be larger than the bound on its own, and a client reading it at full speed is not slow). While
         the wire is corked (the handshake's answer, the snapshot and what waited for it go out in one
-        write), the mark is made once it is uncorked (`hold`)."""
+        write), the corked length up to it is noted (as -1 - length) and the mark made once the wire is
+        uncorked (`hold`): what was written after the snapshot counts."""
         wire = self.wire
-        self.snapshot_end = -1 if wire.corked else wire.drained_bytes + wire.backlog_bytes
+        self.snapshot_end = -1 - wire.corked_bytes if wire.corked else wire.drained_bytes + wire.backlog_bytes
+
+    def snapshot_sent_with(self, after: int) -> None:
+        """The snapshot went out in one write followed by `after` bytes of other frames: of what is queued,
+        only the part before those is the snapshot's."""
+        wire = self.wire
+        self.snapshot_end = wire.drained_bytes + max(0, wire.backlog_bytes - after)
 
     def queued_bytes(self) -> int:
         """Bytes queued for this client, the snapshot's part not counted."""
         wire = self.wire
-        return wire.backlog_bytes - max(0, self.snapshot_end - wire.drained_bytes)  # (-1 while corked: 0)
+        return wire.backlog_bytes - max(0, self.snapshot_end - wire.drained_bytes)  # (< 0 while corked: 0)
 
     def write_bounded(self, frame: bytes, n_events: int) -> None:
         """Write a shared frame, or close the client if it would go past its backlog bounds."""
@@ -214,9 +221,10 @@ class SocketClient:
         Both run in the keeper's one reader (or ticker) greenlet, shared by every held
         connection of the worker: they may yield, but other clients' messages wait meanwhile,
         so anything slow (a store query, a round trip to Redis) belongs in a greenlet of its own."""
+        corked = self.wire.corked_bytes
         self.wire.uncork()
-        if self.snapshot_end == -1:
-            self.snapshot_written()
+        if self.snapshot_end < 0:  # marked while corked (-1 - its end in the corked bytes)
+            self.snapshot_sent_with(corked - (-1 - self.snapshot_end))
         if self.closed:
             return
         ws, self.ws = self.ws, None
@@ -320,12 +328,12 @@ class StreamClient(SocketClient):
     """
 
     access_status = "200 OK"
-    __slots__ = ("pending", "pending_events", "chunked")
+    __slots__ = ("pending", "pending_events", "pending_bytes", "chunked")
 
     def __init__(self, wire: WireSocket, rt, matcher):
         super().__init__(None, wire, rt, matcher)
         self.pending: list[tuple[bytes, int]] | None = []
-        self.pending_events = 0
+        self.pending_events = self.pending_bytes = 0
         self.chunked = True
 
     def send(self, message: bytes) -> None:
@@ -337,7 +345,8 @@ class StreamClient(SocketClient):
             return
         self.pending.append((frame, n_events))
         self.pending_events += n_events
-        if self.pending_events > self.max_events:
+        self.pending_bytes += len(frame)
+        if self.pending_events > self.max_events or self.pending_bytes > self.max_bytes:
             self.slow()
 
     def behind(self, n_events: int) -> int:
@@ -347,7 +356,7 @@ class StreamClient(SocketClient):
         if self.pending is not None and not self.closed:  # the head is not out yet: the goodbye waits for it
             self.closed = True
             self.rt.hub.remove(self)
-            self.pending, self.pending_events = [(http_chunk(self.closing_message(reason)), 0)], 0
+            self.pending, self.pending_events, self.pending_bytes = [(http_chunk(self.closing_message(reason)), 0)], 0, 0
             return
         super().close(reason, code)
 
@@ -359,10 +368,12 @@ class StreamClient(SocketClient):
         """Write the response head, the first part of the body and what waited for it, then hand
         the connection to the keeper."""
         self.chunked = chunked
-        pending, self.pending, self.pending_events = self.pending or [], None, 0
-        body = b"".join([first] + [chunk_data(frame) for frame, _ in pending])
+        pending, self.pending, self.pending_events, self.pending_bytes = self.pending or [], None, 0, 0
+        waited = [chunk_data(frame) for frame, _ in pending]
+        body = b"".join([first] + waited)
         self.wire.write(head + (http_chunk(body) if chunked else body))
-        self.snapshot_written()
+        # what waited is after the snapshot (and counts); a chunked body ends in CRLF
+        self.snapshot_sent_with(sum(map(len, waited)) + (2 if chunked and waited else 0))
         sock = detach_socket(self.wire)
         keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
         self.conn = HeldStream(keeper(), sock, self.wire, self, keepalive, LAST_CHUNK if chunked else b"")

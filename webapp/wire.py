@@ -87,6 +87,10 @@ class WireSocket:
     def corked(self) -> bool:
         return self._corked is not None
 
+    @property
+    def corked_bytes(self) -> int:
+        return sum(map(len, self._corked)) if self._corked else 0
+
     def uncork(self) -> None:
         corked, self._corked = self._corked, None
         if corked:

@@ -107,3 +107,4 @@ def test_a_snapshot_over_the_bound_read_at_full_speed_is_not_a_slow_consumer(rel
     seqs = [e["seq"] for e in client.events]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "snapshot then live, none missing or twice"
     assert len(seqs) > 2500, "live events came after the snapshot"
+

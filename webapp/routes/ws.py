@@ -43,13 +43,13 @@ class WsClient(Conflating, SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events", "max_hz", "on_slow", "throughs", "sent_base")
+    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
         super().__init__(ws, wire, rt, matcher)
         self.held: list[tuple[bytes, int]] | None = None  # live frames held while the snapshot is fetched
-        self.held_events = 0
+        self.held_events = self.held_bytes = 0
         self.init_delivery(max_hz, on_slow)  # §12: the hub groups clients by patterns and rate
 
     @staticmethod
@@ -63,7 +63,8 @@ class WsClient(Conflating, SocketClient):
         if self.held is not None:
             self.held.append((frame, n_events))
             self.held_events += n_events
-            if self.held_events > self.max_events:
+            self.held_bytes += len(frame)  # bounded like the wire: they are after the snapshot
+            if self.held_events > self.max_events or self.held_bytes > self.max_bytes:
                 self.slow()
             return
         if self.throughs is None:  # the usual case, once per client per flush: no tracking
@@ -78,11 +79,11 @@ class WsClient(Conflating, SocketClient):
         if self.conflate_instead(frame):
             return
         super().slow(n_events)
-        self.held, self.held_events = None, 0
+        self.held, self.held_events, self.held_bytes = None, 0, 0
 
     def release(self) -> None:
         """The snapshot is out: write what arrived meanwhile, then go live."""
-        held, self.held, self.held_events = self.held or [], None, 0
+        held, self.held, self.held_events, self.held_bytes = self.held or [], None, 0, 0
         for frame, n_events in held:
             self.deliver(frame, n_events)
 
