@@ -335,6 +335,9 @@ class Runtime:
         """Between two parts of one large upstream frame (webapp/ingest.py): a turn of the loop (timers such
         as the lease's renewal, sockets; sleep(0) would not poll), and a clustered leader waits for room in
         its bus outbox as it does between reads."""
+        self.upstream.held_while(self._turn_between_chunks)
+
+    def _turn_between_chunks(self) -> None:
         gevent.sleep(0.001)
         if self.clustered:
             self.bus.wait_for_room()

@@ -166,3 +166,16 @@ def test_an_upstream_that_refuses_the_handshake_with_line_breaks_and_escapes_for
     log = relay.log_text()
     assert "FORGED" in log and "\x1b" not in log
     assert not any(line.startswith(forged) for line in log.splitlines())
+
+
+def test_handling_a_large_frame_is_not_counted_as_the_upstreams_silence(fresh_upstream, launch_relay):
+    """The relay's own time on a large frame (in parts) was counted as upstream silence: past the ping
+    interval plus its time-out the connection was dropped with the frames already in its socket (an
+    outside check: 1,685 of 2,000 lost at 1 s + 1 s). Between parts the reader now counts as held."""
+    relay = launch_relay(fresh_upstream, {"UPSTREAM_PING_INTERVAL_S": "0.5", "UPSTREAM_PING_TIMEOUT_S": "0.5",
+                                          "CLICKHOUSE_URL": "none"})
+    fresh_upstream.emit(["[" + ",".join(["1"] * 400_000) + "]"] + ['{"n": %d}' % i for i in range(2000)],
+                        batch=None)
+    wait_until(lambda: relay.health()["last_seq"] >= 402_000, 60, "every element and frame numbered",
+               describe=lambda: str(relay.health()["last_seq"]))
+    assert relay.health()["last_seq"] == 402_000 and fresh_upstream.connection_count == 1
