@@ -64,6 +64,8 @@ def metric_values(rt) -> dict:
         "bus_ok": rt.bus.ok,
         "bus_lag_events": -1 if lag is None else lag,
         "bus_gaps": rt.bus.gaps,
+        "bus_resyncs": rt.resyncs,
+        "bus_reader_waits": getattr(rt.bus, "waits_for_readers", 0),
         "bus_unreadable_entries": getattr(rt.bus, "unreadable", 0),  # the memory bus reads nothing it could not
         **accept.stats(),  # the worker's listeners (gunicorn's servers), not the app's
     }
@@ -108,6 +110,8 @@ def bus_health(rt) -> dict:
         "lag": stream_lag(rt),
         "published": bus.published,
         "gaps": bus.gaps,
+        "resyncs": rt.resyncs,
+        "waits_for_readers": bus.waits_for_readers,
         "unreadable": bus.unreadable,
         "outbox": bus.outbox.status(),
         "last_error": bus.last_error,

@@ -56,6 +56,10 @@ FROM_PARTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "bus_lag_events": (GAUGE, "Events this worker is behind on the stream (leader: numbered, not yet read back; "
                        "follower: the stream's newest minus its last read; -1 unknown)", ()),
     "bus_gaps": (GAUGE, "Seq jumps seen on the bus (events trimmed before this worker read them)", ()),
+    "bus_resyncs": (COUNTER, "Bus gaps after which this worker closed its clients (reason resync) to resume from "
+                    "the store", ()),
+    "bus_reader_waits": (COUNTER, "Times the leader's publisher waited for a reader more than half of STREAM_MAXLEN "
+                         "behind (so the stream's cap trims nothing unread)", ()),
     "bus_unreadable_entries": (COUNTER, "Stream entries that could not be read (skipped)", ()),
     "handshakes_in_flight": (GAUGE, "Connections of this worker between accept and the end of their first request "
                              "(at most HANDSHAKE_CONCURRENCY per listener)", ()),

@@ -64,6 +64,7 @@ def schemas() -> dict[str, Any]:
                     "backend": {"type": "string", "enum": ["memory", "redis"]}, "ok": {"type": "boolean"},
                     "worker": {"type": "string"}, "lease_holder": nullable_str, "last_seq": {"type": "integer"},
                     "lag": nullable_int, "published": {"type": "integer"}, "gaps": {"type": "integer"},
+                    "resyncs": {"type": "integer"}, "waits_for_readers": {"type": "integer"},
                     "last_error": nullable_str}},
                 "upstream": {"type": "object",
                              "required": ["url", "demo", "connected", "reconnects", "last_message_at", "last_error",
@@ -147,7 +148,7 @@ def schemas() -> dict[str, Any]:
                     "properties": {"type": {"type": "string", "enum": ["slow"]},
                                    "mode": {"type": "string", "enum": ["conflated", "live"]}}},
         "SseClosing": {"type": "object", "required": ["type", "reason"], "additionalProperties": False,
-                       "description": "event: closing — the relay ends the stream (shutdown, slow_consumer)",
+                       "description": "event: closing — the relay ends the stream (shutdown, slow_consumer, resync)",
                        "properties": {"type": {"type": "string", "enum": ["closing"]}, "reason": {"type": "string"}}},
         "ClientList": {
             "type": "object", "additionalProperties": False, "description": "this worker's clients only",

@@ -24,6 +24,7 @@ from webapp.logs import Throttle, held_note, printable
 from webapp.metrics import Metrics
 from webapp.recovery import recover
 from webapp.settings import Settings
+from webapp.sockets import CLOSE_TRY_AGAIN_LATER
 from webapp.store import SeqState, make_store
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
@@ -86,6 +87,8 @@ class Runtime:
         else:
             self.bus = MemoryBus(self._serve)
         self.bus.on_epoch = self._on_new_epoch
+        self.bus.on_gap = self._on_bus_gap
+        self.resyncs = 0  # bus gaps after which this worker's clients were closed to resume
         self.clustered = settings.redis_url is not None
         registry = None
         if settings.upstream_subscribe and self.clustered:
@@ -276,6 +279,24 @@ class Runtime:
         if self.writer is not None:
             self.writer.store_max = None  # ask the store again before the next insert
         log.warning("new epoch %s: %d cached events of the old one dropped", epoch, dropped)
+
+    def _on_bus_gap(self, first: int, last: int) -> None:
+        """Seqs first..last never reached this worker (trimmed from the stream before its reader got to
+        them: it was stalled past the publisher's wait, see bus/readers.py). Its clients would have skipped
+        them without a word: each is closed with `resync` and resumes with `since` (the store has them, or
+        its snapshot names the range `missing`); the cache is emptied so no resume is served across them."""
+        dropped = self.cache.clear()
+        clients = self.hub.clients()
+        for client in clients:
+            client.close("resync", CLOSE_TRY_AGAIN_LATER)
+        self.resyncs += 1
+        log.error("bus: seqs %d..%d never reached this worker; %d client(s) closed to resume (reason resync), "
+                  "%d cached events dropped", first, last, len(clients), dropped)
+
+    @property
+    def publish_max_events(self) -> int | None:
+        """The most events one POST /publish may carry (None: no bound beyond the body's size)."""
+        return self.bus.batch_max if self.clustered else None
 
     def publish_frame(self, body: bytes) -> list[int]:
         """POST /publish: the seqs the frame's events really got (NoLeader when nobody can number them)."""

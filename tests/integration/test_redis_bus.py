@@ -9,26 +9,17 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
-from support.cluster import SHARED_REDIS
+from support.cluster import OPEN_BUSES, SHARED_REDIS, close_open_buses  # noqa: F401  (a fixture)
 
 from handlers.events import event_from_json, make_event
 from webapp.bus.redis import NoLeader, RedisBus
-
-OPEN: list[RedisBus] = []
-
-
-@pytest.fixture(autouse=True)
-def close_buses() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
 
 
 def bus_of(prefix: str, holder: str, delivered: list | None = None) -> RedisBus:
     sink = delivered if delivered is not None else []
     bus = RedisBus(SHARED_REDIS, prefix, holder, sink.extend, lease_ms=5000, stream_maxlen=1000,
                    publish_timeout_s=1)
-    OPEN.append(bus)
+    OPEN_BUSES.append(bus)
     return bus
 
 

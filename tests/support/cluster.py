@@ -34,6 +34,17 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
+OPEN_BUSES: list = []  # RedisBus objects a test opened in-process (see close_open_buses)
+
+
+@pytest.fixture(autouse=True)
+def close_open_buses() -> Iterator[None]:
+    """Imported by a test module: the buses its tests put in OPEN_BUSES are closed after each."""
+    yield
+    while OPEN_BUSES:
+        OPEN_BUSES.pop().close()
+
+
 def cluster_env(prefix: str, url: str = SHARED_REDIS, **extra: str) -> dict[str, str]:
     return {"REDIS_URL": url, "REDIS_PREFIX": prefix, "LEADER_LEASE_MS": "1500", "STARTUP_GRACE_S": "0", **extra}
 

@@ -27,6 +27,9 @@ class Bus:
         self.ok = True
         # a new seq space: the worker drops what it holds of the old one before the first new event
         self.on_epoch: Callable[[str], None] = lambda epoch: None
+        # seqs first..last of this epoch never reached this worker (trimmed from the stream before its
+        # reader got to them): called before the events after them are delivered
+        self.on_gap: Callable[[int, int], None] = lambda first, last: None
 
     def publish(self, events: list[Event], epoch: str) -> None:
         raise NotImplementedError
@@ -48,6 +51,7 @@ class Bus:
         if self.last_seq and fresh[0].seq != self.last_seq + 1:
             self.gaps += 1
             log.warning("bus: seq jumped from %d to %d", self.last_seq, fresh[0].seq)
+            self.on_gap(self.last_seq + 1, fresh[0].seq - 1)
         self.last_seq = fresh[-1].seq
         self.deliver(fresh)
 

@@ -29,6 +29,7 @@ from webapp.bus import Bus
 from webapp.bus.failures import FAILURES, REFUSED, failure_text
 from webapp.bus.lease import Lease, LostLease
 from webapp.bus.outbox import Outbox
+from webapp.bus.readers import Readers
 from webapp.bus.receipt import NoLeader, Receipt
 from webapp.bus.scripts import APPEND, SEED
 from webapp.logs import Throttle, held_note
@@ -54,7 +55,7 @@ class RedisBus(Bus):
     def __init__(self, url: str, prefix: str, holder: str, deliver: Callable[[list[Event]], None], *,
                  lease_ms: int, stream_maxlen: int, read_block_ms: int = 1000, batch_max: int = 1000,
                  publish_timeout_s: float | None = None, outbox_max: int = 50_000,
-                 on_outbox_full: Callable[[], None] = lambda: None):
+                 on_outbox_full: Callable[[], None] = lambda: None, reader_stale_s: float | None = None):
         super().__init__(deliver)
         if publish_timeout_s is None:
             # POST /publish waits as long as a leader change takes: a dead leader's lease lapses within
@@ -75,7 +76,18 @@ class RedisBus(Bus):
         self._seed = self.client.register_script(SEED)
         self.stream_maxlen = stream_maxlen
         self.read_block_ms = read_block_ms
-        self.batch_max = batch_max
+        # an append never adds more than half the cap: with the head room below, what the slowest reader
+        # has not read stays within the cap after it
+        self.batch_max = max(1, min(batch_max, stream_maxlen // 2))
+        if reader_stale_s is None:
+            reader_stale_s = max(5.0, 3 * read_block_ms / 1000)  # an idle reader reports every read_block_ms
+        self.readers = Readers(self.client, f"{prefix}:readers", holder, reader_stale_s)
+        self._slowest = 0  # a lower bound of every live reader's seq (see _room)
+        self.assigned_epoch: str | None = None  # the counter's epoch, from the seed and each append's answer
+        self._space_start = 0
+        self._slowest_asked = 0.0
+        self.waits_for_readers = 0  # times the publisher began to wait for a reader, for /health
+        self._waiting = False
         self.publish_timeout_s = publish_timeout_s
         self.outbox = Outbox(outbox_max, on_outbox_full)
         self.unreadable = 0  # stream entries that could not be read (skipped, counted)
@@ -100,7 +112,13 @@ class RedisBus(Bus):
         `receipt`, the caller can wait for the seqs they really got.
         """
         ticket = Receipt(len(events)) if receipt else None
-        if self.outbox.put(events, ticket):
+        if ticket is None and len(events) > self.batch_max:
+            # a large upstream frame goes in appends of at most half the stream's cap (see _room);
+            # a POST /publish body is refused above that size (routes/publish.py), its receipt whole
+            for at in range(0, len(events), self.batch_max):
+                self.outbox.put(events[at:at + self.batch_max], None)
+            self._wake.set()
+        elif self.outbox.put(events, ticket):
             self._wake.set()
         return ticket
 
@@ -120,10 +138,8 @@ class RedisBus(Bus):
             self._wake.wait()
             self._wake.clear()
             while self.outbox:
-                if self.assigned_seq - self.last_seq > self.stream_maxlen // 2:
-                    # The store is written from what this worker reads back: never let the stream's
-                    # MAXLEN trim entries its own reader has not reached (a burst waits in the outbox).
-                    gevent.sleep(0.005)
+                if not self._room():
+                    gevent.sleep(0.005)  # a burst waits in the outbox (bounded: BUS_OUTBOX_MAX)
                     continue
                 # taken out of the outbox first: a stop_leading during the call discards only the rest
                 groups = []
@@ -154,12 +170,39 @@ class RedisBus(Bus):
                     self.on_fenced(reason)
                     break
                 first = int(answer[1])
+                self._new_space(answer[3].decode(), first - 1)
                 self.assigned_seq = max(self.assigned_seq, int(answer[2]))
                 for events, ticket in groups:
                     if ticket is not None:
                         ticket.set(first)
                     first += len(events)
                 self.published += size
+
+    def _room(self) -> bool:
+        """May the next append go? Not while a live reader is more than half the stream's cap behind, or
+        the append (at most half the cap) could trim entries it has not read: the store is written from what
+        the leader's own reader reads back, and every follower's clients get what its reader reads.
+
+        The others' positions are asked of Redis only when the last answer no longer leaves room (then at
+        most every 20 ms while it waits): the floor it gave only rises, so between asks it is a safe lower
+        bound, and the publisher asks once per half a stream of events, not per append."""
+        half = self.stream_maxlen // 2
+        if self.assigned_seq - self.last_seq > half:
+            return False  # this worker's own reader
+        now = time.monotonic()
+        if self.assigned_seq - self._slowest > half and (not self._waiting or now - self._slowest_asked >= 0.02):
+            self._slowest_asked = now
+            try:
+                slowest = self.readers.slowest(self.assigned_epoch, self._space_start)
+            except FAILURES as exc:
+                self._failed(exc)  # not known: the outbox waits rather than risk a trim (the append fails too)
+            else:
+                self._slowest = self.assigned_seq if slowest is None else slowest
+        waiting = self.assigned_seq - self._slowest > half
+        if waiting and not self._waiting:
+            self.waits_for_readers += 1
+        self._waiting = waiting
+        return not waiting
 
     def _append_batch(self, groups: list[tuple[list[Event], Receipt | None]]):
         """Run the append script over these groups until Redis answers: (its answer, the groups it covered),
@@ -201,7 +244,14 @@ class RedisBus(Bus):
         if answer[0] != 1:
             raise LostLease("the lease was taken before the seq space was seeded")
         self.assigned_seq = int(answer[1])
+        self._new_space(answer[2].decode(), self.assigned_seq)
         return int(answer[1]), answer[2].decode()
+
+    def _new_space(self, epoch: str, seq: int) -> None:
+        """The counter's epoch as this leader knows it; a reader still in another epoch counts as standing at
+        `seq`, the counter when this leader saw the epoch first (it must read on into this one)."""
+        if epoch != self.assigned_epoch:
+            self.assigned_epoch, self._space_start, self._slowest = epoch, seq, 0
 
     def counter(self) -> tuple[int | None, str | None]:
         """The seq counter's state: (last seq, epoch), (None, None) when Redis has none."""
@@ -294,6 +344,15 @@ class RedisBus(Bus):
             self.last_error = None
             for _stream, entries in answer or ():
                 self._take(entries)
+            if not answer or self.readers.due(self.last_seq, max(1, self.stream_maxlen // 8)):
+                self._report()
+
+    def _report(self) -> None:
+        """Write where this reader stands, for the leader's publisher (bus/readers.py)."""
+        try:
+            self.readers.report(self.last_seq, self.epoch)
+        except FAILURES as exc:
+            self._failed(exc)
 
     def _xread(self):
         """One blocking XREAD from `last_id` on the reader's own connection, held between reads.
@@ -450,6 +509,10 @@ class RedisBus(Bus):
     def close(self) -> None:
         self._closed = True
         self._drop_read_conn()
+        try:
+            self.readers.forget()  # a worker that stops reading is not waited for
+        except FAILURES as exc:
+            log.warning("bus: could not remove this reader's position: %s", failure_text(exc))
         for client in (self.client, self.reader, self.waiter):
             client.connection_pool.disconnect()
 

@@ -33,6 +33,11 @@ def publish():
         return json_error(400, "body must be a JSON object or array")
     if len(body) > rt.settings.upstream_max_frame_bytes:
         return json_error(413, f"body exceeds UPSTREAM_MAX_FRAME_BYTES ({rt.settings.upstream_max_frame_bytes})")
+    most = rt.publish_max_events
+    if most is not None and isinstance(value, list) and len(value) > most:
+        # its events go into the stream in one append, which must not trim what a reader has not read
+        return json_error(413, f"body holds {len(value)} items; one publish takes at most {most} in a cluster "
+                               "(half of STREAM_MAXLEN)")
     try:
         seqs = rt.publish_frame(body)
     except Unconfirmed as exc:

@@ -1,0 +1,198 @@
+"""The leader's appends never trim stream entries a live reader has not read (bus/readers.py), and a worker
+that finds entries gone anyway tells its clients (reason `resync`) instead of skipping them.
+
+Before: the publisher waited only for its own reader, and a follower busier than the leader through a
+burst over STREAM_MAXLEN / 2 lost entries without a word to its clients (an outside check: 10,971 of
+250,000). These run against the real Redis; readers run in threads (this process is not monkey-patched)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+import redis
+from support.cluster import OPEN_BUSES, SHARED_REDIS, close_open_buses, cluster_env, prefix, role  # noqa: F401
+from support.events import trades, unique_sym
+from support.waiting import wait_until
+
+from handlers.events import make_event
+from webapp.bus.readers import Readers, parse
+from webapp.bus.redis import RedisBus
+
+MAXLEN = 100
+def bus_of(prefix: str, holder: str, deliver=None, stale_s: float = 5.0) -> RedisBus:  # noqa: F811
+    bus = RedisBus(SHARED_REDIS, prefix, holder, deliver or (lambda events: None), lease_ms=60_000,
+                   stream_maxlen=MAXLEN, read_block_ms=200, publish_timeout_s=1, reader_stale_s=stale_s)
+    OPEN_BUSES.append(bus)
+    return bus
+
+
+def reading(bus: RedisBus) -> threading.Thread:
+    thread = threading.Thread(target=bus.run_reader, daemon=True)
+    thread.start()
+    return thread
+
+
+def provisional(n: int) -> list:
+    return [make_event(i + 1, 1_000 + i, "T.X", {"n": i}) for i in range(n)]
+
+
+def pump(until, timeout_s: float, what: str) -> None:
+    """Let the publisher greenlet run (gevent.sleep) until `until()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        gevent.sleep(0.01)
+
+
+@pytest.fixture
+def leader(prefix) -> Iterator[RedisBus]:  # noqa: F811
+    bus = bus_of(prefix, "leader-1")
+    assert bus.lease.acquire()
+    bus.seed(41, "E1")
+    reader = reading(bus)  # the publisher waits for its own reader too
+    publisher = gevent.spawn(bus.run_publisher)
+    yield bus
+    publisher.kill()
+    bus.close()
+    reader.join(timeout=5)
+
+
+def test_a_report_is_parsed_as_hostile_input():
+    assert parse(b"3 41 E1") == (3, 41, "E1")
+    assert parse(b"3 41 ") == (3, 41, "")
+    for junk in (b"", b"x 41 E1", b"3 y E1", b"3 41", b"\xff\xfe 1 E", None, 7):
+        assert parse(junk) is None
+
+
+def test_a_slow_follower_gets_every_event_of_a_burst_many_times_the_stream_long(prefix, leader):  # noqa: F811
+    got: list = []
+
+    def slow(events) -> None:  # a follower busier than the leader: ~0.3 ms per event
+        time.sleep(0.0003 * len(events))
+        got.extend(events)
+
+    follower = bus_of(prefix, "follower-1", slow)
+    follower.last_id = b"0-0"
+    reader = reading(follower)
+    pump(lambda: follower.readers.client.hexists(follower.readers.key, "follower-1"), 5, "the follower's report")
+    burst = 2_000  # 20 x STREAM_MAXLEN, published at once
+    leader.publish(provisional(burst))
+    pump(lambda: len(got) >= burst, 30, f"the follower to read {burst} events (it has {len(got)})")
+    assert [e.seq for e in got] == list(range(42, 42 + burst))  # none trimmed before it read them
+    assert follower.gaps == 0
+    assert leader.waits_for_readers >= 1  # the publisher did wait for it
+    follower.close()
+    reader.join(timeout=5)
+
+
+def test_the_publisher_never_runs_more_than_the_stream_ahead_of_a_live_reader(prefix, leader):  # noqa: F811
+    # a live reader that does not move (its reports keep coming, its seq stays): the stream holds
+    # everything after its seq, and the publisher goes no further
+    other = Readers(leader.client, f"{prefix}:readers", "stuck-1", 5.0)
+    other.report(41, "E1")
+    leader.publish(provisional(1_000))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        other.report(41, "E1")  # live: its report changes
+        gevent.sleep(0.05)
+    assert leader.assigned_seq <= 41 + MAXLEN  # what it has not read fits in the stream's cap
+    oldest = leader.client.xrange(leader.stream_key, count=1)[0][1]
+    assert int(oldest[b"seq"]) == 42  # nothing it still has to read was trimmed
+    assert leader.outbox_events > 0  # the rest waits in the outbox
+    # it reads on: so does the publisher
+    other.report(1_041, "E1")
+    pump(lambda: leader.assigned_seq == 1_041, 10, "the rest to be appended")
+
+
+def test_a_reader_silent_past_the_stale_time_is_not_waited_for(prefix):  # noqa: F811
+    bus = bus_of(prefix, "leader-2", stale_s=0.5)
+    assert bus.lease.acquire()
+    bus.seed(0, "E1")
+    reader = reading(bus)
+    publisher = gevent.spawn(bus.run_publisher)
+    try:
+        dead = Readers(bus.client, f"{prefix}:readers", "dead-1", 0.5)
+        dead.report(0, "E1")  # then nothing: a worker that died without removing its field
+        bus.publish(provisional(1_000))
+        pump(lambda: bus.assigned_seq == 1_000, 10, "the publisher to stop waiting for the dead reader")
+        assert bus.waits_for_readers == 1
+    finally:
+        publisher.kill()
+        bus.close()
+        reader.join(timeout=5)
+
+
+def test_a_closed_worker_removes_its_report_so_nobody_waits_for_it(prefix, leader):  # noqa: F811
+    follower = bus_of(prefix, "follower-2")
+    follower.readers.report(41, "E1")
+    key = follower.readers.key
+    assert leader.client.hexists(key, "follower-2")
+    follower.close()
+    assert not leader.client.hexists(key, "follower-2")
+    leader.publish(provisional(1_000))
+    pump(lambda: leader.assigned_seq == 1_041, 5, "the append of all 1,000")  # well within the 5 s stale time
+    assert leader.waits_for_readers == 0
+
+
+def test_a_worker_that_misses_entries_closes_its_clients_to_resume_and_serves_no_resume_across_them(
+        prefix, fresh_upstream, launch_relay, ws):  # noqa: F811
+    """Entries gone before this worker read them (a reader stalled past the stale time, or Redis lost
+    them): its /ws clients get `closing` `resync` and 1013, its cache is emptied, and a resume with `since`
+    names the range missing rather than skipping it. Made here by moving the counter past 50 seqs and
+    appending the next one, which is what a trim looks like to a reader."""
+    env = cluster_env(prefix, CLICKHOUSE_URL="none")
+    relay = launch_relay(fresh_upstream, env)
+    wait_until(lambda: role(relay) == "leader", 15, "the relay to lead")
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    fresh_upstream.emit(trades(0, 3, sym=sym), batch=3)
+    seen = [e["seq"] for e in client.wait_for_events(3)]
+    keys = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        epoch = relay.health()["epoch"]
+        last = int(keys.hget(f"{prefix}:seq", "seq"))
+        jump = last + 51
+        keys.hset(f"{prefix}:seq", "seq", jump)
+        now_ms = int(time.time() * 1000)
+        keys.xadd(f"{prefix}:events", {"seq": jump, "epoch": epoch,
+                                       "e": f'{{"seq":{jump},"ts":{now_ms},"topic":"T.{sym}","data":{{"n":99}}}}'})
+    finally:
+        keys.close()
+    frame = client.next_frame("closing")
+    assert frame["reason"] == "resync"
+    assert client.expect_close() == 1013
+    health = relay.health()
+    assert health["bus"]["gaps"] == 1 and health["bus"]["resyncs"] == 1
+    resumed = ws(relay, topics=f"T.{sym}", since=seen[-1], epoch=epoch)
+    snapshot = resumed.read_snapshot()
+    assert snapshot["recovered"] is False and snapshot["missing"] == [last + 1, jump - 1]
+    assert [e["seq"] for e in snapshot["events"]] == [jump]
+
+
+def test_a_frame_larger_than_the_stream_reaches_every_worker_whole_and_a_publish_that_large_is_refused(
+        prefix, fresh_upstream, launch_relay, ws):  # noqa: F811
+    """With STREAM_MAXLEN 100, an upstream frame of 700 events goes into appends of at most 50, each waiting
+    for both workers' readers: the follower's client gets all 700 once, in order. A POST /publish body is
+    one append: above 50 items it is refused (413) rather than trimming what a reader has not read."""
+    env = cluster_env(prefix, CLICKHOUSE_URL="none", STREAM_MAXLEN="100")
+    leader = launch_relay(fresh_upstream, env)
+    wait_until(lambda: role(leader) == "leader", 15, "the relay to lead")
+    follower = launch_relay(fresh_upstream, env, wait_upstream=False)
+    wait_until(lambda: role(follower) == "follower", 15, "the second relay to follow")
+    sym = unique_sym()
+    clients = [ws(relay, topics=f"T.{sym}", snapshot=0) for relay in (leader, follower)]
+    for client in clients:
+        client.read_snapshot()
+    fresh_upstream.emit(trades(0, 700, sym=sym), batch=700)
+    for client in clients:
+        assert [e["data"]["n"] for e in client.wait_for_events(700, timeout_s=30)] == list(range(700))
+    assert follower.health()["bus"]["gaps"] == 0
+    refused = follower.request("POST", "/publish", json=trades(700, 751, sym=sym))
+    assert refused.status_code == 413 and "at most 50" in refused.json()["error"]
+    taken = follower.request("POST", "/publish", json=trades(700, 750, sym=sym))
+    assert taken.status_code == 200 and len(taken.json()["seqs"]) == 50
