@@ -152,23 +152,24 @@ class WireSocket:
         what was written has really gone towards the client, not merely been dropped from the backlog."""
         if self._backlog:
             return False
-        try:
-            poller = _poll()
-            poller.register(self.sock.fileno(), _POLLOUT)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):
-            return False  # closed: it will not catch up
+        ready = self._ready_now(_POLLOUT)
+        return bool(ready)  # None (closed): it will not catch up
 
     def peer_gone(self) -> bool:
         """The peer hung up or reset (looked at without waiting and without reading)."""
         if self.broken:
             return True
+        ready = self._ready_now(_HUNG_UP)
+        return ready is None or ready
+
+    def _ready_now(self, mask: int) -> bool | None:
+        """Whether the socket shows any of `mask`'s poll events now (no waiting); None once it is closed."""
         try:
             poller = _poll()
-            poller.register(self.sock.fileno(), _HUNG_UP)
+            poller.register(self.sock.fileno(), mask)
             return bool(poller.poll(0))
         except (OSError, ValueError):
-            return True  # closed
+            return None
 
     def queued_frames(self) -> int:
         """Entries waiting in the backlog (at least the event frames not yet begun)."""

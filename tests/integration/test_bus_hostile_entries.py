@@ -4,8 +4,8 @@ with one log line per 10 s rather than one per entry, and neither the reader nor
 from __future__ import annotations
 
 import redis
-from support.cluster import SHARED_REDIS, cluster_env, prefix, role  # noqa: F401  (prefix: a fixture)
-from support.events import trades, unique_sym
+from support.cluster import SHARED_REDIS, cluster_env, leading_with_a_client, prefix, role  # noqa: F401  (prefix: a fixture)
+from support.events import trades
 from support.waiting import wait_until
 
 HOSTILE = 300
@@ -31,14 +31,7 @@ def unreadable_metric(relay) -> float:
 
 
 def test_hostile_stream_entries_are_skipped_counted_and_logged_once(prefix, fresh_upstream, launch_relay, ws):  # noqa: F811
-    env = cluster_env(prefix, CLICKHOUSE_URL="none")
-    leader = launch_relay(fresh_upstream, env)
-    wait_until(lambda: role(leader) == "leader", 15, "the relay to lead")
-    sym = unique_sym()
-    client = ws(leader, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    fresh_upstream.emit(trades(0, 3, sym=sym), batch=3)
-    assert [e["seq"] for e in client.wait_for_events(3)] == [1, 2, 3]
+    leader, env, client, sym = leading_with_a_client(prefix, fresh_upstream, launch_relay, ws)
     log_start = leader.log_size()
     keys = redis.Redis.from_url(SHARED_REDIS)
     try:
@@ -71,14 +64,7 @@ def test_entries_the_counter_never_numbered_are_skipped_and_delivery_goes_on(pre
     every worker drop its cache, go back to its seq and stop delivering (the publisher then waited for
     the stream forever); one far ahead made every worker drop each real event after it. Both are checked
     against the seq counter, skipped and counted; a joining worker's tail skips the one ahead too."""
-    env = cluster_env(prefix, CLICKHOUSE_URL="none")
-    leader = launch_relay(fresh_upstream, env)
-    wait_until(lambda: role(leader) == "leader", 15, "the relay to lead")
-    sym = unique_sym()
-    client = ws(leader, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    fresh_upstream.emit(trades(0, 3, sym=sym), batch=3)
-    assert [e["seq"] for e in client.wait_for_events(3)] == [1, 2, 3]
+    leader, env, client, sym = leading_with_a_client(prefix, fresh_upstream, launch_relay, ws)
     epoch = leader.health()["epoch"]
     keys = redis.Redis.from_url(SHARED_REDIS)
     try:

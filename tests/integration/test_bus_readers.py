@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 import redis
-from support.cluster import OPEN_BUSES, SHARED_REDIS, close_open_buses, cluster_env, prefix, role  # noqa: F401
+from support.cluster import OPEN_BUSES, SHARED_REDIS, close_open_buses, cluster_env, leading_with_a_client, prefix, role  # noqa: F401  (fixtures)
 from support.events import trades, unique_sym
 from support.waiting import wait_until
 
@@ -144,14 +144,7 @@ def test_a_worker_that_misses_entries_closes_its_clients_to_resume_and_serves_no
     them): its /ws clients get `closing` `resync` and 1013, its cache is emptied, and a resume with `since`
     names the range missing rather than skipping it. Made here by moving the counter past 50 seqs and
     appending the next one, which is what a trim looks like to a reader."""
-    env = cluster_env(prefix, CLICKHOUSE_URL="none")
-    relay = launch_relay(fresh_upstream, env)
-    wait_until(lambda: role(relay) == "leader", 15, "the relay to lead")
-    sym = unique_sym()
-    client = ws(relay, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
-    fresh_upstream.emit(trades(0, 3, sym=sym), batch=3)
-    seen = [e["seq"] for e in client.wait_for_events(3)]
+    relay, _env, client, sym = leading_with_a_client(prefix, fresh_upstream, launch_relay, ws)
     keys = redis.Redis.from_url(SHARED_REDIS)
     try:
         epoch = relay.health()["epoch"]
@@ -168,7 +161,7 @@ def test_a_worker_that_misses_entries_closes_its_clients_to_resume_and_serves_no
     assert client.expect_close() == 1013
     health = relay.health()
     assert health["bus"]["gaps"] == 1 and health["bus"]["resyncs"] == 1
-    resumed = ws(relay, topics=f"T.{sym}", since=seen[-1], epoch=epoch)
+    resumed = ws(relay, topics=f"T.{sym}", since=3, epoch=epoch)
     snapshot = resumed.read_snapshot()
     assert snapshot["recovered"] is False and snapshot["missing"] == [last + 1, jump - 1]
     assert [e["seq"] for e in snapshot["events"]] == [jump]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from support.events import trades
+from support.events import trades, unique_sym
 from support.relay import free_port
 from support.waiting import wait_until
 
@@ -32,6 +32,20 @@ def prefix() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+def leading_with_a_client(prefix: str, upstream, launch_relay, ws, **extra: str):
+    """One relay leading a cluster (no store), a /ws client of one fresh topic on it that has received
+    that topic's first three events (seqs 1-3): (the relay, its env, the client, the symbol)."""
+    env = cluster_env(prefix, CLICKHOUSE_URL="none", **extra)
+    relay = launch_relay(upstream, env)
+    wait_until(lambda: role(relay) == "leader", 15, "the relay to lead")
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    upstream.emit(trades(0, 3, sym=sym), batch=3)
+    assert [e["seq"] for e in client.wait_for_events(3)] == [1, 2, 3]
+    return relay, env, client, sym
 
 
 OPEN_BUSES: list = []  # RedisBus objects a test opened in-process (see close_open_buses)
