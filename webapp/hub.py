@@ -201,6 +201,10 @@ class Hub:
         """The newest seq handed to a flush: a client's frame of that flush covers its events up to it."""
         return self._last_seq
 
+    def conflating(self, client: Subscriber) -> bool:
+        """Is `client` on newest values for being slow (on_slow=conflate)?"""
+        return client in self._slow
+
     def released_through(self, client: Subscriber) -> int:
         """The seq that `client`'s last release (its newest values when it went live again) covers, or 0.
 

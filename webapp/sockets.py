@@ -18,6 +18,8 @@ import gevent.event
 from flask import Response, current_app, g
 from simple_websocket import ConnectionClosed
 
+from handlers.conflate import Latest
+from handlers.events import Event
 from handlers.protocol import SSE_KEEPALIVE, ws_frame
 from webapp import accesslog
 from webapp.conn import HeldStream, HeldWebSocket, Keeper
@@ -264,6 +266,29 @@ class Conflating:
         self.on_slow = on_slow
         self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
         self.sent_base = 0  # what the frames before those in `throughs` covered
+        self.held_dropped = False  # on_slow=conflate: its held frames were dropped before its snapshot went out
+
+    def conflate_held(self) -> bool:
+        """Past its bound while its snapshot is not out yet (a resume from the store): with on_slow=conflate
+        the caller drops the frames it holds, and so every later one until the snapshot goes out; then
+        `newest_held` reads their newest values back from the cache (True). Else False: closed as in §3."""
+        if self.throughs is None:
+            return False
+        self.held_dropped = True
+        return True
+
+    def newest_held(self) -> tuple[list[Event], int]:
+        """When the snapshot goes out after `conflate_held`: the newest event of each topic among those its
+        dropped frames held (after the snapshot's seq, up to the hub's last flush: later ones come with the
+        next), ascending seq, and how many they replaced. Events older than the cache are not read back."""
+        rt = self.rt
+        through = rt.hub.last_seq
+        latest = Latest()
+        latest.offer(e for e in rt.cache.events_after(self.after_seq, rt.now_ms(), self.matcher) if e.seq <= through)
+        release = latest.take()
+        self.held_dropped = False
+        rt.metrics.conflated_events.inc(release.conflated)
+        return release.events, release.conflated
 
     def held_too_many(self) -> None:
         """Conflated, its newest values alone (one per topic) are past its bound in events: closed as a slow
@@ -364,12 +389,17 @@ class StreamClient(SocketClient):
         if self.conn is not None:
             self.conn.close(code, reason)
 
+    @staticmethod
+    def waited(pending: list[tuple[bytes, int]]) -> list[bytes]:
+        """The body parts that follow the first one: what the hub delivered before the head was out."""
+        return [chunk_data(frame) for frame, _ in pending]
+
     def start(self, head: bytes, first: bytes, chunked: bool) -> None:
         """Write the response head, the first part of the body and what waited for it, then hand
         the connection to the keeper."""
         self.chunked = chunked
         pending, self.pending, self.pending_events, self.pending_bytes = self.pending or [], None, 0, 0
-        waited = [chunk_data(frame) for frame, _ in pending]
+        waited = self.waited(pending)
         body = b"".join([first] + waited)
         self.wire.write(head + (http_chunk(body) if chunked else body))
         # what waited is after the snapshot (and counts); a chunked body ends in CRLF

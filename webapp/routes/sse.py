@@ -28,7 +28,7 @@ class SseClient(Conflating, StreamClient):
     response head is out."""
 
     kind = "sse"
-    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base")
+    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base", "held_dropped")
     closing_message = staticmethod(sse_closing)
 
     def __init__(self, wire: WireSocket, rt, matcher, max_hz: float | None = None, on_slow: str = "close"):
@@ -45,8 +45,14 @@ class SseClient(Conflating, StreamClient):
         self.send(sse_slow(mode))
 
     def deliver(self, frame: bytes, n_events: int) -> None:
-        if self.pending is not None:
-            super().deliver(frame, n_events)  # the head is not out yet
+        if self.pending is not None:  # the head is not out yet
+            if self.held_dropped:
+                return  # read back from the cache, newest per topic, when the head goes out
+            if ((self.pending_events + n_events > self.max_events or self.pending_bytes + len(frame) > self.max_bytes)
+                    and self.conflate_held()):
+                self.pending, self.pending_events, self.pending_bytes = [], 0, 0
+                return
+            super().deliver(frame, n_events)
             return
         if not self.chunked:
             frame = chunk_data(frame)
@@ -58,6 +64,15 @@ class SseClient(Conflating, StreamClient):
     def slow(self, n_events: int = 0, frame: bytes | None = None) -> None:
         if not self.conflate_instead(frame):
             super().slow(n_events)
+
+    def waited(self, pending: list[tuple[bytes, int]]) -> list[bytes]:
+        """Past its bound before its head went out (on_slow=conflate): the newest values of what it missed,
+        between `slow` conflated and live, instead of the frames."""
+        if not self.held_dropped or self.closed:
+            return super().waited(pending)
+        events, conflated = self.newest_held()
+        release = [chunk_data(self.encode(events, conflated))] if events else []
+        return [sse_slow("conflated"), *release, sse_slow("live")]
 
 
 @bp.get("/sse")

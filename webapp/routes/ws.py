@@ -43,7 +43,7 @@ class WsClient(Conflating, SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base")
+    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base", "held_dropped")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
@@ -61,11 +61,16 @@ class WsClient(Conflating, SocketClient):
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.held is not None:
+            if self.held_dropped:
+                return  # read back from the cache, newest per topic, when the snapshot is out
             self.held.append((frame, n_events))
             self.held_events += n_events
             self.held_bytes += len(frame)  # bounded like the wire: they are after the snapshot
             if self.held_events > self.max_events or self.held_bytes > self.max_bytes:
-                self.slow()
+                if self.conflate_held():
+                    self.held, self.held_events, self.held_bytes = [], 0, 0
+                else:
+                    self.slow()
             return
         if self.throughs is None:  # the usual case, once per client per flush: no tracking
             self.write_bounded(frame, n_events)
@@ -84,6 +89,14 @@ class WsClient(Conflating, SocketClient):
     def release(self) -> None:
         """The snapshot is out: write what arrived meanwhile, then go live."""
         held, self.held, self.held_events, self.held_bytes = self.held or [], None, 0, 0
+        if self.held_dropped:  # past its bound while it waited (on_slow=conflate): newest values, then live
+            events, conflated = self.newest_held()
+            self.tell_slow("conflated")
+            if events:
+                self.deliver(self.encode(events, conflated), len(events))
+            if not self.closed and not self.rt.hub.conflating(self):  # (past its bound again: the hub has it)
+                self.tell_slow("live")
+            return
         for frame, n_events in held:
             self.deliver(frame, n_events)
 

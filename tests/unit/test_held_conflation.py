@@ -1,0 +1,140 @@
+"""§12 on_slow=conflate for a client past its bound before its snapshot is out (a /ws resume waiting for the
+store, an /sse head not out yet): not closed, as §3 would; its held frames are dropped and, with the snapshot,
+it gets `slow` conflated, the newest value of each topic they held (read back from the cache, up to the hub's
+last flush), `slow` live. Before, it was closed (docs/api.md said so; the contract does not)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from handlers.cache import EventCache
+from handlers.events import make_event
+from handlers.topics import compile_patterns
+from webapp.routes.sse import SseClient
+from webapp.routes.ws import WsClient
+from webapp.wire import WireSocket
+
+NOW = 1_000_000
+BOUND = 5  # events
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+
+class Hub:
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+        self.removed: list = []
+
+    def conflating(self, client) -> bool:
+        return False
+
+    def remove(self, client) -> None:
+        self.removed.append(client)
+
+
+def runtime(cache: EventCache, last_seq: int):
+    return SimpleNamespace(settings=SimpleNamespace(ws_queue_max_events=BOUND, ws_queue_max_bytes=1 << 20),
+                           cache=cache, hub=Hub(last_seq), now_ms=lambda: NOW, stream_epoch="E",
+                           metrics=SimpleNamespace(conflated_events=Counter(),
+                                                   slow_consumers=SimpleNamespace(labels=lambda kind: Counter()),
+                                                   queue_drops=SimpleNamespace(labels=lambda kind: Counter())))
+
+
+def cached(n: int) -> EventCache:
+    """Seqs 1..n over three topics (A, B, C in turn)."""
+    cache = EventCache(1_000, 3_600)
+    cache.add([make_event(seq, NOW, "T." + "ABC"[seq % 3], {"n": seq}) for seq in range(1, n + 1)], NOW)
+    return cache
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def held_past_the_bound(client, cache: EventCache) -> None:
+    """The snapshot covers seqs to 10; 11..28 come while it waits, one frame each (the bound is 5)."""
+    client.after_seq = 10
+    for seq in range(11, 29):
+        client.deliver(client.encode([cache.get(seq, NOW)]), 1)
+
+
+def received(peer: socket.socket) -> bytes:
+    peer.setblocking(False)
+    data = b""
+    try:
+        while chunk := peer.recv(1 << 16):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
+
+
+def ws_messages(data: bytes) -> list[dict]:
+    """The JSON text of server frames (unmasked, short or 16-bit lengths)."""
+    out = []
+    while data:
+        size, at = data[1] & 0x7F, 2
+        if size == 126:
+            size, at = int.from_bytes(data[2:4], "big"), 4
+        out.append(json.loads(data[at:at + size]))
+        data = data[at + size:]
+    return out
+
+
+def test_a_ws_client_past_its_bound_while_its_resume_waits_gets_newest_values_after_the_snapshot_not_a_close(pair):
+    a, b = pair
+    cache = cached(30)
+    rt = runtime(cache, last_seq=28)  # 29 and 30 are cached but not yet flushed: the next flush brings them
+    client = WsClient(None, WireSocket(a), compile_patterns(["T.*"]), rt, on_slow="conflate")
+    client.held = []
+    held_past_the_bound(client, cache)
+    assert not client.closed and rt.hub.removed == []
+    assert client.held == [] and client.held_dropped  # dropped at the bound, and every frame after it
+    client.send(b'{"type":"snapshot"}')
+    client.release()
+    messages = ws_messages(received(b))
+    assert [m["type"] for m in messages] == ["snapshot", "slow", "events", "slow"]
+    assert messages[1]["mode"] == "conflated" and messages[3]["mode"] == "live"
+    release = messages[2]
+    assert [e["seq"] for e in release["events"]] == [26, 27, 28]  # the newest of each topic, up to 28
+    assert release["conflated"] == 18 - 3 and rt.metrics.conflated_events.value == 15
+    assert not client.held_dropped and client.held is None  # live again
+
+
+def test_a_ws_client_that_asked_to_be_closed_when_slow_still_is(pair):
+    cache = cached(30)
+    rt = runtime(cache, last_seq=28)
+    closed = []
+    ws = SimpleNamespace(close=lambda reason, message: closed.append(reason))
+    client = WsClient(ws, WireSocket(pair[0]), compile_patterns(["T.*"]), rt)  # on_slow=close
+    client.held = []
+    held_past_the_bound(client, cache)
+    assert client.closed and rt.hub.removed == [client] and closed == [1013]
+
+
+def test_an_sse_client_past_its_bound_before_its_head_goes_out_gets_newest_values_after_the_snapshot(pair):
+    cache = cached(30)
+    rt = runtime(cache, last_seq=28)
+    client = SseClient(WireSocket(pair[0]), rt, compile_patterns(["T.*"]), on_slow="conflate")
+    held_past_the_bound(client, cache)
+    assert not client.closed and client.pending == [] and client.held_dropped
+    parts = client.waited(client.pending)
+    body = b"".join(parts).decode()
+    assert body.index('"mode":"conflated"') < body.index("event: conflated") < body.index('"mode":"live"')
+    assert [json.loads(line[6:])["seq"] for line in body.splitlines()
+            if line.startswith("data: {\"seq\"")] == [26, 27, 28]
+    assert "data: {\"conflated\":15}" in body
