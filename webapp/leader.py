@@ -78,6 +78,7 @@ class Leadership:
                 gevent.sleep(delay_ms / 1000)
         bus.last_id = last_id
         bus.received(events, epoch)
+        bus.report()  # the leader waits for this worker's reader from here on (bus/readers.py)
         if epoch:
             rt.epoch = epoch
         if self.role == roles.STOPPED:

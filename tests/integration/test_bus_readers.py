@@ -126,6 +126,36 @@ def test_a_reader_silent_past_the_stale_time_is_not_waited_for(prefix):  # noqa:
         reader.join(timeout=5)
 
 
+def test_a_reader_that_comes_back_after_going_stale_is_waited_for_at_once(prefix):  # noqa: F811
+    """A stopped worker continued (an outside check, SIGSTOP 8 s): the publisher, asking only when its cached
+    floor ran out, went half a stream past the returning reader and trimmed entries it had still to read."""
+    bus = bus_of(prefix, "leader-3", stale_s=0.5)
+    assert bus.lease.acquire()
+    bus.seed(0, "E1")
+    reader = reading(bus)
+    publisher = gevent.spawn(bus.run_publisher)
+    try:
+        back = Readers(bus.client, f"{prefix}:readers", "back-1", 0.5)
+        back.report(0, "E1")  # then silent past the stale time
+        bus.publish(provisional(1_000))
+        pump(lambda: bus.assigned_seq == 1_000, 10, "the publisher to stop waiting for the silent reader")
+        bus.publish(provisional(10))  # asked while it is stale: no live reader, the floor is the counter
+        pump(lambda: bus.assigned_seq == 1_010, 10, "the small frame")
+        place = bus.assigned_seq - 90  # it comes back within the cap, more than half of it behind
+        back.report(place, "E1")
+        bus.publish(provisional(1_000))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            back.report(place, "E1")  # live again, not moving
+            gevent.sleep(0.05)
+        assert bus.assigned_seq <= place + MAXLEN
+        assert int(bus.client.xrange(bus.stream_key, count=1)[0][1][b"seq"]) <= place + 1  # nothing it needs trimmed
+    finally:
+        publisher.kill()
+        bus.close()
+        reader.join(timeout=5)
+
+
 def test_a_closed_worker_removes_its_report_so_nobody_waits_for_it(prefix, leader):  # noqa: F811
     follower = bus_of(prefix, "follower-2")
     follower.readers.report(41, "E1")

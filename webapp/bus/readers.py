@@ -13,7 +13,10 @@ A reader is live while its report keeps changing: the publisher remembers, on it
 when it last saw each field change (the report number goes up on every write), so hosts' clocks need not
 agree. A field unchanged for `stale_s` is a dead or stalled worker and is not waited for (its gap, if it
 comes back, is told to its clients: see `Bus.on_gap`); one unchanged for `FORGET_AFTER` × `stale_s` is
-deleted. The hash's values come from Redis and are parsed as hostile: anything unreadable is ignored.
+deleted; until then the publisher asks before every append, so one that comes back is waited for at once
+(an outside check: asked only when its cached floor ran out, the publisher went on half a stream past a
+returning reader and trimmed what it had still to read). The hash's values come from Redis and are parsed
+as hostile: anything unreadable is ignored.
 """
 
 import logging
@@ -53,6 +56,8 @@ class Readers:
         self._reported_at = -REPORT_S
         self._reported_seq = 0
         self._seen: dict[bytes, tuple[bytes, float]] = {}  # field -> (its value, when it last changed)
+        self.stale = 0  # others' fields, at the last `slowest`, silent past stale_s and not yet forgotten
+        self.slowest_name = ""  # whose position the last `slowest` gave (for the log)
 
     # -- the reader's side ----------------------------------------------------------------
 
@@ -78,7 +83,9 @@ class Readers:
         """The lowest seq of epoch `epoch` any other live reader has reached; None when none is live.
 
         A live reader still in another epoch counts as standing at `elsewhere` (the counter when the
-        publisher first saw this epoch): it has this epoch's entries still to read."""
+        publisher first saw this epoch): it has this epoch's entries still to read. Sets `stale`: while a
+        silent reader may come back (a stopped worker continued), its position can be below any floor
+        asked before, so the caller must ask again before each append."""
         now = self.clock()
         if self.client.hlen(self.key) > MAX_FIELDS:
             log.error("bus: %s holds more than %d fields; not waiting for any reader", self.key, MAX_FIELDS)
@@ -86,6 +93,7 @@ class Readers:
         fields = self.client.hgetall(self.key)
         lowest = None
         stale = []
+        self.stale = 0
         for field, value in fields.items():
             seen = self._seen.get(field)
             if seen is None or seen[0] != value:
@@ -96,12 +104,15 @@ class Readers:
             if now - seen[1] > self.stale_s:
                 if now - seen[1] > FORGET_AFTER * self.stale_s:
                     stale.append(field)
+                else:
+                    self.stale += 1
                 continue
             report = parse(value)
             if report is None:
                 continue
             seq = report[1] if report[2] == (epoch or "") else elsewhere
-            lowest = seq if lowest is None else min(lowest, seq)
+            if lowest is None or seq < lowest:
+                lowest, self.slowest_name = seq, field.decode("utf-8", "replace")
         for field in set(self._seen) - set(fields):
             del self._seen[field]
         if stale:

@@ -32,7 +32,7 @@ from webapp.bus.outbox import Outbox
 from webapp.bus.readers import Readers
 from webapp.bus.receipt import NoLeader, Receipt
 from webapp.bus.scripts import APPEND, SEED
-from webapp.logs import Throttle, held_note
+from webapp.logs import Throttle, held_note, printable
 
 # the names the shell imports from here (the parts above hold them)
 __all__ = ["FAILURES", "LostLease", "NoLeader", "RedisBus", "Receipt", "stripped"]
@@ -185,12 +185,16 @@ class RedisBus(Bus):
 
         The others' positions are asked of Redis only when the last answer no longer leaves room (then at
         most every 20 ms while it waits): the floor it gave only rises, so between asks it is a safe lower
-        bound, and the publisher asks once per half a stream of events, not per append."""
+        bound, and the publisher asks once per half a stream of events, not per append. Not while a reader
+        it knows has gone silent (bus/readers.py): it may come back below that floor, so then it asks
+        before every append. A joining worker reports as soon as it has its place (`report`)."""
         half = self.stream_maxlen // 2
         if self.assigned_seq - self.last_seq > half:
             return False  # this worker's own reader
         now = time.monotonic()
-        if self.assigned_seq - self._slowest > half and (not self._waiting or now - self._slowest_asked >= 0.02):
+        stale = self.readers.stale  # a silent reader may come back below the floor: ask before each append
+        if ((stale or self.assigned_seq - self._slowest > half)
+                and (not self._waiting or now - self._slowest_asked >= 0.02)):
             self._slowest_asked = now
             try:
                 slowest = self.readers.slowest(self.assigned_epoch, self._space_start)
@@ -201,6 +205,11 @@ class RedisBus(Bus):
         waiting = self.assigned_seq - self._slowest > half
         if waiting and not self._waiting:
             self.waits_for_readers += 1
+            held = self._said.allow("readers")
+            if held is not None:
+                log.warning("bus: the publisher waits for a reader more than half of STREAM_MAXLEN (%d) behind "
+                            "(%s, at seq %d of %d)%s", self.stream_maxlen, printable(self.readers.slowest_name),
+                            self._slowest, self.assigned_seq, held_note(held))
         self._waiting = waiting
         return not waiting
 
@@ -346,6 +355,11 @@ class RedisBus(Bus):
                 self._take(entries)
             if not answer or self.readers.due(self.last_seq, max(1, self.stream_maxlen // 8)):
                 self._report()
+
+    def report(self) -> None:
+        """A joining worker's first report, before its reader's first read: from now on the leader's
+        floor includes it (its place is the stream's newest entry when it took the tail)."""
+        self._report()
 
     def _report(self) -> None:
         """Write where this reader stands, for the leader's publisher (bus/readers.py)."""
