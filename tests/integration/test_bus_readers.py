@@ -48,17 +48,27 @@ def pump(until, timeout_s: float, what: str) -> None:
         gevent.sleep(0.01)
 
 
-@pytest.fixture
-def leader(prefix) -> Iterator[RedisBus]:  # noqa: F811
-    bus = bus_of(prefix, "leader-1")
+def leading(prefix: str, seed: int, stale_s: float) -> Iterator[RedisBus]:  # noqa: F811
+    bus = bus_of(prefix, "leader-1", stale_s=stale_s)
     assert bus.lease.acquire()
-    bus.seed(41, "E1")
+    bus.seed(seed, "E1")
     reader = reading(bus)  # the publisher waits for its own reader too
     publisher = gevent.spawn(bus.run_publisher)
     yield bus
     publisher.kill()
     bus.close()
     reader.join(timeout=5)
+
+
+@pytest.fixture
+def leader(prefix) -> Iterator[RedisBus]:  # noqa: F811
+    yield from leading(prefix, 41, 5.0)
+
+
+@pytest.fixture
+def quick_leader(prefix) -> Iterator[RedisBus]:  # noqa: F811
+    """From seq 0, a reader silent for 0.5 s is stale."""
+    yield from leading(prefix, 0, 0.5)
 
 
 def test_a_report_is_parsed_as_hostile_input():
@@ -108,52 +118,34 @@ def test_the_publisher_never_runs_more_than_the_stream_ahead_of_a_live_reader(pr
     pump(lambda: leader.assigned_seq == 1_041, 10, "the rest to be appended")
 
 
-def test_a_reader_silent_past_the_stale_time_is_not_waited_for(prefix):  # noqa: F811
-    bus = bus_of(prefix, "leader-2", stale_s=0.5)
-    assert bus.lease.acquire()
-    bus.seed(0, "E1")
-    reader = reading(bus)
-    publisher = gevent.spawn(bus.run_publisher)
-    try:
-        dead = Readers(bus.client, f"{prefix}:readers", "dead-1", 0.5)
-        dead.report(0, "E1")  # then nothing: a worker that died without removing its field
-        bus.publish(provisional(1_000))
-        pump(lambda: bus.assigned_seq == 1_000, 10, "the publisher to stop waiting for the dead reader")
-        assert bus.waits_for_readers == 1
-    finally:
-        publisher.kill()
-        bus.close()
-        reader.join(timeout=5)
+def test_a_reader_silent_past_the_stale_time_is_not_waited_for(prefix, quick_leader):  # noqa: F811
+    bus = quick_leader
+    dead = Readers(bus.client, f"{prefix}:readers", "dead-1", 0.5)
+    dead.report(0, "E1")  # then nothing: a worker that died without removing its field
+    bus.publish(provisional(1_000))
+    pump(lambda: bus.assigned_seq == 1_000, 10, "the publisher to stop waiting for the dead reader")
+    assert bus.waits_for_readers == 1
 
 
-def test_a_reader_that_comes_back_after_going_stale_is_waited_for_at_once(prefix):  # noqa: F811
+def test_a_reader_that_comes_back_after_going_stale_is_waited_for_at_once(prefix, quick_leader):  # noqa: F811
     """A stopped worker continued (an outside check, SIGSTOP 8 s): the publisher, asking only when its cached
     floor ran out, went half a stream past the returning reader and trimmed entries it had still to read."""
-    bus = bus_of(prefix, "leader-3", stale_s=0.5)
-    assert bus.lease.acquire()
-    bus.seed(0, "E1")
-    reader = reading(bus)
-    publisher = gevent.spawn(bus.run_publisher)
-    try:
-        back = Readers(bus.client, f"{prefix}:readers", "back-1", 0.5)
-        back.report(0, "E1")  # then silent past the stale time
-        bus.publish(provisional(1_000))
-        pump(lambda: bus.assigned_seq == 1_000, 10, "the publisher to stop waiting for the silent reader")
-        bus.publish(provisional(10))  # asked while it is stale: no live reader, the floor is the counter
-        pump(lambda: bus.assigned_seq == 1_010, 10, "the small frame")
-        place = bus.assigned_seq - 90  # it comes back within the cap, more than half of it behind
-        back.report(place, "E1")
-        bus.publish(provisional(1_000))
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            back.report(place, "E1")  # live again, not moving
-            gevent.sleep(0.05)
-        assert bus.assigned_seq <= place + MAXLEN
-        assert int(bus.client.xrange(bus.stream_key, count=1)[0][1][b"seq"]) <= place + 1  # nothing it needs trimmed
-    finally:
-        publisher.kill()
-        bus.close()
-        reader.join(timeout=5)
+    bus = quick_leader
+    back = Readers(bus.client, f"{prefix}:readers", "back-1", 0.5)
+    back.report(0, "E1")  # then silent past the stale time
+    bus.publish(provisional(1_000))
+    pump(lambda: bus.assigned_seq == 1_000, 10, "the publisher to stop waiting for the silent reader")
+    bus.publish(provisional(10))  # asked while it is stale: no live reader, the floor is the counter
+    pump(lambda: bus.assigned_seq == 1_010, 10, "the small frame")
+    place = bus.assigned_seq - 90  # it comes back within the cap, more than half of it behind
+    back.report(place, "E1")
+    bus.publish(provisional(1_000))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        back.report(place, "E1")  # live again, not moving
+        gevent.sleep(0.05)
+    assert bus.assigned_seq <= place + MAXLEN
+    assert int(bus.client.xrange(bus.stream_key, count=1)[0][1][b"seq"]) <= place + 1  # nothing it needs trimmed
 
 
 def test_a_closed_worker_removes_its_report_so_nobody_waits_for_it(prefix, leader):  # noqa: F811
