@@ -64,6 +64,7 @@ def metric_values(rt) -> dict:
         "bus_ok": rt.bus.ok,
         "bus_lag_events": -1 if lag is None else lag,
         "bus_gaps": rt.bus.gaps,
+        "snapshot_queued_bytes": rt.snapshots.queued(),
         "bus_resyncs": rt.resyncs,
         "bus_reader_waits": getattr(rt.bus, "waits_for_readers", 0),
         "bus_unreadable_entries": getattr(rt.bus, "unreadable", 0),  # the memory bus reads nothing it could not

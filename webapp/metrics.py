@@ -56,6 +56,8 @@ FROM_PARTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "bus_lag_events": (GAUGE, "Events this worker is behind on the stream (leader: numbered, not yet read back; "
                        "follower: the stream's newest minus its last read; -1 unknown)", ()),
     "bus_gaps": (GAUGE, "Seq jumps seen on the bus (events trimmed before this worker read them)", ()),
+    "snapshot_queued_bytes": (GAUGE, "Bytes of resumes' snapshots this worker holds queued for its clients (a resume "
+                              "with since waits while they pass SNAPSHOT_QUEUE_MAX_BYTES)", ()),
     "bus_resyncs": (COUNTER, "Bus gaps after which this worker closed its clients (reason resync) to resume from "
                     "the store", ()),
     "bus_reader_waits": (COUNTER, "Times the leader's publisher waited for a reader more than half of STREAM_MAXLEN "

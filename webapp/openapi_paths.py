@@ -220,7 +220,10 @@ def paths(s: Settings) -> dict[str, Any]:
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 "x-sse-messages": {"event": ref("Event"), "gap": ref("SseGap"), "conflated": ref("SseConflated"),
                                    "slow": ref("SseSlow"), "closing": ref("SseClosing")}},
-                          "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN, "503": NOT_READY}}},
+                          "400": BAD, "401": UNAUTHORIZED, "403": TOPICS_FORBIDDEN,
+                          "503": _error("the relay is starting or shutting down, or (a resume with since or "
+                                        "Last-Event-ID) this worker holds SNAPSHOT_QUEUE_MAX_BYTES of snapshots "
+                                        "its clients have not read yet: retry after Retry-After")}}},
         "/ws": {"get": {
             "summary": "the event stream over a WebSocket (docs/api.md); a plain GET is refused", "security": CLIENT,
             "parameters": _stream_parameters(s),

@@ -28,6 +28,7 @@ from webapp.sockets import CLOSE_TRY_AGAIN_LATER
 from webapp.store import SeqState, make_store
 from webapp.store.spool import Spool
 from webapp.store.writer import StoreWriter
+from webapp.streams import SnapshotLedger
 from webapp.tasks import EXIT, Tasks
 from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
@@ -137,6 +138,7 @@ class Runtime:
         self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
         self.resume_gate = gevent.lock.BoundedSemaphore(settings.resume_concurrency)  # webapp/streams.py
+        self.snapshots = SnapshotLedger(settings.snapshot_queue_max_bytes, settings.snapshot_queue_wait_s)
         if self.store is None and not self.clustered:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"

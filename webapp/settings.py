@@ -254,6 +254,8 @@ class Settings:
     history_max_limit: int = env("HISTORY_MAX_LIMIT", 10_000, _int(1, 10_000_000), "largest /history limit")
     resume_max_events: int = env("RESUME_MAX_EVENTS", 100_000, _int(1, 100_000_000), "most stored events a resume replays (older ones are reported missing)")
     resume_concurrency: int = env("RESUME_CONCURRENCY", 2, _int(1, 64), "resumes that read the store at once per worker (the others wait their turn)")
+    snapshot_queue_max_bytes: int = env("SNAPSHOT_QUEUE_MAX_BYTES", 256 << 20, _int(1 << 20, 1 << 40), "snapshot bytes a worker holds queued for its clients at once; a resume with since waits while they are past it")
+    snapshot_queue_wait_s: float = env("SNAPSHOT_QUEUE_WAIT_S", 30.0, _float(0, 3600), "how long a resume waits for SNAPSHOT_QUEUE_MAX_BYTES before it is refused (ws: closing busy, 1013; sse: 503)")
     resume_page_events: int = env("RESUME_PAGE_EVENTS", 10_000, _int(100, 1_000_000), "stored events a resume reads per query (the worker serves others between pages)")
     enrich_sql: str | None = env("ENRICH_SQL", None, _str, "parameterised SELECT run for an event's topic")
     enrich_ttl_ms: int = env("ENRICH_TTL_MS", 1000, _int(0, 86_400_000), "enrichment results are cached per topic this long")

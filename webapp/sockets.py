@@ -170,6 +170,11 @@ class SocketClient:
         wire = self.wire
         self.snapshot_end = wire.drained_bytes + max(0, wire.backlog_bytes - after)
 
+    def snapshot_left(self) -> int:
+        """Bytes of the snapshot still queued here (while corked: the corked bytes up to its end)."""
+        end = self.snapshot_end
+        return -1 - end if end < 0 else end - self.wire.drained_bytes
+
     def queued_bytes(self) -> int:
         """Bytes queued for this client, the snapshot's part not counted."""
         wire = self.wire
@@ -404,6 +409,7 @@ class StreamClient(SocketClient):
         self.wire.write(head + (http_chunk(body) if chunked else body))
         # what waited is after the snapshot (and counts); a chunked body ends in CRLF
         self.snapshot_sent_with(sum(map(len, waited)) + (2 if chunked and waited else 0))
+        self.rt.snapshots.note(self)  # held by the worker until its snapshot has drained
         sock = detach_socket(self.wire)
         keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
         self.conn = HeldStream(keeper(), sock, self.wire, self, keepalive, LAST_CHUNK if chunked else b"")

@@ -8,8 +8,11 @@ hub holds the client's live events until the snapshot has gone out.
 """
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
+
+import gevent
 
 from handlers.events import Event
 from handlers.params import StreamParams
@@ -118,3 +121,54 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[
     filled = replace(opening, events=older + opening.events, missing=missing,
                      recovered=missing is None, from_store=None)
     return with_crash_gap(runtime, filled, first - 1)
+
+
+class SnapshotLedger:
+    """Snapshot bytes this worker still holds queued for its clients, and the wait of a resume while they
+    are past SNAPSHOT_QUEUE_MAX_BYTES.
+
+    A snapshot is not counted in its client's own bound (a resume may be larger than the bound on its
+    own), so one resume of RESUME_MAX_EVENTS held ~30 MB until its client read it, and a thousand clients
+    resuming after a deploy would have held tens of GB. Only clients whose snapshot did not go straight
+    to the kernel are noted; they are dropped from the ledger once it has drained or they closed."""
+
+    def __init__(self, max_bytes: int, wait_s: float, clock: Callable[[], float] = time.monotonic):
+        self.max_bytes = max_bytes
+        self.wait_s = wait_s
+        self.clock = clock
+        self._clients: set = set()
+        self._pruned_at = 0  # the ledger's size after its last pruning
+        self.waits = self.refused = 0
+
+    def note(self, client) -> None:
+        """`client`'s snapshot is written: held while part of it is still queued."""
+        if client.snapshot_left() > 0:
+            self._clients.add(client)
+            if len(self._clients) > 2 * self._pruned_at + 64:
+                self.queued()  # prune as it grows, not only when a resume asks
+
+    def queued(self) -> int:
+        total = 0
+        for client in list(self._clients):
+            left = 0 if client.closed else client.snapshot_left()
+            if left <= 0:
+                self._clients.discard(client)
+            total += max(0, left)
+        self._pruned_at = len(self._clients)
+        return total
+
+    def wait_for_room(self, gone: Callable[[], bool]) -> bool:
+        """Under the budget now or within wait_s (True); False when it is still past it, or the client
+        went away meanwhile. Polls every 50 ms: only resumes with `since` wait here."""
+        if self.queued() < self.max_bytes:
+            return True
+        self.waits += 1
+        deadline = self.clock() + self.wait_s
+        while self.clock() < deadline:
+            gevent.sleep(0.05)
+            if gone():
+                return False
+            if self.queued() < self.max_bytes:
+                return True
+        self.refused += 1
+        return False

@@ -96,6 +96,12 @@ def stream():
     if params.on_slow == "conflate":
         limit_send_buffer(sock)
     client = SseClient(WireSocket(sock), rt, compile_patterns(params.topics), params.max_hz, params.on_slow)
+    if params.since is not None and not rt.snapshots.wait_for_room(client.wire.peer_gone):
+        rt.metrics.bound_hits.labels("snapshot_queue").inc()
+        busy = json_error(503, "this worker holds SNAPSHOT_QUEUE_MAX_BYTES of resumes' snapshots for its clients: "
+                               "retry in a moment")
+        busy.headers["Retry-After"] = "1"
+        return busy
     # Snapshot and registration without a yield between them (see streams.py);
     # live events wait in the client while older ones come from the store.
     opening = open_stream(rt, params, client.matcher)

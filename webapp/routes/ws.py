@@ -25,7 +25,7 @@ from handlers.topics import add_patterns, compile_patterns, limit_message, remov
 from webapp.auth import CLIENT, access, request_scope, scoped_action, scoped_stream
 from webapp.responses import json_error
 from webapp.routes import runtime
-from webapp.sockets import Conflating, SocketClient, serve_sockets_lightly, take_socket
+from webapp.sockets import CLOSE_TRY_AGAIN_LATER, Conflating, SocketClient, serve_sockets_lightly, take_socket
 from webapp.streams import fill_from_store, open_stream
 from webapp.wire import WireSocket, limit_send_buffer
 
@@ -122,6 +122,11 @@ def stream(ws):
     client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
     if params.on_slow == "conflate":
         limit_send_buffer(wire.sock)
+    if params.since is not None and not rt.snapshots.wait_for_room(wire.peer_gone):
+        rt.metrics.bound_hits.labels("snapshot_queue").inc()
+        client.close("busy", CLOSE_TRY_AGAIN_LATER)  # past SNAPSHOT_QUEUE_MAX_BYTES for SNAPSHOT_QUEUE_WAIT_S
+        client.finish()
+        return
     # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
     client.after_seq = client.sent_base = opening.last_seq
@@ -140,6 +145,7 @@ def stream(ws):
             client.send(error_message(refusal_message(g.refused_topics)))
         scope = g.scope  # the keeper's reader calls back outside this request: no `g` there
         client.hold(lambda text: answer(client, scoped_action(parse_client_message(text), scope, client.reply)))
+        rt.snapshots.note(client)  # held by the worker until its snapshot has drained
     except ConnectionClosed:
         pass
     finally:
