@@ -53,6 +53,14 @@ def _yield_through_poll(sock) -> None:
         raise websocket.WebSocketConnectionClosedException("the upstream socket was closed") from None
 
 
+def closed_by(payload: bytes) -> str:
+    """What an upstream's close frame said: its code and reason (escaped, at most 200 characters)."""
+    if len(payload) < 2:
+        return "closed by the upstream (no code)"
+    reason = printable(payload[2:].decode("utf-8", "replace")[:200])
+    return f"closed by the upstream ({int.from_bytes(payload[:2], 'big')}{': ' + reason if reason else ''})"
+
+
 @dataclass
 class UpstreamState:
     """What /health and the monitor show about the upstream."""
@@ -208,7 +216,8 @@ class Upstream:
                 elif opcode == OP_CLOSE:
                     if batch:
                         on_frames(batch, recv_ms)
-                    log.info("upstream closed the connection cleanly")
+                    state.last_error = closed_by(payload)  # else /health gave no reason for the disconnect
+                    log.info("upstream: %s", state.last_error)
                     try:
                         ws.send_close()
                     except (OSError, websocket.WebSocketException):
