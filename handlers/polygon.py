@@ -61,6 +61,8 @@ def closing_frame(reason: str) -> bytes:
     messages = {
         "slow_consumer": "client is too slow: its backlog passed the relay's bound; disconnecting",
         "shutdown": "the relay is restarting: reconnect",
+        "resync": "this relay worker missed events from its cluster's stream (they were trimmed before it read "
+                  "them): reconnect",
     }
     return status_frame(status(reason, messages.get(reason, reason)))
 
