@@ -271,28 +271,49 @@ class Conflating:
         self.on_slow = on_slow
         self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
         self.sent_base = 0  # what the frames before those in `throughs` covered
-        self.held_dropped = False  # on_slow=conflate: its held frames were dropped before its snapshot went out
+        # on_slow=conflate, past its bound before its snapshot went out: the newest value of each topic since
+        # (its held frames dropped), and the seq that covers
+        self.held_latest: Latest | None = None
+        self.held_through = 0
 
     def conflate_held(self) -> bool:
         """Past its bound while its snapshot is not out yet (a resume from the store): with on_slow=conflate
-        the caller drops the frames it holds, and so every later one until the snapshot goes out; then
-        `newest_held` reads their newest values back from the cache (True). Else False: closed as in §3."""
+        the caller drops the frames it holds, and from now until the snapshot goes out the client keeps the
+        newest value of each topic instead (`absorb_held` at every flush; True). Else False: closed as in §3."""
         if self.throughs is None:
             return False
-        self.held_dropped = True
+        self.held_latest = Latest()
+        self.held_through = self.after_seq  # what the snapshot covers
+        self.absorb_held()
         return True
 
-    def newest_held(self) -> tuple[list[Event], int]:
-        """When the snapshot goes out after `conflate_held`: the newest event of each topic among those its
-        dropped frames held (after the snapshot's seq, up to the hub's last flush: later ones come with the
-        next), ascending seq, and how many they replaced. Events older than the cache are not read back."""
-        rt = self.rt
+    def absorb_held(self) -> None:
+        """Take the newest value of each topic among the events flushed since the last look, read from the
+        cache (a flush's events are cached before the hub gets them). At every flush, not once when the
+        snapshot goes out: a hold as long as a resume from the store outlasts the cache, and a topic's only
+        event would be lost (an outside check). Past WS_QUEUE_MAX_EVENTS topics: closed as slow."""
+        rt, latest = self.rt, self.held_latest
         through = rt.hub.last_seq
-        latest = Latest()
-        latest.offer(e for e in rt.cache.events_after(self.after_seq, rt.now_ms(), self.matcher) if e.seq <= through)
+        if latest is None or through <= self.held_through:
+            return
+        latest.offer(e for e in rt.cache.events_after(self.held_through, rt.now_ms(), self.matcher) if e.seq <= through)
+        self.held_through = through
+        if len(latest) > self.max_events:
+            self.held_latest = None
+            self.held_too_many()
+
+    def newest_held(self) -> tuple[list[Event], int]:
+        """When the snapshot goes out after `conflate_held`: the newest event of each topic since it passed
+        its bound (up to the hub's last flush: later ones come with the next), ascending seq, and how many
+        they replaced. The client's `after_seq` moves past them: a `max_hz` group may still hold some of
+        those events for its next release, and they must not come twice (an outside check). What was
+        flushed since its last delivery matched nothing of it, or is still held by its rate's group."""
+        latest, self.held_latest = self.held_latest, None
+        if latest is None:
+            return [], 0  # closed meanwhile
         release = latest.take()
-        self.held_dropped = False
-        rt.metrics.conflated_events.inc(release.conflated)
+        self.after_seq = max(self.after_seq, self.held_through)
+        self.rt.metrics.conflated_events.inc(release.conflated)
         return release.events, release.conflated
 
     def held_too_many(self) -> None:

@@ -65,11 +65,14 @@ def pair():
     b.close()
 
 
-def held_past_the_bound(client, cache: EventCache) -> None:
-    """The snapshot covers seqs to 10; 11..28 come while it waits, one frame each (the bound is 5)."""
+def held_past_the_bound(client, cache: EventCache, upto: int = 28) -> None:
+    """The snapshot covers seqs to 10; 11..`upto` come while it waits, one flush and frame each (the bound
+    is 5). Like the hub, a flush's events are cached before the client gets them."""
     client.after_seq = 10
-    for seq in range(11, 29):
-        client.deliver(client.encode([cache.get(seq, NOW)]), 1)
+    for seq in range(11, upto + 1):
+        event = cache.get(seq, NOW)
+        client.rt.hub.last_seq = seq
+        client.deliver(client.encode([event]), 1)
 
 
 def received(peer: socket.socket) -> bytes:
@@ -103,7 +106,7 @@ def test_a_ws_client_past_its_bound_while_its_resume_waits_gets_newest_values_af
     client.held = []
     held_past_the_bound(client, cache)
     assert not client.closed and rt.hub.removed == []
-    assert client.held == [] and client.held_dropped  # dropped at the bound, and every frame after it
+    assert client.held == [] and client.held_latest is not None  # dropped at the bound, newest kept instead
     client.send(b'{"type":"snapshot"}')
     client.release()
     messages = ws_messages(received(b))
@@ -112,7 +115,8 @@ def test_a_ws_client_past_its_bound_while_its_resume_waits_gets_newest_values_af
     release = messages[2]
     assert [e["seq"] for e in release["events"]] == [26, 27, 28]  # the newest of each topic, up to 28
     assert release["conflated"] == 18 - 3 and rt.metrics.conflated_events.value == 15
-    assert not client.held_dropped and client.held is None  # live again
+    assert client.held_latest is None and client.held is None  # live again
+    assert client.after_seq == 28  # a rate's group still holding 11..28 cannot send them again
 
 
 def test_a_ws_client_that_asked_to_be_closed_when_slow_still_is(pair):
@@ -131,10 +135,30 @@ def test_an_sse_client_past_its_bound_before_its_head_goes_out_gets_newest_value
     rt = runtime(cache, last_seq=28)
     client = SseClient(WireSocket(pair[0]), rt, compile_patterns(["T.*"]), on_slow="conflate")
     held_past_the_bound(client, cache)
-    assert not client.closed and client.pending == [] and client.held_dropped
+    assert not client.closed and client.pending == [] and client.held_latest is not None
     parts = client.waited(client.pending)
     body = b"".join(parts).decode()
     assert body.index('"mode":"conflated"') < body.index("event: conflated") < body.index('"mode":"live"')
     assert [json.loads(line[6:])["seq"] for line in body.splitlines()
             if line.startswith("data: {\"seq\"")] == [26, 27, 28]
     assert "data: {\"conflated\":15}" in body
+    assert client.after_seq == client.sent_base == 28  # the release went with the head: a slow spell starts after it
+
+
+def test_a_topic_s_only_event_during_a_hold_longer_than_the_cache_still_reaches_the_client(pair):
+    """An outside check: a topic's one event during a long resume was gone from the cache when the snapshot
+    went out, and the client never got it (nor any word of it). Its newest value is kept from the flush on."""
+    cache = EventCache(12, 3_600)
+    cache.add([make_event(seq, NOW, "T.A", {"n": seq}) for seq in range(1, 11)], NOW)
+    rt = runtime(cache, last_seq=10)
+    client = WsClient(None, WireSocket(pair[0]), compile_patterns(["T.*"]), rt, on_slow="conflate")
+    client.held = []
+    client.after_seq = 10
+    for seq in range(11, 60):
+        cache.add([make_event(seq, NOW, "T.RARE" if seq == 11 else "T." + "ABC"[seq % 3], {"n": seq})], NOW)
+        rt.hub.last_seq = seq
+        client.deliver(client.encode([cache.get(seq, NOW)]), 1)
+    assert cache.get(11, NOW) is None  # long gone from the cache
+    events, conflated = client.newest_held()
+    assert [(e.seq, e.topic) for e in events] == [(11, "T.RARE"), (57, "T.A"), (58, "T.B"), (59, "T.C")]
+    assert conflated == 49 - 4

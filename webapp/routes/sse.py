@@ -28,7 +28,7 @@ class SseClient(Conflating, StreamClient):
     response head is out."""
 
     kind = "sse"
-    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base", "held_dropped")
+    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base", "held_latest", "held_through")
     closing_message = staticmethod(sse_closing)
 
     def __init__(self, wire: WireSocket, rt, matcher, max_hz: float | None = None, on_slow: str = "close"):
@@ -46,8 +46,9 @@ class SseClient(Conflating, StreamClient):
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.pending is not None:  # the head is not out yet
-            if self.held_dropped:
-                return  # read back from the cache, newest per topic, when the head goes out
+            if self.held_latest is not None:
+                self.absorb_held()  # newest per topic, released when the head goes out
+                return
             if ((self.pending_events + n_events > self.max_events or self.pending_bytes + len(frame) > self.max_bytes)
                     and self.conflate_held()):
                 self.pending, self.pending_events, self.pending_bytes = [], 0, 0
@@ -68,9 +69,11 @@ class SseClient(Conflating, StreamClient):
     def waited(self, pending: list[tuple[bytes, int]]) -> list[bytes]:
         """Past its bound before its head went out (on_slow=conflate): the newest values of what it missed,
         between `slow` conflated and live, instead of the frames."""
-        if not self.held_dropped or self.closed:
+        if self.held_latest is None or self.closed:
             return super().waited(pending)
         events, conflated = self.newest_held()
+        # written with the head, never dropped as an event frame: a later slow spell starts after it
+        self.sent_base = self.after_seq
         release = [chunk_data(self.encode(events, conflated))] if events else []
         return [sse_slow("conflated"), *release, sse_slow("live")]
 
@@ -105,8 +108,10 @@ def stream():
     # Snapshot and registration without a yield between them (see streams.py);
     # live events wait in the client while older ones come from the store.
     opening = open_stream(rt, params, client.matcher)
-    client.after_seq = opening.last_seq
+    client.after_seq = client.sent_base = opening.last_seq
     rt.hub.add(client)
     opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or client.wire.peer_gone())
+    if client.closed:  # closed as slow while it waited: its goodbye, not a gap the store could have filled
+        return StreamResponse(client, RETRY_MS, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)
     first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events, opening.epoch)
     return StreamResponse(client, first, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)

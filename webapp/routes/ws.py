@@ -43,7 +43,8 @@ class WsClient(Conflating, SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base", "held_dropped")
+    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base", "held_latest",
+                 "held_through")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
@@ -61,8 +62,9 @@ class WsClient(Conflating, SocketClient):
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.held is not None:
-            if self.held_dropped:
-                return  # read back from the cache, newest per topic, when the snapshot is out
+            if self.held_latest is not None:
+                self.absorb_held()  # newest per topic, released when the snapshot is out
+                return
             self.held.append((frame, n_events))
             self.held_events += n_events
             self.held_bytes += len(frame)  # bounded like the wire: they are after the snapshot
@@ -89,7 +91,7 @@ class WsClient(Conflating, SocketClient):
     def release(self) -> None:
         """The snapshot is out: write what arrived meanwhile, then go live."""
         held, self.held, self.held_events, self.held_bytes = self.held or [], None, 0, 0
-        if self.held_dropped:  # past its bound while it waited (on_slow=conflate): newest values, then live
+        if self.held_latest is not None:  # past its bound while it waited (on_slow=conflate): newest values
             events, conflated = self.newest_held()
             self.tell_slow("conflated")
             if events:
