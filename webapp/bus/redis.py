@@ -365,7 +365,11 @@ class RedisBus(Bus):
         """Write where this reader stands, for the leader's publisher (bus/readers.py)."""
         try:
             self.readers.report(self.last_seq, self.epoch)
-        except FAILURES as exc:
+        except Exception as exc:  # noqa: BLE001  (closed under the call: whatever the socket said, it is over)
+            if self._closed:
+                return
+            if not isinstance(exc, FAILURES):
+                raise
             self._failed(exc)
 
     def _xread(self):
