@@ -82,6 +82,7 @@ class RedisBus(Bus):
         if reader_stale_s is None:
             reader_stale_s = max(5.0, 3 * read_block_ms / 1000)  # an idle reader reports every read_block_ms
         self.readers = Readers(self.client, f"{prefix}:readers", holder, reader_stale_s)
+        self._report_step = max(1, stream_maxlen // 8)  # a reader far behind reports every eighth of the cap
         self._slowest = 0  # a lower bound of every live reader's seq (see _room)
         self.assigned_epoch: str | None = None  # the counter's epoch, from the seed and each append's answer
         self._space_start = 0
@@ -339,12 +340,9 @@ class RedisBus(Bus):
         while not self._closed:
             try:
                 answer = self._xread()
-            except Exception as exc:  # noqa: BLE001  (closed under the read: whatever the socket said, it is over)
-                if self._closed:
+            except Exception as exc:  # noqa: BLE001  (see _closed_or_failed)
+                if self._closed_or_failed(exc):
                     return
-                if not isinstance(exc, FAILURES):
-                    raise
-                self._failed(exc)
                 gevent.sleep(0.5)
                 continue
             if not self.ok:
@@ -353,24 +351,27 @@ class RedisBus(Bus):
             self.last_error = None
             for _stream, entries in answer or ():
                 self._take(entries)
-            if not answer or self.readers.due(self.last_seq, max(1, self.stream_maxlen // 8)):
-                self._report()
+            if not answer or self.readers.due(self.last_seq, self._report_step):
+                self.report()
 
     def report(self) -> None:
-        """A joining worker's first report, before its reader's first read: from now on the leader's
-        floor includes it (its place is the stream's newest entry when it took the tail)."""
-        self._report()
-
-    def _report(self) -> None:
-        """Write where this reader stands, for the leader's publisher (bus/readers.py)."""
+        """Write where this reader stands, for the leader's publisher (bus/readers.py); a joining worker
+        calls it before its reader's first read, so the leader's floor includes it from then on."""
         try:
             self.readers.report(self.last_seq, self.epoch)
-        except Exception as exc:  # noqa: BLE001  (closed under the call: whatever the socket said, it is over)
-            if self._closed:
-                return
-            if not isinstance(exc, FAILURES):
-                raise
-            self._failed(exc)
+        except Exception as exc:  # noqa: BLE001  (see _closed_or_failed)
+            self._closed_or_failed(exc)
+
+    def _closed_or_failed(self, exc: Exception) -> bool:
+        """A reader's Redis call raised: True when close() cut it off (whatever the socket said then, it is
+        over: redis-py may raise AttributeError on a pool disconnected under it); else a Redis failure,
+        recorded (anything else is raised)."""
+        if self._closed:
+            return True
+        if not isinstance(exc, FAILURES):
+            raise exc
+        self._failed(exc)
+        return False
 
     def _xread(self):
         """One blocking XREAD from `last_id` on the reader's own connection, held between reads.
