@@ -83,8 +83,9 @@ def test_the_relay_reconnects_after_the_upstream_goes_away_and_clients_see_no_ga
     assert degraded.status_code == 503
     assert degraded.json()["status"] == "degraded"
     assert relay.health()["status"] == "degraded"  # and plain /health still answers 200
-    error = relay.health()["upstream"]["last_error"]  # why, whichever way it went
-    assert error is not None and (how != "clean" or error.startswith("closed by the upstream (1001")), error
+    assert relay.health()["upstream"]["last_error"] is not None  # why, whichever way it went
+    if how == "clean":  # said once; the reconnect attempts' own errors may replace it in /health by now
+        wait_until(lambda: "closed by the upstream (1001" in relay.log_text(), 5, "the close's code in the log")
 
     upstream.start()
     record = upstream.wait_for_connections(connections + 1)
