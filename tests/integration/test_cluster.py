@@ -83,6 +83,9 @@ def test_with_leader_accepts_off_the_lease_holder_leaves_every_new_client_to_the
     leader_pid = int(holder.split(":")[1])
     assert leader_pid in workers
     wait_until(lambda: fresh_upstream.connection_count == 1, 15, "the leader's upstream connection")
+    # a follower answers 'starting' until it has joined the bus (seen once in CI): wait for both joins
+    wait_until(lambda: relay.log_text().count("joined the cluster as a follower") >= 3, 15,
+               "every worker joined the cluster")
     answers = [relay.health() for _ in range(60)]
     assert {(h["role"], h["bus"]["worker"] == holder, h["accepting_clients"]) for h in answers} == {
         ("follower", False, True)}
