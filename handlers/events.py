@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers import jsonx
-from handlers.frames import Element
+from handlers.frames import Element, RawText
 from handlers.topics import topic_of
 
 
@@ -80,13 +80,16 @@ def number_elements(elements: list[Element], first_seq: int, ts_ms: int, topic_f
     `enrichment` maps a topic to what its events carry in `enrichment` (if anything).
     """
     events = []
-    for i, el in enumerate(elements):
-        topic = topic_of(el.data, topic_fields)
+    for i, data in enumerate(elements):
+        raw = type(data) is RawText
+        if raw:
+            data = data.text
+        topic = topic_of(data, topic_fields)
         extra = enrichment.get(topic) if enrichment else None
-        events.append(make_event(first_seq + i, ts_ms, topic, el.data, el.raw, extra))
+        events.append(make_event(first_seq + i, ts_ms, topic, data, raw, extra))
     return events
 
 
 def topics_of(elements: list[Element], topic_fields: tuple[str, ...]) -> set[str]:
     """The distinct topics a frame's elements will have."""
-    return {topic_of(el.data, topic_fields) for el in elements}
+    return {topic_of(data, topic_fields) for data in elements}  # a RawText's is the default topic, as its text's

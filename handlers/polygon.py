@@ -215,20 +215,18 @@ def split_statuses(elements: Sequence[Element]) -> tuple[Sequence[Element], list
     A frame without a status (nearly every one) comes back as it is, uncopied,
     after one cheap look at each element: this runs for every upstream frame.
     """
-    for el in elements:
-        data = el.data
+    for data in elements:
         if type(data) is dict and data.get("ev") == "status":
             break
     else:
         return elements, []
     market: list[Element] = []
     statuses: list[dict] = []
-    for el in elements:
-        data = el.data
-        if type(data) is dict and data.get("ev") == "status" and not el.raw and is_status(data):
+    for data in elements:
+        if type(data) is dict and data.get("ev") == "status" and is_status(data):  # a RawText is no dict
             statuses.append(data)
         else:
-            market.append(el)
+            market.append(data)
     return (market, statuses) if statuses else (elements, statuses)
 
 

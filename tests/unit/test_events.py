@@ -7,7 +7,7 @@ import pytest
 
 from handlers import jsonx
 from handlers.events import Event, event_from_json, event_from_row, make_event, number_elements
-from handlers.frames import Element, parse_frame
+from handlers.frames import RawText, parse_frame
 
 EV_SYM = ("ev", "sym")
 TS = 1_764_124_800_123
@@ -15,10 +15,10 @@ TS = 1_764_124_800_123
 
 def test_numbering_gives_consecutive_seqs_one_receive_time_and_derived_topics():
     elements = [
-        Element({"ev": "T", "sym": "AAPL", "p": 191.2}),
-        Element({"ev": "Q", "sym": "MSFT"}),
-        Element([1, 2]),
-        Element("not json at all", raw=True),
+        {"ev": "T", "sym": "AAPL", "p": 191.2},
+        {"ev": "Q", "sym": "MSFT"},
+        [1, 2],
+        RawText("not json at all"),
     ]
     assert number_elements(elements, 1042, TS, EV_SYM) == [
         Event(1042, TS, "T.AAPL", {"ev": "T", "sym": "AAPL", "p": 191.2}),
@@ -40,7 +40,7 @@ def test_numbering_accepts_a_parsed_frames_elements_directly():
 
 
 def test_numbering_uses_the_configured_topic_fields():
-    events = number_elements([Element({"topic": "projection_bpp", "bpp": 1.5})], 1, TS,
+    events = number_elements([{"topic": "projection_bpp", "bpp": 1.5}], 1, TS,
                              ("topic",))
     assert events[0].topic == "projection_bpp"
 
@@ -60,8 +60,8 @@ def test_the_json_is_compact_and_in_contract_order():
 
 
 def test_every_numbered_event_json_parses_back_to_its_dict():
-    elements = [Element({"ev": "T", "sym": "AAPL"}), Element(None), Element("x", raw=True),
-                Element({"nested": {"list": [1, 2.5, None, True]}})]
+    elements = [{"ev": "T", "sym": "AAPL"}, None, RawText("x"),
+                {"nested": {"list": [1, 2.5, None, True]}}]
     for event in number_elements(elements, 1, TS, EV_SYM):
         assert json.loads(event.json) == event.as_dict()
 

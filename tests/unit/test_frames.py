@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from handlers import jsonx
 from handlers.events import make_event
-from handlers.frames import Element, ParsedFrame, parse_frame
+from handlers.frames import ParsedFrame, RawText, parse_frame
 from handlers.jsonx import MAX_DEPTH
 from handlers.topics import topic_of
 
@@ -38,18 +38,20 @@ def hostile(name: str) -> bytes:
 def raw_text(parsed: ParsedFrame) -> str:
     """The single raw element of a frame that was not JSON (checked on the way)."""
     assert len(parsed.elements) == 1, parsed
-    assert parsed.elements[0].raw, parsed
+    assert type(parsed.elements[0]) is RawText, parsed
     assert parsed.parse_error is not None and parsed.parse_error.startswith("not JSON")
     assert not parsed.oversize
-    return parsed.elements[0].data
+    return parsed.elements[0].text
 
 
 def assert_elements_relay_as_events(parsed: ParsedFrame) -> None:
     """What the ingest loop does next: each element becomes an event whose JSON
     is valid and reads back as the same envelope."""
     for seq, element in enumerate(parsed.elements, start=1):
-        topic = topic_of(element.data, ("ev", "sym"))
-        event = make_event(seq, 1_764_124_800_123, topic, element.data, element.raw)
+        raw = type(element) is RawText
+        data = element.text if raw else element
+        topic = topic_of(data, ("ev", "sym"))
+        event = make_event(seq, 1_764_124_800_123, topic, data, raw)
         assert jsonx.loads(event.json) == event.as_dict()
         event.json.decode("utf-8")  # what goes on the wire is valid UTF-8
 
@@ -60,16 +62,16 @@ def assert_elements_relay_as_events(parsed: ParsedFrame) -> None:
 def test_an_object_gives_one_element():
     frame = '{"ev":"T","sym":"AAPL","p":191.2,"s":100,"t":1764124800120}'
     assert parse_text(frame) == ParsedFrame((
-        Element({"ev": "T", "sym": "AAPL", "p": 191.2, "s": 100, "t": 1764124800120}),
+        {"ev": "T", "sym": "AAPL", "p": 191.2, "s": 100, "t": 1764124800120},
     ))
 
 
 def test_an_array_gives_one_element_per_item_in_order():
     frame = '[{"ev":"T","sym":"AAPL"},{"ev":"Q","sym":"MSFT"},{"ev":"T","sym":"NVDA"}]'
     assert parse_text(frame) == ParsedFrame((
-        Element({"ev": "T", "sym": "AAPL"}),
-        Element({"ev": "Q", "sym": "MSFT"}),
-        Element({"ev": "T", "sym": "NVDA"}),
+        {"ev": "T", "sym": "AAPL"},
+        {"ev": "Q", "sym": "MSFT"},
+        {"ev": "T", "sym": "NVDA"},
     ))
 
 
@@ -79,8 +81,8 @@ def test_an_empty_array_gives_no_elements_and_no_error():
 
 def test_an_array_of_scalars_gives_an_element_per_scalar():
     assert parse_text('[1, "two", 3.5, true, null, {"k": []}, [4]]') == ParsedFrame((
-        Element(1), Element("two"), Element(3.5), Element(True), Element(None),
-        Element({"k": []}), Element([4]),
+        1, "two", 3.5, True, None,
+        {"k": []}, [4],
     ))
 
 
@@ -89,7 +91,7 @@ def test_an_array_of_scalars_gives_an_element_per_scalar():
     ("false", False), ("null", None), ('""', ""), ("  7  ", 7), ("{}", {}),
 ])
 def test_a_bare_scalar_gives_one_element_holding_it(frame, value):
-    assert parse_text(frame) == ParsedFrame((Element(value),))
+    assert parse_text(frame) == ParsedFrame((value,))
 
 
 def test_bytes_and_str_frames_parse_the_same():
@@ -100,22 +102,22 @@ def test_bytes_and_str_frames_parse_the_same():
 def test_integers_beyond_64_bits_stay_exact():
     frame = f'[{{"s":{2**64},"q":{-(2**63) - 1},"i":{2**200}}}, {2**64 - 1}]'
     assert parse_text(frame) == ParsedFrame((
-        Element({"s": 2**64, "q": -(2**63) - 1, "i": 2**200}),
-        Element(2**64 - 1),
+        {"s": 2**64, "q": -(2**63) - 1, "i": 2**200},
+        2**64 - 1,
     ))
 
 
 def test_a_100_deep_document_is_an_ordinary_element():
     frame = '{"a":' * 100 + "1" + "}" * 100
     parsed = parse_text(frame)
-    assert parsed == ParsedFrame((Element(json.loads(frame)),))
+    assert parsed == ParsedFrame((json.loads(frame),))
     assert_elements_relay_as_events(parsed)
 
 
 def test_the_deepest_accepted_document_still_relays():
     frame = "[" * MAX_DEPTH + "]" * MAX_DEPTH
     parsed = parse_text(frame)
-    assert parsed == ParsedFrame((Element(json.loads(frame)[0]),))
+    assert parsed == ParsedFrame((json.loads(frame)[0],))
     assert_elements_relay_as_events(parsed)
 
 
@@ -130,12 +132,12 @@ def test_a_document_nested_too_deep_becomes_a_raw_event(depth):
 def test_a_100k_element_array_gives_100k_elements_in_order():
     items = [{"ev": "T", "sym": f"S{i % 500}", "p": i / 100, "s": i} for i in range(100_000)]
     parsed = parse_text(json.dumps(items), max_bytes=64 * 1024 * 1024)
-    assert parsed == ParsedFrame(tuple(Element(item) for item in items))
+    assert parsed == ParsedFrame(tuple(items))
 
 
 def test_a_100k_scalar_array_gives_100k_elements():
     parsed = parse_text("[" + ",".join(["0"] * 100_000) + "]")
-    assert parsed == ParsedFrame((Element(0),) * 100_000)
+    assert parsed == ParsedFrame((0,) * 100_000)
 
 
 # -- frames that are not JSON: raw events -------------------------------------------
@@ -164,7 +166,7 @@ def test_a_lone_surrogate_in_non_json_text_is_replaced_so_the_event_can_be_sent(
 def test_a_lone_surrogate_inside_a_json_string_is_kept_and_relayed_escaped():
     for frame in ('{"sym":"A\\udc00"}', '{"sym":"A\udc00"}'):
         parsed = parse_text(frame)
-        assert parsed == ParsedFrame((Element({"sym": "A\udc00"}),))
+        assert parsed == ParsedFrame(({"sym": "A\udc00"},))
         assert_elements_relay_as_events(parsed)
 
 
@@ -174,21 +176,21 @@ def test_a_lone_surrogate_inside_a_json_string_is_kept_and_relayed_escaped():
 def test_a_binary_frame_becomes_one_raw_base64_element():
     blob = bytes(range(256))
     assert parse_binary(blob) == ParsedFrame(
-        (Element(base64.b64encode(blob).decode("ascii"), raw=True),), "binary frame")
+        (RawText(base64.b64encode(blob).decode("ascii")),), "binary frame")
 
 
 def test_a_binary_frame_holding_json_is_still_raw_base64():
     blob = b'[{"ev":"T","sym":"AAPL"}]'
     assert parse_binary(blob) == ParsedFrame(
-        (Element("W3siZXYiOiJUIiwic3ltIjoiQUFQTCJ9XQ==", raw=True),), "binary frame")
+        (RawText("W3siZXYiOiJUIiwic3ltIjoiQUFQTCJ9XQ=="),), "binary frame")
 
 
 def test_an_empty_binary_frame_is_an_empty_raw_element():
-    assert parse_binary(b"") == ParsedFrame((Element("", raw=True),), "binary frame")
+    assert parse_binary(b"") == ParsedFrame((RawText(""),), "binary frame")
 
 
 def test_a_binary_frame_handed_over_as_str_is_encoded_as_utf8():
-    assert parse_binary("é") == ParsedFrame((Element("w6k=", raw=True),), "binary frame")
+    assert parse_binary("é") == ParsedFrame((RawText("w6k="),), "binary frame")
 
 
 # -- oversize -------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def test_a_binary_frame_handed_over_as_str_is_encoded_as_utf8():
 def test_a_frame_at_the_limit_is_parsed():
     frame = '{"a":"' + "x" * 94 + '"}'
     assert len(frame) == 102
-    assert parse_text(frame, max_bytes=102) == ParsedFrame((Element({"a": "x" * 94}),))
+    assert parse_text(frame, max_bytes=102) == ParsedFrame(({"a": "x" * 94},))
 
 
 def test_a_frame_one_byte_over_the_limit_is_skipped_and_flagged():
@@ -210,7 +212,7 @@ def test_a_str_frame_is_measured_in_utf8_bytes():
     frame = '"' + "é" * 50 + '"'  # 52 characters, 102 bytes
     assert parse_text(frame, max_bytes=101) == ParsedFrame(
         (), "frame of 102 bytes exceeds 101", oversize=True)
-    assert parse_text(frame, max_bytes=102) == ParsedFrame((Element("é" * 50),))
+    assert parse_text(frame, max_bytes=102) == ParsedFrame(("é" * 50,))
 
 
 def test_an_oversize_binary_frame_is_skipped_too():
@@ -229,7 +231,7 @@ def test_an_oversize_str_with_a_lone_surrogate_is_measured_without_error():
 @pytest.mark.parametrize("frame", recorded_frames("polygon_stocks.jsonl"))
 def test_every_recorded_polygon_frame_gives_its_array_items(frame):
     parsed = parse_text(frame)
-    assert parsed == ParsedFrame(tuple(Element(item) for item in json.loads(frame)))
+    assert parsed == ParsedFrame(tuple(json.loads(frame)))
     assert_elements_relay_as_events(parsed)
 
 
@@ -238,18 +240,18 @@ def test_every_recorded_node_red_frame_gives_its_value_or_its_items(frame):
     value = json.loads(frame)
     items = value if isinstance(value, list) else [value]
     parsed = parse_text(frame)
-    assert parsed == ParsedFrame(tuple(Element(item) for item in items))
+    assert parsed == ParsedFrame(tuple(items))
     assert_elements_relay_as_events(parsed)
 
 
 def test_a_recorded_trade_and_quote_frame_parses_to_exactly_its_fields():
     frame = recorded_frames("polygon_stocks.jsonl")[4]
     assert parse_text(frame) == ParsedFrame((
-        Element({"ev": "Q", "sym": "AAPL", "bx": 12, "bp": 191.19, "bs": 300, "ax": 11,
+        {"ev": "Q", "sym": "AAPL", "bx": 12, "bp": 191.19, "bs": 300, "ax": 11,
                  "ap": 191.21, "as": 200, "c": 0, "i": [604], "t": 1764124800121,
-                 "q": 1016442, "z": 3}),
-        Element({"ev": "T", "sym": "MSFT", "i": "71675", "x": 12, "p": 485.07, "s": 37,
-                 "c": [37], "t": 1764124800122, "q": 2203119, "z": 3}),
+                 "q": 1016442, "z": 3},
+        {"ev": "T", "sym": "MSFT", "i": "71675", "x": 12, "p": 485.07, "s": 37,
+                 "c": [37], "t": 1764124800122, "q": 2203119, "z": 3},
     ))
 
 
@@ -270,11 +272,11 @@ HOSTILE_TEXT = {
     "nul_after_json.bin": "raw",
     "gzip_frame.bin": "raw",
     "every_byte.bin": "raw",
-    "big_ints.json": Element({"ev": "T", "sym": "BIG", "s": 18446744073709551616,
+    "big_ints.json": {"ev": "T", "sym": "BIG", "s": 18446744073709551616,
                               "q": -9223372036854775809,
                               "i": 123456789012345678901234567890,
-                              "u64": 18446744073709551615}),
-    "lone_surrogate_escape.json": Element({"ev": "T", "sym": "A\ud800"}),
+                              "u64": 18446744073709551615},
+    "lone_surrogate_escape.json": {"ev": "T", "sym": "A\ud800"},
 }
 
 
@@ -298,7 +300,7 @@ def test_a_hostile_binary_frame_is_relayed_as_base64(name):
     blob = hostile(name)
     parsed = parse_binary(blob)
     assert parsed == ParsedFrame(
-        (Element(base64.b64encode(blob).decode("ascii"), raw=True),), "binary frame")
+        (RawText(base64.b64encode(blob).decode("ascii")),), "binary frame")
     assert_elements_relay_as_events(parsed)
 
 
@@ -339,10 +341,10 @@ def exact(value) -> str:
 def test_any_bytes_parse_without_raising_and_relay(blob):
     parsed = parse_text(blob)
     assert_elements_relay_as_events(parsed)
-    if not (parsed.elements and parsed.elements[0].raw):
+    if not (parsed.elements and type(parsed.elements[0]) is RawText):
         # what the relay calls JSON, the stdlib reads the same way from UTF-8
         items = expected_items(json.loads(blob.decode("utf-8")))
-        assert exact([e.data for e in parsed.elements]) == exact(items)
+        assert exact(list(parsed.elements)) == exact(items)
 
 
 @PROPERTY
@@ -356,8 +358,8 @@ def test_any_text_parses_without_raising_and_relays(text):
 @given(JSON_VALUES)
 def test_any_json_value_comes_back_as_exactly_its_items(value):
     parsed = parse_text(json.dumps(value))
-    assert not any(e.raw for e in parsed.elements)
-    assert exact([e.data for e in parsed.elements]) == exact(expected_items(value))
+    assert not any(type(e) is RawText for e in parsed.elements)
+    assert exact(list(parsed.elements)) == exact(expected_items(value))
     assert_elements_relay_as_events(parsed)
 
 
@@ -366,7 +368,7 @@ def test_any_json_value_comes_back_as_exactly_its_items(value):
 def test_any_json_value_sent_as_utf8_bytes_comes_back_the_same(value):
     blob = json.dumps(value, ensure_ascii=False).encode("utf-8")
     parsed = parse_text(blob)
-    assert exact([e.data for e in parsed.elements]) == exact(expected_items(value))
+    assert exact(list(parsed.elements)) == exact(expected_items(value))
 
 
 @PROPERTY
@@ -383,7 +385,7 @@ def test_json_with_one_character_spliced_in_never_raises(value, where, junk):
 @given(st.binary(max_size=200))
 def test_any_binary_frame_is_its_base64(blob):
     assert parse_binary(blob) == ParsedFrame(
-        (Element(base64.b64encode(blob).decode("ascii"), raw=True),), "binary frame")
+        (RawText(base64.b64encode(blob).decode("ascii")),), "binary frame")
 
 
 @PROPERTY
