@@ -139,6 +139,10 @@ class Hub:
         self._on_flush = on_flush  # seconds one flush took
         self._on_conflated = on_conflated  # events replaced by a newer one of their topic
         self._last_seq = 0  # the newest seq handed to a flush
+        # the events of the frame a client's deliver() is called with, and the count its rate thinned
+        # out of them: a client holding frames (on_slow=conflate, snapshot not out) keeps their newest
+        # values from these, not from the cache, which may no longer reach them (webapp/sockets.py)
+        self.delivering: tuple[list[Event], int] = ([], 0)
         self.closing = False
         self.clients_by_kind: dict[str, int] = {}
         # (client, patterns before, patterns after) on every membership change: the upstream's
@@ -354,6 +358,7 @@ class Hub:
     def _send(self, group: Group, events: list[Event], conflated: int) -> None:
         n_events = len(events)
         first_seq = events[0].seq
+        self.delivering = carried = (events, conflated)
         # The loop below runs once per client per flush: it is the relay's hot path.
         # A snapshot tuple, so a client that leaves during the flush disturbs nobody.
         for kind, clients in group.by_kind().items():
@@ -363,8 +368,10 @@ class Hub:
                 if client.after_seq >= first_seq:  # joined mid-batch: skip what its snapshot had
                     late = [e for e in events if e.seq > client.after_seq]
                     if late:
+                        self.delivering = (late, conflated)
                         client.deliver(client.encode(late, conflated) if conflated else client.encode(late),
                                        len(late))
+                        self.delivering = carried
                     continue
                 if frame is None:
                     frame = client.encode(events, conflated) if conflated else client.encode(events)
@@ -392,6 +399,7 @@ class Hub:
             self._join(client)  # first: should the release itself pass its bound, it conflates again
             if release.events:
                 self._released[client] = (self._last_seq, release.events)
+                self.delivering = (release.events, release.conflated)
                 client.deliver(client.encode(release.events, release.conflated), len(release.events))
                 self._on_delivered(client.kind, 1, len(release.events))
             if client not in self._slow:

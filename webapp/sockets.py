@@ -271,50 +271,51 @@ class Conflating:
         self.on_slow = on_slow
         self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
         self.sent_base = 0  # what the frames before those in `throughs` covered
-        # on_slow=conflate, past its bound before its snapshot went out: the newest value of each topic since
-        # (its held frames dropped), and the seq that covers
+        # on_slow=conflate while its snapshot is not out (`start_hold`): the newest value of each topic among
+        # the frames held for it, the highest seq they carry, what their rate thinned out of them, and
+        # whether they were dropped for the bound (then these newest values go out instead)
         self.held_latest: Latest | None = None
         self.held_through = 0
+        self.held_thinned = 0
+        self.held_dropped = False
 
-    def conflate_held(self) -> bool:
-        """Past its bound while its snapshot is not out yet (a resume from the store): with on_slow=conflate
-        the caller drops the frames it holds, and from now until the snapshot goes out the client keeps the
-        newest value of each topic instead (`absorb_held` at every flush; True). Else False: closed as in §3."""
-        if self.throughs is None:
-            return False
-        self.held_latest = Latest()
-        self.held_through = self.after_seq  # what the snapshot covers
-        self.absorb_held()
-        return True
+    def start_hold(self) -> None:
+        """Its snapshot is not out yet and the hub's frames wait for it (a /ws resume from the store, an /sse
+        head): with on_slow=conflate the newest value of each topic they carry is kept beside them, taken
+        from each frame's own events (`hub.delivering`) as it comes. Should the frames pass the bound, they
+        are dropped and these go out instead. Read back from the cache when the bound was passed, a topic
+        whose only event came early in a long hold (a rate's releases fill the bound slowly) was gone
+        (an outside check)."""
+        if self.throughs is not None:
+            self.held_latest, self.held_through, self.held_thinned, self.held_dropped = Latest(), 0, 0, False
 
-    def absorb_held(self) -> None:
-        """Take the newest value of each topic among the events flushed since the last look, read from the
-        cache (a flush's events are cached before the hub gets them). At every flush, not once when the
-        snapshot goes out: a hold as long as a resume from the store outlasts the cache, and a topic's only
-        event would be lost (an outside check). Past WS_QUEUE_MAX_EVENTS topics: closed as slow."""
-        rt, latest = self.rt, self.held_latest
-        through = rt.hub.last_seq
-        if latest is None or through <= self.held_through:
-            return
-        latest.offer(e for e in rt.cache.events_after(self.held_through, rt.now_ms(), self.matcher) if e.seq <= through)
-        self.held_through = through
+    def absorb_held(self) -> bool:
+        """In `deliver` while held (on_slow=conflate): keep the newest values of the frame being delivered.
+        True when the frame needs no more: its frames were dropped already (the newest values stand for
+        them), or it was closed for holding more topics than WS_QUEUE_MAX_EVENTS."""
+        latest = self.held_latest
+        events, thinned = self.rt.hub.delivering
+        if events:
+            latest.offer(events)
+            self.held_thinned += thinned
+            self.held_through = max(self.held_through, events[-1].seq)
         if len(latest) > self.max_events:
             self.held_latest = None
             self.held_too_many()
+            return True
+        return self.held_dropped
 
     def newest_held(self) -> tuple[list[Event], int]:
-        """When the snapshot goes out after `conflate_held`: the newest event of each topic since it passed
-        its bound (up to the hub's last flush: later ones come with the next), ascending seq, and how many
-        they replaced. The client's `after_seq` moves past them: a `max_hz` group may still hold some of
-        those events for its next release, and they must not come twice (an outside check). What was
-        flushed since its last delivery matched nothing of it, or is still held by its rate's group."""
-        latest, self.held_latest = self.held_latest, None
+        """When the snapshot goes out: the newest event of each topic of the frames it held, ascending seq,
+        and how many events it was due that they stand for (replaced here, or thinned by its rate). The
+        client's `after_seq` moves past them. Empty once closed meanwhile."""
+        latest, self.held_latest, self.held_dropped = self.held_latest, None, False
         if latest is None:
-            return [], 0  # closed meanwhile
+            return [], 0
         release = latest.take()
         self.after_seq = max(self.after_seq, self.held_through)
-        self.rt.metrics.conflated_events.inc(release.conflated)
-        return release.events, release.conflated
+        self.rt.metrics.conflated_events.inc(release.conflated)  # a rate's own thinning was counted by the hub
+        return release.events, release.conflated + self.held_thinned
 
     def held_too_many(self) -> None:
         """Conflated, its newest values alone (one per topic) are past its bound in events: closed as a slow

@@ -1,7 +1,7 @@
 """§12 on_slow=conflate for a client past its bound before its snapshot is out (a /ws resume waiting for the
 store, an /sse head not out yet): not closed, as §3 would; its held frames are dropped and, with the snapshot,
-it gets `slow` conflated, the newest value of each topic they held (read back from the cache, up to the hub's
-last flush), `slow` live. Before, it was closed (docs/api.md said so; the contract does not)."""
+it gets `slow` conflated, the newest value of each topic they held (kept from each frame's own events as it
+came, `hub.delivering`), `slow` live. Before, it was closed (docs/api.md said so; the contract does not)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from handlers.cache import EventCache
 from handlers.events import make_event
 from handlers.topics import compile_patterns
+from webapp.hub import Hub as RealHub
 from webapp.routes.sse import SseClient
 from webapp.routes.ws import WsClient
 from webapp.wire import WireSocket
@@ -34,6 +35,7 @@ class Hub:
     def __init__(self, last_seq: int) -> None:
         self.last_seq = last_seq
         self.removed: list = []
+        self.delivering: tuple[list, int] = ([], 0)
 
     def conflating(self, client) -> bool:
         return False
@@ -70,9 +72,15 @@ def held_past_the_bound(client, cache: EventCache, upto: int = 28) -> None:
     is 5). Like the hub, a flush's events are cached before the client gets them."""
     client.after_seq = 10
     for seq in range(11, upto + 1):
-        event = cache.get(seq, NOW)
-        client.rt.hub.last_seq = seq
-        client.deliver(client.encode([event]), 1)
+        deliver(client, [cache.get(seq, NOW)], seq)
+
+
+def deliver(client, events: list, last_seq: int, thinned: int = 0) -> None:
+    """What the hub does: a frame of `events` (its rate thinned `thinned` out of them) after a flush up to
+    `last_seq`."""
+    client.rt.hub.last_seq = last_seq
+    client.rt.hub.delivering = (events, thinned)
+    client.deliver(client.encode(events, thinned), len(events))
 
 
 def received(peer: socket.socket) -> bytes:
@@ -103,7 +111,7 @@ def test_a_ws_client_past_its_bound_while_its_resume_waits_gets_newest_values_af
     cache = cached(30)
     rt = runtime(cache, last_seq=28)  # 29 and 30 are cached but not yet flushed: the next flush brings them
     client = WsClient(None, WireSocket(a), compile_patterns(["T.*"]), rt, on_slow="conflate")
-    client.held = []
+    client.hold_live()
     held_past_the_bound(client, cache)
     assert not client.closed and rt.hub.removed == []
     assert client.held == [] and client.held_latest is not None  # dropped at the bound, newest kept instead
@@ -125,7 +133,7 @@ def test_a_ws_client_that_asked_to_be_closed_when_slow_still_is(pair):
     closed = []
     ws = SimpleNamespace(close=lambda reason, message: closed.append(reason))
     client = WsClient(ws, WireSocket(pair[0]), compile_patterns(["T.*"]), rt)  # on_slow=close
-    client.held = []
+    client.hold_live()
     held_past_the_bound(client, cache)
     assert client.closed and rt.hub.removed == [client] and closed == [1013]
 
@@ -152,13 +160,66 @@ def test_a_topic_s_only_event_during_a_hold_longer_than_the_cache_still_reaches_
     cache.add([make_event(seq, NOW, "T.A", {"n": seq}) for seq in range(1, 11)], NOW)
     rt = runtime(cache, last_seq=10)
     client = WsClient(None, WireSocket(pair[0]), compile_patterns(["T.*"]), rt, on_slow="conflate")
-    client.held = []
+    client.hold_live()
     client.after_seq = 10
     for seq in range(11, 60):
         cache.add([make_event(seq, NOW, "T.RARE" if seq == 11 else "T." + "ABC"[seq % 3], {"n": seq})], NOW)
-        rt.hub.last_seq = seq
-        client.deliver(client.encode([cache.get(seq, NOW)]), 1)
+        deliver(client, [cache.get(seq, NOW)], seq)
     assert cache.get(11, NOW) is None  # long gone from the cache
     events, conflated = client.newest_held()
     assert [(e.seq, e.topic) for e in events] == [(11, "T.RARE"), (57, "T.A"), (58, "T.B"), (59, "T.C")]
     assert conflated == 49 - 4
+
+
+def test_a_rate_s_releases_past_the_bound_after_the_cache_lost_their_first_events_lose_no_topic(pair):
+    """An outside check (max_hz=2 with on_slow=conflate, a resume from the store): the releases are small, so
+    the bound was passed long after the hold began; read back from the cache then, a topic whose only event
+    came in an early release was gone, and the `conflated` count missed what the rate had thinned. Each
+    frame's own events are kept now, and its thinned count with them."""
+    cache = EventCache(12, 3_600)
+    rt = runtime(cache, last_seq=10)
+    client = WsClient(None, WireSocket(pair[0]), compile_patterns(["T.*"]), rt, max_hz=2, on_slow="conflate")
+    client.hold_live()
+    client.after_seq = 10
+    seq = 10
+    for release in range(8):  # each release: the newest of 10 events of topics A and B, and once RARE
+        batch = [make_event(seq + i, NOW, "T.RARE" if release == 0 and i == 1 else "T." + "AB"[i % 2], {"n": i})
+                 for i in range(1, 11)]
+        seq += 10
+        cache.add(batch, NOW)
+        newest = sorted({e.topic: e for e in batch}.values(), key=lambda e: e.seq)
+        deliver(client, newest, seq, thinned=len(batch) - len(newest))
+    assert cache.get(11, NOW) is None and client.held_dropped  # the bound passed after the cache lost seq 11
+    events, conflated = client.newest_held()
+    assert [(e.seq, e.topic) for e in events] == [(11, "T.RARE"), (89, "T.B"), (90, "T.A")]
+    assert conflated == 80 - 3  # every event it was due, but the three it gets
+    assert rt.metrics.conflated_events.value == 3 + 2 * 7 - 3  # of the frames' 17; the rate's thinning is the hub's
+    assert client.after_seq == 90
+
+
+def test_the_hub_tells_a_held_client_each_frame_s_events_on_every_path(pair):
+    """The same through the real hub: a rate's releases (`_release`), and a release that straddles the
+    snapshot (`_send`'s late path: only the events after it) carry their own events to `hub.delivering`."""
+    cache = EventCache(12, 3_600)
+    rt = runtime(cache, last_seq=10)
+    rt.hub = hub = RealHub(0, lambda kind, frames, events: None, clock=lambda: 0.0, max_held=BOUND)
+    client = WsClient(None, WireSocket(pair[0]), compile_patterns(["T.*"]), rt, max_hz=2, on_slow="conflate")
+    client.after_seq = 19  # its snapshot covers the first batch but 20: RARE's 13 among them
+    client.hold_live()
+    hub.add(client)
+    seq, now = 10, 100.0
+    for release in range(8):
+        rare = {0: "T.RARE", 1: "T.ONCE"}.get(release) if release < 2 else None
+        batch = [make_event(seq + i, NOW, rare if rare and i == 3 else "T." + "AB"[i % 2], {"n": i})
+                 for i in range(1, 11)]
+        seq += 10
+        cache.add(batch, NOW)
+        hub.flush(batch, now)
+        now += 0.5
+    assert cache.get(23, NOW) is None and client.held_dropped
+    events, conflated = client.newest_held()
+    # RARE's event was in its snapshot: not again; ONCE's only event, long gone from the cache: kept
+    assert [(e.seq, e.topic) for e in events] == [(23, "T.ONCE"), (89, "T.B"), (90, "T.A")]
+    # the first release's thinned count is its group's (7 of batch 1's 10, the hub's late path keeps it as
+    # it is), then 7 and 8 a release; 13 replaced of the 16 events the frames carried
+    assert conflated == 7 + 7 + 6 * 8 + 13

@@ -28,12 +28,14 @@ class SseClient(Conflating, StreamClient):
     response head is out."""
 
     kind = "sse"
-    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base", "held_latest", "held_through")
+    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base", "held_latest", "held_through", "held_thinned",
+                 "held_dropped")
     closing_message = staticmethod(sse_closing)
 
     def __init__(self, wire: WireSocket, rt, matcher, max_hz: float | None = None, on_slow: str = "close"):
         super().__init__(wire, rt, matcher)
         self.init_delivery(max_hz, on_slow)  # §12: the hub groups clients by patterns and rate
+        self.start_hold()  # until its head is out (`pending`)
 
     def encode(self, events: list[Event], conflated: int = 0) -> bytes:
         body = sse_events(events, self.rt.stream_epoch)
@@ -46,13 +48,12 @@ class SseClient(Conflating, StreamClient):
 
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.pending is not None:  # the head is not out yet
-            if self.held_latest is not None:
-                self.absorb_held()  # newest per topic, released when the head goes out
-                return
-            if ((self.pending_events + n_events > self.max_events or self.pending_bytes + len(frame) > self.max_bytes)
-                    and self.conflate_held()):
-                self.pending, self.pending_events, self.pending_bytes = [], 0, 0
-                return
+            if self.held_latest is not None:  # on_slow=conflate: newest per topic, kept beside the frames
+                if self.absorb_held():
+                    return
+                if self.pending_events + n_events > self.max_events or self.pending_bytes + len(frame) > self.max_bytes:
+                    self.pending, self.pending_events, self.pending_bytes, self.held_dropped = [], 0, 0, True
+                    return  # dropped: their newest values go out with the head
             super().deliver(frame, n_events)
             return
         if not self.chunked:
@@ -69,7 +70,8 @@ class SseClient(Conflating, StreamClient):
     def waited(self, pending: list[tuple[bytes, int]]) -> list[bytes]:
         """Past its bound before its head went out (on_slow=conflate): the newest values of what it missed,
         between `slow` conflated and live, instead of the frames."""
-        if self.held_latest is None or self.closed:
+        if not self.held_dropped or self.closed:
+            self.held_latest = None  # within its bound: the frames themselves go out
             return super().waited(pending)
         events, conflated = self.newest_held()
         # written with the head, never dropped as an event frame: a later slow spell starts after it

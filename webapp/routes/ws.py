@@ -44,7 +44,7 @@ class WsClient(Conflating, SocketClient):
 
     kind = "ws"
     __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base", "held_latest",
-                 "held_through")
+                 "held_through", "held_thinned", "held_dropped")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
@@ -60,17 +60,21 @@ class WsClient(Conflating, SocketClient):
     def tell_slow(self, mode: str) -> None:
         self.send(slow_message(mode))
 
+    def hold_live(self) -> None:
+        """Live frames wait while the older part of its snapshot comes from the store (`release`)."""
+        self.held = []
+        self.start_hold()
+
     def deliver(self, frame: bytes, n_events: int) -> None:
         if self.held is not None:
-            if self.held_latest is not None:
-                self.absorb_held()  # newest per topic, released when the snapshot is out
-                return
+            if self.held_latest is not None and self.absorb_held():
+                return  # on newest values (on_slow=conflate), released when the snapshot is out
             self.held.append((frame, n_events))
             self.held_events += n_events
             self.held_bytes += len(frame)  # bounded like the wire: they are after the snapshot
             if self.held_events > self.max_events or self.held_bytes > self.max_bytes:
-                if self.conflate_held():
-                    self.held, self.held_events, self.held_bytes = [], 0, 0
+                if self.held_latest is not None:  # on_slow=conflate: their newest values stand for them
+                    self.held, self.held_events, self.held_bytes, self.held_dropped = [], 0, 0, True
                 else:
                     self.slow()
             return
@@ -91,7 +95,7 @@ class WsClient(Conflating, SocketClient):
     def release(self) -> None:
         """The snapshot is out: write what arrived meanwhile, then go live."""
         held, self.held, self.held_events, self.held_bytes = self.held or [], None, 0, 0
-        if self.held_latest is not None:  # past its bound while it waited (on_slow=conflate): newest values
+        if self.held_dropped:  # past its bound while it waited (on_slow=conflate): newest values
             events, conflated = self.newest_held()
             self.tell_slow("conflated")
             if events:
@@ -99,6 +103,7 @@ class WsClient(Conflating, SocketClient):
             if not self.closed and not self.rt.hub.conflating(self):  # (past its bound again: the hub has it)
                 self.tell_slow("live")
             return
+        self.held_latest = None  # within its bound: the frames themselves go out
         for frame, n_events in held:
             self.deliver(frame, n_events)
 
@@ -133,7 +138,7 @@ def stream(ws):
     opening = open_stream(rt, params, client.matcher)
     client.after_seq = client.sent_base = opening.last_seq
     if opening.from_store is not None:
-        client.held = []  # live events wait while the older part comes from the store
+        client.hold_live()  # live events wait while the older part comes from the store
     rt.hub.add(client)
     try:
         opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or wire.peer_gone())
