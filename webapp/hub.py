@@ -130,9 +130,6 @@ class Hub:
         self._groups: dict[tuple, Group] = {}
         self._rated: set[Group] = set()  # groups with a Conflator
         self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
-        # a slow client's last release (the seq it covers, its events): should its frame be dropped
-        # unsent, the client turns slow again from these values, not from every event since before it
-        self._released: dict[Subscriber, tuple[int, list[Event]]] = {}
         self._pending: list[Event] = []
         self._wake = Signal()
         self._on_delivered = on_delivered  # (kind, frames, events) for metrics
@@ -158,7 +155,6 @@ class Hub:
             self.on_subscription(client, (), client.matcher.patterns)
 
     def remove(self, client: Subscriber) -> None:
-        self._released.pop(client, None)
         if self._slow.pop(client, None) is not None or self._leave(client):
             self.clients_by_kind[client.kind] -= 1
             if self.on_subscription is not None:
@@ -209,32 +205,17 @@ class Hub:
         """Is `client` on newest values for being slow (on_slow=conflate)?"""
         return client in self._slow
 
-    def released_through(self, client: Subscriber) -> int:
-        """The seq that `client`'s last release (its newest values when it went live again) covers, or 0.
-
-        Everything up to it is summed up in that release's events, so a client that turns
-        slow again needs the events after it only (bench mixed run: re-reading every event
-        since the frame before its previous slow spell cost ~2,400 events a turn, 1.8 M
-        counted as conflated in 20 s for 10 slow readers)."""
-        released = self._released.get(client)
-        return released[0] if released is not None else 0
-
-    def conflate_slow(self, client: Subscriber, unsent: list[Event] = (), sent_through: int | None = None) -> None:
+    def conflate_slow(self, client: Subscriber, unsent: list[Event] = ()) -> None:
         """`client` passed its bound and asked for conflation: newest value per topic until it catches up.
 
-        Called from its `deliver`, within a flush. `unsent`: the events (ascending) it
-        was due and will not get as they were (its dropped backlog, this batch); their
-        newest per topic go out with the first release. `sent_through`: the seq its
-        frames still certainly sent cover; below its last release's, that release was
-        dropped too and its events are due again.
+        Called from its `deliver`, within a flush. `unsent`: the events (each topic's in ascending seq) it
+        was due and will not get as they were (those its dropped frames carried, and this batch's); their
+        newest per topic go out with the first release.
         """
         if client in self._slow or not self._leave(client):
             return
-        released = self._released.pop(client, None)
         client.after_seq = max(client.after_seq, self._last_seq)
         latest = Latest()
-        if released is not None and sent_through is not None and sent_through < released[0]:
-            latest.offer(released[1])
         latest.offer(e for e in unsent if e.seq <= self._last_seq)  # later ones come with the next batch
         self._slow[client] = latest
         client.tell_slow("conflated")
@@ -398,7 +379,6 @@ class Hub:
             client.after_seq = max(client.after_seq, self._last_seq)
             self._join(client)  # first: should the release itself pass its bound, it conflates again
             if release.events:
-                self._released[client] = (self._last_seq, release.events)
                 self.delivering = (release.events, release.conflated)
                 client.deliver(client.encode(release.events, release.conflated), len(release.events))
                 self._on_delivered(client.kind, 1, len(release.events))

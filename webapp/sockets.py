@@ -260,7 +260,7 @@ class SocketClient:
 
 class Conflating:
     """§12 for a client with a WireSocket: the rate it asked for (`max_hz`, the hub groups by it) and,
-    with on_slow=conflate, the seq each event frame still in the wire covers, so that passing the
+    with on_slow=conflate, the events each event frame still in the wire carries, so that passing the
     bound drops those frames and hands the hub their newest values instead of closing (shared by
     /ws and /sse). Mixed in before SocketClient; the subclass keeps the slots."""
 
@@ -269,8 +269,8 @@ class Conflating:
     def init_delivery(self, max_hz: float | None, on_slow: str) -> None:
         self.max_hz = max_hz
         self.on_slow = on_slow
-        self.throughs: deque[int] | None = deque() if on_slow == "conflate" else None
-        self.sent_base = 0  # what the frames before those in `throughs` covered
+        # on_slow=conflate: the events of each event frame still in the wire (see conflate_instead)
+        self.carried: deque[list[Event]] | None = deque() if on_slow == "conflate" else None
         # on_slow=conflate while its snapshot is not out (`start_hold`): the newest value of each topic among
         # the frames held for it, the highest seq they carry, what their rate thinned out of them, and
         # whether they were dropped for the bound (then these newest values go out instead)
@@ -286,7 +286,7 @@ class Conflating:
         are dropped and these go out instead. Read back from the cache when the bound was passed, a topic
         whose only event came early in a long hold (a rate's releases fill the bound slowly) was gone
         (an outside check)."""
-        if self.throughs is not None:
+        if self.carried is not None:
             self.held_latest, self.held_through, self.held_thinned, self.held_dropped = Latest(), 0, 0, False
 
     def absorb_held(self) -> bool:
@@ -330,31 +330,31 @@ class Conflating:
                 and wire.has_room())
 
     def write_tracked(self, frame: bytes, n_events: int) -> None:
-        """write_bounded for an on_slow=conflate client (`throughs` is not None): noting what it covers."""
-        throughs = self.throughs
-        queued = len(throughs)
+        """write_bounded for an on_slow=conflate client (`carried` is not None): noting the events the frame
+        carries (`hub.delivering`: references to the list the hub built once for its group)."""
+        carried = self.carried
+        queued = len(carried)
         self.write_bounded(frame, n_events)
-        if len(throughs) == queued and not self.closed:  # written, not turned slow
-            throughs.append(self.rt.hub.last_seq)
-            # frames older than everything still queued are out: keep one through each, and the base
-            while len(throughs) > self.wire.queued_frames() + 1:
-                self.sent_base = throughs.popleft()
+        if len(carried) == queued and not self.closed:  # written, not turned slow
+            carried.append(self.rt.hub.delivering[0])
+            # frames older than everything still queued are out: keep one entry each (and one more)
+            while len(carried) > self.wire.queued_frames() + 1:
+                carried.popleft()
 
     def conflate_instead(self, frame: bytes | None) -> bool:
         """Past the bound with `frame`: with on_slow=conflate, drop its queued event frames (replies
-        and the snapshot stay), read back from the cache what they held, newest per topic, and let
-        the hub keep it on latest values (True); else False (the caller closes it)."""
-        throughs = self.throughs
-        if frame is None or throughs is None:
+        and the snapshot stay) and let the hub keep it on the newest value of each topic they and
+        `frame` carried (True); else False (the caller closes it). Their own events, not the cache's: a
+        client of a few quiet topics has frames queued that reach back further than the cache, and a
+        topic whose only event was among them was lost (as it was for a held client, see start_hold)."""
+        carried = self.carried
+        if frame is None or carried is None:
             return False
         dropped = self.wire.discard_backlog(events_only=True)
-        kept = len(throughs) - dropped
-        sent_through = throughs[kept - 1] if kept > 0 else self.sent_base
-        throughs.clear()
-        self.sent_base = sent_through
-        rt = self.rt
-        since = max(sent_through, rt.hub.released_through(self))  # what a release summed up is not read again
-        rt.hub.conflate_slow(self, rt.cache.events_after(since, rt.now_ms(), self.matcher), sent_through)
+        unsent = [event for events in list(carried)[max(0, len(carried) - dropped):] for event in events]
+        unsent += self.rt.hub.delivering[0]
+        carried.clear()
+        self.rt.hub.conflate_slow(self, unsent)
         return True
 
 

@@ -15,7 +15,8 @@ BOUND = 64 * 1024
 
 
 def runtime():
-    return SimpleNamespace(settings=SimpleNamespace(ws_queue_max_events=10_000, ws_queue_max_bytes=BOUND))
+    return SimpleNamespace(settings=SimpleNamespace(ws_queue_max_events=10_000, ws_queue_max_bytes=BOUND),
+                           hub=SimpleNamespace(delivering=([], 0)))
 
 
 class Noted:

@@ -17,7 +17,7 @@ from handlers.topics import compile_patterns
 from webapp.hub import Hub as RealHub
 from webapp.routes.sse import SseClient
 from webapp.routes.ws import WsClient
-from webapp.wire import WireSocket
+from webapp.wire import WireSocket, limit_send_buffer
 
 NOW = 1_000_000
 BOUND = 5  # events
@@ -95,12 +95,14 @@ def received(peer: socket.socket) -> bytes:
 
 
 def ws_messages(data: bytes) -> list[dict]:
-    """The JSON text of server frames (unmasked, short or 16-bit lengths)."""
+    """The JSON text of server frames (unmasked)."""
     out = []
     while data:
         size, at = data[1] & 0x7F, 2
         if size == 126:
             size, at = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, at = int.from_bytes(data[2:10], "big"), 10
         out.append(json.loads(data[at:at + size]))
         data = data[at + size:]
     return out
@@ -150,7 +152,7 @@ def test_an_sse_client_past_its_bound_before_its_head_goes_out_gets_newest_value
     assert [json.loads(line[6:])["seq"] for line in body.splitlines()
             if line.startswith("data: {\"seq\"")] == [26, 27, 28]
     assert "data: {\"conflated\":15}" in body
-    assert client.after_seq == client.sent_base == 28  # the release went with the head: a slow spell starts after it
+    assert client.after_seq == 28 and not client.carried  # the release went with the head, not as a frame
 
 
 def test_a_topic_s_only_event_during_a_hold_longer_than_the_cache_still_reaches_the_client(pair):
@@ -223,3 +225,38 @@ def test_the_hub_tells_a_held_client_each_frame_s_events_on_every_path(pair):
     # the first release's thinned count is its group's (7 of batch 1's 10, the hub's late path keeps it as
     # it is), then 7 and 8 a release; 13 replaced of the 16 events the frames carried
     assert conflated == 7 + 7 + 6 * 8 + 13
+
+
+def test_a_live_client_of_quiet_topics_turning_slow_keeps_a_topic_its_dropped_frames_reach_back_to(pair):
+    """The live path (conflate_instead): a client of a few quiet topics has frames queued that reach back
+    further than the cache; read back from the cache when it turned slow, a topic whose only event was in
+    a dropped frame was lost. The frames' own events are handed to the hub now."""
+    import gevent
+
+    a, b = pair
+    cache = EventCache(12, 3_600)
+    rt = runtime(cache, last_seq=0)
+    rt.hub = hub = RealHub(0, lambda kind, frames, events: None, clock=lambda: 0.0, max_held=BOUND)
+    a.setblocking(False)
+    limit_send_buffer(a)
+    client = WsClient(None, WireSocket(a), compile_patterns(["X.*"]), rt, on_slow="conflate")
+    hub.add(client)
+    client.send(b'{"type":"pad","x":"%s"}' % (b"r" * 200_000))  # unread by the peer: what follows queues
+    seq = 0
+    for n in range(8):  # 20 events a flush, one of them the client's: X.RARE first, then X.A
+        batch = [make_event(seq + i, NOW, ("X.RARE" if n == 0 else "X.A") if i == 20 else "T.B", {"n": n})
+                 for i in range(1, 21)]
+        seq += 20
+        cache.add(batch, NOW)
+        hub.flush(batch)
+    assert cache.get(20, NOW) is None and hub.conflating(client)  # slow long after the cache lost seq 20
+    data = b""
+    with gevent.Timeout(5):
+        while not client.wire.has_room():
+            data += received(b)
+            gevent.sleep(0.01)
+    hub.flush([])  # caught up: its newest values go out
+    gevent.sleep(0.01)
+    data += received(b)
+    release = [m for m in ws_messages(data) if m["type"] == "events" and m.get("conflated")]
+    assert [(e["seq"], e["topic"]) for e in release[0]["events"]] == [(20, "X.RARE"), (160, "X.A")]

@@ -28,7 +28,7 @@ class SseClient(Conflating, StreamClient):
     response head is out."""
 
     kind = "sse"
-    __slots__ = ("max_hz", "on_slow", "throughs", "sent_base", "held_latest", "held_through", "held_thinned",
+    __slots__ = ("max_hz", "on_slow", "carried", "held_latest", "held_through", "held_thinned",
                  "held_dropped")
     closing_message = staticmethod(sse_closing)
 
@@ -58,7 +58,7 @@ class SseClient(Conflating, StreamClient):
             return
         if not self.chunked:
             frame = chunk_data(frame)
-        if self.throughs is None:  # the usual case, once per client per flush: no tracking
+        if self.carried is None:  # the usual case, once per client per flush: no tracking
             self.write_bounded(frame, n_events)
         else:
             self.write_tracked(frame, n_events)
@@ -75,7 +75,6 @@ class SseClient(Conflating, StreamClient):
             return super().waited(pending)
         events, conflated = self.newest_held()
         # written with the head, never dropped as an event frame: a later slow spell starts after it
-        self.sent_base = self.after_seq
         release = [chunk_data(self.encode(events, conflated))] if events else []
         return [sse_slow("conflated"), *release, sse_slow("live")]
 
@@ -110,7 +109,7 @@ def stream():
     # Snapshot and registration without a yield between them (see streams.py);
     # live events wait in the client while older ones come from the store.
     opening = open_stream(rt, params, client.matcher)
-    client.after_seq = client.sent_base = opening.last_seq
+    client.after_seq = opening.last_seq
     rt.hub.add(client)
     opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or client.wire.peer_gone())
     if client.closed:  # closed as slow while it waited: its goodbye, not a gap the store could have filled

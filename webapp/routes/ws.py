@@ -43,13 +43,14 @@ class WsClient(Conflating, SocketClient):
     """One /ws connection as the hub sees it."""
 
     kind = "ws"
-    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "throughs", "sent_base", "held_latest",
+    __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "carried", "held_latest",
                  "held_through", "held_thinned", "held_dropped")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
         super().__init__(ws, wire, rt, matcher)
-        self.held: list[tuple[bytes, int]] | None = None  # live frames held while the snapshot is fetched
+        # live frames held while the snapshot is fetched, with the events each carries (hub.delivering)
+        self.held: list[tuple[bytes, int, tuple[list[Event], int]]] | None = None
         self.held_events = self.held_bytes = 0
         self.init_delivery(max_hz, on_slow)  # §12: the hub groups clients by patterns and rate
 
@@ -69,7 +70,7 @@ class WsClient(Conflating, SocketClient):
         if self.held is not None:
             if self.held_latest is not None and self.absorb_held():
                 return  # on newest values (on_slow=conflate), released when the snapshot is out
-            self.held.append((frame, n_events))
+            self.held.append((frame, n_events, self.rt.hub.delivering))
             self.held_events += n_events
             self.held_bytes += len(frame)  # bounded like the wire: they are after the snapshot
             if self.held_events > self.max_events or self.held_bytes > self.max_bytes:
@@ -78,7 +79,7 @@ class WsClient(Conflating, SocketClient):
                 else:
                     self.slow()
             return
-        if self.throughs is None:  # the usual case, once per client per flush: no tracking
+        if self.carried is None:  # the usual case, once per client per flush: no tracking
             self.write_bounded(frame, n_events)
         else:
             self.write_tracked(frame, n_events)
@@ -99,13 +100,19 @@ class WsClient(Conflating, SocketClient):
             events, conflated = self.newest_held()
             self.tell_slow("conflated")
             if events:
-                self.deliver(self.encode(events, conflated), len(events))
+                self.deliver_again((events, conflated), self.encode(events, conflated), len(events))
             if not self.closed and not self.rt.hub.conflating(self):  # (past its bound again: the hub has it)
                 self.tell_slow("live")
             return
         self.held_latest = None  # within its bound: the frames themselves go out
-        for frame, n_events in held:
-            self.deliver(frame, n_events)
+        for frame, n_events, carried in held:
+            self.deliver_again(carried, frame, n_events)
+
+    def deliver_again(self, carried: tuple[list[Event], int], frame: bytes, n_events: int) -> None:
+        """Deliver a frame on the hub's behalf (it went to this client while held): the hub's `delivering`
+        names its events, as it does for every frame the hub delivers itself (see write_tracked)."""
+        self.rt.hub.delivering = carried
+        self.deliver(frame, n_events)
 
 
 @bp.before_request
@@ -136,7 +143,7 @@ def stream(ws):
         return
     # From open_stream to hub.add nothing yields: no event can slip between snapshot and live.
     opening = open_stream(rt, params, client.matcher)
-    client.after_seq = client.sent_base = opening.last_seq
+    client.after_seq = opening.last_seq
     if opening.from_store is not None:
         client.hold_live()  # live events wait while the older part comes from the store
     rt.hub.add(client)
