@@ -242,6 +242,8 @@ class Runtime:
             self.tasks.shutdown(timeout_s=2.0)  # every loop stopped and waited for
             if self.enricher is not None:
                 self.enricher.close()  # its kept ClickHouse connections
+            if self.store is not None:
+                self.store.close()
             for greenlet in [*self._leading, *self._greenlets]:
                 greenlet.kill(block=False)  # any not started through self.tasks
         finally:
