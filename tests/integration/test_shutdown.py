@@ -59,7 +59,7 @@ def test_sigterm_with_the_embedded_store_ends_the_worker_cleanly(fresh_upstream,
     crashed the worker after every flush (here 3 exits of 3: "Worker ... was sent SIGSEGV!" or "Exception
     in global_context->shutdown(): The ShutdownTablesThreadPool is not initialized"), with `make run`'s
     defaults on every deploy. Three exits, each with events stored, must show neither."""
-    for attempt in range(3):
+    for _ in range(3):
         relay = launch_relay(fresh_upstream, {"CLICKHOUSE_URL": "", "GRACEFUL_TIMEOUT_S": str(GRACEFUL_TIMEOUT_S)})
         assert relay.health()["store"]["backend"] == "chdb"
         feed(relay, fresh_upstream, trades(0, 20, unique_sym()))
