@@ -37,8 +37,8 @@ an interval apart (bench mixed run: the relay wrote two 487 ms apart when
 releases came after the live writes and the interval ran from the flush's start).
 
 Slow clients with `on_slow=conflate` leave their group when they pass their
-bound: the client drops its queued event frames (their events, read back from
-the cache, seed its newest values), and the hub keeps its newest event per
+bound: the client drops its queued event frames (the events they carried, noted
+from `delivering` as each was written, seed its newest values), and the hub keeps its newest event per
 topic (`Latest`, one per slow client, only while it is slow) and writes it,
 then `slow`/`live`, once the client's backlog is below half the bound; the
 client then rejoins its group. So what a slow client is shown is never older
