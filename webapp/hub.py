@@ -299,7 +299,10 @@ class Hub:
         """Hand `batch` to every group (and what a rate or slow client holds, when it is due)."""
         if now_s is None:
             now_s = time.perf_counter()
-        clock0 = self._clock() if self._rated else 0.0  # now_s on the clock that times the releases' writes
+        # now_s on the clock that times the releases' writes: read even with no rated group, for one may
+        # form within this flush (a slow max_hz client caught up rejoins its group in _feed_slow); taken as
+        # 0 then, that group's next release was set clock-reading seconds ahead and it went silent for good
+        clock0 = self._clock()
         if batch:
             self._last_seq = batch[-1].seq
         if self._slow:

@@ -465,3 +465,36 @@ def test_a_slow_client_whose_newest_values_pass_its_bound_in_topics_is_closed_an
     assert slow.gave_up == 0 and hub.mode_counts()["conflated"] == 1
     hub.flush(events("k", first=11))  # a 6th
     assert slow.gave_up == 1 and hub.client_count == 0
+
+
+def test_a_rated_client_alone_in_its_group_keeps_its_rate_after_a_slow_spell():
+    """An outside check: a max_hz client with on_slow=conflate, alone in its group, went silent for good after
+    its slow spell (and so did every client that joined its group later). Caught up, it rejoined its group
+    inside a flush that had no rated group when it started, so the flush's start on the releases' clock was
+    taken as 0 and its group's next release was scheduled clock-reading seconds ahead."""
+    clock = FakeClock()
+    clock.t = 5_000.0  # a perf_counter of a machine up for a while
+    hub, _ = make_hub(clock)
+
+    class RatedSlow(SlowClient):
+        reading = False  # from its catch-up on it reads every frame at once
+
+        def deliver(self, frame, n_events):
+            self.frames.append((frame, n_events))
+            self.backlog += 0 if self.reading else n_events
+            if self.backlog > 2 and not self.hub.conflating(self):
+                self.hub.conflate_slow(self)
+
+    slow = RatedSlow(hub)
+    slow.max_hz = 10.0
+    hub.add(slow)
+    hub.flush(events("a"), now_s=0.0)  # its first release, at once
+    hub.flush(events("a", "b", "c", first=2), now_s=0.2)  # its second: 1 + 3 > 2 events, slow
+    assert slow.said == ["conflated"] and hub.mode_counts() == {"live": 0, "rate": 0, "conflated": 1}
+    slow.backlog, slow.reading = 0, True
+    hub.flush(events("c", first=7), now_s=0.4)  # caught up: its newest values, live, back in its group
+    assert slow.said == ["conflated", "live"]
+    frames = len(slow.frames)
+    for n in range(8):  # 2 s at 10 Hz, one event every 50 ms: a release every 100 ms or so
+        hub.flush(events("a", first=8 + n), now_s=0.5 + 0.25 * n)
+    assert len(slow.frames) - frames >= 7, slow.frames[frames:]
