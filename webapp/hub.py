@@ -130,6 +130,9 @@ class Hub:
         self._groups: dict[tuple, Group] = {}
         self._rated: set[Group] = set()  # groups with a Conflator
         self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
+        # what the `conflated` counts of a slow client's dropped frames said (a rate's thinning, counted in
+        # the metric when it happened): told to the client with its release
+        self._untold: dict[Subscriber, int] = {}
         self._pending: list[Event] = []
         self._wake = Signal()
         self._on_delivered = on_delivered  # (kind, frames, events) for metrics
@@ -155,6 +158,7 @@ class Hub:
             self.on_subscription(client, (), client.matcher.patterns)
 
     def remove(self, client: Subscriber) -> None:
+        self._untold.pop(client, None)
         if self._slow.pop(client, None) is not None or self._leave(client):
             self.clients_by_kind[client.kind] -= 1
             if self.on_subscription is not None:
@@ -205,15 +209,18 @@ class Hub:
         """Is `client` on newest values for being slow (on_slow=conflate)?"""
         return client in self._slow
 
-    def conflate_slow(self, client: Subscriber, unsent: list[Event] = ()) -> None:
+    def conflate_slow(self, client: Subscriber, unsent: list[Event] = (), untold: int = 0) -> None:
         """`client` passed its bound and asked for conflation: newest value per topic until it catches up.
 
         Called from its `deliver`, within a flush. `unsent`: the events (each topic's in ascending seq) it
         was due and will not get as they were (those its dropped frames carried, and this batch's); their
-        newest per topic go out with the first release.
+        newest per topic go out with the first release. `untold`: what those frames' `conflated` counts
+        said, added to the release's.
         """
         if client in self._slow or not self._leave(client):
             return
+        if untold:
+            self._untold[client] = untold
         client.after_seq = max(client.after_seq, self._last_seq)
         latest = Latest()
         latest.offer(e for e in unsent if e.seq <= self._last_seq)  # later ones come with the next batch
@@ -381,9 +388,10 @@ class Hub:
                 self._on_conflated(release.conflated)
             client.after_seq = max(client.after_seq, self._last_seq)
             self._join(client)  # first: should the release itself pass its bound, it conflates again
+            told = release.conflated + self._untold.pop(client, 0)
             if release.events:
-                self.delivering = (release.events, release.conflated)
-                client.deliver(client.encode(release.events, release.conflated), len(release.events))
+                self.delivering = (release.events, told)
+                client.deliver(client.encode(release.events, told), len(release.events))
                 self._on_delivered(client.kind, 1, len(release.events))
             if client not in self._slow:
                 client.tell_slow("live")

@@ -269,8 +269,9 @@ class Conflating:
     def init_delivery(self, max_hz: float | None, on_slow: str) -> None:
         self.max_hz = max_hz
         self.on_slow = on_slow
-        # on_slow=conflate: the events of each event frame still in the wire (see conflate_instead)
-        self.carried: deque[list[Event]] | None = deque() if on_slow == "conflate" else None
+        # on_slow=conflate: the events of each event frame still in the wire and the `conflated` count it
+        # tells (`hub.delivering`; see conflate_instead)
+        self.carried: deque[tuple[list[Event], int]] | None = deque() if on_slow == "conflate" else None
         # on_slow=conflate while its snapshot is not out (`start_hold`): the newest value of each topic among
         # the frames held for it, the highest seq they carry, what their rate thinned out of them, and
         # whether they were dropped for the bound (then these newest values go out instead)
@@ -336,7 +337,7 @@ class Conflating:
         queued = len(carried)
         self.write_bounded(frame, n_events)
         if len(carried) == queued and not self.closed:  # written, not turned slow
-            carried.append(self.rt.hub.delivering[0])
+            carried.append(self.rt.hub.delivering)
             # frames older than everything still queued are out: keep one entry each (and one more)
             while len(carried) > self.wire.queued_frames() + 1:
                 carried.popleft()
@@ -351,10 +352,10 @@ class Conflating:
         if frame is None or carried is None:
             return False
         dropped = self.wire.discard_backlog(events_only=True)
-        unsent = [event for events in list(carried)[max(0, len(carried) - dropped):] for event in events]
-        unsent += self.rt.hub.delivering[0]
+        frames = [*list(carried)[max(0, len(carried) - dropped):], self.rt.hub.delivering]
         carried.clear()
-        self.rt.hub.conflate_slow(self, unsent)
+        self.rt.hub.conflate_slow(self, [event for events, _ in frames for event in events],
+                                  sum(told for _, told in frames))
         return True
 
 

@@ -498,3 +498,20 @@ def test_a_rated_client_alone_in_its_group_keeps_its_rate_after_a_slow_spell():
     for n in range(8):  # 2 s at 10 Hz, one event every 50 ms: a release every 100 ms or so
         hub.flush(events("a", first=8 + n), now_s=0.5 + 0.25 * n)
     assert len(slow.frames) - frames >= 7, slow.frames[frames:]
+
+
+def test_a_slow_client_is_told_what_its_dropped_frames_conflated_counts_said():
+    """An outside check: a max_hz client's frames dropped when it turned slow said `conflated` N (its rate's
+    thinning); N was never told, and its counts came out short of `due - got` (by 18 in 1,095). The release
+    tells it; the metric, which counted N when the rate thinned, does not count it again."""
+    counted = []
+    hub = Hub(0, on_delivered=lambda kind, frames, n: None, on_conflated=counted.append, clock=lambda: 0.0)
+    slow = SlowClient(hub, patterns=("a", "b"))
+    hub.add(slow)
+    hub.flush(events("a"))
+    hub.flush(events("x", "x", "x", first=2))  # not its topics: the hub's last seq is 4
+    hub.conflate_slow(slow, events("a", "b", "a", first=2), untold=7)  # its dropped frames said 7 in all
+    slow.backlog = 0
+    hub.flush([])
+    assert slow.frames[-1] == (b"ws:3,4+8", 2)  # a at 2 replaced (1), and the 7
+    assert counted == [1]
