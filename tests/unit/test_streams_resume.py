@@ -89,3 +89,52 @@ def test_no_patterns_select_no_topic_in_the_store_and_star_selects_every_one():
     assert topic_condition(("*",), {}) == "1"
     params: dict = {}
     assert "has(%(topics_exact)s, topic)" in topic_condition(("T.A",), params) and params["topics_exact"] == ["T.A"]
+
+
+class Writer:
+    """The store writer's part a resume looks at: events it holds that the store lacks (ascending)."""
+
+    def __init__(self, store: PagedStore, held: list):
+        self.store, self.held, self.hurried = store, held, 0
+
+    def stored_through(self, seq: int) -> bool:
+        return not (self.held and self.held[0].seq <= seq)
+
+    def hurry(self) -> None:
+        self.hurried += 1
+
+    def write(self) -> None:
+        self.store.events += self.held
+        self.held = []
+
+
+def writing(store: PagedStore, stored: int, total: int) -> Writer:
+    """The store has rows 1..`stored`; the writer holds the rest up to `total`."""
+    held = store.events[stored:total]
+    del store.events[stored:]
+    return Writer(store, held)
+
+
+def test_a_resume_waits_for_the_writer_s_batch_below_the_cache_instead_of_skipping_it():
+    """An outside check: with 2,500 events/s and a cache of 200, a resume got seqs to 40,219 from the store and
+    40,230 on from the cache, never the 10 between: they were in the writer's batch, not yet in the store."""
+    store = PagedStore(1000)
+    rt = runtime(store)
+    rt.writer = writer = writing(store, 990, 1000)
+    rt.settings.store_batch_ms = 100
+    gevent.spawn_later(0.1, writer.write)
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert [e.seq for e in filled.events] == list(range(11, 1001))
+    assert filled.recovered and filled.missing is None and writer.hurried == 1
+
+
+def test_a_resume_the_store_cannot_take_in_time_reports_its_whole_range_missing(monkeypatch):
+    """The store down: what the writer holds waits in its spool. The resume is told, not given a hole."""
+    monkeypatch.setattr("webapp.streams.STORED_WAIT_MIN_S", 0.2)
+    store = PagedStore(1000)
+    rt = runtime(store)
+    rt.writer = writing(store, 990, 1000)
+    rt.settings.store_batch_ms = 10
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert filled.events == [] and filled.missing == (11, 1000) and not filled.recovered
+    assert filled.from_store is None and store.limits == []

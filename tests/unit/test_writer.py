@@ -391,3 +391,29 @@ def test_a_fence_that_closes_between_the_check_and_the_insert_stops_the_insert(t
     writer.enqueue(events(1, 5))
     writer.cycle()
     assert store.inserts == [] and writer.spool.events == 5
+
+
+def test_stored_through_follows_what_is_pending_in_hand_and_spooled_behind_the_store(tmp_path):
+    """What a resume waits on (webapp/streams.py): every event up to a seq in the store, or not yet."""
+    writer, store = make_writer(tmp_path)
+    assert writer.stored_through(10)
+    writer.enqueue(events(1, 5))
+    assert writer.stored_through(0) and not writer.stored_through(1)
+    writer.cycle()
+    assert writer.stored_through(5)
+    store.down = True
+    writer.enqueue(events(6, 5))
+    writer.cycle()  # spooled: the store is down (and what it holds unknown until it answers)
+    assert not writer.stored_through(6)
+    store.down = False
+    writer._retry_at = 0.0
+    writer.cycle()  # drained from the spool
+    assert writer.stored_through(10) and exactly_once(store, 10)
+    store.hold = gevent.event.Event()
+    writer.enqueue(events(11, 2))
+    inserting = gevent.spawn(writer.cycle)
+    store.entered.wait(2)
+    assert not writer.stored_through(11)  # in hand, or spooled and not yet confirmed
+    store.hold.set()
+    inserting.join(2)
+    assert writer.stored_through(12)

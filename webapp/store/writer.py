@@ -108,6 +108,21 @@ class StoreWriter:
     def spooled_events(self) -> int:
         return self.spool.events
 
+    def stored_through(self, seq: int) -> bool:
+        """Is every event this writer was given up to `seq` in the store (or given up on: a dead letter or
+        a drop, which the store's holes report)? Not while one waits in `pending`, in hand, or in the
+        spool behind the store's newest row. Events come in ascending seq, and go in in that order."""
+        if self.pending and self.pending[0].seq <= seq:
+            return False
+        if self._in_hand and self._in_hand[0].seq <= seq:
+            return False
+        return not ((self._backlog or self._unconfirmed) and (self.store_max is None or self.store_max < seq))
+
+    def hurry(self) -> None:
+        """Write what is pending now rather than at the end of the batch interval (a resume waits for it)."""
+        if self.pending:
+            self._wake.set()
+
     # -- the loop --------------------------------------------------------------------------
 
     def start_from(self, store_max: int | None, spooled: bool) -> None:
