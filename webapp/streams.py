@@ -130,22 +130,39 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[
 
 
 def stored_through(runtime, seq: int, gone: Callable[[], bool]) -> bool:
-    """Wait until this worker's store writer has written every event up to `seq` (a resume reads the store
-    below the cache's oldest event, and the newest of those may still wait for the writer's next batch):
-    True once it has, False if not within the wait (the store down: they wait in the spool) or the
-    client is gone. An outside check: with 2,500 events/s and a cache of 200, a resume got seqs to 40,219
-    from the store, 40,230 on from the cache, and never the 10 between, still in the writer's batch.
-    A worker that does not write the store (a cluster's follower) cannot tell and does not wait."""
+    """Wait until the store holds every event up to `seq` (a resume reads the store below the cache's
+    oldest event, and the newest of those may still wait for the writer's next batch): True once it
+    does, False if not within the wait (the store down: they wait in the spool) or the client is gone.
+    An outside check: with 2,500 events/s and a cache of 200, a resume got seqs to 40,219 from the store,
+    40,230 on from the cache, and never the 10 between, still in the writer's batch.
+
+    The worker that writes the store (one alone, a cluster's leader) asks its writer; a cluster's follower
+    asks the store for its newest seq (the leader's writer inserts in seq order; what it gave up on is a
+    hole, reported with the store's holes)."""
     writer = getattr(runtime, "writer", None)
-    if writer is None or writer.stored_through(seq):
-        return True
-    writer.hurry()
-    deadline = time.monotonic() + max(STORED_WAIT_MIN_S, 4 * runtime.settings.store_batch_ms / 1000)
-    while not writer.stored_through(seq):
-        if gone() or time.monotonic() >= deadline:
-            return False
-        gevent.sleep(0.02)
-    return True
+    if writer is not None and (not runtime.clustered or runtime.feeding_writer):
+        def stored() -> bool:
+            return writer.stored_through(seq)
+        poll_s = 0.02
+    else:
+        def stored() -> bool:
+            return (runtime.store.max_seq() or 0) >= seq
+        poll_s = 0.05
+    try:
+        if stored():
+            return True
+        if writer is not None:
+            writer.hurry()
+        deadline = time.monotonic() + max(STORED_WAIT_MIN_S, 4 * runtime.settings.store_batch_ms / 1000)
+        while True:
+            if gone() or time.monotonic() >= deadline:
+                return False
+            gevent.sleep(poll_s)
+            if stored():
+                return True
+    except StoreError as exc:
+        log.warning("resume: could not ask the store for its newest seq (%s)", exc)
+        return False
 
 
 class SnapshotLedger:

@@ -36,11 +36,14 @@ class PagedStore:
     def min_seq(self) -> int:
         return 1
 
+    def max_seq(self) -> int:
+        return max((e.seq for e in self.events), default=0)
+
 
 def runtime(store: PagedStore, *, max_events: int = 100_000, page: int = 100, concurrency: int = 2):
     return SimpleNamespace(store=store, settings=SimpleNamespace(resume_max_events=max_events, resume_page_events=page),
                            resume_gate=gevent.lock.BoundedSemaphore(concurrency), store_holes=lambda: [],
-                           lost_range=None)
+                           lost_range=None, clustered=False, feeding_writer=False)
 
 
 def opening(first: int, last: int) -> Opening:
@@ -138,3 +141,16 @@ def test_a_resume_the_store_cannot_take_in_time_reports_its_whole_range_missing(
     filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
     assert filled.events == [] and filled.missing == (11, 1000) and not filled.recovered
     assert filled.from_store is None and store.limits == []
+
+
+def test_a_follower_s_resume_waits_for_the_leader_s_writer_through_the_store():
+    """A cluster's follower does not write the store (its writer is fed nothing): it asks the store for its
+    newest seq until the leader's batch is in."""
+    store = PagedStore(1000)
+    rt = runtime(store)
+    rt.clustered, rt.settings.store_batch_ms = True, 100
+    leader = writing(store, 990, 1000)
+    rt.writer = Writer(PagedStore(0), [])  # the follower's own, idle
+    gevent.spawn_later(0.1, leader.write)
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert [e.seq for e in filled.events] == list(range(11, 1001)) and filled.missing is None
