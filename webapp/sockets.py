@@ -273,10 +273,9 @@ class Conflating:
         # tells (`hub.delivering`; see conflate_instead)
         self.carried: deque[tuple[list[Event], int]] | None = deque() if on_slow == "conflate" else None
         # on_slow=conflate while its snapshot is not out (`start_hold`): the newest value of each topic among
-        # the frames held for it, the highest seq they carry, what their rate thinned out of them, and
-        # whether they were dropped for the bound (then these newest values go out instead)
+        # the frames held for it, what their rate thinned out of them, and whether they were dropped for
+        # the bound (then these newest values go out instead)
         self.held_latest: Latest | None = None
-        self.held_through = 0
         self.held_thinned = 0
         self.held_dropped = False
 
@@ -288,7 +287,7 @@ class Conflating:
         whose only event came early in a long hold (a rate's releases fill the bound slowly) was gone
         (an outside check)."""
         if self.carried is not None:
-            self.held_latest, self.held_through, self.held_thinned, self.held_dropped = Latest(), 0, 0, False
+            self.held_latest, self.held_thinned, self.held_dropped = Latest(), 0, False
 
     def absorb_held(self) -> bool:
         """In `deliver` while held (on_slow=conflate): keep the newest values of the frame being delivered.
@@ -299,7 +298,6 @@ class Conflating:
         if events:
             latest.offer(events)
             self.held_thinned += thinned
-            self.held_through = max(self.held_through, events[-1].seq)
         if len(latest) > self.max_events:
             self.held_latest = None
             self.held_too_many()
@@ -314,7 +312,8 @@ class Conflating:
         if latest is None:
             return [], 0
         release = latest.take()
-        self.after_seq = max(self.after_seq, self.held_through)
+        if release.events:  # the newest event of all is its topic's newest: the last one kept
+            self.after_seq = max(self.after_seq, release.events[-1].seq)
         self.rt.metrics.conflated_events.inc(release.conflated)  # a rate's own thinning was counted by the hub
         return release.events, release.conflated + self.held_thinned
 
@@ -352,7 +351,8 @@ class Conflating:
         if frame is None or carried is None:
             return False
         dropped = self.wire.discard_backlog(events_only=True)
-        frames = [*list(carried)[max(0, len(carried) - dropped):], self.rt.hub.delivering]
+        frames = list(carried)[max(0, len(carried) - dropped):]
+        frames.append(self.rt.hub.delivering)
         carried.clear()
         self.rt.hub.conflate_slow(self, [event for events, _ in frames for event in events],
                                   sum(told for _, told in frames))

@@ -139,8 +139,9 @@ def stored_through(runtime, seq: int, gone: Callable[[], bool]) -> bool:
     The worker that writes the store (one alone, a cluster's leader) asks its writer; a cluster's follower
     asks the store for its newest seq (the leader's writer inserts in seq order; what it gave up on is a
     hole, reported with the store's holes)."""
-    writer = getattr(runtime, "writer", None)
-    if writer is not None and (not runtime.clustered or runtime.feeding_writer):
+    writer = runtime.writer
+    local = writer is not None and (not runtime.clustered or runtime.feeding_writer)
+    if local:
         def stored() -> bool:
             return writer.stored_through(seq)
         poll_s = 0.02
@@ -151,7 +152,7 @@ def stored_through(runtime, seq: int, gone: Callable[[], bool]) -> bool:
     try:
         if stored():
             return True
-        if writer is not None:
+        if local:
             writer.hurry()
         deadline = time.monotonic() + max(STORED_WAIT_MIN_S, 4 * runtime.settings.store_batch_ms / 1000)
         while True:

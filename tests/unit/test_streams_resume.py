@@ -43,7 +43,7 @@ class PagedStore:
 def runtime(store: PagedStore, *, max_events: int = 100_000, page: int = 100, concurrency: int = 2):
     return SimpleNamespace(store=store, settings=SimpleNamespace(resume_max_events=max_events, resume_page_events=page),
                            resume_gate=gevent.lock.BoundedSemaphore(concurrency), store_holes=lambda: [],
-                           lost_range=None, clustered=False, feeding_writer=False)
+                           lost_range=None, clustered=False, feeding_writer=False, writer=None)
 
 
 def opening(first: int, last: int) -> Opening:

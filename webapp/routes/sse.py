@@ -28,7 +28,7 @@ class SseClient(Conflating, StreamClient):
     response head is out."""
 
     kind = "sse"
-    __slots__ = ("max_hz", "on_slow", "carried", "held_latest", "held_through", "held_thinned",
+    __slots__ = ("max_hz", "on_slow", "carried", "held_latest", "held_thinned",
                  "held_dropped")
     closing_message = staticmethod(sse_closing)
 

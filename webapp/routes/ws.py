@@ -44,7 +44,7 @@ class WsClient(Conflating, SocketClient):
 
     kind = "ws"
     __slots__ = ("held", "held_events", "held_bytes", "max_hz", "on_slow", "carried", "held_latest",
-                 "held_through", "held_thinned", "held_dropped")
+                 "held_thinned", "held_dropped")
     closing_message = staticmethod(closing_message)
 
     def __init__(self, ws, wire: WireSocket, matcher, rt, max_hz: float | None = None, on_slow: str = "close"):
