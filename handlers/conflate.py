@@ -85,6 +85,10 @@ class Latest:
     def __len__(self) -> int:
         return len(self._by_topic)
 
+    def peek(self) -> Release:
+        """What `take` would give, leaving it held."""
+        return Release(sorted(self._by_topic.values(), key=_seq), self.replaced)
+
     def take(self) -> Release:
         """Everything held, ascending seq, with the replaced count; both reset."""
         events = sorted(self._by_topic.values(), key=_seq)
@@ -114,6 +118,10 @@ class Conflator:
 
     def offer(self, events: Iterable[Event]) -> None:
         self._latest.offer(events)
+
+    def held(self) -> Release:
+        """What the next release holds so far (left held)."""
+        return self._latest.peek()
 
     def due_at(self) -> float | None:
         """When the held events go out (None: nothing held)."""

@@ -47,6 +47,7 @@ than its kernel buffers plus half its bound, instead of its whole backlog.
 
 import logging
 import time
+from bisect import bisect_right
 from typing import Callable, Protocol
 
 import gevent
@@ -80,16 +81,31 @@ class Subscriber(Protocol):
     def close(self, reason: str, code: int) -> None: ...
 
 
+def _after(events: list[Event], seq: int) -> int:
+    """How many of `events` (ascending seq) come after `seq`."""
+    if events[0].seq > seq:
+        return len(events)
+    return len(events) - bisect_right(events, seq, key=_seq_of)
+
+
+def _seq_of(event: Event) -> int:
+    return event.seq
+
+
 class Group:
     """Clients with the same patterns and rate; `by_kind` is their snapshot per wire format, rebuilt after a change."""
 
-    __slots__ = ("matcher", "clients", "_by_kind", "conflator")
+    __slots__ = ("matcher", "clients", "_by_kind", "conflator", "joiners")
 
     def __init__(self, matcher: Matcher, max_hz: float | None = None, max_held: int | None = None):
         self.matcher = matcher
         self.clients: set = set()
         self._by_kind: dict[str, tuple] | None = None
         self.conflator = Conflator(max_hz, max_held) if max_hz else None
+        # a rated group's clients that joined while its conflator may hold or count events they already had
+        # (a snapshot, a slow release, a live frame before a subscribe): client -> [its base seq, the events
+        # after that base offered since the last release]; their release's `conflated` counts only those
+        self.joiners: dict = {}
 
     def changed(self) -> None:
         self._by_kind = None
@@ -174,6 +190,9 @@ class Hub:
                 self._wake.set()  # the flusher's wait may have to shorten
         group.clients.add(client)
         group.changed()
+        if group.conflator is not None:
+            # events up to the base were delivered, covered or before it subscribed: never counted for it
+            group.joiners[client] = [max(client.after_seq, self._last_seq), 0]
 
     def _leave(self, client: Subscriber) -> bool:
         key = _key(client)
@@ -182,23 +201,56 @@ class Hub:
             return False
         group.clients.discard(client)
         group.changed()
+        group.joiners.pop(client, None)
         if not group.clients:
             del self._groups[key]
             self._rated.discard(group)
         return True
 
     def resubscribe(self, client: Subscriber, patterns: tuple[str, ...], max_hz=_KEEP) -> None:
-        """New patterns (and, when given, a new rate: None = every event) for a client."""
+        """New patterns (and, when given, a new rate: None = every event) for a client.
+
+        Everything up to the hub's last seq was handed to its old group: delivered, or held by its rate
+        for the next release. What its old rate held goes out now (the topics it keeps), with its count,
+        and its new group starts after it: a rate's newest value is not lost by a change of rate, nor an
+        event delivered live sent again by the rate it moves to."""
         before = client.matcher.patterns
+        matcher = compile_patterns(patterns)
+        rate = getattr(client, "max_hz", None) if max_hz is _KEEP else max_hz
+        if (matcher.patterns, rate) == _key(client) and client not in self._slow:
+            return
         slow = client in self._slow
+        held = None if slow else self._held_for(client)
         was_in = slow or self._leave(client)
-        client.matcher = compile_patterns(patterns)
+        client.matcher = matcher
         if max_hz is not _KEEP:
             client.max_hz = max_hz
         if not slow:  # a slow client keeps its newest values and rejoins with the new key
+            if held is not None:
+                events = [e for e in held.events if matcher(e.topic)]
+                if events:
+                    carried, self.delivering = self.delivering, (events, held.conflated)
+                    client.deliver(client.encode(events, held.conflated) if held.conflated
+                                   else client.encode(events), len(events))
+                    self._on_delivered(client.kind, 1, len(events))
+                    self.delivering = carried
+            client.after_seq = max(client.after_seq, self._last_seq)
             self._join(client)
         if self.on_subscription is not None:
             self.on_subscription(client, before if was_in else (), patterns)
+
+    def _held_for(self, client: Subscriber) -> Release | None:
+        """What `client`'s rate holds for its next release (after its snapshot), and its count."""
+        group = self._groups.get(_key(client))
+        if group is None or group.conflator is None or client not in group.clients:
+            return None
+        held = group.conflator.held()
+        if not held.events:
+            return None
+        events = [e for e in held.events if e.seq > client.after_seq]
+        joined = group.joiners.get(client)
+        conflated = held.conflated if joined is None else joined[1] - _after(held.events, joined[0])
+        return Release(events, conflated)
 
     @property
     def last_seq(self) -> int:
@@ -338,21 +390,59 @@ class Hub:
             events = group.events_in(batch)
             conflator = group.conflator
             if events:
+                for joined in group.joiners.values():
+                    joined[1] += _after(events, joined[0])
                 conflator.offer(events)
             release = conflator.take(now_s)
             if release is not None:
                 if release.conflated:
                     self._on_conflated(release.conflated)
-                self._send(group, release.events, release.conflated)
+                own = self._own_counts(group, release) if group.joiners else None
+                if own:
+                    self._send_own(group, release.events, own)
+                self._send(group, release.events, release.conflated, own)
                 conflator.sent(now_s + (self._clock() - clock0))  # the writes' end, on now_s's clock
 
-    def _send(self, group: Group, events: list[Event], conflated: int) -> None:
+    def _own_counts(self, group: Group, release: Release) -> dict:
+        """The clients of `group` whose release `conflated` is not the group's, and theirs.
+
+        A joiner's count is the events after its base that were replaced: those offered since the last
+        release less those this release delivers. Once the group's events all come after its base (the
+        hub has handed on everything up to it), the group's count is its count too and it stops being a
+        joiner. Late clients (a release reaching back into their snapshot) always get their own frame."""
+        own = {}
+        events, first_seq = release.events, release.events[0].seq
+        for client, (base, offered) in list(group.joiners.items()):
+            n = offered - _after(events, base)
+            if n != release.conflated or client.after_seq >= first_seq:
+                own[client] = n
+            if base <= self._last_seq:
+                del group.joiners[client]
+            else:
+                group.joiners[client] = [base, 0]
+        return own
+
+    def _send_own(self, group: Group, events: list[Event], own: dict) -> None:
+        """A release to clients with their own `conflated` count: only the events after their snapshot."""
+        carried = self.delivering
+        for client, conflated in own.items():
+            mine = [e for e in events if e.seq > client.after_seq]
+            if mine:
+                self.delivering = (mine, conflated)
+                client.deliver(client.encode(mine, conflated) if conflated else client.encode(mine), len(mine))
+                self._on_delivered(client.kind, 1, len(mine))
+        self.delivering = carried
+
+    def _send(self, group: Group, events: list[Event], conflated: int, own: dict | None = None) -> None:
+        """`events` to every client of `group` (but those in `own`, which `_send_own` served)."""
         n_events = len(events)
         first_seq = events[0].seq
         self.delivering = carried = (events, conflated)
         # The loop below runs once per client per flush: it is the relay's hot path.
         # A snapshot tuple, so a client that leaves during the flush disturbs nobody.
         for kind, clients in group.by_kind().items():
+            if own:
+                clients = [c for c in clients if c not in own]
             frame = None
             n_clients = 0
             for client in clients:

@@ -205,6 +205,38 @@ def test_subscribe_sets_changes_and_clears_the_rate(relay, upstream, ws):
     assert client.next_frame("subscribed")["max_hz"] == 0.5
 
 
+def test_a_change_of_rate_sends_no_event_twice_and_loses_no_topic_s_newest_value(relay, upstream, ws):
+    """Moving into a rate's group that holds events it already got live sent them again; leaving a rate
+    while it held a topic's newest value lost that value once the topic went quiet."""
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    rated = ws(relay, topics=f"T.{sym}", snapshot=0, max_hz=0.5)  # its group holds what it has not released
+    observer = ws(relay, topics=f"T.{sym}", snapshot=0)
+    for c in (client, rated, observer):
+        c.read_snapshot()
+    with Feeder(upstream, [("T", sym)]) as feeder:
+        wait_until(lambda: feeder.sent >= 30, 10, "30 events sent")
+    live_newest = relay_last_seq(relay)
+    for c in (client, observer):
+        c.wait_for_seq(live_newest)  # the client has it live; the rate's group still holds it (0.5 Hz)
+    client.send_json({"action": "subscribe", "topics": [], "max_hz": 0.5})  # into the rated group
+    assert client.next_frame("subscribed")["max_hz"] == 0.5
+    rated.wait_for_seq(live_newest)  # the group's release: before the fix, the client got `newest` again
+
+    # the group released just now: this burst's events are held for two seconds
+    with Feeder(upstream, [("T", sym)]) as feeder:
+        wait_until(lambda: feeder.sent >= 10, 10, "10 events sent")
+    client.send_json({"action": "subscribe", "topics": [], "max_hz": None})  # the rate holds the newest
+    assert client.next_frame("subscribed")["max_hz"] is None
+    newest = relay_last_seq(relay)
+    observer.wait_for_seq(newest)
+    client.wait_until(lambda: client.events[-1]["seq"] == observer.events[-1]["seq"], 5,
+                      "the newest value the rate held, with the topic quiet")
+    seqs = [e["seq"] for e in client.events]
+    assert seqs.count(live_newest) == 1, "an event delivered live was sent again by the rate"
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
+
+
 @pytest.mark.parametrize("bad", [0, -1, "abc", 1e9, True, [2]])
 def test_a_bad_max_hz_on_subscribe_is_an_error_frame_and_the_connection_stays(relay, ws, bad):
     client = ws(relay, snapshot=0, max_hz=5)
