@@ -17,7 +17,7 @@ from handlers import jsonx
 from handlers.entitlements import split_by_scope
 from handlers.events import Event
 from handlers.frames import Element
-from handlers.topics import PatternError, add_patterns, parse_patterns
+from handlers.topics import MAX_PATTERNS, PatternError, add_patterns, parse_patterns, text_of
 
 MARKETS = ("stocks", "options", "forex", "crypto", "indices")
 
@@ -107,6 +107,8 @@ def parse_action(text: str | bytes) -> Auth | TopicChange | BadAction:
             params = ",".join(params)
         if not isinstance(params, str):
             return BadAction(f"{action}: 'params' must be a string such as \"T.AAPL,Q.*\"")
+        if params.count(",") >= MAX_PATTERNS and len([p for p in params.split(",") if p.strip()]) > MAX_PATTERNS:
+            return BadAction(f"{action}: at most {MAX_PATTERNS} topics in one message")
         topics, refused = split_params(params)
         if not topics and not refused:
             return BadAction(f"{action}: no topics in 'params'")
@@ -127,7 +129,7 @@ def split_params(params: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], .
         try:
             parse_patterns([topic])
         except PatternError as exc:
-            refused.append((topic[:64], str(exc)))
+            refused.append((text_of(topic[:64]), str(exc)))
             continue
         topics[topic] = None
     return tuple(topics), tuple(refused)

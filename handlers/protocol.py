@@ -45,12 +45,10 @@ def parse_client_message(text: str | bytes) -> Action | BadFrame:
         return Action("ping")
     if action in ("subscribe", "unsubscribe"):
         sets_rate = action == "subscribe" and "max_hz" in msg
-        topics = msg.get("topics")
-        if isinstance(topics, str):
-            topics = [topics]
+        topics = msg.get("topics")  # a list, or one string of comma-separated patterns as in `topics=`
         if sets_rate and not topics:
             topics = None  # only the rate changes
-        elif not isinstance(topics, list):
+        elif not isinstance(topics, (list, str)):
             return BadFrame(f"{action}: 'topics' must be a list of patterns")
         try:
             patterns = parse_patterns(topics) if topics is not None else ()

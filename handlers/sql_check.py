@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from handlers.sql_lexer import (
     COMMENT,
     NUMBER,
@@ -37,6 +39,12 @@ EXTERNAL_FUNCTIONS = frozenset(name.lower() for name in (
     "fuzzJSON", "fuzzQuery", "generateRandom",
 ))
 
+# Functions that read a table or dictionary named in a string argument (`dictGet('other.d', ...)`,
+# `joinGet('other.t', ...)`), which no check of the names in the text can see, or tell whether another
+# database holds a table: /query has no use for them, the relay keeps no dictionary and no Join table.
+STRING_NAMED_TABLE_PREFIXES = ("dictget", "joinget")
+STRING_NAMED_TABLE_FUNCTIONS = frozenset({"dicthas", "dictisin", "hascolumnintable"})
+
 ALLOWED_TABLE_FUNCTIONS = frozenset(name.lower() for name in (
     "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "SQLStandardValues", "generate_series", "generateSeries",
     "view", "null", "format",
@@ -60,7 +68,8 @@ EXPLAIN_KINDS = frozenset({"AST", "SYNTAX", "QUERY", "TREE", "PLAN", "PIPELINE",
 
 
 def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = frozenset(),
-                        database: str | None = None) -> str:
+                        database: str | None = None,
+                        databases: Callable[[], Iterable[str]] | None = None) -> str:
     """Vet /query text and return it as one clean statement, or raise SqlError (→ 400).
 
     A second line of defence behind the engine's readonly=1 session: comments
@@ -70,8 +79,11 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
     OUTFILE (the relay sets the limits and the output format itself), a call
     of any table function outside ALLOWED_TABLE_FUNCTIONS — the names in
     EXTERNAL_FUNCTIONS and in `table_functions` (the engine's own list) — and
-    a table of `system` or `information_schema` outside ALLOWED_SYSTEM_TABLES, and a SHOW, DESCRIBE,
-    EXISTS or EXPLAIN outside the forms check_describing allows (over `database`, the relay's own).
+    a table of `system` or `information_schema` outside ALLOWED_SYSTEM_TABLES, a name qualified by a
+    database other than `database` (the relay's own: `other.t`, `other.t.column`; `databases()` gives the
+    engine's database names, asked only when the text qualifies a name by something else, which may be
+    a table or an alias), a function that reads a table or dictionary named in a string (`dictGet`,
+    `joinGet`), and a SHOW, DESCRIBE, EXISTS or EXPLAIN outside the forms check_describing allows.
 
     Names are read as ClickHouse reads them: bare, "double-quoted" or
     `back-quoted`, in any letter case, at any depth of nesting, with comments
@@ -112,7 +124,9 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
             raise SqlError(f"{first.text.upper()} cannot stand in brackets")
         check_describing(significant, database)
 
-    blocked = (EXTERNAL_FUNCTIONS | {name.lower() for name in table_functions}) - ALLOWED_TABLE_FUNCTIONS
+    blocked = (EXTERNAL_FUNCTIONS | STRING_NAMED_TABLE_FUNCTIONS
+               | {name.lower() for name in table_functions}) - ALLOWED_TABLE_FUNCTIONS
+    qualifiers: set[str] = set()  # names that qualify another: a database, a table or an alias
     for i, token in enumerate(significant):
         if not is_name(token):
             continue
@@ -126,8 +140,11 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
             raise SqlError(f"the quoted name {token.text[:40]} holds a backslash escape: "
                            "/query takes quoted names without escapes")
         lowered = name.lower()
-        if called and lowered in blocked:
+        if called and (lowered in blocked or lowered.startswith(STRING_NAMED_TABLE_PREFIXES)):
             raise SqlError(f"{name}() is not allowed: /query reads the relay's store only")
+        if (qualifier and not after_dot and i + 2 < len(significant) and is_name(significant[i + 2])
+                and lowered not in SYSTEM_DATABASES):  # those have their own rule, below
+            qualifiers.add(name)
         if (lowered in SYSTEM_DATABASES and not after_dot and qualifier and i + 2 < len(significant)
                 and is_name(significant[i + 2])):
             table = (name_text(significant[i + 2]) or "").lower()
@@ -145,6 +162,14 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
                            "(write `format` in backquotes for a column of that name)")
         if word == "OUTFILE":
             raise SqlError("INTO OUTFILE is not allowed")
+
+    qualifiers -= {database} if database is not None else set()
+    if qualifiers and databases is not None:
+        others = qualifiers.intersection(databases())
+        if others:
+            named = sorted(others)[0]
+            raise SqlError(f"{named[:40]} is not the relay's database: /query reads the relay's own tables "
+                           f"({database or 'unqualified'}) and nothing else")
 
     last = significant[-1]
     body = [t for t in tokens if t.start <= last.start]

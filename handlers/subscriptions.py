@@ -27,7 +27,8 @@ BATCH_MS = 50
 """Changes made within this long go out in one message (contract §11)."""
 
 ATTRIBUTE_MS = 5000
-"""An error status naming no pattern is laid at the last subscribe's door if it came this soon after it."""
+"""An error status naming no pattern is laid at the last subscribe's door if it came this soon after it
+and that subscribe named one pattern."""
 
 MAX_PARAMS_CHARS = 60_000
 """One subscribe/unsubscribe message carries at most this many characters of patterns (more: several)."""
@@ -266,13 +267,16 @@ def patterns_named(message: str, candidates: Iterable[str]) -> list[str]:
 
 def blamed_patterns(message: str, subscribed: Iterable[str], last_subscribe: tuple[tuple[str, ...], int],
                     now_ms: int) -> list[str]:
-    """The patterns an upstream error status is about: those it names, else the last subscribe's
-    when it came within ATTRIBUTE_MS of it (Polygon answers in order), else none."""
+    """The patterns an upstream error status is about: those it names, else the last subscribe's pattern
+    when it came within ATTRIBUTE_MS of it and named one pattern alone, else none. Laid at the door of a
+    subscribe of several (the whole union after a reconnect), one error naming nothing marked them all
+    refused: every client told so, /health showing none subscribed, and no unsubscribe ever sent for the
+    patterns the vendor had taken (an outside audit)."""
     patterns, sent_at = last_subscribe
     named = patterns_named(message, {*subscribed, *patterns})
     if named:
         return named
-    if patterns and now_ms - sent_at <= ATTRIBUTE_MS:
+    if len(patterns) == 1 and now_ms - sent_at <= ATTRIBUTE_MS:
         return list(patterns)
     return []
 

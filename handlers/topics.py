@@ -55,6 +55,10 @@ def parse_patterns(raw: str | Iterable[Any]) -> tuple[str, ...]:
             raise PatternError("empty topic pattern")
         if len(pattern) > MAX_PATTERN_LENGTH:
             raise PatternError(f"topic pattern longer than {MAX_PATTERN_LENGTH} characters")
+        if not pattern.isascii() and text_of(pattern) is not pattern:
+            # "\udfff" is legal JSON and no UTF-8: taken as a pattern, it failed every message that carried
+            # it (the upstream's subscribe, a cluster's Redis entry), every other client's patterns with it
+            raise PatternError("topic pattern holds a lone surrogate (\\ud800-\\udfff): not Unicode text")
         if "*" in pattern[:-1]:
             raise PatternError(f"'*' may only end a topic pattern: {pattern!r}")
         seen[pattern] = None

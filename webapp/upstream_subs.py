@@ -211,6 +211,8 @@ class UpstreamSubscriptions:
             message = status.get("message") or ""
             patterns = blamed_patterns(message, self.plan.sent, self.plan.last_subscribe, recv_ms)
             if not patterns:
+                log.warning("the upstream sent an error naming no subscribed pattern (blamed on none): %s",
+                            printable(str(message)))
                 continue
             self.plan.refused(patterns, message)
             log.warning("the upstream refused %s: %s", ", ".join(patterns), printable(str(message)))

@@ -220,6 +220,72 @@ def test_the_servers_own_listings_are_refused_and_the_relays_tables_are_listed(b
     assert response.status_code == 200 and ["seq", "UInt64"] in [row[:2] for row in response.json()["rows"]]
 
 
+def test_unicode_spaces_and_quotes_never_hide_a_call_or_a_system_table(backend, marker_file):
+    """An outside audit read /proc/self/environ (ADMIN_TOKEN and all) through /query on chDB: current releases
+    read U+00A0 and friends as spaces and typographic quotes as quotes, the text check read them as
+    punctuation, so `file\u00a0(` was not a call to it. 18.16 refuses these characters itself."""
+    kind, relay, _ = backend
+    path = str(marker_file)
+    hostile = [
+        *(f"SELECT file{space}('{path}')" for space in ("\u00a0", "\u2003", "\u3000", "\u200b", "\u2028",
+                                                         "\u0085", "\u202f", "\u205f", "\ufeff")),
+        f"SELECT \u201cfile\u201d('{path}')",
+        f"SELECT \u2018'\u2019 AS a, file('{path}') AS b, \u2018'\u2019 AS c",
+        "SELECT * FROM system\u00a0.processes",
+        "SELECT * FROM information_schema\u00a0.tables",
+        "SELECT * FROM merge\u00a0('system', '^one$')",
+    ]
+    for sql in hostile:
+        response = query(relay, sql)
+        assert response.status_code == 400 and MARKER not in response.text, (sql, response.status_code,
+                                                                               response.text[:200])
+        if kind == "chdb":  # 18.16's own syntax error would be a 400 too: the relay's refusal, by name
+            assert "outside a string" in response.json()["error"], (sql, response.text[:200])
+    ok = query(relay, "SELECT 'caf\u00e9 \u201cquoted\u201d' AS s /* \u00a0 */ -- \u3000")
+    assert ok.status_code == 200 and ok.json()["rows"] == [["caf\u00e9 \u201cquoted\u201d"]], ok.text
+
+
+def test_another_database_on_the_same_engine_is_not_readable(backend, clickhouse_server):  # noqa: F811
+    """An outside audit read `other.secret` through /query on the server backend (SHOW and DESCRIBE of it were
+    refused, SELECT was not). Its names are refused in every position and quoting; the relay's own
+    tables, qualified or by alias, still work."""
+    kind, relay, _ = backend
+    db = db_name(kind, relay)
+    if kind == "clickhouse":
+        client = clickhouse_server.client()
+        client.execute("CREATE DATABASE IF NOT EXISTS sandbox_other")
+        client.execute("CREATE TABLE IF NOT EXISTS sandbox_other.secret (s String) ENGINE = Memory")
+        client.execute("INSERT INTO sandbox_other.secret VALUES", [(MARKER,)])
+        client.disconnect()
+        other = "sandbox_other"
+    else:
+        other = "default"  # chDB's own second database
+    forms = [
+        f"SELECT * FROM {other}.secret",
+        f"SELECT * FROM `{other}`.`secret`",
+        f'SELECT * FROM "{other}".secret',
+        f"SELECT * FROM {other}/**/./**/secret",
+        f"SELECT seq FROM {db}.events AS e ALL INNER JOIN {other}.secret AS s ON 1 = 1",
+        f"SELECT count() FROM {db}.events WHERE topic IN {other}.secret",
+        f"WITH (SELECT any(s) FROM {other}.secret) AS x SELECT x",
+        f"SELECT 1 AS s UNION ALL SELECT * FROM {other}.secret",
+        f"SELECT {other}.secret.s FROM {other}.secret",
+        f"SELECT dictGet('{other}.d', 'v', toUInt64(1))",
+        f"SELECT joinGet('{other}.j', 'v', 1)",
+        f"SELECT hasColumnInTable('{other}', 'secret', 's')",
+    ]
+    for sql in forms:
+        response = query(relay, sql)
+        assert response.status_code == 400 and MARKER not in response.text, (sql, response.status_code,
+                                                                               response.text[:200])
+        error = response.json()["error"]
+        assert "not the relay's database" in error or "is not allowed" in error, (sql, error)
+    for sql in [f"SELECT e.seq FROM {db}.events AS e ORDER BY e.seq LIMIT 1",
+                f"SELECT events.seq FROM {db}.events ORDER BY seq LIMIT 1", "SELECT count() FROM events"]:
+        response = query(relay, sql)
+        assert response.status_code == 200, (sql, response.text[:200])
+
+
 def test_a_result_over_query_max_bytes_is_a_400_naming_it_and_one_under_it_comes_back(backend):
     kind, relay, _ = backend
     # 100 rows: 50 kB under the bound, 500 kB over it; materialize(): a constant column counts in full too

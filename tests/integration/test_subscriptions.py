@@ -299,6 +299,31 @@ def test_an_upstream_error_status_reaches_the_clients_that_asked_and_only_them(r
     assert [f["type"] for f in bystander.frames] == ["snapshot", "events"]  # no error for it
 
 
+def test_a_pattern_that_is_not_unicode_text_is_refused_and_never_blocks_the_others(relay, upstream, ws, market):
+    """"\\udfff" is legal JSON and no UTF-8: taken as a pattern (an outside audit), the subscribe that carried
+    it failed to encode, so a bystander's pattern in the same 50 ms never reached the upstream, and after a
+    reconnect the upstream task crashed on every attempt while the client stayed."""
+    hostile = f"T.{unique_sym()}\udfff"
+    good, good_market = f"T.{unique_sym()}", f"Q.{unique_sym()}"
+    asker = ws(relay, topics=f"T.{unique_sym()}", token=FULL, snapshot=0)
+    asker.read_snapshot()
+    bystander = ws(relay, topics=f"T.{unique_sym()}", token=FULL, snapshot=0)
+    bystander.read_snapshot()
+    sock = market(relay)
+    asker.send_json({"action": "subscribe", "topics": [hostile]})
+    bystander.send_json({"action": "subscribe", "topics": [good]})
+    sock.send("subscribe", f"{hostile},{good_market}")
+    assert "surrogate" in asker.next_frame("error")["message"]
+    sock.read_until(lambda f: any(s.get("status") == "error" and "surrogate" in s.get("message", "") for s in f))
+    wait_actions(upstream, {good, good_market}, 2)
+    upstream.emit_subscribed([trade(good.split(".")[1], 1)])
+    bystander.wait_for_events(1)
+    assert all(t.isascii() for record in upstream.connections for _, params in record.actions() for t in params
+               if not t.startswith(("T.S", "Q.S")))  # nothing but the tests' own ASCII symbols went up
+    tasks = relay.health()["tasks"]
+    assert tasks["subscriptions"]["crashes"] == 0 and tasks["upstream"]["crashes"] == 0, tasks
+
+
 def test_the_union_is_sent_again_after_the_upstream_drops_the_connection(launch_relay, ws):
     fake = FakeUpstream(polygon=True).start()
     try:

@@ -209,3 +209,19 @@ def test_a_raw_element_is_never_a_status():
 ])
 def test_statuses_other_than_the_ok_ones_are_problems(message, problem):
     assert status_problem(message) == problem
+
+
+def test_a_subscribe_of_more_topics_than_the_per_message_bound_is_refused_whole():
+    many = ",".join(f"T.S{n}" for n in range(polygon.MAX_PATTERNS + 1))
+    assert parse_action(json.dumps({"action": "subscribe", "params": many})) == BadAction(
+        f"subscribe: at most {polygon.MAX_PATTERNS} topics in one message")
+    ok = ",".join(f"T.S{n}" for n in range(polygon.MAX_PATTERNS)) + ",,"
+    assert len(parse_action(json.dumps({"action": "subscribe", "params": ok})).topics) == polygon.MAX_PATTERNS
+
+
+def test_a_topic_that_is_not_unicode_text_is_refused_and_its_status_can_be_sent():
+    change = parse_action('{"action":"subscribe","params":"T.A\\udfff,T.B"}')
+    assert change.topics == ("T.B",)
+    (topic, why), = change.refused
+    assert topic == "T.A\ufffd" and "surrogate" in why
+    topic.encode()  # the status naming it encodes

@@ -50,6 +50,8 @@ RAW = make_event(1044, TS, "default", "line one\nline two\r\n", raw=True)
     ('{"action":"subscribe","topics":["T.*","Q.AAPL"]}', Action("subscribe", ("T.*", "Q.AAPL"))),
     ('{"action":"subscribe","topics":[" T.* ","T.*"]}', Action("subscribe", ("T.*",))),
     ('{"action":"subscribe","topics":"T.AAPL"}', Action("subscribe", ("T.AAPL",))),
+    # one string is read as `topics=` is: comma-separated (it was one pattern "T.A,Q.B" that matched nothing)
+    ('{"action":"subscribe","topics":"T.A, Q.B"}', Action("subscribe", ("T.A", "Q.B"))),
     ('{"action":"unsubscribe","topics":["Q.*"]}', Action("unsubscribe", ("Q.*",))),
     ('{"topics":["*"],"action":"subscribe","extra":1}', Action("subscribe", ("*",))),
     (b'{"action":"ping"}', Action("ping")),
@@ -84,6 +86,8 @@ def test_usable_client_frames_become_actions(frame, action):
      "unsubscribe: 'topics' must be a list of patterns"),
     ('{"action":"subscribe","topics":[]}', "subscribe: no topic patterns"),
     ('{"action":"subscribe","topics":[""]}', "subscribe: empty topic pattern"),
+    ('{"action":"subscribe","topics":["T.A\\udfff"]}',
+     "subscribe: topic pattern holds a lone surrogate (\\ud800-\\udfff): not Unicode text"),
     ('{"action":"subscribe","topics":[1]}',
      "subscribe: topic pattern must be a string, got int"),
     ('{"action":"subscribe","topics":["*.AAPL"]}',

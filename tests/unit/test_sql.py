@@ -675,3 +675,44 @@ def test_an_escaped_quoted_alias_is_still_fine_where_it_names_no_function_or_tab
     assert check_read_only_sql('SELECT 1 AS "a\\"b"') == 'SELECT 1 AS "a\\"b"'
     with pytest.raises(SqlError, match="backslash"):
         check_read_only_sql('SELECT * FROM `sys\\tem`.query_log')
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT file\u00a0('/etc/passwd')", "SELECT file\u3000('/etc/passwd')", "SELECT file\ufeff('/etc/passwd')",
+    "SELECT \u201cfile\u201d('/etc/hostname')", "SELECT \u2018'\u2019 AS a, file('/etc/hostname') AS b, \u2018'\u2019 AS c",
+    "SELECT * FROM system\u00a0.processes", "SELECT caf\u00e9 FROM t", "SELECT \uff11",
+])
+def test_a_character_outside_ascii_outside_strings_quoted_names_and_comments_is_refused(sql):
+    with pytest.raises(SqlError, match="outside a string"):
+        check_read_only_sql(sql)
+
+
+def test_characters_outside_ascii_inside_strings_quoted_names_and_comments_are_text():
+    sql = "SELECT '\u2018caf\u00e9\u2019' AS \"n\u00e4me\" /* \u00a0 */ -- \u3000"
+    assert check_read_only_sql(sql).startswith("SELECT '\u2018caf\u00e9\u2019' AS \"n\u00e4me\"")
+
+
+def test_a_name_qualified_by_another_database_is_refused_and_the_engine_is_asked_only_then():
+    asked = []
+
+    def databases():
+        asked.append(1)
+        return {"relayhouse", "default", "other"}
+
+    for sql in ["SELECT * FROM other.t", "SELECT * FROM `other`.t", 'SELECT "other".t.c FROM x',
+                "SELECT 1 WHERE 1 IN (SELECT * FROM other . t)"]:
+        with pytest.raises(SqlError, match="not the relay's database"):
+            check_read_only_sql(sql, database="relayhouse", databases=databases)
+    assert len(asked) == 4
+    asked.clear()
+    for sql in ["SELECT e.seq FROM relayhouse.events AS e", "SELECT count() FROM events"]:
+        check_read_only_sql(sql, database="relayhouse", databases=databases)
+    assert len(asked) == 1  # e.seq: `e` might have been a database; `relayhouse.` and bare names never ask
+
+
+@pytest.mark.parametrize("call", ["dictGet('o.d', 'v', 1)", "dictGetString('o.d', 'v', 1)", "DICTHAS('o.d', 1)",
+                                  "joinGet('o.j', 'v', 1)", "joinGetOrNull('o.j', 'v', 1)",
+                                  "hasColumnInTable('o', 't', 'c')"])
+def test_functions_that_read_a_table_named_in_a_string_are_refused(call):
+    with pytest.raises(SqlError, match="is not allowed"):
+        check_read_only_sql(f"SELECT {call}")

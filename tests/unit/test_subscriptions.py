@@ -188,12 +188,15 @@ def test_long_unions_are_split_into_messages_under_the_size_bound():
     assert ",".join(m["params"] for m in messages).split(",") == patterns
 
 
-def test_an_error_status_is_laid_on_the_patterns_it_names_or_on_the_last_subscribe():
+def test_an_error_status_is_laid_on_the_patterns_it_names_or_on_the_last_subscribe_of_one_pattern():
     last = (("T.AAPL", "Q.ZZZZ"), 1000)
     assert blamed_patterns("subscription refused: Q.ZZZZ.", ["T.MSFT"], last, 1010) == ["Q.ZZZZ"]
     assert blamed_patterns("not authorized for 'T.MSFT'", ["T.MSFT"], last, 1010) == ["T.MSFT"]
-    assert blamed_patterns("your plan does not include this", [], last, 1010) == ["T.AAPL", "Q.ZZZZ"]
-    assert blamed_patterns("your plan does not include this", [], last, 1000 + ATTRIBUTE_MS + 1) == []
+    # naming none after a subscribe of several (the union after a reconnect): blamed on none of them
+    assert blamed_patterns("your plan does not include this", [], last, 1010) == []
+    one = (("T.ANON",), 1000)
+    assert blamed_patterns("your plan does not include this", [], one, 1010) == ["T.ANON"]
+    assert blamed_patterns("your plan does not include this", [], one, 1000 + ATTRIBUTE_MS + 1) == []
 
 
 # -- the feed's side ---------------------------------------------------------------------------

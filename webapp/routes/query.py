@@ -54,7 +54,7 @@ def query():
             return json_error(503, "/query is disabled: its ClickHouse session " + "; ".join(powers)
                               + " (see docs/clickhouse.md, or set QUERY_ALLOW_UNRESTRICTED=1)")
         statement = check_read_only_sql(render_params(sql, params) if params else sql, rt.store.table_functions(),
-                                        rt.store.db)
+                                        rt.store.db, rt.store.database_names)
         result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows,
                                 max_bytes=rt.settings.query_max_bytes)
     except SqlError as exc:

@@ -195,6 +195,10 @@ class ClickHouseStore:
             self._table_functions = frozenset(row[0] for row in rows)
         return self._table_functions
 
+    def database_names(self) -> frozenset[str]:
+        """The server's databases now (/query refuses names qualified by any but the relay's)."""
+        return frozenset(row[0] for row in self._read("SELECT name FROM system.databases"))
+
     def query_powers(self) -> list[str]:
         """What a /query connection can do that it must not (handlers.sql.power_probes); [] when restricted.
         Probed once, through the same path and settings as /query."""

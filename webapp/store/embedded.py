@@ -267,6 +267,10 @@ class EmbeddedStore:
             self._table_functions = frozenset(row[0] for row in self._select("SELECT name FROM system.table_functions"))
         return self._table_functions
 
+    def database_names(self) -> frozenset[str]:
+        """The engine's databases now (/query refuses names qualified by any but the relay's)."""
+        return frozenset(row[0] for row in self._select("SELECT name FROM system.databases"))
+
     def query_powers(self) -> list[str]:
         """What the /query session can do that it must not (handlers.sql.power_probes); [] when restricted."""
         if self._powers is None:
