@@ -66,6 +66,18 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     register_cors(app, settings)  # before the access check: preflights carry no token
 
     @app.before_request
+    def one_value_per_parameter():
+        """A query parameter given twice is a 400 naming it: read silently, the first value won
+        (`limit=5&limit=abc` served, `topics=T.A&topics=Q.B` dropped Q.B), and where the first was
+        bad the same request was refused only in the other order (an outside audit)."""
+        if b"&" in request.query_string or b";" in request.query_string:
+            for name, values in request.args.lists():
+                if len(values) > 1:
+                    return json_error(400, f"parameter {printable(name[:64])!r} is given more than once: "
+                                           "give it once (topics take a comma-separated list)")
+        return None
+
+    @app.before_request
     def check_access():
         view = app.view_functions.get(request.endpoint or "")
         if view is None:

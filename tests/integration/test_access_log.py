@@ -88,3 +88,15 @@ def test_a_refused_upgrade_is_logged_by_gunicorn_as_before(logged_relay):
     assert response.status_code == 401
     line = one_line(log, "refused-1")
     assert (line["uri"], line["status"]) == ("/ws", "401")
+
+
+def test_the_default_line_never_prints_a_token_sent_as_a_basic_user_name(launch_relay, upstream, tmp_path: Path):
+    """gunicorn's default format prints %(u)s, the decoded user of `Authorization: Basic`: `curl -u TOKEN:`
+    put the token in the log in clear (an outside audit). The relay's default line leaves it out."""
+    log = tmp_path / "access.log"
+    relay = launch_relay(upstream, {"ACCESS_LOG": str(log), "API_TOKENS": TOKEN})
+    assert relay.get("/cache/stats", auth=(TOKEN, "")).status_code == 401
+    assert relay.get("/health?probe=basic-1").status_code == 200
+    wait_until(lambda: log.exists() and "basic-1" in log.read_text(), 10, "the access lines")
+    text = log.read_text()
+    assert "/cache/stats" in text and TOKEN not in text, text[-1000:]

@@ -306,6 +306,29 @@ def test_publishing_something_that_is_not_json_is_a_400(relay, body, content_typ
     assert relay.health()["last_seq"] == last_seq
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_a_body_a_foreign_page_could_send_without_a_preflight_changes_nothing(relay, content_type):
+    """An outside audit published events from a page's `<form enctype="text/plain">` and a no-cors fetch
+    (admin by loopback peer, ADMIN_TOKEN unset): a browser sends these types cross-site unasked."""
+    last_seq, config = relay.health()["last_seq"], relay.get("/cache/config").json()
+    headers = {"Content-Type": content_type} if content_type else {}
+    for method, path, body in (("POST", "/publish", '{"ev": "CSRF", "sym": "FORM"}'),
+                               ("PUT", "/cache/config", '{"ttl_seconds": 5}'),
+                               ("POST", "/query", '{"sql": "SELECT 1"}')):
+        response = relay.request(method, path, data=body.encode(), headers=headers)
+        assert_json_error(response, 400)
+        assert "application/json" in response.json()["error"], (path, response.text)
+    assert relay.health()["last_seq"] == last_seq
+    assert relay.get("/cache/config").json() == config
+
+
+def test_a_deeply_nested_cache_config_body_is_a_400_not_a_500(relay):
+    body = b"[" * 100_000 + b"]" * 100_000
+    assert_json_error(relay.request("PUT", "/cache/config", data=body,
+                                    headers={"Content-Type": "application/json"}), 400)
+
+
 # -- /cache/config ---------------------------------------------------------------
 
 
@@ -465,3 +488,24 @@ def test_admin_routes_refuse_a_non_loopback_peer_with_403(relay):
     assert get_config(relay) == {"ttl_seconds": TTL_S, "max_items": MAX_ITEMS}
     assert relay.health()["last_seq"] == before
     session.close()
+
+
+@pytest.mark.parametrize("path", ["/cache/recent?limit=5&limit=abc", "/cache/recent?limit=abc&limit=5",
+                                  "/cache/recent?topics=T.A&topics=Q.B", "/history?since=1&since=2",
+                                  "/health?strict=0&strict=1", "/sse?topics=T.A&topics=Q.B",
+                                  "/query?sql=SELECT%201&sql=SELECT%202"])
+def test_a_parameter_given_twice_is_a_400_naming_it(relay, path):
+    """Read silently, the first value won: `limit=5&limit=abc` was served and `topics=T.A&topics=Q.B` dropped
+    Q.B (an outside audit)."""
+    response = relay.get(path)
+    assert_json_error(response, 400)
+    name = path.split("?")[1].split("=")[0]
+    assert f"'{name}'" in response.json()["error"] and "more than once" in response.json()["error"]
+
+
+def test_a_ws_upgrade_with_a_parameter_given_twice_is_refused_before_the_upgrade(relay):
+    from support.clients import upgrade_headers
+
+    with requests.Session() as session:
+        response = session.get(relay.url + "/ws?topics=T.A&topics=Q.B", headers=upgrade_headers(), timeout=10)
+        assert_json_error(response, 400)

@@ -37,4 +37,7 @@ def test_redact_hides_a_whole_token_however_it_is_spelled():
     assert conf.redact('"GET /s?token=a"QUOTED-TAIL HTTP/1.1"') == '"GET /s?token=*** HTTP/1.1"'
     assert conf.redact('"http://app/?token=p;SECRET" "curl/8"') == '"http://app/?token=***" "curl/8"'
     assert conf.redact('"GET /x?a=1&token=abc&b=2 HTTP/1.1"') == '"GET /x?a=1&token=***&b=2 HTTP/1.1"'
+    # a token mistyped after a second `?` (Flask reads it as part of `limit`): hidden all the same
+    assert conf.redact('"GET /h?limit=1?token=SECRET HTTP/1.1"') == '"GET /h?limit=1?token=*** HTTP/1.1"'
+    assert conf.redact('"GET /h?token=a?SECRET HTTP/1.1"') == '"GET /h?token=*** HTTP/1.1"'
     assert conf.redact('auth="Bearer ab"c;d" x') == 'auth="Bearer ***" x'

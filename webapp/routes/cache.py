@@ -2,12 +2,13 @@
 
 from flask import Blueprint, request
 
+from handlers import jsonx
 from handlers.entitlements import pattern_within
 from handlers.params import MAX_SEQ, ParamError, int_param
 from handlers.topics import compile_patterns
 from webapp.auth import ADMIN, CLIENT, access, request_scope, scoped_topics
 from webapp.responses import event_response, events_response, json_error, json_response
-from webapp.routes import runtime
+from webapp.routes import not_json_content, runtime
 
 bp = Blueprint("cache", __name__, url_prefix="/cache")
 
@@ -88,7 +89,13 @@ def get_config():
 @access(ADMIN)
 def put_config():
     rt = runtime()
-    body = request.get_json(silent=True)
+    refused = not_json_content()
+    if refused is not None:
+        return refused
+    try:
+        body = jsonx.loads(request.get_data(cache=False))  # strictly, as /publish: deep nesting was a 500
+    except jsonx.NotJSON:
+        body = None
     if not isinstance(body, dict):
         return json_error(400, "body must be a JSON object with ttl_seconds and/or max_items")
     unknown = sorted(set(body) - {"ttl_seconds", "max_items"})

@@ -15,7 +15,7 @@ from webapp.auth import ADMIN, access
 from webapp.bus.receipt import Unconfirmed
 from webapp.bus.redis import NoLeader
 from webapp.responses import json_error, json_response
-from webapp.routes import runtime
+from webapp.routes import not_json_content, runtime
 
 bp = Blueprint("publish", __name__)
 
@@ -24,6 +24,9 @@ bp = Blueprint("publish", __name__)
 @access(ADMIN)
 def publish():
     rt = runtime()
+    refused = not_json_content()
+    if refused is not None:
+        return refused
     body = request.get_data(cache=False)
     try:
         value = jsonx.loads(body)

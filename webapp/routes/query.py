@@ -8,7 +8,7 @@ from handlers.sql_lexer import SqlError
 from handlers.sql_params import render_params
 from webapp.auth import CLIENT, access, request_scope
 from webapp.responses import json_error, json_response
-from webapp.routes import NO_STORE, runtime, store_failure
+from webapp.routes import NO_STORE, not_json_content, runtime, store_failure
 from webapp.store.base import StoreError
 
 bp = Blueprint("query", __name__)
@@ -23,6 +23,9 @@ def query():
     if request_scope(request, rt.settings) is not None:
         return json_error(403, "this token is limited to some topics (TOKEN_TOPICS): /query is not open to it")
     if request.method == "POST":
+        refused = not_json_content()
+        if refused is not None:
+            return refused
         try:
             # strictly, as /publish reads its body: NaN, Infinity and invalid UTF-8 are not JSON
             body = jsonx.loads(request.get_data(cache=False))

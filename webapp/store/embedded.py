@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import gevent
+import gevent.lock
 import gevent.threadpool
 
 from handlers import jsonx
@@ -29,7 +30,7 @@ from webapp.store.base import (
     schema_statements,
     too_large,
 )
-from webapp.threads import call_in_thread
+from webapp.threads import call_in_thread, call_in_turn
 
 log = logging.getLogger(__name__)
 CODE = re.compile(r"Code: (\d+)")
@@ -63,6 +64,10 @@ def readonly_setup(settings: dict[str, Any]) -> tuple[str, ...]:
     included, at any depth (measured on chDB 4.4: a subquery's SETTINGS max_execution_time=0 or
     max_rows_to_read=0 does not lift the session's limit)."""
     return (*(f"SET {name} = {value!r}" for name, value in settings.items()), "SET readonly = 1")
+
+
+QUERY_WAITING_MAX = 8
+"""/query callers that may wait for the one query session at once; past it a /query is a 503 at once."""
 
 
 class Lane:
@@ -203,6 +208,8 @@ class EmbeddedStore:
             "output_format_json_quote_decimals": 1})), framed=True)
         self._table_functions: frozenset[str] | None = None
         self._powers: list[str] | None = None
+        self._query_waiting = 0  # /query callers waiting for (or in) the query lane
+        self._query_turn = gevent.lock.Semaphore(1)  # held from a /query's start until its thread is done
 
     def _select(self, sql: str, params: dict | None = None) -> list[list]:
         return self._read.run(sql, params)["data"]
@@ -244,10 +251,24 @@ class EmbeddedStore:
         constant column — `SELECT repeat('x', 1000000) FROM numbers(500)` passes any limit)."""
         timeout_s = min(timeout_s, self.query_timeout_s)
         max_rows = min(max_rows, self.query_max_rows)
+        if self._query_waiting >= QUERY_WAITING_MAX:
+            raise StoreUnavailable(f"the /query session is busy: {self._query_waiting} queries wait for it; "
+                                   "try again shortly")
         started = time.perf_counter()
-        # the engine stops the query at its limit; this bounds the caller's wait if it does not
-        with gevent.Timeout(timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
-            result = self._query.run(sql, None, "JSONCompact", max_bytes)
+        self._query_waiting += 1
+        try:
+            # The session's queries run one at a time (chDB serializes them itself): a query waits for its
+            # turn at most timeout_s, then runs at most timeout_s (the engine's limit). One that started late
+            # ran its whole time after its caller had a 504, so timed-out queries held the session one after
+            # another and a `SELECT 1` behind them got 504s for half a minute (an outside audit). Now a query
+            # never starts once its caller stopped waiting, and the next starts only when it has ended.
+            with gevent.Timeout(2 * timeout_s + 2, QueryTimedOut(f"query exceeded {timeout_s:g} s")):
+                result = call_in_turn(self._query_turn, timeout_s, self._query.sql, sql, None, "JSONCompact",
+                                      max_bytes, pool=self._query.pool, waited=QueryTimedOut(
+                                          f"waited {timeout_s:g} s (QUERY_TIMEOUT_S) for the /query session, which "
+                                          "other queries held, and was not run"))
+        finally:
+            self._query_waiting -= 1
         elapsed_ms = (time.perf_counter() - started) * 1000
         columns = [(m["name"], m["type"]) for m in result.get("meta", [])]
         rows = [list(r) for r in result.get("data", [])[:max_rows + 1]]
