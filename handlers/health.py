@@ -24,6 +24,7 @@ class HealthFacts:
     outbox_full_s: float = 0.0  # how long the leader's bus outbox has been full (the upstream held); 0: not full
     append_failing_s: float = 0.0  # how long every append to Redis has failed, without one success; 0: none
     append_error: str | None = None  # the last append failure, e.g. "refused: OutOfMemoryError: ..."
+    readers_wait_s: float = 0.0  # how long the leader's publisher has held events back for a reader far behind
 
 
 def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
@@ -47,6 +48,9 @@ def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
         reasons.append(f"bus outbox full for {facts.outbox_full_s:.0f} s: the upstream is held")
     if facts.append_failing_s >= BUS_STUCK_GRACE_S:
         reasons.append(f"Redis appends failing for {facts.append_failing_s:.0f} s: {facts.append_error}")
+    if facts.readers_wait_s >= BUS_STUCK_GRACE_S:
+        reasons.append(f"bus publisher waiting {facts.readers_wait_s:.0f} s for a reader more than half of "
+                       "STREAM_MAXLEN behind")
     if facts.tasks_down:
         reasons.append("restarting: " + ", ".join(facts.tasks_down))
     return tuple(reasons)

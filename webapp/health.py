@@ -129,7 +129,8 @@ def outbox_facts(rt, now: float) -> dict:
         return {}
     outbox = rt.bus.outbox
     full_s, failing_s = outbox.stuck_for(now)
-    return {"outbox_full_s": full_s, "append_failing_s": failing_s, "append_error": outbox.append_error}
+    return {"outbox_full_s": full_s, "append_failing_s": failing_s, "append_error": outbox.append_error,
+            "readers_wait_s": rt.bus.readers_wait_s()}
 
 
 def subscriptions_health(rt) -> dict:

@@ -182,6 +182,38 @@ def test_four_workers_one_upstream_and_killing_any_worker_loses_nothing_for_the_
                "gunicorn to replace the killed workers")
 
 
+def test_a_cluster_on_an_empty_redis_and_a_store_past_half_the_stream_serves_at_once(prefix, fresh_upstream,
+                                                                                    launch_relay, ws,
+                                                                                    clickhouse_server):  # noqa: F811
+    """Redis restarted empty (or a new prefix) over a store holding more than STREAM_MAXLEN / 2 events: the
+    counter is seeded from the store, the leader's own reader stood at 0 in no epoch, and the publisher
+    waited for it for good: nothing appended, nothing delivered, /health ok (an outside audit, 3 of 3)."""
+    url = clickhouse_server.fresh_url()
+    first_env = cluster_env(prefix, CLICKHOUSE_URL=url, STREAM_MAXLEN="100",
+                            STORE_BATCH_MS="50")
+    first = launch_relay(fresh_upstream, first_env)
+    sym = unique_sym()
+    for start in (0, 50, 100):  # a publish takes at most half the cap
+        answer = first.request("POST", "/publish", json=trades(start, start + 50, sym=sym))
+        assert answer.status_code == 200 and answer.json()["seqs"][-1] == start + 50, answer.text
+    store = clickhouse_server.client(database=url.rsplit("/", 1)[1])
+    wait_until(lambda: store.execute("SELECT count() FROM events")[0][0] == 150, 20, "150 events stored")
+    first.stop()
+
+    second = launch_relay(fresh_upstream, {**first_env, "REDIS_PREFIX": f"{prefix}:empty"})  # a Redis with nothing
+    client = ws(second, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    published = second.request("POST", "/publish", json=trades(150, 153, sym=sym), timeout=10)
+    assert published.status_code == 200, published.text
+    assert published.json()["seqs"] == [151, 152, 153]
+    assert [e["seq"] for e in client.wait_for_seq(153)] == [151, 152, 153]
+    fresh_upstream.emit(trades(153, 213, sym=sym), batch=10)  # the upstream's, past half the cap again
+    assert [e["seq"] for e in client.wait_for_seq(213)][-1] == 213
+    wait_until(lambda: store.execute("SELECT count(), uniqExact(seq) FROM events")[0] == (213, 213), 20,
+               "every event stored once")
+    store.disconnect()
+
+
 def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fresh_upstream, launch_relay, ws,
                                                                      clickhouse_server):  # noqa: F811
     env = cluster_env(prefix, CLICKHOUSE_URL=clickhouse_server.fresh_url(), STORE_BATCH_MS="100")

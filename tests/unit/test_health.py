@@ -26,6 +26,7 @@ def test_a_healthy_relay_has_no_reason_to_be_degraded():
     ({"outbox_full_s": 7.4}, "bus outbox full for 7 s: the upstream is held"),
     ({"append_failing_s": 12.0, "append_error": "refused: OutOfMemoryError: command not allowed"},
      "Redis appends failing for 12 s: refused: OutOfMemoryError: command not allowed"),
+    ({"readers_wait_s": 9.2}, "bus publisher waiting 9 s for a reader more than half of STREAM_MAXLEN behind"),
 ])
 def test_each_failing_part_is_its_own_reason(change, reason):
     assert degraded_reasons(replace(HEALTHY, **change)) == (reason,)
