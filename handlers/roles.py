@@ -6,7 +6,10 @@ every decision the leadership shell makes about its role is a pure function
 here. `seq_floor` is the arithmetic of a new leader's seq space.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from handlers.events import Event
 
 STARTING = "starting"  # not yet reading the stream
 SINGLE = "single"  # no Redis: this process is the whole relay
@@ -111,14 +114,34 @@ def seq_floor(*, redis_seq: int | None, redis_epoch: str | None, stream_seq: int
     return SeqSpace(floor, epoch)
 
 
-def unfillable(store_max: int | None, spool_max: int, stream_first: int | None) -> tuple[int, int] | None:
-    """The seqs a new leader can write from nowhere: above what the store and its spool hold, below
-    the stream's oldest entry (trimmed before anyone stored them). None when nothing is lost, or
-    when the store could not be asked (then nothing is known)."""
-    if store_max is None or stream_first is None:
-        return None
-    first, last = max(store_max, spool_max) + 1, stream_first - 1
-    return (first, last) if first <= last else None
+def reads_to_store(cached: list[Event], stream: list[Event], read_through: int) -> list[Event]:
+    """What a new leader gives its writer of what its own reader read (up to `read_through`, in the
+    stream's epoch): the stream's copy where the stream still holds it, and below the stream's oldest
+    entry — trimmed, or the whole stream lost with a Redis that restarted empty — its cache's copy.
+    Ascending seq; the writer inserts only what the store lacks."""
+    oldest = stream[0].seq if stream else None
+    return ([e for e in cached if oldest is None or e.seq < oldest]
+            + [e for e in stream if e.seq <= read_through])
+
+
+def unfillable(store_max: int | None, spool_max: int, held: Iterable[int], newest: int) -> list[tuple[int, int]]:
+    """The seq ranges a new leader can write from nowhere: above what the store and its spool hold, up to
+    `newest` (the last seq given in its seq space), and not `held` (ascending, repeats allowed: the seqs it
+    has a copy of, read by its own reader or still in the stream). Empty when nothing is lost, or when the
+    store could not be asked (then nothing is known)."""
+    if store_max is None:
+        return []
+    lost = []
+    expected = max(store_max, spool_max) + 1
+    for seq in held:
+        if seq > newest:
+            break
+        if seq > expected:
+            lost.append((expected, seq - 1))
+        expected = max(expected, seq + 1)
+    if expected <= newest:
+        lost.append((expected, newest))
+    return lost
 
 
 def leader_lag(assigned_seq: int, last_seq: int, outbox_events: int) -> int:

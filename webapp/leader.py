@@ -4,11 +4,13 @@ One authority: the lease's holder is the only worker whose events get seqs
 (the append script numbers them, fenced by the lease's token) and the only
 one whose store writer may insert (`may_write`, checked before every insert).
 The writer is fed from the stream, not from ingest: what reached the stream
-is what gets stored, by whoever holds the lease. The lease is renewed until
-the graceful flush is done and released only after it; a worker that dies
-never releases it (it lapses).
+is what gets stored, by whoever holds the lease; where the stream lost it
+(Redis restarted empty), a new leader writes what it read from its cache.
+The lease is renewed until the graceful flush is done and released only
+after it; a worker that dies never releases it (it lapses).
 """
 
+import heapq
 import logging
 import time
 
@@ -16,6 +18,7 @@ import gevent
 
 from handlers import roles
 from handlers.backoff import reconnect_delay_ms
+from handlers.events import Event
 from webapp import clientgate
 from webapp.bus.failures import FAILURES
 from webapp.bus.lease import LostLease
@@ -140,12 +143,17 @@ class Leadership:
             rt.store.insert_timeout_s = INSERT_TIMEOUT_S
         events, epoch, _ = bus.tail(bus.stream_maxlen)
         counter_seq, counter_epoch = bus.counter()
+        read_epoch = bus.epoch
+        reads: list[Event] = []  # what this worker had read, for its writer
         if rt.writer is not None:
-            # No yield from here to bus.received: the writer gets what this worker had already
-            # read of the stream (the store may lack it), then, through _serve, all that follows.
+            # No yield from here to bus.received: the writer gets what this worker had already read (the
+            # store may lack it), then, through _serve, all that follows. Where the stream no longer holds
+            # it, the copy is this worker's cache: with Redis restarted empty under a paused leader, every
+            # client had 61 events that the store never got, and no hole said so (an outside audit).
             rt.writer.discard_pending()
-            if epoch is not None and epoch == bus.epoch:
-                rt.writer.enqueue([e for e in events if e.seq <= bus.last_seq])
+            if epoch is None or epoch == read_epoch:
+                reads = roles.reads_to_store(rt.cache.events_after(0, rt.now_ms()), events, bus.last_seq)
+                rt.writer.enqueue(reads)
             rt.feeding_writer = True
         if events:
             bus.received(events, epoch)  # whatever this worker's reader had not seen yet
@@ -159,11 +167,19 @@ class Leadership:
             store_max=store_max or 0, store_epoch=store_epoch,
             seen_seq=bus.last_seq, seen_epoch=bus.epoch, fresh_epoch=rt.new_epoch())
         seq, rt.epoch = bus.seed(space.floor, space.epoch)
-        lost = roles.unfillable(store_max, spool_max, events[0].seq if events and epoch == rt.epoch else None)
-        if rt.store is not None and lost is not None:
-            # the stream was trimmed past what the store has: resuming clients are told, on every worker
-            log.error("the store lacks seqs %d..%d and the stream no longer holds them", *lost)
-            bus.add_hole(rt.epoch, *lost)
+        rt.ingest.last_seq = seq  # its provisional numbering (the append script gives the real seqs) and the log's
+        if reads and read_epoch != rt.epoch:
+            # read in another seq space than the one the store continues: those seqs are not the store's
+            rt.writer.discard_pending()
+            reads = []
+        held = heapq.merge((e.seq for e in reads), (e.seq for e in events) if epoch == rt.epoch else ())
+        lost = roles.unfillable(store_max, spool_max, held, seq) if rt.store is not None else []
+        for first, last in lost:
+            # neither the store, nor the stream, nor what this worker read has them: resuming clients are
+            # told, on every worker
+            log.error("the store lacks seqs %d..%d and neither the stream nor this worker's cache holds them",
+                      first, last)
+            bus.add_hole(rt.epoch, first, last)
         if rt.store is not None and store_max is not None and store_epoch != rt.epoch:
             try:
                 rt.store.set_meta("epoch", rt.epoch)

@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from support.clients import SseClient, WsClient  # noqa: E402
-from support.cluster import prefix  # noqa: E402,F401 (a fixture: a Redis key prefix of the test's own)
+from support.cluster import forgetful_redis, prefix, private_redis  # noqa: E402,F401 (fixtures: a Redis key prefix, redis-servers of the test's own)
 from support.relay import ALL_RELAYS, Relay  # noqa: E402
 from support.upstream import FakeUpstream, is_fake_upstream_thread  # noqa: E402
 

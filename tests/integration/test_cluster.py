@@ -12,13 +12,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import requests
 from support.clickhouse import ClickHouseServer, clickhouse_server  # noqa: F401
-from support.cluster import PrivateRedis, Pump, UpstreamWatch, cluster_env, role, start_pair
+from support.cluster import Pump, UpstreamWatch, cluster_env, role, start_pair
 from support.events import trades, unique_sym
 from support.procnet import children, owner_of_connection
 from support.relay import health_port
@@ -264,15 +261,6 @@ def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fre
     count, unique = store.execute("SELECT count(), uniqExact(seq) FROM events")[0]
     assert count == unique
     store.disconnect()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A redis-server of the test's own (with an append-only file), to restart at will."""
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_redis_restart_mid_stream_recovers_without_duplicates(private_redis, fresh_upstream, launch_relay, ws):

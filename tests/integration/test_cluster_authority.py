@@ -13,40 +13,24 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 from support.clickhouse import clickhouse_server  # noqa: F401
 from support.cluster import (
     SHARED_REDIS,
-    PrivateRedis,
     Pump,
     StallingProxy,
     UpstreamWatch,
     cluster_env,
     role,
     start_pair,
+    worker_of,
 )
 from support.events import trades, unique_sym
-from support.procnet import children
 from support.waiting import wait_until
 
 LEASE_S = 1.5
-
-
-@pytest.fixture
-def private_redis(tmp_path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-def worker_of(relay) -> int:
-    workers = wait_until(lambda: children(relay.proc.pid), 10, "the relay's worker")
-    assert len(workers) == 1, workers
-    return workers[0]
 
 
 def assert_in_order_without_gap_or_duplicate(events: list[dict]) -> None:

@@ -140,16 +140,18 @@ def _frame(items) -> str:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own (append-only file on), to restart or put behind a proxy."""
+    """A redis-server of the test's own, to restart or put behind a proxy: with an append-only file (it keeps
+    its data across a restart), or with `persistent=False` none (it comes back empty, as Redis without
+    persistence does)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, persistent: bool = True):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         directory.mkdir(exist_ok=True)
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
-        self.cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                    "--dir", str(directory)]
+        self.cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "yes" if persistent else "no", "--dir", str(directory)]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -247,3 +249,31 @@ class StallingProxy:
                 sock.close()
         for thread in self._threads:
             thread.join(5)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own (with an append-only file), to restart, pause or fill at will."""
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def forgetful_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server that comes back empty after a restart (no append-only file, no snapshot)."""
+    server = PrivateRedis(tmp_path / "redis", persistent=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def worker_of(relay) -> int:
+    """The pid of a one-worker relay's worker."""
+    from support.procnet import children
+    from support.waiting import wait_until
+
+    workers = wait_until(lambda: children(relay.proc.pid), 10, "the relay's worker")
+    assert len(workers) == 1, workers
+    return workers[0]

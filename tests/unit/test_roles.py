@@ -3,6 +3,7 @@
 import pytest
 
 from handlers import roles
+from handlers.events import make_event
 from handlers.roles import SeqSpace, next_role, seq_floor
 
 
@@ -78,17 +79,40 @@ def test_a_lost_counter_and_stream_with_a_store_of_another_epoch_ignores_what_th
     assert space(store_max=30, store_epoch="S", seen_seq=99, seen_epoch="OTHER") == SeqSpace(30, "S")
 
 
-@pytest.mark.parametrize(("store_max", "spool_max", "stream_first", "expected"), [
-    (100, 0, 101, None),  # the stream starts right after the store: everything can be written
-    (100, 0, 50, None),  # the stream overlaps the store
-    (100, 0, 501, (101, 500)),  # trimmed before anyone stored them
-    (100, 300, 501, (301, 500)),  # this host's spool still has some of them
-    (100, 600, 501, None),
-    (None, 0, 501, None),  # the store could not be asked: nothing is known
-    (100, 0, None, None),  # an empty stream (or another epoch's)
+@pytest.mark.parametrize(("store_max", "spool_max", "held", "newest", "expected"), [
+    (100, 0, range(101, 601), 600, []),  # the stream starts right after the store: everything can be written
+    (100, 0, range(50, 601), 600, []),  # the stream overlaps the store
+    (100, 0, range(501, 601), 600, [(101, 500)]),  # trimmed before anyone stored them
+    (100, 300, range(501, 601), 600, [(301, 500)]),  # this host's spool still has some of them
+    (100, 600, range(501, 601), 600, []),
+    (None, 0, range(501, 601), 600, []),  # the store could not be asked: nothing is known
+    (100, 0, [], 100, []),  # nothing given past the store (an empty stream over a store, a fresh epoch)
+    (100, 0, [], 160, [(101, 160)]),  # Redis restarted empty and this worker holds no copy of 101..160
+    (100, 0, range(81, 161), 160, []),  # ... its cache holds them: it writes them
+    (100, 0, range(141, 161), 160, [(101, 140)]),  # ... only the newest of them
+    (100, 0, [*range(101, 121), *range(131, 161)], 160, [(121, 130)]),  # a gap between what it read and the stream
 ])
-def test_a_new_leader_knows_which_seqs_it_can_write_from_nowhere(store_max, spool_max, stream_first, expected):
-    assert roles.unfillable(store_max, spool_max, stream_first) == expected
+def test_a_new_leader_knows_which_seqs_it_can_write_from_nowhere(store_max, spool_max, held, newest, expected):
+    assert roles.unfillable(store_max, spool_max, list(held), newest) == expected
+
+
+def events(first: int, last: int) -> list:
+    return [make_event(seq, 1_000, "T.X", {"n": seq}) for seq in range(first, last + 1)]
+
+
+def seqs(evs: list) -> list[int]:
+    return [e.seq for e in evs]
+
+
+def test_a_new_leader_writes_what_it_read_from_the_streams_copy_and_below_it_from_its_cache():
+    # read through 160; the stream holds 131..170 (trimmed below 131): 101..130 from the cache
+    assert seqs(roles.reads_to_store(events(101, 160), events(131, 170), 160)) == list(range(101, 161))
+    # Redis restarted empty: all of it from the cache
+    assert seqs(roles.reads_to_store(events(101, 160), [], 160)) == list(range(101, 161))
+    # the stream holds all it read: the cache adds nothing
+    assert seqs(roles.reads_to_store(events(101, 160), events(1, 170), 160)) == list(range(1, 161))
+    # nothing read yet: only what the reader will deliver (not given here)
+    assert roles.reads_to_store([], events(1, 10), 0) == []
 
 
 # -- how far behind the stream a worker is (/health's lag) -------------------------------------------

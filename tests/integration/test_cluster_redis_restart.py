@@ -1,0 +1,83 @@
+"""Redis restarting empty during a leader change (contract §7, §10, §3): the follower that takes over
+writes to the store what it had read of the lost stream and the store lacks; what it cannot write is
+recorded as a hole, so that a resume reports it `missing`.
+
+An outside audit: the leader SIGSTOPped for 3 s and Redis restarted empty (no persistence) for 0.3 s;
+all clients had seqs 2536-2596 (61 events), the store never got them, no hole was recorded, and a
+resume from the store went from 2535 to 2597 with `recovered: true`.
+
+Real processes: two relays under gunicorn, a private redis-server without persistence, ClickHouse 18.16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from support.clickhouse import clickhouse_server  # noqa: F401
+from support.cluster import cluster_env, role, start_pair, worker_of
+from support.events import trades, unique_sym
+from support.waiting import wait_until
+
+
+@pytest.mark.parametrize(("cache_items", "missing"), [
+    (80, None),  # its cache holds 81..160: it writes 101..160, and a resume from the store has every event
+    (20, [91, 140]),  # its cache holds 141..160 only: 101..140 are gone, and a resume says so
+], ids=["read_events_stored", "unreadable_ones_a_hole"])
+def test_a_follower_taking_over_from_a_redis_that_restarted_empty_stores_what_it_had_read(
+        cache_items, missing, forgetful_redis, fresh_upstream, launch_relay, ws, clickhouse_server):  # noqa: F811
+    """The leader has stored seqs 1..100 when it is paused; every worker has read 101..160 from the stream.
+    Redis restarts empty, the follower takes over (seqs continue after 160) and the leader resumes. The
+    store then holds every event once under the seq the clients saw (or, for what the new leader could not
+    read back, a resume reports the range missing). Without the fix: the store lacked 101..160 silently."""
+    url = clickhouse_server.fresh_url()
+    env = cluster_env("rh", forgetful_redis.url, CLICKHOUSE_URL=url, STREAM_MAXLEN="1000",
+                      CACHE_MAX_ITEMS=str(cache_items))
+    # the first leader writes a batch at 100 events, else only after a minute: paused after 160, its
+    # store lacks exactly 101..160
+    leader_env = {**env, "STORE_BATCH_ROWS": "100", "STORE_BATCH_MS": "60000"}
+    leader, follower = start_pair(launch_relay, fresh_upstream, leader_env,
+                                  follower_env={**env, "STORE_BATCH_MS": "200"})
+    leader_pid = worker_of(leader)
+    sym = unique_sym()
+    client = ws(follower, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    store = clickhouse_server.client(database=url.rsplit("/", 1)[1])
+    try:
+        fresh_upstream.emit(trades(0, 100, sym=sym), batch=20)
+        wait_until(lambda: store.execute("SELECT count() FROM events")[0][0] == 100, 10, "seqs 1..100 stored")
+        fresh_upstream.emit(trades(100, 160, sym=sym), batch=20)
+        client.wait_for_seq(160)  # the follower read 101..160 from the stream
+        epoch = follower.health()["epoch"]
+        os.kill(leader_pid, signal.SIGSTOP)
+        try:
+            assert store.execute("SELECT count(), max(seq) FROM events")[0] == (100, 100)
+            forgetful_redis.stop()
+            forgetful_redis.start()  # empty: no lease, no counter, no stream
+            wait_until(lambda: role(follower) == "leader", 15, "the follower to take over")
+        finally:
+            os.kill(leader_pid, signal.SIGCONT)
+        wait_until(lambda: len(fresh_upstream.open_connections()) == 1 and role(leader) == "follower", 10,
+                   "the resumed leader to step down and close its upstream connection")
+        fresh_upstream.emit(trades(160, 200, sym=sym), batch=20)
+        events = client.wait_for_seq(200)
+        assert [e["seq"] for e in events] == list(range(1, 201))
+        assert [e["data"]["n"] for e in events] == list(range(200))
+
+        wait_until(lambda: store.execute("SELECT max(seq) FROM events")[0][0] == 200, 10, "seqs to 200 stored")
+        kept = list(range(1, 201)) if missing is None else [s for s in range(1, 201) if not 101 <= s <= 140]
+        rows = dict(store.execute("SELECT seq, data FROM events"))
+        assert store.execute("SELECT count(), uniqExact(seq) FROM events")[0] == (len(kept), len(kept))
+        assert sorted(rows) == kept, f"the store lacks {sorted(set(kept) - set(rows))[:5]}..."
+        assert all(json.loads(rows[e["seq"]]) == e["data"] for e in events if e["seq"] in rows)
+    finally:
+        store.disconnect()
+
+    # a resume below the new leader's cache reads the store: every event, or the range it lacks named
+    snapshot = ws(follower, topics=f"T.{sym}", since=90, epoch=epoch).read_snapshot()
+    assert snapshot["epoch"] == epoch  # the seqs continued in the same seq space
+    assert snapshot.get("missing") == missing
+    assert snapshot["recovered"] is (missing is None)
+    assert [e["seq"] for e in snapshot["events"]] == list(range(91 if missing is None else 141, 201))
