@@ -25,6 +25,7 @@ class HealthFacts:
     append_failing_s: float = 0.0  # how long every append to Redis has failed, without one success; 0: none
     append_error: str | None = None  # the last append failure, e.g. "refused: OutOfMemoryError: ..."
     readers_wait_s: float = 0.0  # how long the leader's publisher has held events back for a reader far behind
+    bus_refused: str | None = None  # Redis answers this worker's last bus call with an error (a refusal)
 
 
 def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
@@ -42,6 +43,8 @@ def degraded_reasons(facts: HealthFacts) -> tuple[str, ...]:
         reasons.append(f"{facts.spooled} events spooled")
     if not facts.bus_ok:
         reasons.append("bus (Redis) unavailable")
+    elif facts.bus_refused:
+        reasons.append(f"bus (Redis) refuses: {facts.bus_refused}")
     if facts.follower_without_leader and not facts.in_grace:
         reasons.append("no leader known")
     if facts.outbox_full_s >= BUS_STUCK_GRACE_S:

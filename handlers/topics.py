@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from handlers import jsonx
+
 DEFAULT_TOPIC = "default"
 MAX_PATTERN_LENGTH = 256
 MAX_PATTERNS = 1000
@@ -23,6 +25,10 @@ def _topic_part(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        # as JSON text, as every other value is written (an outside audit found the Python repr
+        # `{'k0': [...]}` in topics)
+        return jsonx.dumps(value).decode()
     return str(value)
 
 

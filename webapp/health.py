@@ -4,6 +4,8 @@ decided in handlers/health.py; nothing here changes a part."""
 import logging
 import time
 
+import gevent
+
 from handlers import roles
 from handlers.health import HealthFacts, degraded_reasons
 from webapp import accept, clientgate
@@ -14,14 +16,21 @@ log = logging.getLogger(__name__)
 VERSION = "0.3.0"
 
 
+STORE_STALLED_S = 5.0  # a store call (an insert, its max(seq)) waiting this long makes the store failing
+
+
 def store_health(rt) -> dict:
     if rt.store is None:
         return {"backend": "none", "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0}
     w = rt.writer
     backlog = w._backlog
+    # a store that hangs rather than refuses: failing for /health long before the driver's I/O time-out
+    stalled_s = w.store_stalled_s()
+    stalled = f"the store has not answered for {stalled_s:.0f} s" if stalled_s >= STORE_STALLED_S else None
     return {
         "backend": rt.store_backend,
-        "ok": w.ok and rt.boot_error is None and rt.state_error is None,
+        "ok": w.ok and stalled is None and rt.boot_error is None and rt.state_error is None,
+        "stalled_s": round(stalled_s, 3),
         "pending": len(w.pending),
         "spooled": rt.spool.events if backlog else 0,
         "spooled_bytes": rt.spool.bytes if backlog else 0,
@@ -30,7 +39,7 @@ def store_health(rt) -> dict:
         "written": w.written,
         "dead_letter": {"events": w.dead_letter_events, "batches": w.dead_letter_batches,
                         "last": w.dead_letter_last, "dir": w.dead_letter_dir},
-        "last_error": w.last_error or rt.boot_error or rt.state_error,
+        "last_error": stalled or w.last_error or rt.boot_error or rt.state_error,
         # times the ingest wrote the seq reservation itself (the background extension was late or failed)
         "reservation_sync_writes": rt.seq_state.sync_writes if rt.seq_state else 0,
     }
@@ -46,7 +55,7 @@ def metric_values(rt) -> dict:
         "events_in": dict(rt.ingest.numbered),
         "upstream_frames": rt.ingest.upstream_frames,
         "upstream_connected": upstream.connected,
-        "upstream_subscriptions": len(rt.subs.view()["subscribed"]),
+        "upstream_subscriptions": len(subscriptions_health(rt)["subscriptions"]),
         "upstream_reconnects": upstream.reconnects,
         "clients": dict(rt.hub.clients_by_kind),
         "clients_by_mode": rt.hub.mode_counts(),
@@ -91,11 +100,25 @@ def stream_lag(rt) -> int | None:
     if not bus.ok:
         return None
     try:
-        newest = bus.newest()
+        answered, newest = within(HEALTH_REDIS_S, bus.newest)
     except REDIS_FAILURES as exc:
         log.debug("stream lag: %s", exc)
         return None
+    if not answered:
+        return None  # Redis stalled: /health answers now (it waited for the 5 s socket time-out, saying ok)
     return roles.follower_lag(newest, bus.last_seq, bus.epoch)
+
+
+HEALTH_REDIS_S = 0.25
+"""How long /health and /metrics wait for a Redis read of their own (redis-py drops a connection a time-out
+cut off mid-reply)."""
+
+
+def within(seconds: float, fn, *args):
+    """(True, fn(*args)) if it returns within `seconds`, else (False, None)."""
+    with gevent.Timeout(seconds, False):
+        return True, fn(*args)
+    return False, None
 
 
 def bus_health(rt) -> dict:
@@ -119,6 +142,14 @@ def bus_health(rt) -> dict:
     }
 
 
+def bus_refusal(rt) -> str | None:
+    """What Redis answered this worker's last bus call when it refused it (a follower whose stream key was
+    not a stream read nothing and said ok: an outside audit); None when the last call went through. The
+    reader clears it with each read that works."""
+    error = getattr(rt.bus, "last_error", None) if rt.clustered else None
+    return error[len("refused:"):].strip()[:200] if error and error.startswith("refused:") else None
+
+
 def leader_known(rt) -> bool:
     return rt.leadership is not None and rt.leadership.holder_cached is not None
 
@@ -134,7 +165,9 @@ def outbox_facts(rt, now: float) -> dict:
 
 
 def subscriptions_health(rt) -> dict:
-    view = rt.subs.view()
+    answered, view = within(HEALTH_REDIS_S, rt.subs.view)  # a follower reads the cluster's view from Redis
+    if not answered:
+        view = {"subscribed": [], "clients": {}}
     return {"subscriptions": view["subscribed"], "subscription_clients": view["clients"],
             "managed_subscriptions": rt.subs.enabled}
 
@@ -148,6 +181,7 @@ def health(rt) -> dict:
     reasons = degraded_reasons(HealthFacts(
         leading=leading, upstream_connected=s.connected, in_grace=in_grace, shutting_down=rt.shutting_down,
         ready=rt.ready.is_set(), store_ok=store["ok"], spooled=store["spooled"], bus_ok=rt.bus.ok,
+        bus_refused=bus_refusal(rt),
         follower_without_leader=rt.clustered and rt.role == "follower" and not leader_known(rt),
         tasks_down=tuple(rt.tasks.restarting), **outbox_facts(rt, now)))
     return {

@@ -90,6 +90,8 @@ def schemas() -> dict[str, Any]:
                               "spooled": {"type": "integer"}, "spooled_bytes": {"type": "integer"},
                               "spool_full": {"type": "boolean"}, "dropped": {"type": "integer"},
                               "written": {"type": "integer"}, "last_error": nullable_str,
+                              "stalled_s": {"type": "number", "description": "how long the store call in "
+                                            "progress has waited for the store; 5 s or more: not ok"},
                               "dead_letter": {"type": "object", "description": "batches the store refused for "
                                               "good, under DATA_DIR/dead-letter"}}},
                 "enrich": {"type": "object", "nullable": True, "description": "with ENRICH_SQL: frames queued, "

@@ -66,7 +66,7 @@ class Runtime:
         self.epoch = new_epoch()
         self.metrics = Metrics()
         self.metrics.read_parts(lambda: views.metric_values(self))  # each part's state, read at scrape time
-        self.cache = EventCache(settings.cache_max_items, settings.cache_ttl_seconds)
+        self.cache = EventCache(settings.cache_max_items, settings.cache_ttl_seconds, settings.cache_max_bytes)
         self.delivered = 0  # event deliveries to clients, for /health and the monitor
         self.hub = Hub(settings.hub_flush_interval_ms, on_delivered=self._on_delivered,
                        on_flush=self.metrics.flush_seconds.observe, on_conflated=self.metrics.conflated_events.inc,

@@ -212,6 +212,10 @@ class Settings:
     topic_fields: tuple = env("TOPIC_FIELDS", ("ev", "sym"), _names, "fields joined with '.' to form the topic")
     cache_max_items: int = env("CACHE_MAX_ITEMS", 10_000, _int(1, 10_000_000), "cache size bound")
     cache_ttl_seconds: int = env("CACHE_TTL_SECONDS", 3600, _int(1, 31_536_000), "cache age bound")
+    cache_max_bytes: int = env("CACHE_MAX_BYTES", 268_435_456, _int(1024, 1 << 40),
+                               "cache bound in the events' JSON bytes (oldest evicted first; the newest always "
+                               "stays): CACHE_MAX_ITEMS events of up to UPSTREAM_MAX_FRAME_BYTES each would be "
+                               "40 GB")
     clickhouse_url: str | None = env("CLICKHOUSE_URL", None, _clickhouse_url, "ClickHouse server URL; unset = embedded chDB; none = no store")
     data_dir: str = env("DATA_DIR", "./data", _str, "embedded store and write spool")
     redis_url: str | None = env("REDIS_URL", None, _redis_url, "enables several workers / instances")

@@ -18,6 +18,7 @@ import signal
 import time
 
 from support.events import unique_sym
+from support.waiting import wait_until
 
 from faults.harness import (
     Pump,
@@ -203,3 +204,52 @@ def test_sigterm_under_load_flushes_everything_closes_clients_with_1001_and_seq_
     assert total == cut + len(after)
     print(f"SIGTERM: exit after {exit_s:.2f}s, {last_stored} events stored, "
           f"{sent_after_stop} frames' events arrived after the relay stopped reading")
+
+
+def test_a_store_that_hangs_is_reported_within_seconds_and_a_crash_then_loses_no_more_than_a_batch(
+        clickhouse_server, fresh_upstream, start_relay, store, ws):
+    """A stopped ClickHouse (it hangs, it does not refuse): /health said ok for the driver's 30 s I/O time-out,
+    and every batch behind the hanging insert waited in memory, so a SIGKILL then lost the whole stall (an
+    outside audit: 5,745 events) and a SIGTERM everything pending (3,830). Now the store is failing for
+    /health within STORE_STALLED_S and each batch interval's events go to the spool meanwhile."""
+    rate = 200
+    url, probe = store()
+    relay = start_relay(fresh_upstream, store_env(url, STORE_BATCH_MS="200"))
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    pump = Pump(fresh_upstream, sym, rate, per_frame=10).start()
+    server_pid = clickhouse_server.pid
+    stopped = False
+    try:
+        probe.wait_count(400, timeout_s=20)
+        os.kill(server_pid, signal.SIGSTOP)
+        stopped = True
+        stalled_at = time.monotonic()
+        wait_until(lambda: relay.health()["store"]["ok"] is False, 15, "the relay to see the store hang")
+        noticed_s = time.monotonic() - stalled_at
+        health = relay.health()
+        assert "has not answered" in health["store"]["last_error"] and health["status"] == "degraded", health
+        time.sleep(2)  # ~400 more events numbered while it hangs
+        os.killpg(relay.proc.pid, signal.SIGKILL)
+        relay.wait_exit(10)
+        pump.pause()
+        seen = ws_events_until_closed(client)
+        spooled = {e["seq"] for e in read_spool(relay.data_dir / "spool")}
+        os.kill(server_pid, signal.SIGCONT)
+        stopped = False
+        stored = {seq for seq, _ in probe.seq_n()}
+        acknowledged = stored | spooled
+        ack_max = max(acknowledged)
+        assert sorted(acknowledged) == list(range(1, ack_max + 1)), "stored and spooled must be 1..N, no hole"
+        seen_max = seen[-1]["seq"]
+        assert seen_max - ack_max <= rate, (
+            f"clients saw seq {seen_max}, the spool and the store hold only up to {ack_max}: the stall was "
+            f"kept in memory (noticed after {noticed_s:.1f} s)")
+        relay.restart()
+        probe.wait_count(ack_max, timeout_s=60)  # the spool written back
+        assert_store_holds(probe, [(seq, seq - 1) for seq in range(1, ack_max + 1)])
+    finally:
+        if stopped:
+            os.kill(server_pid, signal.SIGCONT)
+        pump.stop()

@@ -27,6 +27,8 @@ def test_a_healthy_relay_has_no_reason_to_be_degraded():
     ({"append_failing_s": 12.0, "append_error": "refused: OutOfMemoryError: command not allowed"},
      "Redis appends failing for 12 s: refused: OutOfMemoryError: command not allowed"),
     ({"readers_wait_s": 9.2}, "bus publisher waiting 9 s for a reader more than half of STREAM_MAXLEN behind"),
+    ({"bus_refused": "ResponseError: WRONGTYPE Operation against a key holding the wrong kind of value"},
+     "bus (Redis) refuses: ResponseError: WRONGTYPE Operation against a key holding the wrong kind of value"),
 ])
 def test_each_failing_part_is_its_own_reason(change, reason):
     assert degraded_reasons(replace(HEALTHY, **change)) == (reason,)

@@ -35,6 +35,8 @@ EV_SYM = ("ev", "sym")
     ({"topic": "projection_bpp", "payload": {}}, ("topic",), "projection_bpp"),
     ({"ev": "T", "sym": "BRK.A"}, EV_SYM, "T.BRK.A"),
     ({"ev": "", "sym": "AAPL"}, EV_SYM, ".AAPL"),
+    ({"ev": "T", "sym": {"k0": [1, "x"]}}, EV_SYM, 'T.{"k0":[1,"x"]}'),  # JSON text, not a Python repr
+    ({"ev": ["a", None]}, EV_SYM, '["a",null]'),
 ])
 def test_topic_joins_the_fields_present_in_order(data, fields, topic):
     assert topic_of(data, fields) == topic

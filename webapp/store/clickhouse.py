@@ -29,6 +29,19 @@ from webapp.store.base import (
 
 log = logging.getLogger(__name__)
 
+
+class _WithoutTraceback(logging.Filter):
+    """clickhouse-driver logs every failed connect with its whole traceback, once per retry of an outage;
+    the writer says what failed itself (once per outage): the driver's line stays, its traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+logging.getLogger("clickhouse_driver.connection").addFilter(_WithoutTraceback())
+
 TIMEOUT_EXCEEDED = 159
 UNREACHABLE = (ch_errors.NetworkError, ch_errors.SocketTimeoutError, EOFError, OSError)
 

@@ -107,9 +107,10 @@ class Spool:
 
     # -- reading -------------------------------------------------------------------
 
-    def oldest(self) -> list[SpoolRecord]:
-        """The oldest rows, at most `chunk_bytes` of them (at least one): a drain's chunk."""
-        sizes = self.db.read("SELECT id, length(payload) FROM spool ORDER BY id LIMIT ?", (DRAIN_CHUNK_ROWS,))
+    def oldest(self, after_id: int = 0) -> list[SpoolRecord]:
+        """The oldest rows after `after_id`, at most `chunk_bytes` of them (at least one): a drain's chunk."""
+        sizes = self.db.read("SELECT id, length(payload) FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                             (after_id, DRAIN_CHUNK_ROWS))
         if not sizes:
             return []
         last, held = sizes[0][0], 0
@@ -119,6 +120,10 @@ class Spool:
             last, held = row_id, held + size
         rows = self.db.read("SELECT id, payload FROM spool WHERE id BETWEEN ? AND ? ORDER BY id", (sizes[0][0], last))
         return [SpoolRecord(row_id, _events(payload)) for row_id, payload in rows]
+
+    def has_after(self, after_id: int) -> bool:
+        """Does the spool hold a row after `after_id`?"""
+        return bool(self.db.read("SELECT 1 FROM spool WHERE id > ? LIMIT 1", (after_id,)))
 
     def load(self, keep_events: int | None = None) -> list[SpoolRecord]:
         """At start: migrate the previous version's files, count what is spooled and return the
