@@ -126,6 +126,15 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
             return json_error(413, f"the request body exceeds {settings.max_body_bytes} bytes")
         return None
 
+    @app.after_request
+    def options_without_a_body(response: Response) -> Response:
+        """Flask answers OPTIONS itself: 200 with an empty text/html body. Every answer is JSON or has no body:
+        204 with its Allow header."""
+        if request.method == "OPTIONS" and response.status_code == 200 and not response.get_data():
+            response.status_code = 204
+            del response.headers["Content-Type"]
+        return response
+
     @app.errorhandler(ParamError)
     def bad_parameter(exc: ParamError):
         return json_error(400, str(exc))

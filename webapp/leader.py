@@ -30,6 +30,9 @@ from webapp.tasks import EXIT
 
 log = logging.getLogger(__name__)
 
+ASIDE_MAX_AGE_LEASES = 3
+"""Events set aside when leading stopped wait at most this many lease periods for this worker's next term."""
+
 # An insert is started only while the lease stays ours for longer than this, and the ClickHouse
 # server drops an insert whose client stalls longer than this mid-way (receive_timeout): a leader
 # paused inside an insert cannot land it after its lease has lapsed.
@@ -105,6 +108,7 @@ class Leadership:
                     self.apply(roles.ELECTED)
                     self.rt._leading = [self.rt.tasks.spawn("take_over", self.take_over, policy=EXIT)]
                 self.holder_cached = lease.current_holder()
+                self.bus.expire_aside(ASIDE_MAX_AGE_LEASES * self.rt.settings.leader_lease_ms / 1000)
                 if self.role == roles.FOLLOWER and self.bus.epoch is None:
                     # no event read yet: take the leader's epoch, so that snapshots and
                     # /health here name the seq space the first events will carry
@@ -165,8 +169,12 @@ class Leadership:
             redis_seq=counter_seq, redis_epoch=counter_epoch,
             stream_seq=events[-1].seq if events else 0, stream_epoch=epoch,
             store_max=store_max or 0, store_epoch=store_epoch,
-            seen_seq=bus.last_seq, seen_epoch=bus.epoch, fresh_epoch=rt.new_epoch())
+            # what this worker read, and what it numbered itself as the last leader (the stream may have lost
+            # those before its reader had them back): no seq of either is given again
+            seen_seq=max(bus.last_seq, bus.assigned_seq) if bus.assigned_epoch == bus.epoch else bus.last_seq,
+            seen_epoch=bus.epoch, fresh_epoch=rt.new_epoch())
         seq, rt.epoch = bus.seed(space.floor, space.epoch)
+        bus.restore_aside(seq, rt.epoch, ASIDE_MAX_AGE_LEASES * rt.settings.leader_lease_ms / 1000)
         rt.ingest.last_seq = seq  # its provisional numbering (the append script gives the real seqs) and the log's
         if reads and read_epoch != rt.epoch:
             # read in another seq space than the one the store continues: those seqs are not the store's
@@ -215,7 +223,7 @@ class Leadership:
         rt.upstream.stop()
         if rt.demo is not None:
             rt.demo.stop()
-        self.bus.discard_outbox(reason)
+        self.bus.set_aside(reason)  # for this worker's next term, if nobody else leads meanwhile
         if rt.writer is not None:
             rt.writer.discard_pending()  # the stream has them; the new leader writes them
         leading, rt._leading = rt._leading, []

@@ -287,6 +287,18 @@ def test_another_database_on_the_same_engine_is_not_readable(backend, clickhouse
         assert response.status_code == 200, (sql, response.text[:200])
 
 
+def test_a_float_column_comes_back_as_numbers_alike_on_both_backends(backend):
+    """chDB writes a whole float without its point, read back as an integer and, past 2^53, sent as a
+    string: a Float64 column mixed numbers and strings there, floats on the server (an outside audit)."""
+    kind, relay, _ = backend
+    response = query(relay, "SELECT toFloat64(number) * 1e17 AS f, [toFloat64(number) * 1e19] AS a, "
+                            "toNullable(toFloat32(number)) AS n FROM system.numbers LIMIT 3")
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    assert rows == [[0, [0], 0], [1e17, [1e19], 1], [2e17, [2e19], 2]], rows
+    assert all(isinstance(v, float) for v in (rows[1][0], rows[2][0], rows[1][1][0], rows[2][1][0])), rows
+
+
 def test_a_result_over_query_max_bytes_is_a_400_naming_it_and_one_under_it_comes_back(backend):
     kind, relay, _ = backend
     # 100 rows: 50 kB under the bound, 500 kB over it; materialize(): a constant column counts in full too

@@ -170,3 +170,12 @@ def test_an_oversized_body_is_refused_with_413():
     c, _ = make_client(MAX_BODY_BYTES="1024")
     response = c.post("/publish", data=b"[" + b"1," * 2000 + b"1]", content_type="application/json")
     assert response.status_code == 413 and response.is_json
+
+
+@pytest.mark.parametrize("path", ["/health", "/cache/recent", "/publish", "/query"])
+def test_an_options_request_is_a_204_with_its_allow_header_and_no_html(client, path):
+    """Flask answered OPTIONS itself with 200 and an empty text/html body (an outside audit)."""
+    response = client.options(path)
+    assert response.status_code == 204 and response.data == b"", (response.status_code, response.data)
+    assert "text/html" not in response.headers.get("Content-Type", "") and "GET" in response.headers["Allow"] \
+        or "POST" in response.headers["Allow"]

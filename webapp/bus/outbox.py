@@ -55,6 +55,7 @@ class Outbox:
         self.on_full = on_full  # counts the bound hit (relayhouse_bound_hits_total{bound="bus_outbox"})
         self._groups: deque[tuple[list[Event], Receipt | None]] = deque()
         self.events = 0  # kept as groups come and go: summing the deque per read would cost O(n)
+        self.restored = 0  # events set aside when leading stopped and published in this worker's next term
         self.peak = 0  # the most events it ever held
         self.times_full = 0  # how often it reached the bound (each time the upstream was paused)
         self.full_since: float | None = None  # unix time it last became full, while full
@@ -155,5 +156,5 @@ class Outbox:
     def status(self) -> dict:
         return {"events": self.events, "max": self.max_events, "peak": self.peak, "full": self.full,
                 "full_since": self.full_since, "times_full": self.times_full, "discarded": self.discarded,
-                "refused_publishes": self.refused, "append_error": self.append_error,
+                "refused_publishes": self.refused, "restored": self.restored, "append_error": self.append_error,
                 "append_failing_since": self.append_failing_since, "append_failures": self.append_failures}

@@ -56,7 +56,7 @@ def search():
     if value is not None and field is None:
         raise ParamError("'field' is required with 'value'")
     if field is not None and any(part == "" for part in field.split(".")):
-        raise ParamError("'field' must be a dotted path like sym or data.p")
+        raise ParamError("'field' must be a dotted path inside an event's data, like sym or bid.p")
     return events_response(rt.cache.search(rt.now_ms(), limit, matcher, q=q, field=field, value=value))
 
 
