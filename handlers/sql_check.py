@@ -44,6 +44,12 @@ EXTERNAL_FUNCTIONS = frozenset(name.lower() for name in (
 # database holds a table: /query has no use for them, the relay keeps no dictionary and no Join table.
 STRING_NAMED_TABLE_PREFIXES = ("dictget", "joinget")
 STRING_NAMED_TABLE_FUNCTIONS = frozenset({"dicthas", "dictisin", "hascolumnintable"})
+# Functions that describe the host rather than the store: the relay's DATA_DIR (getServerSetting('path')),
+# the host's name, kernel and disks (an outside audit read them through /query on chDB)
+HOST_FUNCTIONS = frozenset(name.lower() for name in (
+    "getServerSetting", "getMacro", "hostName", "fqdn", "displayName", "serverUUID", "getOSKernelVersion",
+    "filesystemAvailable", "filesystemCapacity", "filesystemUnreserved", "filesystemFree", "tcpPort",
+))
 
 ALLOWED_TABLE_FUNCTIONS = frozenset(name.lower() for name in (
     "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "SQLStandardValues", "generate_series", "generateSeries",
@@ -124,7 +130,7 @@ def check_read_only_sql(sql: str, table_functions: frozenset[str] | set[str] = f
             raise SqlError(f"{first.text.upper()} cannot stand in brackets")
         check_describing(significant, database)
 
-    blocked = (EXTERNAL_FUNCTIONS | STRING_NAMED_TABLE_FUNCTIONS
+    blocked = (EXTERNAL_FUNCTIONS | STRING_NAMED_TABLE_FUNCTIONS | HOST_FUNCTIONS
                | {name.lower() for name in table_functions}) - ALLOWED_TABLE_FUNCTIONS
     qualifiers: set[str] = set()  # names that qualify another: a database, a table or an alias
     for i, token in enumerate(significant):

@@ -712,7 +712,8 @@ def test_a_name_qualified_by_another_database_is_refused_and_the_engine_is_asked
 
 @pytest.mark.parametrize("call", ["dictGet('o.d', 'v', 1)", "dictGetString('o.d', 'v', 1)", "DICTHAS('o.d', 1)",
                                   "joinGet('o.j', 'v', 1)", "joinGetOrNull('o.j', 'v', 1)",
-                                  "hasColumnInTable('o', 't', 'c')"])
+                                  "hasColumnInTable('o', 't', 'c')", "getServerSetting('path')", "hostName()",
+                                  "FQDN()", "getOSKernelVersion()", "filesystemAvailable()"])
 def test_functions_that_read_a_table_named_in_a_string_are_refused(call):
     with pytest.raises(SqlError, match="is not allowed"):
         check_read_only_sql(f"SELECT {call}")
