@@ -26,7 +26,12 @@ def schemas() -> dict[str, Any]:
             },
         },
         "EventList": {"type": "object", "required": ["events"], "additionalProperties": False,
-                      "properties": {"events": {"type": "array", "items": ref("Event")}}},
+                      "properties": {"events": {"type": "array", "items": ref("Event")},
+                                     "missing": {"type": "array", "description": "/history only: seq ranges "
+                                                 "[from, to] (inclusive) within the answer's span that the store "
+                                                 "lacks for good", "items": {"type": "array", "minItems": 2,
+                                                                             "maxItems": 2,
+                                                                             "items": {"type": "integer"}}}}},
         "CacheConfig": {
             "type": "object", "required": ["ttl_seconds", "max_items"], "additionalProperties": False,
             "properties": {"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31_536_000},

@@ -18,9 +18,12 @@ def json_error(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-def events_response(events: Iterable[Event]) -> Response:
-    body = b'{"events":[' + b",".join(ev.json for ev in events) + b"]}"
-    return Response(body, mimetype=JSON)
+def events_response(events: Iterable[Event], missing: list[tuple[int, int]] | None = None) -> Response:
+    """`{"events": [...]}`, and `"missing": [[from, to], ...]` when given (seq ranges the store lacks)."""
+    body = b'{"events":[' + b",".join(ev.json for ev in events) + b"]"
+    if missing:
+        body += b',"missing":[' + b",".join(b"[%d,%d]" % (lo, hi) for lo, hi in missing) + b"]"
+    return Response(body + b"}", mimetype=JSON)
 
 
 def event_response(event: Event) -> Response:

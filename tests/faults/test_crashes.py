@@ -98,6 +98,10 @@ def test_sigkill_under_load_then_restart_keeps_every_acknowledged_event_and_neve
                 f"resume after the crash with since={since}: seqs {ack_max + 1}..{seen_max} were numbered and "
                 f"lost, {restart_seq} is the restart seq; the snapshot says recovered={snapshot['recovered']}, "
                 f"missing={snapshot.get('missing')}")
+            # /history over the same seqs says so too (it went on silently)
+            history = relay.get("/history", params={"topics": topic, "since": since, "limit": 10000}).json()
+            assert seqs_of(history["events"]) == list(range(since + 1, ack_max + 1))
+            assert history.get("missing") == [gap], (history.get("missing"), gap)
             resumed.append((client, len(snapshot["events"])))
         pump.resume()
         time.sleep(2)

@@ -45,4 +45,23 @@ def history():
         events = rt.store.select_events(clauses, params)
     except StoreError as exc:
         return store_failure(exc, refused_status=500)
-    return events_response(events if order == "ASC" else events[::-1])
+    events = events if order == "ASC" else events[::-1]
+    return events_response(events, missing_within(rt, since, events, limit, timed=from_ts is not None
+                                                  or to_ts is not None))
+
+
+def missing_within(rt, since: int | None, events: list, limit: int, timed: bool) -> list[tuple[int, int]]:
+    """The seq ranges the store lacks for good (dead letters, drops while the spool was full, a crash's
+    numbered-but-lost seqs, a cluster's recorded holes) within what this answer covers: after `since` (or
+    from its first event) up to its last event when it is cut at `limit` or by time, else up to the
+    relay's last seq. A range may or may not have held events of the asked topics. A resume said so; a
+    /history over the same seqs went on silently (an outside audit)."""
+    if events:
+        low = since + 1 if since is not None and not timed else events[0].seq
+        high = events[-1].seq if timed or (since is not None and len(events) >= limit) else rt.last_seq
+    elif since is not None and not timed:
+        low, high = since + 1, rt.last_seq
+    else:
+        return []
+    ranges = list(rt.store_holes()) + ([rt.lost_range] if rt.lost_range else [])
+    return sorted((max(lo, low), min(hi, high)) for lo, hi in ranges if lo <= high and hi >= low)
