@@ -229,11 +229,7 @@ class Hub:
             if held is not None:
                 events = [e for e in held.events if matcher(e.topic)]
                 if events:
-                    carried, self.delivering = self.delivering, (events, held.conflated)
-                    client.deliver(client.encode(events, held.conflated) if held.conflated
-                                   else client.encode(events), len(events))
-                    self._on_delivered(client.kind, 1, len(events))
-                    self.delivering = carried
+                    self._deliver_alone(client, events, held.conflated)
             client.after_seq = max(client.after_seq, self._last_seq)
             self._join(client)
         if self.on_subscription is not None:
@@ -424,13 +420,16 @@ class Hub:
 
     def _send_own(self, group: Group, events: list[Event], own: dict) -> None:
         """A release to clients with their own `conflated` count: only the events after their snapshot."""
-        carried = self.delivering
         for client, conflated in own.items():
             mine = [e for e in events if e.seq > client.after_seq]
             if mine:
-                self.delivering = (mine, conflated)
-                client.deliver(client.encode(mine, conflated) if conflated else client.encode(mine), len(mine))
-                self._on_delivered(client.kind, 1, len(mine))
+                self._deliver_alone(client, mine, conflated)
+
+    def _deliver_alone(self, client: Subscriber, events: list[Event], conflated: int) -> None:
+        """A frame of `client`'s own, not its group's shared one, with `delivering` saying what it carries."""
+        carried, self.delivering = self.delivering, (events, conflated)
+        client.deliver(client.encode(events, conflated) if conflated else client.encode(events), len(events))
+        self._on_delivered(client.kind, 1, len(events))
         self.delivering = carried
 
     def _send(self, group: Group, events: list[Event], conflated: int, own: dict | None = None) -> None:
@@ -480,9 +479,7 @@ class Hub:
             self._join(client)  # first: should the release itself pass its bound, it conflates again
             told = release.conflated + self._untold.pop(client, 0)
             if release.events:
-                self.delivering = (release.events, told)
-                client.deliver(client.encode(release.events, told), len(release.events))
-                self._on_delivered(client.kind, 1, len(release.events))
+                self._deliver_alone(client, release.events, told)
             if client not in self._slow:
                 client.tell_slow("live")
 

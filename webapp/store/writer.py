@@ -226,8 +226,7 @@ class StoreWriter:
 
     def _take(self, batch: list[Event]) -> None:
         try:
-            with self._spooling:
-                self.in_thread(self.spool.append, batch)
+            self._spool_call(self.spool.append, batch)
             self._in_hand = None  # durable in the spool from here on
             self.spool_full = False
         except (SpoolFull, OSError) as exc:
