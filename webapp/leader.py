@@ -37,6 +37,11 @@ ASIDE_MAX_AGE_LEASES = 3
 # server drops an insert whose client stalls longer than this mid-way (receive_timeout): a leader
 # paused inside an insert cannot land it after its lease has lapsed.
 INSERT_TIMEOUT_S = 1
+# after seeding a seq counter Redis had lost (it restarted empty), how long this term's first append waits for
+# the other workers' readers to report how far they had read (bus RedisBus.hold_for_reports): each reports at
+# once when it reaches Redis again, and retries every 0.5 s while it cannot. Events meanwhile wait in the
+# outbox (the upstream is read all along)
+REPORTS_WAIT_S = 1.0
 DRAIN_WAIT_S = 2.0  # on shutdown: how long the leader waits for its numbered events to come back from the stream
 
 
@@ -174,6 +179,9 @@ class Leadership:
             seen_seq=max(bus.last_seq, bus.assigned_seq) if bus.assigned_epoch == bus.epoch else bus.last_seq,
             seen_epoch=bus.epoch, fresh_epoch=rt.new_epoch())
         seq, rt.epoch = bus.seed(space.floor, space.epoch)
+        # Redis had no counter and this term continues an epoch: another worker may have read past `seq`
+        bus.hold_for_reports(REPORTS_WAIT_S if counter_epoch is None and space.floor else None,
+                             lambda before, after: self._raised(before, after))
         bus.restore_aside(seq, rt.epoch, ASIDE_MAX_AGE_LEASES * rt.settings.leader_lease_ms / 1000)
         rt.ingest.last_seq = seq  # its provisional numbering (the append script gives the real seqs) and the log's
         if reads and read_epoch != rt.epoch:
@@ -197,6 +205,19 @@ class Leadership:
             self.apply(roles.CAUGHT_UP)
             rt._lead()
             log.info("leading: seqs continue after %d in epoch %s", seq, rt.epoch)
+
+    def _raised(self, before: int, after: int) -> None:
+        """The counter was raised from `before` to `after`, the highest seq another worker had read before Redis
+        lost it: seqs this worker never read, in no stream, in no store (the store's floor was below `before`).
+        Their events are in that worker's cache only: resuming clients are told they are missing."""
+        log.warning("another worker had read up to seq %d before Redis lost the seq counter (this one to %d): "
+                    "seqs continue after %d", after, before, after)
+        if self.rt.store is None:
+            return
+        try:
+            self.bus.add_hole(self.rt.epoch, before + 1, after)
+        except FAILURES as exc:
+            log.error("could not record that the store lacks seqs %d..%d: %s", before + 1, after, exc)
 
     def watch_lease(self) -> None:
         """Stop leading the moment the lease is no longer surely ours by this worker's own clock, even

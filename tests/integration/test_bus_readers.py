@@ -211,3 +211,31 @@ def test_a_frame_larger_than_the_stream_reaches_every_worker_whole_and_a_publish
     assert refused.status_code == 413 and "at most 50" in refused.json()["error"]
     taken = follower.request("POST", "/publish", json=trades(700, 750, sym=sym))
     assert taken.status_code == 200 and len(taken.json()["seqs"]) == 50
+
+
+def test_the_furthest_report_of_an_epoch_is_read_as_hostile_input(prefix):  # noqa: F811
+    client = redis.Redis.from_url(SHARED_REDIS)
+    key = f"{prefix}:readers"
+    client.hset(key, mapping={"me": "1 999 E1", "a": "3 160 E1", "b": "2 170 E2", "c": "junk", "d": "4 120 E1",
+                              "e": f"1 {2**53} E1", "f": b"\xff 500 E1"})
+    readers = Readers(client, key, "me", 5.0)
+    assert readers.highest("E1") == 160  # not its own, not another epoch's, nothing unreadable or past 2**53 - 1
+    assert readers.highest("E3") is None
+    client.delete(key)
+
+
+def test_a_counter_seeded_after_redis_lost_it_is_raised_past_every_report_before_the_first_append(prefix, leader):  # noqa: F811
+    """The leader fixture seeded 41 in E1; another worker says it read to 160 of E1 (Redis lost the counter
+    under it): the first append waits the hold, then numbers from 161, and the leader is told 41 -> 160."""
+    Readers(leader.client, f"{prefix}:readers", "ahead-1", 5.0).report(160, "E1")
+    raised = []
+    leader.hold_for_reports(0.3, lambda before, after: raised.append((before, after)))
+    started = time.monotonic()
+    leader.publish(provisional(5))
+    gevent.sleep(0.15)
+    assert leader.assigned_seq == 41 and leader.outbox_events == 5  # held
+    pump(lambda: leader.assigned_seq == 165, 10, "the events appended after the raise")
+    assert time.monotonic() - started >= 0.3
+    assert raised == [(41, 160)]
+    first = leader.client.xrange(leader.stream_key, count=1)[0][1]
+    assert int(first[b"seq"]) == 161

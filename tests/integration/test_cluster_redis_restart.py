@@ -16,10 +16,13 @@ import os
 import signal
 
 import pytest
+import redis
 from support.clickhouse import clickhouse_server  # noqa: F401
 from support.cluster import cluster_env, role, start_pair, worker_of
 from support.events import trades, unique_sym
 from support.waiting import wait_until
+
+from webapp.bus.readers import parse
 
 
 @pytest.mark.parametrize(("cache_items", "missing"), [
@@ -111,3 +114,52 @@ def test_events_read_while_redis_restarts_empty_are_published_when_the_same_work
     assert [e["seq"] for e in client.events] == list(range(1, 151))
     outbox = relay.health()["bus"]["outbox"]
     assert outbox["restored"] == 50 and outbox["discarded"] == 0, outbox
+
+
+def test_a_leader_seeding_the_counter_redis_lost_continues_after_the_furthest_follower(
+        forgetful_redis, fresh_upstream, launch_relay, ws):
+    """Redis restarts empty; the worker that takes the lease had read to seq 100, another worker to 160. The
+    new leader waits (bus `hold_for_reports`) for the readers' reports and continues after 160. Before, it
+    continued after 100 and gave 101.. again: the worker that had read to 160 dropped the new events under them
+    as already delivered, so its clients never got them (docs/scaling.md said so as a known limit)."""
+    env = cluster_env("rh", forgetful_redis.url, CLICKHOUSE_URL="none")
+    leader = launch_relay(fresh_upstream, env)
+    behind = launch_relay(fresh_upstream, env, wait_upstream=False)
+    ahead = launch_relay(fresh_upstream, env, wait_upstream=False)
+    wait_until(lambda: role(behind) == role(ahead) == "follower", 10, "two followers")
+    sym = unique_sym()
+    watching = {relay: ws(relay, topics=f"T.{sym}", snapshot=0) for relay in (behind, ahead)}
+    for client in watching.values():
+        client.read_snapshot()
+    fresh_upstream.emit(trades(0, 100, sym=sym), batch=20)
+    for client in watching.values():
+        client.wait_for_seq(100)
+    behind_pid, ahead_pid = worker_of(behind), worker_of(ahead)
+    os.kill(behind_pid, signal.SIGSTOP)
+    try:
+        fresh_upstream.emit(trades(100, 160, sym=sym), batch=20)
+        watching[ahead].wait_for_seq(160)
+        os.kill(ahead_pid, signal.SIGSTOP)
+        os.killpg(leader.proc.pid, signal.SIGKILL)
+        forgetful_redis.stop()
+        forgetful_redis.start()  # empty: no lease, no counter, no stream, no reports
+        store = redis.Redis.from_url(forgetful_redis.url)
+        store.set("rh:leader", "the test", px=60_000)  # nobody leads while `ahead` says where it stands
+        os.kill(ahead_pid, signal.SIGCONT)
+        wait_until(lambda: any((parse(v) or (0, 0, ""))[1] == 160 for v in store.hgetall("rh:readers").values()),
+                   10, "the report of the worker that read to 160")
+        os.kill(ahead_pid, signal.SIGSTOP)
+        store.delete("rh:leader")
+    finally:
+        os.kill(behind_pid, signal.SIGCONT)  # the only live worker: it takes the lease
+    try:
+        wait_until(lambda: role(behind) == "leader" and len(fresh_upstream.open_connections()) == 1, 15,
+                   "the worker that read to 100 to lead")
+        fresh_upstream.emit(trades(160, 200, sym=sym), batch=20)
+    finally:
+        os.kill(ahead_pid, signal.SIGCONT)
+    watching[ahead].wait_until(lambda: len(watching[ahead].events) >= 200, 15, "the 40 new events")
+    events = watching[ahead].events
+    assert [e["data"]["n"] for e in events] == list(range(200))
+    assert [e["seq"] for e in events] == list(range(1, 201))
+    assert int(store.hget("rh:seq", "seq")) == 200

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 REPORT_S = 0.1  # a reading reader writes its position at most this often
 FORGET_AFTER = 12  # a field unchanged for this many stale_s is deleted (a worker that died without saying)
 MAX_FIELDS = 4096  # more fields than any cluster has workers: the hash is not ours (read no further)
+MAX_SEQ = 2**53 - 1  # a seq past this is not exact in a JavaScript client's JSON: a report beyond it is not ours
 
 
 def parse(value: bytes) -> tuple[int, int, str] | None:
@@ -78,6 +79,28 @@ class Readers:
         self.client.hdel(self.key, self.holder)
 
     # -- the publisher's side -------------------------------------------------------------
+
+    def highest(self, epoch: str | None) -> int | None:
+        """The highest seq of epoch `epoch` any other reader reports, silent ones included (None: none).
+
+        For a leader that seeded a counter Redis had lost (a restart without persistence): a follower may have
+        read further than this worker before the loss, and no seq it read may be given again. A report that
+        cannot be parsed, or past MAX_SEQ, is ignored."""
+        if self.client.hlen(self.key) > MAX_FIELDS:
+            log.error("bus: %s holds more than %d fields; no reader's position is believed", self.key, MAX_FIELDS)
+            return None
+        highest = None
+        for field, value in self.client.hgetall(self.key).items():
+            report = parse(value)
+            if field == self.holder.encode() or report is None or report[2] != (epoch or ""):
+                continue
+            if report[1] > MAX_SEQ:
+                log.error("bus: a reader's report of seq %d is past any seq a client can read exactly; ignored",
+                          report[1])
+                continue
+            if highest is None or report[1] > highest:
+                highest = report[1]
+        return highest
 
     def slowest(self, epoch: str | None, elsewhere: int) -> int | None:
         """The lowest seq of epoch `epoch` any other live reader has reached; None when none is live.

@@ -108,6 +108,10 @@ class RedisBus(Bus):
         self.assigned_seq = 0  # the last seq the append script gave this leader's events
         self._batches = 0
         self.on_fenced: Callable[[str], None] = lambda reason: None
+        # (until when, what to call with the counter's seq before and after) while a counter seeded after Redis
+        # lost it waits for the other readers' reports (see hold_for_reports)
+        self._reports_hold: tuple[float, Callable[[int, int], None]] | None = None
+        self._raise: tuple[int, int] | None = None  # (before, after) of that raise: no stream entry lies between
         self.last_error: str | None = None
 
     # -- publishing (the leader) ------------------------------------------------------
@@ -249,6 +253,43 @@ class RedisBus(Bus):
                     first += len(events)
                 self.published += size
 
+    def hold_for_reports(self, wait_s: float | None, on_raised: Callable[[int, int], None] = lambda a, b: None) -> None:
+        """After seeding a counter that Redis had lost (it restarted empty), hold this term's appends `wait_s`
+        while the other workers' readers, back on Redis, report where they stand (each reports at once after a
+        failed read: run_reader); then raise the counter past the highest seq any of them read in this epoch,
+        and call `on_raised(before, after)` when that was above it. A follower that had read further than this
+        worker before the loss would otherwise get those seqs again and drop the new events under them as
+        already delivered (seqs given twice, and lost for its clients). None: no hold (a counter Redis kept)."""
+        self._reports_hold = None if wait_s is None else (time.monotonic() + wait_s, on_raised)
+        self._raise = None
+
+    def _past_raise(self, seq: int) -> int:
+        """A reader's position as the publisher counts it: one that stands where the counter was raised from (or
+        anywhere up to where it was raised to) has nothing to read before this term's first entry."""
+        raised = self._raise
+        return raised[1] if raised is not None and raised[0] <= seq < raised[1] else seq
+
+    def _raised_to_reports(self) -> bool:
+        """The hold of hold_for_reports: False while it lasts (or while Redis cannot be asked)."""
+        until, on_raised = self._reports_hold
+        if time.monotonic() < until:
+            return False
+        try:
+            highest = self.readers.highest(self.assigned_epoch)
+            if highest is not None and highest > self.assigned_seq:
+                before = self.assigned_seq
+                after, _ = self.seed(highest, self.assigned_epoch)
+                if after > before:
+                    self._raise = (before, after)
+                    on_raised(before, after)
+        except FAILURES as exc:
+            self._failed(exc)
+            return False
+        except LostLease:
+            return False  # the lease watcher ends this term
+        self._reports_hold = None
+        return True
+
     def _room(self) -> bool:
         """May the next append go? Not while a live reader is more than half the stream's cap behind, or
         the append (at most half the cap) could trim entries it has not read: the store is written from what
@@ -259,12 +300,14 @@ class RedisBus(Bus):
         bound, and the publisher asks once per half a stream of events, not per append. Not while a reader
         it knows has gone silent (bus/readers.py): it may come back below that floor, so then it asks
         before every append. A joining worker reports as soon as it has its place (`report`)."""
+        if self._reports_hold is not None and not self._raised_to_reports():
+            return False
         half = self.stream_maxlen // 2
         # this worker's own reader, which counts like the others: one still in another epoch (or in none:
         # an empty stream) stands where this epoch began. Counted at its 0, a leader seeded from a store past
         # half the cap (Redis restarted empty) waited for it for good: nothing was ever appended, nothing
         # delivered, /health said ok (an outside audit, 3 runs of 3)
-        own = self.last_seq if self.epoch == self.assigned_epoch else self._space_start
+        own = self._past_raise(self.last_seq if self.epoch == self.assigned_epoch else self._space_start)
         if self.assigned_seq - own > half:
             return False
         now = time.monotonic()
@@ -277,7 +320,7 @@ class RedisBus(Bus):
             except FAILURES as exc:
                 self._failed(exc)  # not known: the outbox waits rather than risk a trim (the append fails too)
             else:
-                self._slowest = self.assigned_seq if slowest is None else slowest
+                self._slowest = self.assigned_seq if slowest is None else self._past_raise(slowest)
         waiting = self.assigned_seq - self._slowest > half
         if waiting and not self._waiting:
             self._waiting_since = now
@@ -420,6 +463,10 @@ class RedisBus(Bus):
 
     def run_reader(self) -> None:
         while not self._closed:
+            if not self.ok:
+                # back after a failure: say at once where this reader stands (a leader that seeds a counter Redis
+                # lost waits for these reports: hold_for_reports), not after the next blocking read
+                self.report()
             try:
                 answer = self._xread()
             except Exception as exc:  # noqa: BLE001  (see _closed_or_failed)
