@@ -23,10 +23,13 @@ def store_health(rt) -> dict:
     if rt.store is None:
         return {"backend": "none", "ok": True, "pending": 0, "spooled": 0, "spooled_bytes": 0}
     w = rt.writer
-    backlog = w._backlog
     # a store that hangs rather than refuses: failing for /health long before the driver's I/O time-out
     stalled_s = w.store_stalled_s()
     stalled = f"the store has not answered for {stalled_s:.0f} s" if stalled_s >= STORE_STALLED_S else None
+    # the spool's events wait for the store: behind a backlog, or in the batch whose insert hangs (counted
+    # once it is a stall: every batch is in the spool while it is inserted). Before, a hung insert's batch
+    # showed as neither pending nor spooled
+    backlog = w._backlog or (w._unconfirmed and stalled is not None)
     return {
         "backend": rt.store_backend,
         "ok": w.ok and stalled is None and rt.boot_error is None and rt.state_error is None,

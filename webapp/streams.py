@@ -19,6 +19,7 @@ from handlers.params import StreamParams
 from handlers.resume import last_hole_end, plan_resume
 from handlers.topics import Matcher
 from webapp.store.base import StoreError, topic_condition
+from webapp.threads import call_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def with_crash_gap(runtime, opening: Opening, since: int) -> Opening:
     return replace(opening, recovered=False, missing=(max(since + 1, lost[0]), lost[1]))
 
 
-def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[[], bool] = lambda: False) -> Opening:
+def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[[], bool] = lambda: False,
+                    limit: int | None = None, spool: bool = True) -> Opening:
     """Fetch the part of a resume that the cache no longer holds (yields for the store).
 
     At most RESUME_CONCURRENCY resumes of a worker read the store at once, each RESUME_PAGE_EVENTS at a
@@ -87,11 +89,22 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[
     if opening.from_store is None:
         return opening
     first, last = opening.from_store
+    limit = runtime.settings.resume_max_events if limit is None else limit
     if not stored_through(runtime, last, gone):
-        log.warning("resume: the store has not taken seqs up to %d yet (STORE_BATCH_MS, or the store is down): "
-                    "reporting %d..%d missing", last, first, last)
-        return replace(opening, from_store=None)
-    limit, page = runtime.settings.resume_max_events, runtime.settings.resume_page_events
+        # the store is down or behind: what the store has not taken is in this worker's spool (or writer)
+        spooled = from_spool(runtime, first, last, matcher, limit, gone) if spool else None
+        if spooled is None:
+            log.warning("resume: the store has not taken seqs up to %d yet (STORE_BATCH_MS, or the store is down): "
+                        "reporting %d..%d missing", last, first, last)
+            return replace(opening, from_store=None)
+        events, held_from = spooled
+        if held_from <= first or len(events) >= limit:
+            return served(runtime, opening, first, last, events, held_from, limit)
+        # older than the spool's oldest: the store's (it may have taken those), or missing
+        rest = replace(opening, events=events + opening.events, missing=(first, held_from - 1),
+                       from_store=(first, held_from - 1))
+        return fill_from_store(runtime, rest, matcher, gone, limit - len(events), spool=False)
+    page = runtime.settings.resume_page_events
     newest_first: list[Event] = []
     with runtime.resume_gate:
         try:
@@ -113,10 +126,15 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[
         except StoreError as exc:
             log.warning("resume from the store failed (%s): reporting %d..%d missing", exc, first, last)
             return replace(opening, from_store=None)
-    older = newest_first[::-1]
-    # What the store cannot vouch for: below its first row, cut off by the limit, or up to
-    # the last range it never got (dropped while the spool was full and the store down).
-    lowest_served = max(first, stored_min) if stored_min else last + 1
+    return served(runtime, opening, first, last, newest_first[::-1], stored_min or last + 1, limit)
+
+
+def served(runtime, opening: Opening, first: int, last: int, older: list[Event], held_from: int, limit: int) -> Opening:
+    """The opening with `older` (ascending, at most `limit`, read from a source that holds every seq from
+    `held_from` up to `last`) before the cache's events, and what it cannot vouch for reported missing: below
+    `held_from`, cut off by the limit, or up to the last range the store never got (dropped while the spool
+    was full and the store down)."""
+    lowest_served = max(first, held_from)
     if len(older) >= limit:
         lowest_served = max(lowest_served, older[0].seq)
     hole_end = last_hole_end(runtime.store_holes(), lowest_served, last)
@@ -127,6 +145,62 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[
     filled = replace(opening, events=older + opening.events, missing=missing,
                      recovered=missing is None, from_store=None)
     return with_crash_gap(runtime, filled, first - 1)
+
+
+def from_spool(runtime, first: int, last: int, matcher: Matcher, limit: int,
+               gone: Callable[[], bool] = lambda: False) -> tuple[list[Event], int] | None:
+    """Seqs first..last as the worker that writes the store holds them before the store has them: its spool's
+    rows and its writer's memory. The newest `limit` matching events (ascending) and the lowest seq from which
+    they hold every seq up to `last` (the store's holes count as held: they are reported as missing later);
+    None when this worker writes no store, or they do not reach `last`, or a row went meanwhile (in the store
+    now). Before, a resume during a store outage reported `missing` for events that sat in the spool."""
+    writer = runtime.writer
+    if writer is None or (runtime.clustered and not runtime.feeding_writer):
+        return None
+    memory = writer.unspooled(first, last)  # read before the rows: what leaves it goes to the spool
+    try:
+        rows = call_in_thread(writer.spool.rows_between, first, last)
+    except OSError as exc:
+        log.warning("resume: could not read the spool (%s)", exc)
+        return None
+    spans = [(lo, hi) for _, lo, hi in rows] + [(e.seq, e.seq) for e in memory] + list(runtime.store_holes())
+    held_from = held_down_to(spans, last)
+    if held_from is None:
+        return None
+    first = max(first, held_from)  # below it a seq is missing: nothing older is served
+    rows = [row for row in rows if row[2] >= first]
+    by_seq = {e.seq: e for e in memory if e.seq >= first and matcher(e.topic)}
+    with runtime.resume_gate:  # read like the store: at most RESUME_CONCURRENCY at once, a row at a time
+        for row_id, _lo, hi in rows:
+            if len(by_seq) >= limit and min(by_seq) > hi:
+                break  # the newest `limit` are in hand: older rows cannot change them
+            if gone():
+                return None
+            try:
+                events = call_in_thread(writer.spool.row, row_id)
+            except OSError as exc:
+                log.warning("resume: could not read the spool (%s)", exc)
+                return None
+            if events is None:
+                return None  # drained into the store meanwhile: the store has it
+            by_seq.update((e.seq, e) for e in events if first <= e.seq <= last and matcher(e.topic))
+    newest = sorted(by_seq)[-limit:] if limit > 0 else []
+    return [by_seq[seq] for seq in newest], held_from
+
+
+def held_down_to(spans: list[tuple[int, int]], last: int) -> int | None:
+    """The lowest seq from which the inclusive `spans` cover every seq up to `last`; None when `last` is not."""
+    low = None
+    for lo, hi in sorted(spans, key=lambda span: span[1], reverse=True):
+        if low is None:
+            if hi < last:
+                return None
+            if lo <= last:
+                low = lo
+            continue
+        if hi >= low - 1:
+            low = min(low, lo)
+    return low
 
 
 def stored_through(runtime, seq: int, gone: Callable[[], bool]) -> bool:

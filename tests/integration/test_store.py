@@ -344,3 +344,37 @@ def test_a_scoped_token_resumes_from_the_store_only_within_its_topics(backend, s
     assert outside["events"] == []
     within = ws(relay, since=1, epoch=epoch, token="scoped").read_snapshot()
     assert {e["topic"] for e in within["events"]} == {f"T.{own}"} and len(within["events"]) == 50
+
+
+def test_a_resume_while_the_store_hangs_is_served_from_the_spool(clickhouse_server, fresh_upstream,  # noqa: F811
+                                                                 launch_relay, ws):
+    """ClickHouse stops answering (a partition: connections open, nothing moves); the events go to the spool.
+    A resume older than the cache gets them from the spool, recovered (before: `missing` for all of them), and
+    /health counts the hung insert's batch as spooled (before: neither pending nor spooled)."""
+    from support.cluster import StallingProxy
+
+    proxy = StallingProxy(clickhouse_server.port)
+    url = clickhouse_server.fresh_url().replace(f":{clickhouse_server.port}/", f":{proxy.port}/")
+    direct = clickhouse_server.client(database=url.rsplit("/", 1)[1])
+    try:
+        relay = launch_relay(fresh_upstream, {"CLICKHOUSE_URL": url, "STORE_BATCH_MS": "100", "CACHE_MAX_ITEMS": "20"})
+        sym = unique_sym()
+        fresh_upstream.emit(trades(0, 50, sym=sym), batch=10)
+        wait_until(lambda: direct.execute("SELECT count() FROM events")[0][0] == 50, 20, "seqs 1..50 stored")
+        epoch = relay.health()["epoch"]
+        proxy.stall()
+        try:
+            fresh_upstream.emit(trades(50, 150, sym=sym), batch=10)
+            wait_until(lambda: relay.health()["store"]["spooled"] >= 100, 15, "seqs 51..150 in the spool",
+                       describe=lambda: str(relay.health()["store"]))
+            snapshot = ws(relay, topics=f"T.{sym}", since=60, epoch=epoch).read_snapshot()  # cache: 131..150
+            assert snapshot["recovered"] is True and "missing" not in snapshot, snapshot.get("missing")
+            assert [e["seq"] for e in snapshot["events"]] == list(range(61, 151))
+            assert [e["data"]["n"] for e in snapshot["events"]] == list(range(60, 150))
+        finally:
+            proxy.resume()
+        wait_until(lambda: direct.execute("SELECT count(), uniqExact(seq) FROM events")[0] == (150, 150), 30,
+                   "every event stored once after the stall")
+    finally:
+        direct.disconnect()
+        proxy.close()

@@ -10,7 +10,7 @@ import gevent.lock
 
 from handlers.events import make_event
 from handlers.topics import compile_patterns
-from webapp.streams import Opening, fill_from_store
+from webapp.streams import Opening, fill_from_store, held_down_to
 
 
 class PagedStore:
@@ -94,11 +94,29 @@ def test_no_patterns_select_no_topic_in_the_store_and_star_selects_every_one():
     assert "has(%(topics_exact)s, topic)" in topic_condition(("T.A",), params) and params["topics_exact"] == ["T.A"]
 
 
-class Writer:
-    """The store writer's part a resume looks at: events it holds that the store lacks (ascending)."""
+class Spool:
+    """The spool's part a resume reads: rows of events, ascending; `drained` rows are gone when read."""
 
-    def __init__(self, store: PagedStore, held: list):
+    def __init__(self, rows: list[list]):
+        self.rows = {row_id: events for row_id, events in enumerate(rows, 1)}
+        self.drained: set[int] = set()
+
+    def rows_between(self, first: int, last: int) -> list[tuple[int, int, int]]:
+        return [(row_id, events[0].seq, events[-1].seq) for row_id, events in sorted(self.rows.items(), reverse=True)
+                if events[-1].seq >= first and events[0].seq <= last]
+
+    def row(self, row_id: int) -> list | None:
+        return None if row_id in self.drained else self.rows.get(row_id)
+
+
+class Writer:
+    """The store writer's part a resume looks at: events it holds that the store lacks (ascending), the
+    first `spooled` of them in its spool (rows of 5), the rest in memory."""
+
+    def __init__(self, store: PagedStore, held: list, spooled: int = 0):
         self.store, self.held, self.hurried = store, held, 0
+        self.spool = Spool([held[i:i + 5] for i in range(0, spooled, 5)])
+        self.memory = held[spooled:]
 
     def stored_through(self, seq: int) -> bool:
         return not (self.held and self.held[0].seq <= seq)
@@ -110,12 +128,15 @@ class Writer:
         self.store.events += self.held
         self.held = []
 
+    def unspooled(self, first: int, last: int) -> list:
+        return [e for e in self.memory if first <= e.seq <= last]
 
-def writing(store: PagedStore, stored: int, total: int) -> Writer:
+
+def writing(store: PagedStore, stored: int, total: int, spooled: int = 0) -> Writer:
     """The store has rows 1..`stored`; the writer holds the rest up to `total`."""
     held = store.events[stored:total]
     del store.events[stored:]
-    return Writer(store, held)
+    return Writer(store, held, spooled)
 
 
 def test_a_resume_waits_for_the_writer_s_batch_below_the_cache_instead_of_skipping_it():
@@ -131,16 +152,68 @@ def test_a_resume_waits_for_the_writer_s_batch_below_the_cache_instead_of_skippi
     assert filled.recovered and filled.missing is None and writer.hurried == 1
 
 
-def test_a_resume_the_store_cannot_take_in_time_reports_its_whole_range_missing(monkeypatch):
-    """The store down: what the writer holds waits in its spool. The resume is told, not given a hole."""
+def store_down(monkeypatch, stored: int = 990, spooled: int = 5, **settings):
+    """The store has 1..`stored` and takes nothing more; the writer holds the rest to 1000, `spooled` of it spooled."""
     monkeypatch.setattr("webapp.streams.STORED_WAIT_MIN_S", 0.2)
     store = PagedStore(1000)
-    rt = runtime(store)
-    rt.writer = writing(store, 990, 1000)
+    rt = runtime(store, **settings)
+    rt.writer = writing(store, stored, 1000, spooled)
     rt.settings.store_batch_ms = 10
+    return store, rt
+
+
+def test_a_resume_the_store_has_not_taken_is_served_from_the_writer_s_spool_and_memory(monkeypatch):
+    """The store down: what the writer holds waits in its spool and memory, and a resume is served from them
+    (before: it was told 11..1000 were missing). The part below the spool comes from the store, which has it."""
+    store, rt = store_down(monkeypatch)
     filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
-    assert filled.events == [] and filled.missing == (11, 1000) and not filled.recovered
+    assert [e.seq for e in filled.events] == list(range(11, 1001))
+    assert filled.recovered and filled.missing is None and filled.from_store is None
+    assert store.limits  # 11..990 from the store
+    store.limits.clear()
+    filled = fill_from_store(rt, opening(993, 1000), compile_patterns(["*"]))  # within the spool: no store read
+    assert [e.seq for e in filled.events] == list(range(993, 1001)) and filled.recovered
+    assert store.limits == []
+
+
+def test_a_resume_from_the_spool_keeps_the_newest_within_the_limit_and_its_topics(monkeypatch):
+    _, rt = store_down(monkeypatch, stored=900, spooled=80, max_events=30)
+    filled = fill_from_store(rt, opening(901, 1000), compile_patterns(["*"]))
+    assert [e.seq for e in filled.events] == list(range(971, 1001))
+    assert filled.missing == (901, 970) and not filled.recovered
+    filled = fill_from_store(rt, opening(901, 1000), compile_patterns(["T.Y"]))
+    assert filled.events == [] and filled.recovered  # nothing of T.Y in the range, and none missing
+
+
+def test_a_resume_the_spool_cannot_vouch_for_reports_its_whole_range_missing(monkeypatch):
+    """What the spool and memory hold must reach the newest seq asked for without a gap, and every row must
+    still be there when read; else (as before) the range is reported missing, never given with a hole."""
+    store, rt = store_down(monkeypatch)
+    rt.writer.memory = [e for e in rt.writer.memory if e.seq != 998]  # 998 in neither (a batch between the two)
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert [e.seq for e in filled.events] == [999, 1000]  # what is held without a gap up to the newest
+    assert filled.missing == (11, 998) and not filled.recovered  # the store has not taken 998: it waits
     assert filled.from_store is None and store.limits == []
+    rt.writer.memory = rt.writer.memory[:-1]  # 1000 in neither: nothing can be vouched for
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert filled.events == [] and filled.missing == (11, 1000)
+    store, rt = store_down(monkeypatch)
+    rt.writer.spool.drained.add(1)  # 991..995 went into the store after the rows were listed
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert filled.events == [] and filled.missing == (11, 1000)
+    store, rt = store_down(monkeypatch)
+    rt.store_holes = lambda: [(996, 997)]  # dropped for good: held in the sense that a resume reports it
+    filled = fill_from_store(rt, opening(993, 1000), compile_patterns(["*"]))
+    assert [e.seq for e in filled.events] == [998, 999, 1000] and filled.missing == (993, 997)
+
+
+def test_the_lowest_seq_spans_cover_without_a_gap_up_to_the_newest():
+    assert held_down_to([(991, 995), (996, 996), (997, 1000)], 1000) == 991
+    assert held_down_to([(991, 995), (997, 1000)], 1000) == 997
+    assert held_down_to([(991, 995), (996, 999)], 1000) is None  # the newest is not held
+    assert held_down_to([(1001, 1005), (990, 1002), (980, 985)], 1000) == 990
+    assert held_down_to([(995, 995), (990, 996), (996, 1000)], 1000) == 990
+    assert held_down_to([], 5) is None
 
 
 def test_a_follower_s_resume_waits_for_the_leader_s_writer_through_the_store():

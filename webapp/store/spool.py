@@ -121,6 +121,17 @@ class Spool:
         rows = self.db.read("SELECT id, payload FROM spool WHERE id BETWEEN ? AND ? ORDER BY id", (sizes[0][0], last))
         return [SpoolRecord(row_id, _events(payload)) for row_id, payload in rows]
 
+    def rows_between(self, first: int, last: int) -> list[tuple[int, int, int]]:
+        """(id, first seq, last seq) of the rows holding seqs in [first, last], newest first: a resume of
+        what the store has not taken yet (the rows' payloads are read one at a time: `row`)."""
+        return self.db.read("SELECT id, first_seq, last_seq FROM spool WHERE last_seq >= ? AND first_seq <= ?"
+                            " ORDER BY id DESC", (first, last))
+
+    def row(self, row_id: int) -> list[Event] | None:
+        """One row's events; None when it is gone (the drain deleted it: the store has it now)."""
+        found = self.db.read("SELECT payload FROM spool WHERE id = ?", (row_id,))
+        return _events(found[0][0]) if found else None
+
     def has_after(self, after_id: int) -> bool:
         """Does the spool hold a row after `after_id`?"""
         return bool(self.db.read("SELECT 1 FROM spool WHERE id > ? LIMIT 1", (after_id,)))

@@ -123,6 +123,10 @@ class StoreWriter:
             return False
         return not ((self._backlog or self._unconfirmed) and (self.store_max is None or self.store_max < seq))
 
+    def unspooled(self, first: int, last: int) -> list[Event]:
+        """Events in [first, last] this writer holds in memory, not yet (surely) in its spool: in hand or pending."""
+        return [e for e in (self._in_hand or []) + self.pending if first <= e.seq <= last]
+
     def hurry(self) -> None:
         """Write what is pending now rather than at the end of the batch interval (a resume waits for it)."""
         if self.pending:
