@@ -52,6 +52,7 @@ class Leadership:
         self.rt = runtime
         self.bus = bus
         self.holder_cached: str | None = None  # who holds the lease, as last read
+        self.last_other_holder: str | None = None  # the last other worker seen holding it
         bus.on_fenced = lambda reason: runtime.tasks.spawn("stand_down", self.stop_leading, reason)
 
     @property
@@ -111,8 +112,12 @@ class Leadership:
                         self.stop_leading("the lease was taken over")
                 elif not self.rt.shutting_down and lease.acquire():
                     self.apply(roles.ELECTED)
-                    self.rt._leading = [self.rt.tasks.spawn("take_over", self.take_over, policy=EXIT)]
+                    # the worker that held it before lost it (died, cut off, paused): its reader is not waited for
+                    self.rt._leading = [self.rt.tasks.spawn("take_over", self.take_over, self.last_other_holder,
+                                                            policy=EXIT)]
                 self.holder_cached = lease.current_holder()
+                if self.holder_cached not in (None, lease.holder):
+                    self.last_other_holder = self.holder_cached
                 self.bus.expire_aside(ASIDE_MAX_AGE_LEASES * self.rt.settings.leader_lease_ms / 1000)
                 if self.role == roles.FOLLOWER and self.bus.epoch is None:
                     # no event read yet: take the leader's epoch, so that snapshots and
@@ -126,13 +131,16 @@ class Leadership:
 
     # -- taking over ----------------------------------------------------------------
 
-    def take_over(self) -> None:
-        """Just elected: catch up with the stream, seed the seq space, then lead.
+    def take_over(self, previous: str | None = None) -> None:
+        """Just elected: catch up with the stream, seed the seq space, then lead. `previous`: the worker that
+        held the lease last, as this one saw it.
 
         Redis failing before the leading starts (a blip just after the election)
         means standing down: the lease is released for whoever can catch up.
         """
         try:
+            if previous is not None:
+                self.bus.readers.presume_gone(previous)
             self.catch_up_and_lead()
         except (*FAILURES, LostLease) as exc:
             log.error("elected, but Redis failed before leading started (%s): standing down", exc)

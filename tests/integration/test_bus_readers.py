@@ -239,3 +239,24 @@ def test_a_counter_seeded_after_redis_lost_it_is_raised_past_every_report_before
     assert raised == [(41, 160)]
     first = leader.client.xrange(leader.stream_key, count=1)[0][1]
     assert int(first[b"seq"]) == 161
+
+
+def test_the_reader_of_the_worker_that_lost_the_lease_is_not_waited_for_until_it_reads_again(prefix, leader):  # noqa: F811
+    """A SIGKILLed leader's last report stood live for stale_s (5 s) from when the new leader first read it:
+    once the new leader's seqs ran half the stream past it, nothing was appended for ~5 s (a CI run of the
+    SIGKILL hand-over test). The new leader presumes its predecessor gone; a report it writes after that is
+    waited for again."""
+    old = Readers(leader.client, f"{prefix}:readers", "old-leader", 5.0)
+    old.report(41, "E1")  # its last report before it died
+    leader.readers.presume_gone("old-leader")
+    leader.publish(provisional(1_000))
+    pump(lambda: leader.assigned_seq == 1_041, 10, "the burst appended past the dead leader's report")
+    assert leader.waits_for_readers == 0
+    # it was only paused: it reads again and reports, and is waited for like any live reader
+    old.report(1_041, "E1")
+    leader.publish(provisional(1_000))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        old.report(1_041, "E1")  # live: its report changes, its seq stays
+        gevent.sleep(0.05)
+    assert 1_041 + MAXLEN // 2 <= leader.assigned_seq <= 1_041 + MAXLEN and leader.waits_for_readers == 1

@@ -285,3 +285,23 @@ def test_a_redis_restart_mid_stream_recovers_without_duplicates(private_redis, f
     seqs = [e["seq"] for e in client.events]
     ns = [e["data"]["n"] for e in client.events]
     assert ns == list(range(400)) and seqs == sorted(set(seqs))
+
+
+def test_a_new_leader_does_not_wait_for_the_reader_of_the_leader_it_replaced(prefix, fresh_upstream, launch_relay, ws):
+    """The SIGKILLed leader's last reader report stood live for 5 s (stale_s) from when the new leader first
+    read it: with seqs half a stream past it, the new leader appended nothing meanwhile (a CI run of the test
+    above timed out so). The new leader presumes the worker it replaced gone until it reports again."""
+    env = cluster_env(prefix, CLICKHOUSE_URL="none", STREAM_MAXLEN="200")
+    leader, follower = start_pair(launch_relay, fresh_upstream, env)
+    sym = unique_sym()
+    client = ws(follower, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    fresh_upstream.emit(trades(0, 50, sym=sym), batch=10)
+    client.wait_for_seq(50)
+    os.killpg(leader.proc.pid, signal.SIGKILL)
+    wait_until(lambda: role(follower) == "leader" and len(fresh_upstream.open_connections()) == 1, 15,
+               "the follower to take over the upstream")
+    fresh_upstream.emit(trades(50, 650, sym=sym), batch=50)  # three times past half the stream from the old report
+    client.wait_for_seq(650, timeout_s=20)
+    assert [e["data"]["n"] for e in client.events] == list(range(650))
+    assert follower.health()["bus"]["waits_for_readers"] == 0
