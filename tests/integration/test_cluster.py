@@ -211,13 +211,19 @@ def test_a_cluster_on_an_empty_redis_and_a_store_past_half_the_stream_serves_at_
     store.disconnect()
 
 
-def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fresh_upstream, launch_relay, ws,
-                                                                     clickhouse_server):  # noqa: F811
-    env = cluster_env(prefix, CLICKHOUSE_URL=clickhouse_server.fresh_url(), STORE_BATCH_MS="100")
-    leader, follower = start_pair(launch_relay, fresh_upstream, env)
+def pair_watched(launch_relay, upstream, env, ws):
+    """A leader and a follower, and a client of the follower on a fresh symbol's trades (snapshot read)."""
+    leader, follower = start_pair(launch_relay, upstream, env)
     sym = unique_sym()
     client = ws(follower, topics=f"T.{sym}", snapshot=0)
     client.read_snapshot()
+    return leader, follower, sym, client
+
+
+def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fresh_upstream, launch_relay, ws,
+                                                                     clickhouse_server):  # noqa: F811
+    env = cluster_env(prefix, CLICKHOUSE_URL=clickhouse_server.fresh_url(), STORE_BATCH_MS="100")
+    leader, follower, sym, client = pair_watched(launch_relay, fresh_upstream, env, ws)
     sent: list[int] = []  # items that reached a connected leader
     stop = threading.Event()
 
@@ -265,10 +271,7 @@ def test_sigkill_of_the_leader_hands_over_without_duplicates_or_gaps(prefix, fre
 
 def test_a_redis_restart_mid_stream_recovers_without_duplicates(private_redis, fresh_upstream, launch_relay, ws):
     env = cluster_env("rh", private_redis.url)
-    leader, follower = start_pair(launch_relay, fresh_upstream, env)
-    sym = unique_sym()
-    client = ws(follower, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
+    leader, follower, sym, client = pair_watched(launch_relay, fresh_upstream, env, ws)
     fresh_upstream.emit(trades(0, 200, sym=sym), batch=20)
     client.wait_for_seq(200)
     private_redis.stop()
@@ -292,10 +295,7 @@ def test_a_new_leader_does_not_wait_for_the_reader_of_the_leader_it_replaced(pre
     read it: with seqs half a stream past it, the new leader appended nothing meanwhile (a CI run of the test
     above timed out so). The new leader presumes the worker it replaced gone until it reports again."""
     env = cluster_env(prefix, CLICKHOUSE_URL="none", STREAM_MAXLEN="200")
-    leader, follower = start_pair(launch_relay, fresh_upstream, env)
-    sym = unique_sym()
-    client = ws(follower, topics=f"T.{sym}", snapshot=0)
-    client.read_snapshot()
+    leader, follower, sym, client = pair_watched(launch_relay, fresh_upstream, env, ws)
     fresh_upstream.emit(trades(0, 50, sym=sym), batch=10)
     client.wait_for_seq(50)
     os.killpg(leader.proc.pid, signal.SIGKILL)
