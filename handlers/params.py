@@ -88,10 +88,12 @@ def delivery_params(args: Mapping[str, str]) -> tuple[float | None, str]:
 
 def stream_params(args: Mapping[str, str], last_event_id: str | None,
                   snapshot_default: int, snapshot_max: int) -> StreamParams:
-    """`since` from the query, else from a Last-Event-ID header (SSE)."""
+    """`since` from a Last-Event-ID header (SSE), else from the query. The header wins: a browser's
+    EventSource reconnects to the same URL, `since` and all, with the id of the last event it got, so the
+    query's `since` is the older point (the query winning replayed every event since then, an outside audit)."""
     since = int_param(args, "since", None, 0, MAX_SEQ)
     epoch = args.get("epoch") or None
-    if since is None and last_event_id:
+    if last_event_id and last_event_id.strip():
         # `<epoch>:<seq>` as the relay sends it, or a bare seq
         id_epoch, _, id_seq = last_event_id.strip().rpartition(":")
         if not id_seq:

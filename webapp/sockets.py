@@ -20,6 +20,7 @@ from simple_websocket import ConnectionClosed
 
 from handlers.conflate import Latest
 from handlers.events import Event
+from handlers.handshake import upgrade_refusal
 from handlers.protocol import SSE_KEEPALIVE, ws_frame
 from webapp import accesslog
 from webapp.conn import HeldStream, HeldWebSocket, Keeper
@@ -84,8 +85,13 @@ def take_socket(rt, environ):
     Returns an error response, or None with `g.wire` set to the WireSocket every
     write to this connection goes through (the library's pongs and closes too).
     """
-    if environ.get("HTTP_UPGRADE", "").lower() != "websocket" or "HTTP_SEC_WEBSOCKET_KEY" not in environ:
-        return json_error(400, "this route needs a WebSocket upgrade request")
+    refusal = upgrade_refusal(environ.get("SERVER_PROTOCOL", ""), environ.get("HTTP_UPGRADE", ""),
+                              environ.get("HTTP_CONNECTION", ""), environ.get("HTTP_SEC_WEBSOCKET_VERSION"),
+                              environ.get("HTTP_SEC_WEBSOCKET_KEY"))
+    if refusal is not None:
+        response = json_error(refusal.status, refusal.message)
+        response.headers.extend(refusal.headers)
+        return response
     if rt.shutting_down:
         return json_error(503, "the relay is shutting down")
     if not rt.ready.is_set():

@@ -390,3 +390,51 @@ def test_malformed_http_gets_a_json_error_never_a_5xx(relay, request_bytes):
     if status >= 400:
         assert_json_error(status, headers, body, (400, 404, 405, 411, 413, 414, 431, 501, 505), repr(request_bytes[:60]))
     assert relay.get("/health").status_code == 200
+
+
+# -- WebSocket opening handshakes (RFC 6455 §4.2.1) ------------------------------------------------------
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample: 16 bytes
+BAD_HANDSHAKES = {  # name: (headers after the request line, HTTP version, status)
+    "no version": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + KEY, b"1.1", 426),
+    "version 8": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: "
+                  + KEY, b"1.1", 426),
+    "version abc": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: abc\r\nSec-WebSocket-Key: "
+                    + KEY, b"1.1", 426),
+    "short key": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: abc=",
+                  b"1.1", 400),
+    "key not base64": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                       b"Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!", b"1.1", 400),
+    "empty key": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
+                  b"1.1", 400),
+    "two keys": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY
+                 + b"\r\nSec-WebSocket-Key: " + KEY, b"1.1", 400),
+    "no Connection: Upgrade": (b"Upgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Version: 13\r\n"
+                               b"Sec-WebSocket-Key: " + KEY, b"1.1", 400),
+    "HTTP/1.0": (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY,
+                 b"1.0", 400),
+}
+
+
+@pytest.mark.parametrize("path", ["/ws", "/stocks"])
+@pytest.mark.parametrize("name", list(BAD_HANDSHAKES))
+def test_a_malformed_websocket_handshake_is_refused_with_a_json_error_and_no_traceback(relay, name, path):
+    """Before: no or another Sec-WebSocket-Version was a 500 with a 25-line traceback in the log per request,
+    and a malformed key or HTTP/1.0 was upgraded (an outside audit)."""
+    headers, version, expected = BAD_HANDSHAKES[name]
+    log_start = relay.log_size()
+    status, answer, body = raw_http(relay.port, b"GET " + path.encode() + b" HTTP/" + version + b"\r\nHost: relay\r\n"
+                                    + headers + b"\r\n\r\n", timeout_s=5)
+    assert_json_error(status, answer, body, (expected,), f"{name} on {path}")
+    if expected == 426:
+        assert answer.get("sec-websocket-version") == "13"
+    assert "Traceback" not in relay.log_text(log_start)
+
+
+@pytest.mark.parametrize("path", ["/ws", "/stocks"])
+def test_a_handshake_with_token_lists_and_any_case_is_upgraded(relay, path):
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: relay\r\nUpgrade: WebSocket\r\n"
+                     b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY
+                     + b"\r\n\r\n")
+        assert sock.recv(12) == b"HTTP/1.1 101"

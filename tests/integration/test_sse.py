@@ -70,6 +70,24 @@ def test_the_id_an_eventsource_sends_back_resumes_and_one_of_another_epoch_is_no
     assert seqs_of(foreign.events(6)) == seqs
 
 
+def test_an_eventsource_reconnecting_to_a_url_with_since_resumes_from_its_last_event(relay, upstream, sse):
+    """The browser sends Last-Event-ID to the URL it was given, `since` included: the header is the later
+    point. Before, the query won and the reconnect replayed every event after `since` (an outside audit:
+    20 of 20 again)."""
+    sym = unique_sym()
+    seqs = feed(relay, upstream, trades(0, 3, sym))
+    params = {"topics": f"T.{sym}", "since": seqs[0], "epoch": relay.health()["epoch"]}
+    first = sse(relay, **params)
+    assert seqs_of(first.events(2)) == seqs[1:]
+    later = feed(relay, upstream, trades(3, 6, sym))
+    assert seqs_of(first.events(3)) == later
+    last_id = first.messages[-1].id
+    first.close()
+    resumed = sse(relay, **params, headers={"Last-Event-ID": last_id})
+    live = feed(relay, upstream, trades(6, 7, sym))
+    assert seqs_of(resumed.events(1)) == live  # nothing of seqs[1:] + later again
+
+
 def test_since_resumes_like_last_event_id(relay, upstream, sse):
     sym = unique_sym()
     seqs = feed(relay, upstream, trades(0, 6, sym))

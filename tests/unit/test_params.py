@@ -48,9 +48,15 @@ def test_the_last_event_ids_epoch_wins_over_the_querys_because_it_is_newer():
     assert (params.since, params.epoch) == (7, "NEW")
 
 
-def test_since_in_the_query_wins_over_last_event_id():
-    params = parse_id({"since": "5"}, last_event_id="E:9")
-    assert (params.since, params.epoch) == (5, None)
+def test_last_event_id_wins_over_since_in_the_query_because_it_is_newer():
+    """An EventSource reconnects to the URL it was given, `since` included, with the id of its last event."""
+    params = parse_id({"since": "5", "epoch": "OLD"}, last_event_id="E:9")
+    assert (params.since, params.epoch) == (9, "E")
+    params = parse_id({"since": "5", "epoch": "E1"}, last_event_id="9")  # a bare seq: the query's epoch
+    assert (params.since, params.epoch) == (9, "E1")
+    assert parse_id({"since": "5"}, last_event_id="  ").since == 5  # an empty header is no header
+    with pytest.raises(ParamError, match="since"):
+        parse_id({"since": "x"}, last_event_id="E:9")  # the query is still checked
 
 
 @pytest.mark.parametrize("bad", ["E:x", "E:-1", ":", "a:b:c"])
