@@ -30,6 +30,7 @@ from webapp.wire import WireSocket
 log = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class NoReader:

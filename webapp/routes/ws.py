@@ -25,7 +25,14 @@ from handlers.topics import add_patterns, compile_patterns, limit_message, remov
 from webapp.auth import CLIENT, access, request_scope, scoped_action, scoped_stream
 from webapp.responses import json_error
 from webapp.routes import runtime
-from webapp.sockets import CLOSE_TRY_AGAIN_LATER, Conflating, SocketClient, serve_sockets_lightly, take_socket
+from webapp.sockets import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_TRY_AGAIN_LATER,
+    Conflating,
+    SocketClient,
+    serve_sockets_lightly,
+    take_socket,
+)
 from webapp.streams import fill_from_store, open_stream
 from webapp.wire import WireSocket, limit_send_buffer
 
@@ -162,6 +169,11 @@ def stream(ws):
         rt.snapshots.note(client)  # held by the worker until its snapshot has drained
     except ConnectionClosed:
         pass
+    except Exception:
+        # a defect: the 101 is out, so no HTTP answer may follow on this socket (the app's error handler
+        # wrote a JSON 500 into the WebSocket stream, which its client read as a corrupt frame)
+        log.exception("unhandled error in a /ws client's stream")
+        client.close("internal_error", CLOSE_INTERNAL_ERROR)
     finally:
         client.finish()
 
