@@ -16,6 +16,11 @@ class ResumePlan:
     missing: tuple[int, int] | None = None
 
 
+def is_foreign(since: int, epoch: str | None, current_epoch: str, last_seq: int) -> bool:
+    """Does a resume's `since` belong to another seq space: another epoch named, or past our last seq?"""
+    return (epoch is not None and epoch != current_epoch) or since > last_seq
+
+
 def plan_resume(since: int, epoch: str | None, current_epoch: str, last_seq: int,
                 available_from: int | None) -> ResumePlan:
     """Plan a resume after `since`.
@@ -26,7 +31,7 @@ def plan_resume(since: int, epoch: str | None, current_epoch: str, last_seq: int
     means the client's seq belongs to another seq space: it gets everything
     still available in ours, flagged as not recovered.
     """
-    foreign = (epoch is not None and epoch != current_epoch) or since > last_seq
+    foreign = is_foreign(since, epoch, current_epoch, last_seq)
     after = 0 if foreign else since
     missing = None
     if after < last_seq:

@@ -16,7 +16,7 @@ import gevent
 
 from handlers.events import Event
 from handlers.params import StreamParams
-from handlers.resume import last_hole_end, plan_resume
+from handlers.resume import is_foreign, last_hole_end, plan_resume
 from handlers.topics import Matcher
 from webapp.store.base import StoreError, topic_condition
 from webapp.threads import call_in_thread
@@ -34,6 +34,7 @@ class Opening:
     missing: tuple[int, int] | None
     events: list[Event]
     from_store: tuple[int, int] | None = None  # inclusive seq range still to fetch from the store
+    foreign: bool = False  # the client's since was of another seq space: never `recovered`, whatever is found
 
 
 def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
@@ -49,10 +50,12 @@ def open_stream(runtime, params: StreamParams, matcher: Matcher) -> Opening:
         return Opening(runtime.stream_epoch, last_seq, True, None, events)
     plan = plan_resume(params.since, params.epoch, runtime.stream_epoch, last_seq, cache.oldest_seq(now))
     events = cache.events_after(plan.after_seq, now, matcher)
-    foreign = plan.after_seq != params.since
-    if plan.missing is not None and not foreign and runtime.store is not None and runtime.ready.is_set():
-        return Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, plan.missing)
-    opening = Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events)
+    foreign = is_foreign(params.since, params.epoch, runtime.stream_epoch, last_seq)
+    if plan.missing is not None and runtime.store is not None and runtime.ready.is_set():
+        # a foreign since gets every event still held from seq 1 on: the store's too (before, a foreign resume
+        # was told the store's events were missing, an outside audit)
+        return Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, plan.missing, foreign)
+    opening = Opening(runtime.stream_epoch, last_seq, plan.recovered, plan.missing, events, foreign=foreign)
     return opening if foreign else with_crash_gap(runtime, with_store_holes(runtime, opening, params.since, now),
                                                   params.since)
 
@@ -104,6 +107,12 @@ def fill_from_store(runtime, opening: Opening, matcher: Matcher, gone: Callable[
         rest = replace(opening, events=events + opening.events, missing=(first, held_from - 1),
                        from_store=(first, held_from - 1))
         return fill_from_store(runtime, rest, matcher, gone, limit - len(events), spool=False)
+    if writes_store(runtime) and runtime.writer.stalled():
+        # the writer's call has hung for STALLED_S: a read would wait the driver's I/O time-out (30 s) on the
+        # same store, holding a RESUME_CONCURRENCY slot (an outside audit: snapshots after 35 s)
+        log.warning("resume: the store does not answer (a call has waited %.0f s): reporting %d..%d missing",
+                    runtime.writer.store_stalled_s(), first, last)
+        return replace(opening, from_store=None)
     page = runtime.settings.resume_page_events
     newest_first: list[Event] = []
     with runtime.resume_gate:
@@ -143,7 +152,7 @@ def served(runtime, opening: Opening, first: int, last: int, older: list[Event],
         older = [e for e in older if e.seq > hole_end]
     missing = (first, lowest_served - 1) if lowest_served > first else None
     filled = replace(opening, events=older + opening.events, missing=missing,
-                     recovered=missing is None, from_store=None)
+                     recovered=missing is None and not opening.foreign, from_store=None)
     return with_crash_gap(runtime, filled, first - 1)
 
 
@@ -154,9 +163,9 @@ def from_spool(runtime, first: int, last: int, matcher: Matcher, limit: int,
     they hold every seq up to `last` (the store's holes count as held: they are reported as missing later);
     None when this worker writes no store, or they do not reach `last`, or a row went meanwhile (in the store
     now). Before, a resume during a store outage reported `missing` for events that sat in the spool."""
-    writer = runtime.writer
-    if writer is None or (runtime.clustered and not runtime.feeding_writer):
+    if not writes_store(runtime):
         return None
+    writer = runtime.writer
     memory = writer.unspooled(first, last)  # read before the rows: what leaves it goes to the spool
     try:
         rows = call_in_thread(writer.spool.rows_between, first, last)
@@ -188,6 +197,11 @@ def from_spool(runtime, first: int, last: int, matcher: Matcher, limit: int,
     return [by_seq[seq] for seq in newest], held_from
 
 
+def writes_store(runtime) -> bool:
+    """Does this worker write the store (alone, or as a cluster's leader)? Its writer then knows the store."""
+    return runtime.writer is not None and (not runtime.clustered or runtime.feeding_writer)
+
+
 def held_down_to(spans: list[tuple[int, int]], last: int) -> int | None:
     """The lowest seq from which the inclusive `spans` cover every seq up to `last`; None when `last` is not."""
     low = None
@@ -214,7 +228,7 @@ def stored_through(runtime, seq: int, gone: Callable[[], bool]) -> bool:
     asks the store for its newest seq (the leader's writer inserts in seq order; what it gave up on is a
     hole, reported with the store's holes)."""
     writer = runtime.writer
-    local = writer is not None and (not runtime.clustered or runtime.feeding_writer)
+    local = writes_store(runtime)
     if local:
         def stored() -> bool:
             return writer.stored_through(seq)
@@ -274,11 +288,13 @@ class SnapshotLedger:
         self._pruned_at = len(self._clients)
         return total
 
-    def wait_for_room(self, gone: Callable[[], bool]) -> bool:
+    def wait_for_room(self, gone: Callable[[], bool], before_wait: Callable[[], None] = lambda: None) -> bool:
         """Under the budget now or within wait_s (True); False when it is still past it, or the client
-        went away meanwhile. Polls every 50 ms: only resumes with `since` wait here."""
+        went away meanwhile. Polls every 50 ms: only resumes with `since` wait here. `before_wait()` is called
+        once before it waits."""
         if self.queued() < self.max_bytes:
             return True
+        before_wait()
         self.waits += 1
         deadline = self.clock() + self.wait_s
         while self.clock() < deadline:

@@ -371,6 +371,13 @@ def test_a_resume_while_the_store_hangs_is_served_from_the_spool(clickhouse_serv
             assert snapshot["recovered"] is True and "missing" not in snapshot, snapshot.get("missing")
             assert [e["seq"] for e in snapshot["events"]] == list(range(61, 151))
             assert [e["data"]["n"] for e in snapshot["events"]] == list(range(60, 150))
+            # older than the spool: the store's part, which a hung store cannot give; told at once (before:
+            # after the driver's 30 s I/O time-out, the snapshot at 35 s)
+            started = time.monotonic()
+            snapshot = ws(relay, topics=f"T.{sym}", since=10, epoch=epoch).read_snapshot(timeout_s=20)
+            assert time.monotonic() - started < 15
+            assert snapshot["recovered"] is False and snapshot["missing"] == [11, 50]
+            assert [e["seq"] for e in snapshot["events"]] == list(range(51, 151))
         finally:
             proxy.resume()
         wait_until(lambda: direct.execute("SELECT count(), uniqExact(seq) FROM events")[0] == (150, 150), 30,
@@ -378,3 +385,21 @@ def test_a_resume_while_the_store_hangs_is_served_from_the_spool(clickhouse_serv
     finally:
         direct.disconnect()
         proxy.close()
+
+
+def test_a_resume_from_another_seq_space_gets_the_store_s_events_too_and_is_never_recovered(
+        backend, server, fresh_upstream, launch_relay, ws):
+    """Another epoch, or a since past the relay's last seq: every matching event still held, from seq 1 on,
+    `recovered: false`. Before, the store's part was reported missing ([1, 350] with a cache of 50), and
+    since=0 of another epoch said `recovered: true` (an outside audit)."""
+    relay = launch_relay(fresh_upstream, store_env(backend, server, CACHE_MAX_ITEMS="50"))
+    sym = unique_sym()
+    fresh_upstream.emit(trades(0, 400, sym=sym), batch=100)
+    wait_stored(relay, 400)
+    epoch = relay.health()["epoch"]
+    for params in ({"since": 100, "epoch": "another-epoch"}, {"since": 0, "epoch": "another-epoch"},
+                   {"since": 10_000, "epoch": epoch}):
+        snapshot = ws(relay, topics=f"T.{sym}", **params).read_snapshot()
+        assert snapshot["recovered"] is False, params
+        assert "missing" not in snapshot, (params, snapshot.get("missing"))
+        assert [e["seq"] for e in snapshot["events"]] == list(range(1, 401)), params

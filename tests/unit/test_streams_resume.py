@@ -131,6 +131,14 @@ class Writer:
     def unspooled(self, first: int, last: int) -> list:
         return [e for e in self.memory if first <= e.seq <= last]
 
+    hung = False
+
+    def stalled(self) -> bool:
+        return self.hung
+
+    def store_stalled_s(self) -> float:
+        return 6.0 if self.hung else 0.0
+
 
 def writing(store: PagedStore, stored: int, total: int, spooled: int = 0) -> Writer:
     """The store has rows 1..`stored`; the writer holds the rest up to `total`."""
@@ -205,6 +213,15 @@ def test_a_resume_the_spool_cannot_vouch_for_reports_its_whole_range_missing(mon
     rt.store_holes = lambda: [(996, 997)]  # dropped for good: held in the sense that a resume reports it
     filled = fill_from_store(rt, opening(993, 1000), compile_patterns(["*"]))
     assert [e.seq for e in filled.events] == [998, 999, 1000] and filled.missing == (993, 997)
+
+
+def test_a_store_whose_call_has_hung_is_not_read_the_part_older_than_the_spool_is_missing_at_once(monkeypatch):
+    """A read would wait the driver's I/O time-out on a store that hangs (an outside audit: 35 s)."""
+    store, rt = store_down(monkeypatch)
+    rt.writer.hung = True
+    filled = fill_from_store(rt, opening(11, 1000), compile_patterns(["*"]))
+    assert [e.seq for e in filled.events] == list(range(991, 1001))
+    assert filled.missing == (11, 990) and store.limits == []
 
 
 def test_the_lowest_seq_spans_cover_without_a_gap_up_to_the_newest():

@@ -143,7 +143,9 @@ def stream(ws):
     client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
     if params.on_slow == "conflate":
         limit_send_buffer(wire.sock)
-    if params.since is not None and not rt.snapshots.wait_for_room(wire.peer_gone):
+    # the 101 waits in the cork for the first frames (one write), but not through a wait: a client would time its
+    # handshake out (an outside audit: no 101 for the 35 s a store read hung)
+    if params.since is not None and not rt.snapshots.wait_for_room(wire.peer_gone, before_wait=wire.uncork):
         rt.metrics.bound_hits.labels("snapshot_queue").inc()
         client.close("busy", CLOSE_TRY_AGAIN_LATER)  # past SNAPSHOT_QUEUE_MAX_BYTES for SNAPSHOT_QUEUE_WAIT_S
         client.finish()
@@ -153,6 +155,7 @@ def stream(ws):
     client.after_seq = opening.last_seq
     if opening.from_store is not None:
         client.hold_live()  # live events wait while the older part comes from the store
+        wire.uncork()
     rt.hub.add(client)
     try:
         opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or wire.peer_gone())

@@ -36,6 +36,7 @@ from webapp.store.spool import Spool, SpoolFull
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+STALLED_S = 5.0  # a store call (an insert, its max(seq)) waiting this long makes the store failing
 FULL_SAID_EVERY_S = 60.0  # "spool cannot take a batch" at most this often
 
 
@@ -177,6 +178,10 @@ class StoreWriter:
         """How long the store call in progress has been waiting for the store (0 when none is)."""
         since = self._store_call_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def stalled(self) -> bool:
+        """Has the store call in progress waited STALLED_S or more (a store that hangs rather than refuses)?"""
+        return self.store_stalled_s() >= STALLED_S
 
     def cycle(self, timeout_s: float | None = None) -> bool:
         """One batch and, when due, a drain of the spool. False when another cycle held the lock past `timeout_s`."""
