@@ -48,7 +48,7 @@ def parse_max_hz(value: object) -> float | None:
         raise RateError("'max_hz' must be a number of events per second per topic")
     rate = float(value)
     if not 0 < rate <= MAX_HZ:  # NaN fails this too
-        raise RateError(f"'max_hz' must be in (0, {MAX_HZ:g}], got {rate:g}")
+        raise RateError(f"'max_hz' must be in (0, {MAX_HZ:g}], got {rate!r}")  # not :g (1000.0000000000001 showed as 1000)
     return rate
 
 

@@ -36,8 +36,10 @@ def parse_client_message(text: str | bytes) -> Action | BadFrame:
     """Interpret one client frame; never raises."""
     try:
         msg = jsonx.loads(text)
-    except jsonx.NotJSON:
-        return BadFrame("frame is not JSON")
+    except jsonx.NotJSON as exc:
+        # the parser's reason, cut short: valid JSON with a number past what it takes (1e400, 5,000 digits)
+        # was told only "not JSON" (an outside audit)
+        return BadFrame(f"frame is not JSON ({str(exc)[:80]})")
     if not isinstance(msg, dict):
         return BadFrame("frame must be a JSON object")
     action = msg.get("action")

@@ -96,7 +96,26 @@ def test_usable_client_frames_become_actions(frame, action):
      f"subscribe: at most {MAX_PATTERNS} topic patterns"),
 ])
 def test_unusable_client_frames_become_an_error_to_send_back(frame, message):
-    assert parse_client_message(frame) == BadFrame(message)
+    got = parse_client_message(frame)
+    if message == "frame is not JSON":  # with the parser's reason after it, in brackets
+        assert isinstance(got, BadFrame) and got.message.startswith("frame is not JSON (") and len(got.message) < 110
+    else:
+        assert got == BadFrame(message)
+
+
+@pytest.mark.parametrize(("frame", "reason"), [
+    ('{"action":"subscribe","topics":["*"],"max_hz":1e400}', "number out of range"),
+    ('{"action":"ping","n":' + "9" * 5000 + "}", "digits"),
+])
+def test_json_the_parser_cannot_take_is_told_why(frame, reason):
+    """Valid JSON with a number past what the parser takes was told only "frame is not JSON" (an outside audit)."""
+    got = parse_client_message(frame)
+    assert isinstance(got, BadFrame) and reason in got.message, got
+
+
+def test_a_rate_out_of_range_is_shown_as_given():
+    got = parse_client_message('{"action":"subscribe","topics":["*"],"max_hz":1000.0000000000001}')
+    assert got == BadFrame("subscribe: 'max_hz' must be in (0, 1000], got 1000.0000000000001")
 
 
 @PROPERTY
