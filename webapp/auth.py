@@ -14,6 +14,10 @@ from handlers.params import StreamParams, topics_param
 from handlers.protocol import Action, error_message
 
 OPEN, CLIENT, ADMIN = "open", "client", "admin"
+# /<market>: the Polygon clients authenticate in-band (the `auth` message), so a request with no token is let
+# through; one that brings a token (`token=`, Authorization: Bearer) not among API_TOKENS is refused before the
+# upgrade, as contract §10 asks of /<market> too
+MARKET = "market"
 
 
 def access(level: str) -> Callable:
@@ -56,6 +60,10 @@ def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_tok
         given = request.args.get("token") or bearer_token(request)
         if not token_matches(given, api_tokens):
             return 401, "a valid API token is required (token= query parameter or Authorization: Bearer)"
+    elif level == MARKET and api_tokens:
+        given = request_token(request)
+        if given is not None and not token_matches(given, api_tokens):
+            return 401, "the token given is not valid (a Polygon client may also bring none and send its key in 'auth')"
     elif level == ADMIN:
         if admin_token:
             if not token_matches(bearer_token(request), (admin_token,)):

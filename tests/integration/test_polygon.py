@@ -388,3 +388,16 @@ def test_at_shutdown_clients_are_told_and_closed_with_1012_so_they_reconnect(fre
     assert quiet.expect_close() == 1012
     relay.wait_exit(15)
 
+
+
+def test_a_wrong_token_brought_to_the_upgrade_is_refused_before_it_and_none_or_a_valid_one_upgrades(
+        relay, polygon_socket):
+    """Contract §10: a request without a valid token is refused before any upgrade, /<market> too. The Polygon
+    clients bring none (their key comes in `auth`), so none is let through; a wrong one brought along was
+    upgraded anyway (an outside audit)."""
+    for headers, params in (({}, {"token": "nope"}), ({"Authorization": "Bearer nope"}, {})):
+        refused = requests.get(relay.url + "/stocks", params=params, timeout=10,
+                               headers={**upgrade_headers(), **headers, "Connection": "Upgrade, close"})
+        assert refused.status_code == 401 and refused.json()["error"], (headers, params)
+    authenticated(polygon_socket(relay))
+    authenticated(polygon_socket(relay, f"stocks?token={KEYS[1]}"))

@@ -33,7 +33,7 @@ from handlers.polygon import (
 )
 from handlers.protocol import ws_frame
 from handlers.topics import compile_patterns
-from webapp.auth import OPEN, access, token_matches
+from webapp.auth import MARKET, access, token_matches
 from webapp.routes import runtime
 from webapp.sockets import SocketClient, take_socket
 from webapp.wire import WireSocket
@@ -100,7 +100,7 @@ def prepare_upgrade():
 
 
 @sock.route(f"/<any({', '.join(MARKETS)}):market>", bp=bp)
-@access(OPEN)  # authenticated in-band by the `auth` action, not before the upgrade
+@access(MARKET)  # authenticated in-band by the `auth` action; a wrong token brought along is refused before
 def market_socket(ws, market: str):
     rt = runtime()
     wire = g.wire
