@@ -127,6 +127,13 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
         return None
 
     @app.after_request
+    def never_sniffed(response: Response) -> Response:
+        """Every answer's type is the one it names: JSON, the monitor's assets, /metrics' text (an outside
+        audit found only /monitor itself said so)."""
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.after_request
     def options_without_a_body(response: Response) -> Response:
         """Flask answers OPTIONS itself: 200 with an empty text/html body. Every answer is JSON or has no body:
         204 with its Allow header."""

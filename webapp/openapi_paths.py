@@ -207,8 +207,9 @@ def paths(s: Settings) -> dict[str, Any]:
                                            "sends it (an EventSource sends it back on reconnecting), or a bare "
                                            "seq (the epoch query parameter, if any, names its epoch); seq in "
                                            f"0..{MAX_SEQ}, epoch at most 128 characters. Works like since and "
-                                           "epoch (the since query parameter wins; this epoch wins over the "
-                                           "query's); anything else is a 400 naming Last-Event-ID",
+                                           "epoch, and wins over both query parameters when given (an "
+                                           "EventSource reconnects to the same URL with it); anything else is "
+                                           "a 400 naming Last-Event-ID",
                             "schema": {"type": "string", "pattern": r"^(.{0,128}:)?[0-9]{1,19}$",
                                        "example": "6921f3a0-1b2c3d4e:1042"}}],
             "responses": {"200": {

@@ -509,3 +509,11 @@ def test_a_ws_upgrade_with_a_parameter_given_twice_is_refused_before_the_upgrade
     with requests.Session() as session:
         response = session.get(relay.url + "/ws?topics=T.A&topics=Q.B", headers=upgrade_headers(), timeout=10)
         assert_json_error(response, 400)
+
+
+def test_every_answer_says_its_type_is_not_to_be_sniffed(relay):
+    """Only /monitor said so; its assets (JS, CSS, an SVG), the JSON routes and their errors did not."""
+    for path in ("/health", "/metrics", "/monitor", "/monitor/assets/monitor.js", "/monitor/assets/favicon.svg",
+                 "/cache/recent", "/openapi.json", "/no-such-route", "/cache/recent?limit=x"):
+        response = relay.get(path)
+        assert response.headers.get("X-Content-Type-Options") == "nosniff", (path, response.status_code)
