@@ -57,8 +57,7 @@ def is_loopback(addr: str | None) -> bool:
 def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_token: str | None) -> tuple[int, str] | None:
     """(status, message) when the request may not proceed, else None."""
     if level == CLIENT and api_tokens:
-        given = request.args.get("token") or bearer_token(request)
-        if not token_matches(given, api_tokens):
+        if not token_matches(request_token(request), api_tokens):
             return 401, "a valid API token is required (token= query parameter or Authorization: Bearer)"
     elif level == MARKET and api_tokens:
         given = request_token(request)

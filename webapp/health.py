@@ -10,12 +10,11 @@ from handlers import roles
 from handlers.health import HealthFacts, degraded_reasons
 from webapp import accept, clientgate
 from webapp.bus.redis import FAILURES as REDIS_FAILURES
+from webapp.store.writer import STALLED_S
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.3.0"
-
-
 
 
 def store_health(rt) -> dict:
@@ -24,7 +23,7 @@ def store_health(rt) -> dict:
     w = rt.writer
     # a store that hangs rather than refuses: failing for /health long before the driver's I/O time-out
     stalled_s = w.store_stalled_s()
-    stalled = f"the store has not answered for {stalled_s:.0f} s" if w.stalled() else None
+    stalled = f"the store has not answered for {stalled_s:.0f} s" if stalled_s >= STALLED_S else None
     # the spool's events wait for the store: behind a backlog, or in the batch whose insert hangs (counted
     # once it is a stall: every batch is in the spool while it is inserted). Before, a hung insert's batch
     # showed as neither pending nor spooled

@@ -82,17 +82,24 @@ class Readers:
 
     # -- the publisher's side -------------------------------------------------------------
 
+    def _fields(self) -> dict[bytes, bytes] | None:
+        """Every reader's report; None (said in the log) when the hash holds more than any cluster has workers."""
+        if self.client.hlen(self.key) > MAX_FIELDS:
+            log.error("bus: %s holds more than %d fields; no reader's position is believed", self.key, MAX_FIELDS)
+            return None
+        return self.client.hgetall(self.key)
+
     def highest(self, epoch: str | None) -> int | None:
         """The highest seq of epoch `epoch` any other reader reports, silent ones included (None: none).
 
         For a leader that seeded a counter Redis had lost (a restart without persistence): a follower may have
         read further than this worker before the loss, and no seq it read may be given again. A report that
         cannot be parsed, or past MAX_SEQ, is ignored."""
-        if self.client.hlen(self.key) > MAX_FIELDS:
-            log.error("bus: %s holds more than %d fields; no reader's position is believed", self.key, MAX_FIELDS)
+        fields = self._fields()
+        if fields is None:
             return None
         highest = None
-        for field, value in self.client.hgetall(self.key).items():
+        for field, value in fields.items():
             report = parse(value)
             if field == self.holder.encode() or report is None or report[2] != (epoch or ""):
                 continue
@@ -123,10 +130,9 @@ class Readers:
         silent reader may come back (a stopped worker continued), its position can be below any floor
         asked before, so the caller must ask again before each append."""
         now = self.clock()
-        if self.client.hlen(self.key) > MAX_FIELDS:
-            log.error("bus: %s holds more than %d fields; not waiting for any reader", self.key, MAX_FIELDS)
+        fields = self._fields()
+        if fields is None:
             return None
-        fields = self.client.hgetall(self.key)
         lowest = None
         stale = []
         self.stale = 0
