@@ -119,6 +119,19 @@ class Conflator:
     def offer(self, events: Iterable[Event]) -> None:
         self._latest.offer(events)
 
+    @property
+    def last_release_s(self) -> float:
+        """When the last release was written (-inf: none yet); the next goes out an interval later."""
+        return self._last_release_s
+
+    def start_after(self, last_release_s: float, held: Release | None = None) -> None:
+        """A new conflator for a client that changed its subscription: its rate runs from its last release
+        (`last_release_s`), not from now, and it holds what its old one held for it (`held`, with its count)."""
+        self._last_release_s = last_release_s
+        if held is not None:
+            self._latest.offer(held.events)
+            self._latest.replaced += held.conflated
+
     def held(self) -> Release:
         """What the next release holds so far (left held)."""
         return self._latest.peek()

@@ -35,6 +35,9 @@ Releases are written first in a flush, and a release's interval runs from the
 end of its writes (`Conflator.sent`), so two releases reach a client at least
 an interval apart (bench mixed run: the relay wrote two 487 ms apart when
 releases came after the live writes and the interval ran from the flush's start).
+A subscription change keeps the rate too: a client whose change would put it
+in a group releasing within its interval goes to a group of its own (a stray)
+that starts from its last release, until it can share again (`resubscribe`).
 
 Slow clients with `on_slow=conflate` leave their group when they pass their
 bound: the client drops its queued event frames (the events they carried, noted
@@ -124,10 +127,6 @@ class Group:
         return self._by_kind
 
 
-def _key(client) -> tuple:
-    return client.matcher.patterns, getattr(client, "max_hz", None)
-
-
 class Hub:
     """Fan-out of published events to subscribers, batched per flush."""
 
@@ -145,6 +144,9 @@ class Hub:
         self._flushing = False
         self._groups: dict[tuple, Group] = {}
         self._rated: set[Group] = set()  # groups with a Conflator
+        # rated clients in a group of their own for now: a subscription change put them out of phase with
+        # the group they would share (its next release was due within their interval); see resubscribe
+        self._strays: dict[Subscriber, Subscriber] = {}
         self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
         # what the `conflated` counts of a slow client's dropped frames said (a rate's thinning, counted in
         # the metric when it happened): told to the client with its release
@@ -180,22 +182,34 @@ class Hub:
             if self.on_subscription is not None:
                 self.on_subscription(client, client.matcher.patterns, ())
 
-    def _join(self, client: Subscriber) -> None:
-        key = _key(client)
+    def _key(self, client: Subscriber) -> tuple:
+        """Its group's key: patterns, rate and, for a stray, the client itself."""
+        return client.matcher.patterns, getattr(client, "max_hz", None), self._strays.get(client)
+
+    def _join(self, client: Subscriber, seed: tuple[float, Release | None] | None = None) -> None:
+        """Into the group of its key. `seed` (a rate's group that does not exist yet, see resubscribe):
+        the client's last release and what its old rate held for it, which the new group starts from."""
+        key = self._key(client)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(client.matcher, key[1], self.max_held)
             if group.conflator is not None:
+                if seed is not None:
+                    group.conflator.start_after(*seed)
                 self._rated.add(group)
                 self._wake.set()  # the flusher's wait may have to shorten
+            seed = seed if group.conflator is not None else None
+        else:
+            seed = None
         group.clients.add(client)
         group.changed()
-        if group.conflator is not None:
+        if group.conflator is not None and seed is None:
             # events up to the base were delivered, covered or before it subscribed: never counted for it
             group.joiners[client] = [max(client.after_seq, self._last_seq), 0]
 
     def _leave(self, client: Subscriber) -> bool:
-        key = _key(client)
+        key = self._key(client)
+        self._strays.pop(client, None)
         group = self._groups.get(key)
         if group is None or client not in group.clients:
             return False
@@ -211,35 +225,75 @@ class Hub:
         """New patterns (and, when given, a new rate: None = every event) for a client.
 
         Everything up to the hub's last seq was handed to its old group: delivered, or held by its rate
-        for the next release. What its old rate held goes out now (the topics it keeps), with its count,
-        and its new group starts after it: a rate's newest value is not lost by a change of rate, nor an
-        event delivered live sent again by the rate it moves to."""
+        for the next release. What its old rate held (the topics it keeps) is not lost by a change, nor
+        an event delivered live sent again by the rate it moves to. Moving to every event, it goes out
+        now with its count. Moving to a rate (or keeping one), the rate holds across the change: the
+        next release waits an interval from the client's last one, and carries what the old rate held.
+        The group it would share takes it when that group's next release is no earlier and the old rate
+        held nothing; else it is a stray, in a group of its own seeded with both, until it holds nothing
+        and the shared group's phase allows it (`_merge_strays`). Released at once, a client that
+        changed its subscription every 100 ms at max_hz=1 got 57 releases of one topic in 3 s."""
         before = client.matcher.patterns
         matcher = compile_patterns(patterns)
-        rate = getattr(client, "max_hz", None) if max_hz is _KEEP else max_hz
-        if (matcher.patterns, rate) == _key(client) and client not in self._slow:
+        old_rate = getattr(client, "max_hz", None)
+        rate = old_rate if max_hz is _KEEP else max_hz
+        if (matcher.patterns, rate) == (before, old_rate) and client not in self._slow:
             return
         slow = client in self._slow
-        held = None if slow else self._held_for(client)
+        group = None if slow else self._groups.get(self._key(client))
+        rated = group is not None and group.conflator is not None and client in group.clients
+        held = self._held_for(client, group) if rated else None
+        # the client had every release of its group since it joined, and none before it within an
+        # interval of the group's last (a join keeps that true): the group's last is its last
+        last = group.conflator.last_release_s if rated else float("-inf")
         was_in = slow or self._leave(client)
         client.matcher = matcher
         if max_hz is not _KEEP:
             client.max_hz = max_hz
         if not slow:  # a slow client keeps its newest values and rejoins with the new key
-            if held is not None:
-                events = [e for e in held.events if matcher(e.topic)]
+            events = [e for e in held.events if matcher(e.topic)] if held is not None else []
+            if rate is None:
                 if events:
                     self._deliver_alone(client, events, held.conflated)
-            client.after_seq = max(client.after_seq, self._last_seq)
-            self._join(client)
+                client.after_seq = max(client.after_seq, self._last_seq)
+                self._join(client)
+            else:
+                self._join_rate(client, last, Release(events, held.conflated) if events else None)
         if self.on_subscription is not None:
             self.on_subscription(client, before if was_in else (), patterns)
 
-    def _held_for(self, client: Subscriber) -> Release | None:
-        """What `client`'s rate holds for its next release (after its snapshot), and its count."""
-        group = self._groups.get(_key(client))
-        if group is None or group.conflator is None or client not in group.clients:
-            return None
+    def _join_rate(self, client: Subscriber, last: float, held: Release | None) -> None:
+        """A client changing to (or within) a rate joins its group, or a group of its own that starts from
+        its last release `last` and its old rate's `held` (see resubscribe)."""
+        shared = self._groups.get((client.matcher.patterns, client.max_hz, None))
+        if shared is not None and (held is not None or shared.conflator.last_release_s < last):
+            self._strays[client] = client
+            shared = None
+        if held is None:  # nothing of the old group's to carry: it starts after everything handed on
+            client.after_seq = max(client.after_seq, self._last_seq)
+        self._join(client, None if shared is not None else (last, held))
+
+    def _merge_strays(self) -> None:
+        """A stray whose group holds nothing joins the shared group of its key when that group released
+        no earlier than it did (its next release is then an interval after the stray's last), or becomes
+        that group when there is none. Out of phase while its topics are busy, it stays a group of one."""
+        for client in list(self._strays):
+            key = self._key(client)
+            group = self._groups[key]
+            if group.conflator.due_at() is not None:
+                continue
+            shared_key = key[:2] + (None,)
+            shared = self._groups.get(shared_key)
+            if shared is None:
+                del self._strays[client]
+                self._groups[shared_key] = self._groups.pop(key)
+            elif shared.conflator.last_release_s >= group.conflator.last_release_s:
+                self._leave(client)
+                client.after_seq = max(client.after_seq, self._last_seq)
+                self._join(client)
+
+    def _held_for(self, client: Subscriber, group: Group) -> Release | None:
+        """What `client`'s rate (its `group`'s) holds for its next release (after its snapshot), and its count."""
         held = group.conflator.held()
         if not held.events:
             return None
@@ -398,6 +452,8 @@ class Hub:
                     self._send_own(group, release.events, own)
                 self._send(group, release.events, release.conflated, own)
                 conflator.sent(now_s + (self._clock() - clock0))  # the writes' end, on now_s's clock
+        if self._strays:
+            self._merge_strays()
 
     def _own_counts(self, group: Group, release: Release) -> dict:
         """The clients of `group` whose release `conflated` is not the group's, and theirs.

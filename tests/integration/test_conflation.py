@@ -237,6 +237,34 @@ def test_a_change_of_rate_sends_no_event_twice_and_loses_no_topic_s_newest_value
     assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
 
 
+def test_a_rate_holds_across_subscription_changes(relay, upstream, ws):
+    """A client at max_hz=1 that subscribes and unsubscribes every 100 ms while its topic is busy: each change
+    released what the rate held at once (57 releases of one topic in 3 s); the rate now holds across them,
+    and the topic's newest value still reaches it."""
+    sym = unique_sym()
+    client = ws(relay, topics=f"T.{sym}", snapshot=0, max_hz=1)
+    observer = ws(relay, topics=f"T.{sym}", snapshot=0)
+    client.read_snapshot()
+    observer.read_snapshot()
+    arrivals: list[float] = []
+    with Feeder(upstream, [("T", sym)]):
+        deadline = time.monotonic() + 3.0
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            action = "subscribe" if n % 2 else "unsubscribe"
+            client.send_json({"action": action, "topics": [f"Q.{sym}"]})
+            for at, frame in read_ws_frames(client, 0.1):
+                arrivals += [at for e in frame.get("events", []) if e["topic"] == f"T.{sym}"]
+    assert n >= 20
+    assert arrivals and most_in_window(arrivals, 0.9) <= 1, arrivals
+    assert len(arrivals) <= 4, arrivals
+    newest = relay_last_seq(relay)
+    observer.wait_for_seq(newest)
+    client.wait_until(lambda: client.events and client.events[-1]["seq"] == observer.events[-1]["seq"], 3,
+                      "the topic's newest value after the changes")
+
+
 @pytest.mark.parametrize("bad", [0, -1, "abc", 1e9, True, [2]])
 def test_a_bad_max_hz_on_subscribe_is_an_error_frame_and_the_connection_stays(relay, ws, bad):
     client = ws(relay, snapshot=0, max_hz=5)

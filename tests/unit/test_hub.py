@@ -599,3 +599,122 @@ def test_every_event_a_rated_client_was_due_is_delivered_once_in_order_or_counte
         assert len(got) + client.told() == len(due), (len(got), client.told(), len(due))
         newest = {e.topic: e.seq for e in due}
         assert set(newest.values()) <= set(got), "each topic's newest event"
+
+
+class Timed(Recorder):
+    """A Recorder that notes the time of each frame and the rate it had then."""
+
+    def __init__(self, now, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.now, self.times = now, []
+
+    def deliver(self, frame, n_events):
+        super().deliver(frame, n_events)
+        self.times.append((self.now[0], self.max_hz))
+
+
+def _rated_gaps(client):
+    """(seconds between two frames written while it had a rate, the rate of the later one)."""
+    gaps, last = [], None
+    for at, rate in client.times:
+        if rate is None:
+            last = None
+            continue
+        if last is not None:
+            gaps.append((at - last, rate))
+        last = at
+    return gaps
+
+
+def test_a_rate_holds_across_subscription_changes():
+    """A client at max_hz=1 that changes its subscription every 100 ms while its topic is busy still gets at
+    most one release a second (released at once on each change, it got 57 in 3 s), and others at its rate
+    keep sharing one frame."""
+    now = [0.0]
+    hub, _ = make_hub()
+    changer = Timed(now, ("a",), max_hz=1.0)
+    steady = [Timed(now, ("a",), max_hz=1.0) for _ in range(3)]
+    for c in (changer, *steady):
+        hub.add(c)
+    seq = 0
+    for step in range(300):  # 3 s: an event of a every 10 ms, a change every 100 ms
+        now[0] = step / 100
+        seq += 1
+        hub.flush(events("a", first=seq), now_s=now[0])
+        if step % 10 == 5:
+            hub.resubscribe(changer, ("a", "b") if step % 20 == 5 else ("a",))
+    now[0] = 3.5
+    hub.flush([], now_s=now[0])
+    assert len(changer.times) <= 4, changer.times
+    assert all(gap >= 1.0 for gap, _ in _rated_gaps(changer)), changer.times
+    assert changer.seqs()[-1] == seq  # its topic's newest event reached it
+    assert all(c.frames[-1] is steady[0].frames[-1] for c in steady)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_rated_client_s_releases_are_an_interval_of_its_current_rate_apart_and_none_is_late(seed):
+    """Random batches, changes of patterns and rate, at random times: a client's frames written while it had
+    a rate are at least an interval of the later one's rate apart, and each topic's newest event reaches it
+    within an interval of its rate (plus one flush step) when it arrived after the client's last change."""
+    import random
+
+    rnd = random.Random(seed)
+    now = [0.0]
+    hub, _ = make_hub()
+    topics = ["a", "b", "c"]
+    rates = [None, 1.0, 2.0, 5.0]
+    clients = [Timed(now, tuple(rnd.sample(topics, rnd.randint(1, 3))), max_hz=rnd.choice(rates)) for _ in range(6)]
+    changed_at = dict.fromkeys(clients, 0.0)
+    for c in clients:
+        hub.add(c)
+    seq, arrived, newest, topic_of = 0, {}, {}, {}
+    for _ in range(400):
+        now[0] += rnd.choice([0.01, 0.03, 0.1])
+        if rnd.random() < 0.15:
+            c = rnd.choice(clients)
+            patterns = tuple(rnd.sample(topics, rnd.randint(1, 3)))
+            hub.resubscribe(c, patterns, rnd.choice(rates) if rnd.random() < 0.5 else c.max_hz)
+            changed_at[c] = now[0]
+            if c.max_hz is None:
+                c.times.append((now[0], None))  # every event for a while: a rate after it starts afresh
+        batch = [make_event(seq + i + 1, 0, rnd.choice(topics), {}) for i in range(rnd.randint(0, 3))]
+        for e in batch:
+            arrived[e.seq], newest[e.topic], topic_of[e.seq] = now[0], e.seq, e.topic
+        seq += len(batch)
+        hub.flush(batch, now_s=now[0])
+        for c in clients:
+            bound = 0.0 if c.max_hz is None else 1.0 / c.max_hz + 0.1
+            got = {}
+            for s in c.seqs():
+                got[topic_of[s]] = s
+            for topic, s in newest.items():
+                if c.matcher(topic) and arrived[s] >= changed_at[c] and now[0] - arrived[s] > bound + 1e-9:
+                    assert got.get(topic, 0) >= s, (topic, s, arrived[s], now[0], c.max_hz)
+    for c in clients:
+        for gap, rate in _rated_gaps(c):
+            assert gap >= 1.0 / rate - 1e-9, (gap, rate, c.times)
+
+
+def test_a_stray_rejoins_its_shared_group_once_it_holds_nothing_and_the_phases_allow():
+    """A change that carries held values leaves the client in a group of its own; once it has released them
+    and the shared group's next release is an interval after its last, it shares the group's frame again."""
+    now = [0.0]
+    hub, _ = make_hub()
+    changer = Timed(now, ("a", "b"), max_hz=1.0)
+    steady = Timed(now, ("a",), max_hz=1.0)
+    hub.add(changer)
+    hub.add(steady)
+    seq = 0
+    for step in range(300):
+        now[0] = step / 100
+        if step < 105 or step >= 150:  # a quiet spell in the middle
+            seq += 1
+            hub.flush(events("a", first=seq), now_s=now[0])
+        else:
+            hub.flush([], now_s=now[0])
+        if step == 50:
+            hub.resubscribe(changer, ("a",))  # the old rate holds a's newest: a stray
+            assert hub._strays
+    assert not hub._strays
+    assert changer.frames[-1] is steady.frames[-1]
+    assert all(gap >= 1.0 for gap, _ in _rated_gaps(changer)), changer.times
