@@ -144,17 +144,18 @@ def ws_close_frame(code: int, reason: str = "") -> bytes:
 # -- Server-Sent Events ---------------------------------------------------------
 
 
-def sse_event(ev: Event, epoch: bytes = b"") -> bytes:
-    """One event; its id is `<epoch>:<seq>`, what EventSource sends back as Last-Event-ID, so a
-    resume after an epoch change is known to be one (a bare seq is accepted too)."""
-    if epoch:
-        return b"id: %s:%d\nevent: event\ndata: %s\n\n" % (epoch, ev.seq, ev.json)
+def sse_event(ev: Event) -> bytes:
+    """One event; its id is its seq (contract §4), what EventSource sends back as Last-Event-ID.
+
+    The sixteenth and seventeenth sessions sent `<epoch>:<seq>`, so that a browser away across an epoch
+    change could not be taken for a client of the new epoch; the contract says `id: seq`, and a bare
+    seq is what `since` is too (without `epoch`, the same ambiguity). `<epoch>:<seq>` is still taken
+    as Last-Event-ID from a client that keeps the epoch itself."""
     return b"id: %d\nevent: event\ndata: %s\n\n" % (ev.seq, ev.json)
 
 
-def sse_events(events: Iterable[Event], epoch: str = "") -> bytes:
-    tag = epoch.encode()
-    return b"".join(sse_event(ev, tag) for ev in events)
+def sse_events(events: Iterable[Event]) -> bytes:
+    return b"".join(sse_event(ev) for ev in events)
 
 
 def sse_gap(missing: tuple[int, int]) -> bytes:

@@ -203,18 +203,19 @@ def paths(s: Settings) -> dict[str, Any]:
             "summary": "the event stream as Server-Sent Events (docs/api.md)", "security": CLIENT,
             "parameters": [*_stream_parameters(s),
                            {"name": "Last-Event-ID", "in": "header", "required": False,
-                            "description": "`<epoch>:<seq>`, the id of the last message received, as the relay "
-                                           "sends it (an EventSource sends it back on reconnecting), or a bare "
-                                           "seq (the epoch query parameter, if any, names its epoch); seq in "
+                            "description": "the seq of the last message received, its id as the relay sends "
+                                           "it (an EventSource sends it back on reconnecting; the epoch query "
+                                           "parameter, if any, names its epoch), or `<epoch>:<seq>` from a "
+                                           "client that keeps the epoch itself; seq in "
                                            f"0..{MAX_SEQ}, epoch at most 128 characters. Works like since and "
                                            "epoch, and wins over both query parameters when given (an "
                                            "EventSource reconnects to the same URL with it); anything else is "
                                            "a 400 naming Last-Event-ID",
                             "schema": {"type": "string", "pattern": r"^(.{0,128}:)?[0-9]{1,19}$",
-                                       "example": "6921f3a0-1b2c3d4e:1042"}}],
+                                       "example": "1042"}}],
             "responses": {"200": {
                 "description": "the stream: `retry: 1000`, then `event: gap` when a resume is partial, then "
-                               "`event: event` (id: <epoch>:<seq>, data: an Event) per event; with max_hz or while slow, "
+                               "`event: event` (id: the seq, data: an Event) per event; with max_hz or while slow, "
                                "`event: conflated` before a thinned release; `event: slow` on a mode change "
                                "(on_slow=conflate); `event: closing` before the relay ends it; `: keep-alive` "
                                "comments. Each message's data is the schema named in x-sse-messages.",

@@ -63,7 +63,7 @@ def dechunk(body: bytes) -> bytes:
 
 
 def event_ids(text: bytes) -> list[int]:
-    return [int(seq) for seq in re.findall(rb"^id: [^\n]*:(\d+)$", text, re.M)]
+    return [int(seq) for seq in re.findall(rb"^id: (\d+)$", text, re.M)]
 
 
 def request(target: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:

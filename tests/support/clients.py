@@ -413,7 +413,7 @@ class SseClient:
             assert message.event == "event", f"expected an event message, got {message!r}"
             event = message.json()
             # `<epoch>:<seq>`
-            assert message.id.rpartition(":")[2] == str(event["seq"]), f"id {message.id!r} is not the seq of {event!r}"
+            assert message.id == str(event["seq"]), f"id {message.id!r} is not the seq of {event!r}"
             out.append(event)
         return out
 

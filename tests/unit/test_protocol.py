@@ -252,11 +252,6 @@ def test_an_sse_event_has_the_seq_as_id_and_the_event_json_as_data():
     assert sse_event(AAPL) == b"id: 1042\nevent: event\ndata: " + AAPL.json + b"\n\n"
 
 
-def test_an_sse_event_id_carries_the_epoch_so_that_last_event_id_names_the_seq_space():
-    assert sse_event(AAPL, b"67a1-9f") == b"id: 67a1-9f:1042\nevent: event\ndata: " + AAPL.json + b"\n\n"
-    assert sse_events([AAPL, MSFT], "E") == sse_event(AAPL, b"E") + sse_event(MSFT, b"E")
-
-
 def test_an_sse_event_with_newlines_in_its_data_stays_one_message():
     message = sse_event(RAW)
     assert message.count(b"\n") == 4

@@ -38,7 +38,7 @@ class SseClient(Conflating, StreamClient):
         self.start_hold()  # until its head is out (`pending`)
 
     def encode(self, events: list[Event], conflated: int = 0) -> bytes:
-        body = sse_events(events, self.rt.stream_epoch)
+        body = sse_events(events)
         if conflated:  # a release comes at most once per interval, and so does this message
             body = sse_conflated(conflated) + body
         return http_chunk(body)
@@ -114,5 +114,5 @@ def stream():
     opening = fill_from_store(rt, opening, client.matcher, lambda: client.closed or client.wire.peer_gone())
     if client.closed:  # closed as slow while it waited: its goodbye, not a gap the store could have filled
         return StreamResponse(client, RETRY_MS, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)
-    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events, opening.epoch)
+    first = RETRY_MS + (sse_gap(opening.missing) if opening.missing else b"") + sse_events(opening.events)
     return StreamResponse(client, first, mimetype=EVENT_STREAM, headers=STREAM_HEADERS)
