@@ -54,6 +54,28 @@ def is_loopback(addr: str | None) -> bool:
         return False
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """A Host header (or an Origin's host) naming this machine: localhost, *.localhost or a loopback address,
+    with or without a port."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
+
+
+def is_loopback_origin(origin: str | None) -> bool:
+    """No Origin (not a browser's cross-origin call), or one on this machine."""
+    if origin is None:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and is_loopback_host(rest.split("/", 1)[0])
+
+
 def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_token: str | None) -> tuple[int, str] | None:
     """(status, message) when the request may not proceed, else None."""
     if level == CLIENT and api_tokens:
@@ -69,6 +91,12 @@ def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_tok
                 return 401, "the admin token is required (Authorization: Bearer <ADMIN_TOKEN>)"
         elif not is_loopback(request.remote_addr):
             return 403, "admin routes are only open to loopback peers when ADMIN_TOKEN is unset"
+        elif not is_loopback_host(request.headers.get("Host")) or not is_loopback_origin(request.headers.get("Origin")):
+            # a loopback peer is also any web page open in a browser on this machine: through a DNS name
+            # rebound to 127.0.0.1 (its Host) or by CORS (its Origin) it cleared the cache and published
+            # (an outside audit); without ADMIN_TOKEN the request must name this machine on both
+            return 403, ("without ADMIN_TOKEN, admin routes need a loopback peer, a Host of localhost or a "
+                         "loopback address, and no Origin or one of this machine")
     return None
 
 

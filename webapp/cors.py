@@ -33,6 +33,9 @@ def register_cors(app: Flask, settings: Settings) -> None:
     allowed = settings.cors_origins
     credentials = settings.cors_allow_credentials and "*" not in allowed
     max_age = str(settings.cors_max_age_s)
+    # the answer depends on the Origin unless every origin gets the same `*`: say so on every answer,
+    # those to origins not listed too, or a shared cache may hand one origin's answer to another
+    by_origin = bool(allowed) and not ("*" in allowed and not credentials)
 
     def allow_origin(response: Response, origin: str) -> None:
         if "*" in allowed and not credentials:
@@ -50,10 +53,16 @@ def register_cors(app: Flask, settings: Settings) -> None:
         if request.url_rule is None:
             return None  # an unknown path: 404 as usual
         response = Response(status=204)
+        if by_origin:
+            response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if origin_allowed(origin, allowed):
             allow_origin(response, origin)
-            methods = sorted((request.url_rule.methods or set()) - {"HEAD"})
+            # every method of the path: its routes may be several (GET and PUT /cache/config are two, and
+            # the preflight for PUT named only the first's GET)
+            path = request.url_rule.rule
+            methods = sorted({m for rule in app.url_map.iter_rules() if rule.rule == path
+                              for m in rule.methods or ()} - {"HEAD"})
             response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
             response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
             response.headers["Access-Control-Max-Age"] = max_age
@@ -61,6 +70,8 @@ def register_cors(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def mark(response: Response) -> Response:
+        if by_origin:
+            response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if origin_allowed(origin, allowed) and "Access-Control-Allow-Origin" not in response.headers:
             allow_origin(response, origin)

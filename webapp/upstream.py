@@ -23,7 +23,8 @@ from gevent.exceptions import ConcurrentObjectUseError
 
 from handlers.backoff import reconnect_delay_ms
 from handlers.reader import OP_BINARY, OP_CLOSE, OP_OVERSIZE, OP_PING, OP_TEXT, FrameReader, ProtocolViolation
-from webapp.logs import printable
+from handlers.secrets import shown_url
+from webapp.logs import Throttle, held_note, printable
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,10 @@ class Upstream:
         self._held_since: float | None = None
         self._held_until = 0.0
         self.rng = rng or random.Random()
-        self.state = UpstreamState(url=url)
+        self.state = UpstreamState(url=shown_url(url))  # /health and the log: credentials masked
+        # one line of each kind per 10 s while it keeps failing or flapping (was one per attempt: an upstream
+        # that closed at once wrote 63 lines in 20 s), with how many were held back
+        self._failures = Throttle(10.0)
         self._ws: websocket.WebSocket | None = None
         self._stopping = False
 
@@ -122,7 +126,9 @@ class Upstream:
                     break
                 # the upstream's own words (a refused handshake's status line and body): escaped and cut
                 self.state.last_error = printable(f"{type(exc).__name__}: {exc}")
-                log.warning("upstream %s: %s", self.url, self.state.last_error)
+                held = self._failures.allow("connect")
+                if held is not None:
+                    log.warning("upstream %s: %s%s", self.state.url, self.state.last_error, held_note(held))
             self._mark_disconnected()
             if self._stopping:
                 break
@@ -161,7 +167,9 @@ class Upstream:
         self.state.last_error = None
         self.state.last_message_at = time.time()
         self.on_state(self.state)
-        log.info("upstream connected: %s", self.url)
+        held = self._failures.allow("connected")
+        if held is not None:
+            log.info("upstream connected: %s%s", self.state.url, held_note(held))
         pinger = gevent.spawn(self._ping_loop, ws)
         try:
             self._read(ws)
@@ -217,7 +225,9 @@ class Upstream:
                     if batch:
                         on_frames(batch, recv_ms)
                     state.last_error = closed_by(payload)  # else /health gave no reason for the disconnect
-                    log.info("upstream: %s", state.last_error)
+                    held = self._failures.allow("closed")
+                    if held is not None:
+                        log.info("upstream: %s%s", state.last_error, held_note(held))
                     try:
                         ws.send_close()
                     except (OSError, websocket.WebSocketException):

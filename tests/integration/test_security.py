@@ -513,6 +513,12 @@ def test_cors_lets_listed_origins_read_without_credentials_and_answers_their_pre
         assert "Access-Control-Allow-Credentials" not in allowed.headers
         refused = relay.get(f"/cache/recent?token={CLIENT_TOKEN}", headers={"Origin": FOREIGN})
         assert cors_headers(refused) == {}
+        # the answer depends on the Origin, refused ones too (a shared cache must not mix them)
+        assert "Origin" in refused.headers.get("Vary", "")
+        assert "Origin" in relay.get("/health").headers.get("Vary", "")
+        # a path of several routes: the preflight names every method (PUT /cache/config named only GET)
+        assert {"GET", "PUT"} <= set(preflight(relay, "/cache/config", FRIEND, "PUT")
+                                     .headers["Access-Control-Allow-Methods"].split(", "))
         # a preflight carries no token: it is answered, and the real request is still checked
         answer = preflight(relay, "/cache/recent", FRIEND)
         assert answer.status_code == 204, answer.text
@@ -522,6 +528,46 @@ def test_cors_lets_listed_origins_read_without_credentials_and_answers_their_pre
         assert cors_headers(preflight(relay, "/cache/recent", FOREIGN)) == {}
         assert is_json_error(relay.get("/cache/recent", headers={"Origin": FRIEND}), 401)
         assert relay.get("/cache/recent", headers={"Origin": FRIEND}).headers["Access-Control-Allow-Origin"] == FRIEND
+    finally:
+        relay.stop()
+
+
+def test_without_admin_token_admin_routes_refuse_a_page_of_another_origin_or_a_rebound_host(upstream, tmp_path: Path):
+    """A loopback peer is also any web page in a browser on the relay's machine. Through a DNS name rebound to
+    127.0.0.1 (its Host) or, with CORS_ORIGINS=*, a cross-origin request (its Origin), such a page cleared the
+    cache and published events (an outside audit). The loopback pass now needs a loopback Host and no Origin or
+    one of this machine; the monitor's own calls and curl keep it."""
+    relay = Relay(tmp_path / "rebind", upstream.url, {"CORS_ORIGINS": "*"}).start()
+    try:
+        publish = {"ev": "T", "sym": "FORGED", "p": 0.01}
+        for headers in ({"Host": f"rebind.evil.example:{relay.port}"},
+                        {"Host": f"rebind.evil.example:{relay.port}", "Origin": f"http://rebind.evil.example:{relay.port}"},
+                        {"Origin": FOREIGN}, {"Origin": "null"}):
+            assert is_json_error(relay.request("DELETE", "/cache", headers=headers), 403), headers
+            assert is_json_error(relay.request("POST", "/publish", json=publish, headers=headers), 403), headers
+        assert relay.get("/cache/recent?topics=T.FORGED").json()["events"] == []
+        for headers in ({}, {"Origin": f"http://127.0.0.1:{relay.port}"}, {"Host": f"localhost:{relay.port}"},
+                        {"Host": f"[::1]:{relay.port}", "Origin": "http://localhost:8000"}):
+            assert relay.request("DELETE", "/cache", headers=headers).status_code == 200, headers
+        assert relay.request("POST", "/publish", json=publish,
+                             headers={"Origin": f"http://127.0.0.1:{relay.port}"}).status_code == 200
+    finally:
+        relay.stop()
+
+
+def test_the_upstream_url_s_credentials_are_masked_in_health_and_the_log(tmp_path: Path):
+    """/health is open and showed `ws://user:hunter2@...?apiKey=...` as it was given; the log printed it at every
+    reconnect attempt (17 lines in 5 s). Both now mask it, and the failures are logged once per 10 s."""
+    url = "ws://user:hunter2@127.0.0.1:9/feed?apiKey=SEKRET9&format=json"
+    relay = Relay(tmp_path / "secret", url, {"UPSTREAM_BACKOFF_MAX_MS": "100"}).start(wait_upstream=False)
+    try:
+        upstream = wait_until(lambda: (u := relay.health()["upstream"])["reconnects"] >= 5 and u, 20,
+                              "five failed connects")
+        assert upstream["url"] == "ws://***@127.0.0.1:9/feed?apiKey=***&format=json"
+        for text in (relay.get("/health").text, relay.get("/metrics").text, relay.log_text()):
+            assert "hunter2" not in text and "SEKRET9" not in text
+        lines = [line for line in relay.log_text().splitlines() if "upstream ws://" in line]
+        assert 1 <= len(lines) <= 2, lines
     finally:
         relay.stop()
 
