@@ -3,6 +3,7 @@
 from flask import Blueprint, request
 
 from handlers.params import MAX_SEQ, int_param
+from handlers.resume import add_hole
 from webapp.auth import CLIENT, access, request_scope, scoped_topics
 from webapp.responses import events_response, json_error
 from webapp.routes import NO_STORE, runtime, store_failure
@@ -63,5 +64,7 @@ def missing_within(rt, since: int | None, events: list, limit: int, timed: bool)
         low, high = since + 1, rt.last_seq
     else:
         return []
-    ranges = list(rt.store_holes()) + ([rt.lost_range] if rt.lost_range else [])
+    ranges = list(rt.store_holes())
+    if rt.lost_range:  # saved among the holes too (webapp/recovery.py): merged, not listed twice
+        ranges = add_hole(ranges, *rt.lost_range)
     return sorted((max(lo, low), min(hi, high)) for lo, hi in ranges if lo <= high and hi >= low)
