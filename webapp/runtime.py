@@ -33,6 +33,7 @@ from webapp.tasks import EXIT, Tasks
 from webapp.threads import call_in_thread
 from webapp.upstream import Upstream
 from webapp.upstream_subs import RedisRegistry, UpstreamSubscriptions
+from webapp.wire import kernel_wmem_max, send_buffer_cap
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class Runtime:
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
         self.resume_gate = gevent.lock.BoundedSemaphore(settings.resume_concurrency)  # webapp/streams.py
         self.snapshots = SnapshotLedger(settings.snapshot_queue_max_bytes, settings.snapshot_queue_wait_s)
+        # every client socket's SO_SNDBUF, so that the kernel holds no more than half the outbound bound
+        self.send_buffer_cap = send_buffer_cap(settings.ws_queue_max_bytes, kernel_wmem_max())
         if self.store is None and not self.clustered:
             self.ready.set()  # nothing to recover: seq starts at 1 in a new epoch
             self.role = "single"

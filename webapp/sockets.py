@@ -25,7 +25,7 @@ from handlers.protocol import SSE_KEEPALIVE, ws_frame
 from webapp import accesslog
 from webapp.conn import HeldStream, HeldWebSocket, Keeper
 from webapp.responses import json_error
-from webapp.wire import WireSocket
+from webapp.wire import WireSocket, limit_send_buffer
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ def take_socket(rt, environ):
     for key in ("gunicorn.socket", "werkzeug.socket"):
         if key in environ:
             environ[key] = g.wire = wire = WireSocket(environ[key])
+            if rt.send_buffer_cap is not None:
+                limit_send_buffer(wire.sock, rt.send_buffer_cap)  # the kernel's part of the bound
             wire.cork()  # the 101 and the route's first frames in one write (hold or finish uncorks)
             return None
     return json_error(500, "no socket in the WSGI environment (run under gunicorn)")

@@ -219,6 +219,32 @@ class WireSocket:
 
 
 CONFLATE_SEND_BUFFER_BYTES = 16 * 1024
+# the least SO_SNDBUF a client that takes every event gets: a fast reader of a 6 MB snapshot against a
+# 64 KiB bound, with live events behind it, was closed as slow through a 16 KiB one (its snapshot waited in
+# the relay's queue instead of the kernel's, and the live events behind it passed the bound)
+SEND_BUFFER_FLOOR_BYTES = 256 * 1024
+
+
+def kernel_wmem_max(path: str = "/proc/sys/net/ipv4/tcp_wmem") -> int | None:
+    """The most a TCP send buffer grows to on its own (tcp_wmem's third figure), None when unknown."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def send_buffer_cap(queue_max_bytes: int, wmem_max: int | None) -> int | None:
+    """The SO_SNDBUF every client socket gets so that the kernel holds at most half of WS_QUEUE_MAX_BYTES
+    (the kernel doubles the figure) on top of the relay's own queue; None where the kernel's own growth
+    stays within that anyway (the default 8 MiB against 4 MiB here: nothing changes).
+
+    The bound counts the relay's queue only, and the kernel grew a stalled client's send buffer to up to
+    4 MiB past it (an outside audit: 410-490 KB in a slow reader's socket at WS_QUEUE_MAX_BYTES=200000, its
+    queue empty; tests/integration/test_ws_resume.py: dropped after 2,700 events of 1.1 KB at a 256 KiB
+    bound). Capped, at most max(bound / 2, 512 KiB) waits in the relay's kernel (600 events there)."""
+    cap = max(queue_max_bytes // 4, SEND_BUFFER_FLOOR_BYTES)
+    return None if wmem_max is not None and cap * 2 >= wmem_max else cap
 
 
 def limit_send_buffer(sock, nbytes: int = CONFLATE_SEND_BUFFER_BYTES) -> None:

@@ -171,6 +171,12 @@ def test_a_slow_consumer_is_closed_with_1013_others_get_everything_and_it_resume
     received_seqs = seqs_of(received)
     assert received_seqs == seqs[: len(received_seqs)], "what the slow client got must be gap-free"
     assert len(received_seqs) < len(seqs), "the stalled client cannot have been sent everything"
+    # the bound counts the kernel's part too: the relay's socket holds at most half of WS_QUEUE_MAX_BYTES
+    # or 256 KiB (SO_SNDBUF, doubled by the kernel), the client's its 4 KiB (doubled); two rounds in flight.
+    # Without the cap the kernel took megabytes: dropped after 2,700 events fed (~3 MB) instead of 600.
+    kernel = 2 * max(QUEUE_MAX_BYTES // 4, 256 * 1024) + 2 * 4096
+    fed_bytes = (len(seqs) - 3) * (len(PAD) + 100)
+    assert fed_bytes <= QUEUE_MAX_BYTES + kernel + 2 * ROUND * (len(PAD) + 100), fed_bytes
     print(f"stalled client dropped after {len(seqs) - 3} events fed, {len(received_seqs)} of them sent to it")
 
     last = received_seqs[-1] if received_seqs else seqs[0] - 1

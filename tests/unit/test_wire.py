@@ -91,3 +91,14 @@ def test_discarding_before_the_writer_ran_finishes_a_partly_sent_frame_and_can_k
     received = gevent.spawn(read_exactly, b, 200_010).get(timeout=10)
     assert received == big + b"<reply>END"
     assert wire.wait_drained(5) and (wire.backlog_bytes, wire.backlog_weight) == (0, 0)
+
+
+def test_the_send_buffer_is_capped_only_where_the_kernel_would_hold_more_than_half_the_bound():
+    from webapp.wire import send_buffer_cap
+
+    four_mib = 4 * 1024 * 1024
+    assert send_buffer_cap(8 * 1024 * 1024, four_mib) is None  # the default: the kernel's growth is within it
+    assert send_buffer_cap(4 * 1024 * 1024, four_mib) == 1024 * 1024
+    assert send_buffer_cap(200_000, four_mib) == 256 * 1024  # the floor, for a fast reader's big snapshot
+    assert send_buffer_cap(200_000, None) == 256 * 1024  # tcp_wmem unknown: capped
+    assert send_buffer_cap(200_000, 256 * 1024) is None  # a kernel that never grows past it

@@ -99,6 +99,8 @@ def stream():
         return json_error(500, "no socket in the WSGI environment (run under gunicorn)")
     if params.on_slow == "conflate":
         limit_send_buffer(sock)
+    elif rt.send_buffer_cap is not None:
+        limit_send_buffer(sock, rt.send_buffer_cap)  # the kernel's part of the bound
     client = SseClient(WireSocket(sock), rt, compile_patterns(params.topics), params.max_hz, params.on_slow)
     if params.since is not None and not rt.snapshots.wait_for_room(client.wire.peer_gone):
         rt.metrics.bound_hits.labels("snapshot_queue").inc()
