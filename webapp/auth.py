@@ -3,6 +3,7 @@ TOKEN_TOPICS limits the topics a token may subscribe to and read."""
 
 import hmac
 import ipaddress
+import socket
 from dataclasses import replace
 from typing import Callable
 
@@ -54,9 +55,13 @@ def is_loopback(addr: str | None) -> bool:
         return False
 
 
+# this machine's own name: Debian maps it to 127.0.1.1, so `curl http://$(hostname):8000/...` is a loopback peer
+OWN_NAME = socket.gethostname().lower().rstrip(".")
+
+
 def is_loopback_host(host: str | None) -> bool:
-    """A Host header (or an Origin's host) naming this machine: localhost, *.localhost or a loopback address,
-    with or without a port."""
+    """A Host header (or an Origin's host) naming this machine: localhost, *.localhost, its own host name or a
+    loopback address, with or without a port."""
     if not host:
         return False
     host = host.strip().lower()
@@ -65,7 +70,7 @@ def is_loopback_host(host: str | None) -> bool:
     else:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     name = name.rstrip(".")
-    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
+    return name in ("localhost", OWN_NAME) or name.endswith(".localhost") or is_loopback(name)
 
 
 def is_loopback_origin(origin: str | None) -> bool:

@@ -240,13 +240,29 @@ class HeldWebSocket(Held):
                 self.ponged = True
             elif isinstance(event, CloseConnection):
                 if proto.state is not ConnectionState.CLOSED:
-                    self.send(event.response())
+                    # a text frame that is not UTF-8: wsproto's reason is Python's codec message ("'utf-8'
+                    # codec can't decode byte 0x8c in position 0: ..."), which the client was sent
+                    reason = event.reason if event.code != CloseReason.INVALID_FRAME_PAYLOAD_DATA \
+                        else "a text message that is not UTF-8"
+                    self.send(CloseConnection(event.code, reason))
                 keep = False
+        if keep and _announced_too_big(self):
+            self.send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "Message is too big"))
+            keep = False
         self.at_boundary = frame_boundary(proto)
         if keep and self.client is not None:
             self.client.check_bound()  # pongs and answers count towards the client's bound too
         if not keep or proto.state is ConnectionState.CLOSED:
             self.closed()
+
+
+def _announced_too_big(self: HeldWebSocket) -> bool:
+    """A frame whose header announces more than the message may hold: refused at its header (it was waited
+    for until that much had arrived, or a ping timeout closed it)."""
+    decoder = self.proto._proto._frame_decoder  # wsproto 1.3, as frame_boundary
+    header = decoder.header
+    return header is not None and not header.opcode.iscontrol() and \
+        self.message_len + header.payload_len - decoder.payload_consumed > self.keeper.max_message_bytes
 
 
 def frame_boundary(proto) -> bool:

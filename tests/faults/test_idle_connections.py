@@ -139,7 +139,7 @@ def test_a_held_sse_stream_speaks_http_1_0_to_an_http_1_0_client(fresh_upstream,
     did, tests/integration/test_sse.py), plain and ended by the close for HTTP/1.0."""
     relay = start_relay(fresh_upstream, {"SSE_KEEPALIVE_S": "0.5"})
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
-        s.sendall(b"GET /sse?snapshot=0 HTTP/1.0\r\nHost: relay\r\n\r\n")
+        s.sendall(b"GET /sse?snapshot=0 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         received = b""
         deadline = time.monotonic() + 10
         while received.count(b": keep-alive\n\n") < 2 and time.monotonic() < deadline:

@@ -61,7 +61,7 @@ def assert_json_error(status: int, headers: dict[str, str], body: bytes, allowed
 
 
 def get(path: str, extra: bytes = b"") -> bytes:
-    return b"GET " + path.encode("latin-1") + b" HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n" + extra + b"\r\n"
+    return b"GET " + path.encode("latin-1") + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + extra + b"\r\n"
 
 
 # -- the upstream --------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_stalled_handshakes_do_not_stop_the_relay_serving_others(relay, upstream
     try:
         for index in range(300):
             sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-            half = b"GET /ws?snapshot=0 HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+            half = b"GET /ws?snapshot=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             sock.sendall(half if index % 3 else b"GE")  # a third stop after two bytes
             stalled.append(sock)
         started = time.monotonic()
@@ -278,7 +278,7 @@ BAD_METHODS = ["PATCH /health", "TRACE /health", "PROPFIND /cache/stats", "DELET
 def test_bad_methods_get_a_json_error(relay, line):
     method, _, path = line.partition(" ")
     status, headers, body = raw_http(relay.port, method.encode() + b" " + path.encode() +
-                                     b" HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                                     b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
     assert_json_error(status, headers, body, (400, 405), line)
     if status == 405:
         assert "allow" in headers, headers
@@ -306,7 +306,7 @@ BAD_BODIES = [
 @pytest.mark.parametrize("method, path, body", BAD_BODIES, ids=[f"{m} {p} {b[:20]!r}" for m, p, b in BAD_BODIES])
 def test_bad_json_bodies_get_a_json_400(relay, method, path, body):
     config = relay.get("/cache/config").json()
-    status, headers, answer = raw_http(relay.port, f"{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+    status, headers, answer = raw_http(relay.port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                                                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                                                    .encode() + body)
     assert_json_error(status, headers, answer, (400, 503), f"{method} {path}")
@@ -315,7 +315,7 @@ def test_bad_json_bodies_get_a_json_400(relay, method, path, body):
 
 def test_huge_declared_bodies_are_refused_before_they_are_read(relay):
     started = time.monotonic()
-    status, headers, body = raw_http(relay.port, b"POST /publish HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+    status, headers, body = raw_http(relay.port, b"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                                                  b"Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{")
     assert_json_error(status, headers, body, (413,), "a 10 GB Content-Length")
     assert time.monotonic() - started < 5
@@ -365,15 +365,15 @@ def test_path_tricks_and_long_urls_get_a_json_answer_and_reveal_nothing(relay, t
 
 
 HEADER_TRICKS = [
-    b"GET /health HTTP/1.1\r\nHost: relay\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: relay\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n",
-    b"GET /health HTTP/1.1\r\nHost: relay\r\nBad Header Name: v\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: relay\r\nX-Nul: a\x00b\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: relay\r\nContent-Length: -1\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: relay\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST /publish HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Name: v\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Nul: a\x00b\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
     b"GARBAGE\r\n\r\n",
-    b"GET /health HTTP/9.9\r\nHost: relay\r\n\r\n",
+    b"GET /health HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),  # a TLS hello on the plain port
     b"GET /health\r\n\r\n",
 ]
@@ -423,7 +423,7 @@ def test_a_malformed_websocket_handshake_is_refused_with_a_json_error_and_no_tra
     and a malformed key or HTTP/1.0 was upgraded (an outside audit)."""
     headers, version, expected = BAD_HANDSHAKES[name]
     log_start = relay.log_size()
-    status, answer, body = raw_http(relay.port, b"GET " + path.encode() + b" HTTP/" + version + b"\r\nHost: relay\r\n"
+    status, answer, body = raw_http(relay.port, b"GET " + path.encode() + b" HTTP/" + version + b"\r\nHost: 127.0.0.1\r\n"
                                     + headers + b"\r\n\r\n", timeout_s=5)
     assert_json_error(status, answer, body, (expected,), f"{name} on {path}")
     if expected == 426:
@@ -434,7 +434,29 @@ def test_a_malformed_websocket_handshake_is_refused_with_a_json_error_and_no_tra
 @pytest.mark.parametrize("path", ["/ws", "/stocks"])
 def test_a_handshake_with_token_lists_and_any_case_is_upgraded(relay, path):
     with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
-        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: relay\r\nUpgrade: WebSocket\r\n"
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: WebSocket\r\n"
                      b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY
                      + b"\r\n\r\n")
         assert sock.recv(12) == b"HTTP/1.1 101"
+
+
+@pytest.mark.parametrize("path", ["/ws?snapshot=0", "/stocks"])
+def test_a_frame_announcing_more_than_the_limit_is_refused_at_its_header_and_bad_utf8_told_plainly(relay, path):
+    """A header announcing 70,000 bytes (or 2**40) with none of them sent was waited for until a ping timeout
+    (1008 after ~50 s at the default interval); an invalid UTF-8 text frame was closed with Python's codec
+    message as the reason (an outside audit)."""
+    for size in (70_000, 2**40):
+        hostile = RawWsClient("127.0.0.1", relay.port, path)
+        try:
+            hostile.sock.sendall(frame(0x1, b"", length=size))  # the header and its mask: nothing more
+            seen = hostile.read_until_close(timeout_s=3)
+            assert (seen.code, seen.got_close_frame) == (1009, True), (size, seen.code, seen.reason)
+        finally:
+            hostile.close()
+    hostile = RawWsClient("127.0.0.1", relay.port, path)
+    try:
+        hostile.sock.sendall(frame(0x1, b'{"action": "\xff\xfe"}'))
+        seen = hostile.read_until_close(timeout_s=3)
+        assert seen.code == 1007 and "codec" not in seen.reason and "utf" in seen.reason.lower(), seen.reason
+    finally:
+        hostile.close()

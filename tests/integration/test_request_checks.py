@@ -22,7 +22,7 @@ def read_to_close(sock: socket.socket) -> bytes:
 
 def test_the_408_for_a_stalled_body_says_connection_close_and_the_connection_closes(relay):
     with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as sock:
-        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"ev\":")
         reply = read_to_close(sock)  # BODY_TIMEOUT_S is 1 s; the socket's time-out 15 s
     head, _, body = reply.partition(b"\r\n\r\n")
@@ -67,7 +67,7 @@ def test_a_path_with_line_breaks_and_terminal_escapes_forges_no_log_line(relay):
     forged = "2026-12-07 12:00:00,000 ERROR [1] webapp.store: FORGED"
     target = "/x%0d%0a" + forged.replace(" ", "%20") + "%1b[2K"
     with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as sock:
-        sock.sendall(f"POST {target} HTTP/1.1\r\nHost: relay\r\nContent-Length: 10\r\n\r\n".encode())
+        sock.sendall(f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n".encode())
         assert read_to_close(sock).startswith(b"HTTP/1.1 408 ")
     log = relay.log_text()
     assert "FORGED" in log  # the line is there, escaped

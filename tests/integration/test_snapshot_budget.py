@@ -41,7 +41,7 @@ def test_a_resume_waits_while_the_worker_holds_its_snapshot_budget_and_is_refuse
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as raw:
             raw.sendall(f"GET {relay.target('/ws', topics=f'T.{sym}', since=EVENTS - 10)} HTTP/1.1\r\n"
-                        f"Host: relay\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode()
+                        f"Host: 127.0.0.1\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode()
                                                                 for k, v in upgrade_headers().items()) + b"\r\n")
             assert raw.recv(12) == b"HTTP/1.1 101"
             assert time.monotonic() - started < 2.0, "the 101 waited for the snapshot budget"

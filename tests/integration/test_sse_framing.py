@@ -67,7 +67,7 @@ def event_ids(text: bytes) -> list[int]:
 
 
 def request(target: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
-    return f"{method} {target} {version}\r\nHost: relay\r\nAccept: text/event-stream\r\n\r\n".encode()
+    return f"{method} {target} {version}\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
 
 
 def test_an_http_1_1_stream_is_chunked_and_has_no_content_length(relay, upstream):
@@ -112,7 +112,7 @@ def test_head_gets_the_headers_only_and_no_client_stays_registered(relay):
         assert after_head == b"", f"a body after the head of a HEAD: {after_head[:200]!r}"
         assert relay.health()["clients"] <= clients_before  # nothing registered, while the connection is open
         # the connection is still plain HTTP: the next request on it gets its own answer
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         status, headers, _ = split_head(read_until(sock, lambda d: False))
         assert status == "HTTP/1.1 200 OK" and headers["content-type"] == "application/json"
 
