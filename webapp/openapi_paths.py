@@ -50,6 +50,8 @@ BAD = _error("a malformed or out-of-range parameter or body, named in the messag
 TOO_LARGE = _error("the body exceeds MAX_BODY_BYTES (publish: UPSTREAM_MAX_FRAME_BYTES)")
 BODY_TIMEOUT = _error("the request body did not arrive within BODY_TIMEOUT_S; the connection is closed")
 NO_STORE = _error("no store (CLICKHOUSE_URL=none) or the store is unreachable")
+QUERY_UNAVAILABLE = _error("no store (CLICKHOUSE_URL=none), the store is unreachable, or QUERY_CONCURRENCY statements "
+                           "ran for all of QUERY_TIMEOUT_S while this one waited (with Retry-After)")
 NOT_READY = _error("the relay is starting (seq base not known yet) or shutting down")
 TOPICS_FORBIDDEN = _error("TOKEN_TOPICS limits this token and a pattern of topics= is outside its patterns")
 QUERY_FORBIDDEN = _error("TOKEN_TOPICS limits this token to some topics: SQL would read them all")
@@ -190,14 +192,15 @@ def paths(s: Settings) -> dict[str, Any]:
                                         required=True)],
                     "responses": {"200": _ok("the result", ref("QueryResult")),
                                   "400": _error("refused, or a ClickHouse error (its message)"),
-                                  "401": UNAUTHORIZED, "403": QUERY_FORBIDDEN, "414": URI_TOO_LONG, "503": NO_STORE,
+                                  "401": UNAUTHORIZED, "403": QUERY_FORBIDDEN, "414": URI_TOO_LONG,
+                                  "503": QUERY_UNAVAILABLE,
                                   "504": _error("QUERY_TIMEOUT_S passed")}},
             "post": {"summary": "read-only SQL on the store, with parameters", "security": CLIENT,
                      "requestBody": {"required": True, "content": {JSON: {"schema": ref("QueryRequest")}}},
                      "responses": {"200": _ok("the result", ref("QueryResult")),
                                    "400": _error("refused, or a ClickHouse error (its message)"),
                                    "401": UNAUTHORIZED, "403": QUERY_FORBIDDEN, "408": BODY_TIMEOUT, "413": TOO_LARGE,
-                                   "503": NO_STORE,
+                                   "503": QUERY_UNAVAILABLE,
                                    "504": _error("QUERY_TIMEOUT_S passed")}}},
         "/sse": {"get": {
             "summary": "the event stream as Server-Sent Events (docs/api.md)", "security": CLIENT,

@@ -139,6 +139,7 @@ class Runtime:
         self.upstream = self._make_upstream()
         self.ready = gevent.event.Event()  # seq base and epoch known; streams may open
         self.resume_gate = gevent.lock.BoundedSemaphore(settings.resume_concurrency)  # webapp/streams.py
+        self.query_gate = gevent.lock.BoundedSemaphore(settings.query_concurrency)  # webapp/routes/query.py
         self.snapshots = SnapshotLedger(settings.snapshot_queue_max_bytes, settings.snapshot_queue_wait_s)
         # every client socket's SO_SNDBUF, so that the kernel holds no more than half the outbound bound
         self.send_buffer_cap = send_buffer_cap(settings.ws_queue_max_bytes, kernel_wmem_max())

@@ -245,6 +245,8 @@ class Settings:
     snapshot_max: int = env("SNAPSHOT_MAX", 10_000, _int(0, 10_000_000), "most events a snapshot= may ask for")
     query_timeout_s: float = env("QUERY_TIMEOUT_S", 10.0, _float(0.1, 3600), "/query time limit")
     query_max_rows: int = env("QUERY_MAX_ROWS", 10_000, _int(1, 10_000_000), "/query row limit")
+    query_concurrency: int = env("QUERY_CONCURRENCY", 4, _int(1, 64), "/query statements run at once per worker; "
+                                 "the others wait up to QUERY_TIMEOUT_S for a turn, then 503")
     query_max_bytes: int = env("QUERY_MAX_BYTES", 16 << 20, _int(1024, 1 << 31), "/query: largest result, in bytes of the engine's JSON output (chDB) or of its values (server); larger → 400")
     query_max_rows_to_read: int = env("QUERY_MAX_ROWS_TO_READ", 100_000_000, _int(1, 1 << 62), "/query: most rows a query may scan")
     query_max_memory_bytes: int = env("QUERY_MAX_MEMORY_BYTES", 2_000_000_000, _int(1 << 20, 1 << 62), "/query: memory limit per query")

@@ -543,3 +543,29 @@ def test_queries_whose_time_ran_out_while_waiting_do_not_hold_the_chdb_session(u
         relay.stop()
     assert sorted(answers) == [504] * 4, answers  # the heavy ones ran out of time (or waited it out)
     assert light.status_code == 200 and light.json()["rows"] == [[1]], (light.status_code, light.text[:200], waited)
+
+
+def test_at_most_query_concurrency_statements_run_at_once_and_the_rest_wait_their_turn_or_get_a_503(
+        upstream, clickhouse_server: ClickHouseServer, tmp_path: Path):  # noqa: F811
+    """110 concurrent `SELECT sleep(3)` on a ClickHouse server filled its query slots and stalled the relay's own
+    inserts (spooled, /health degraded; an outside audit). With QUERY_CONCURRENCY=1 and QUERY_TIMEOUT_S=2,
+    three 1.5 s statements at once: the first runs, the next gets its turn within its 2 s, the last has waited
+    its whole 2 s when the second starts and gets a 503 with Retry-After, never having run."""
+    relay = Relay(tmp_path / "gate", upstream.url, {"CLICKHOUSE_URL": clickhouse_server.fresh_url(),
+                                                    "QUERY_TIMEOUT_S": "2", "QUERY_CONCURRENCY": "1"})
+    relay.start()
+    answers: list[requests.Response] = []
+    try:
+        wait_until(lambda: query(relay, "SELECT 1").status_code == 200, 30, "/query answering")
+        threads = [threading.Thread(target=lambda: answers.append(query(relay, "SELECT sleep(1.5) AS s")))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(a.status_code for a in answers) == [200, 200, 503], [(a.status_code, a.text) for a in answers]
+        refused = next(a for a in answers if a.status_code == 503)
+        assert refused.headers.get("Retry-After") == "1" and "QUERY_CONCURRENCY" in refused.json()["error"]
+        assert 'relayhouse_bound_hits_total{bound="query_concurrency"} 1.0' in relay.get("/metrics").text
+    finally:
+        relay.stop()

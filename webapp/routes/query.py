@@ -58,8 +58,20 @@ def query():
                               + " (see docs/clickhouse.md, or set QUERY_ALLOW_UNRESTRICTED=1)")
         statement = check_read_only_sql(render_params(sql, params) if params else sql, rt.store.table_functions(),
                                         rt.store.db, rt.store.database_names)
-        result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows,
-                                max_bytes=rt.settings.query_max_bytes)
+        # at most QUERY_CONCURRENCY at once per worker: 110 concurrent sleep(3) filled a ClickHouse server's
+        # query slots and stalled the relay's own inserts (spooled, /health degraded; an outside audit)
+        if not rt.query_gate.acquire(timeout=rt.settings.query_timeout_s):
+            rt.metrics.bound_hits.labels("query_concurrency").inc()
+            response = json_error(503, f"{rt.settings.query_concurrency} /query statements (QUERY_CONCURRENCY) "
+                                       f"ran for all of QUERY_TIMEOUT_S ({rt.settings.query_timeout_s:g} s) "
+                                       "while this one waited: retry later")
+            response.headers["Retry-After"] = "1"
+            return response
+        try:
+            result = rt.store.query(statement, rt.settings.query_timeout_s, rt.settings.query_max_rows,
+                                    max_bytes=rt.settings.query_max_bytes)
+        finally:
+            rt.query_gate.release()
     except SqlError as exc:
         rt.metrics.query_errors.labels("refused").inc()
         return json_error(400, str(exc))
