@@ -2,6 +2,7 @@
 
 import logging
 import socket
+from urllib.parse import unquote_to_bytes
 
 import gevent
 from flask import Flask, Response, request
@@ -73,8 +74,16 @@ def create_app(settings: Settings, services: Runtime | None = None) -> Flask:
     def one_value_per_parameter():
         """A query parameter given twice is a 400 naming it: read silently, the first value won
         (`limit=5&limit=abc` served, `topics=T.A&topics=Q.B` dropped Q.B), and where the first was
-        bad the same request was refused only in the other order (an outside audit)."""
-        if b"&" in request.query_string:
+        bad the same request was refused only in the other order (an outside audit). A query string
+        that is not UTF-8 once decoded is a 400 too: werkzeug put U+FFFD in place of the bytes, and
+        `/query?sql=SELECT%20%27%ff%27` ran `SELECT '\ufffd'` (an outside audit)."""
+        raw = request.query_string
+        if b"%" in raw or not raw.isascii():
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return json_error(400, f"the query string is not UTF-8 once %-decoded (byte {exc.start})")
+        if b"&" in raw:
             for name, values in request.args.lists():
                 if len(values) > 1 and name in QUERY_PARAMETERS:  # others are not read: ignored, as ever
                     return json_error(400, f"parameter {printable(name[:64])!r} is given more than once: "

@@ -344,6 +344,16 @@ def test_bad_query_parameters_never_get_a_5xx_and_always_json(relay, target):
         json.loads(body)
 
 
+@pytest.mark.parametrize("target", ["/query?sql=SELECT%20%27%ff%27", "/cache/recent?topics=%ff%fe",
+                                    "/cache/search?q=%c3", "/history?topics=T.%ed%a0%80"])
+def test_a_query_string_that_is_not_utf8_is_a_400_not_read_with_replacement_characters(relay, target):
+    """werkzeug read `%ff` as U+FFFD: /query ran `SELECT '\ufffd'` and topics matched nothing, 200 (an outside
+    audit). The bytes are the client's mistake: a 400 says so."""
+    status, headers, body = raw_http(relay.port, get(target))
+    assert_json_error(status, headers, body, (400,), target)
+    assert b"UTF-8" in body
+
+
 PATH_TRICKS = [
     "/cache/events/../../etc/passwd", "/cache/events/%2e%2e/%2e%2e/etc/passwd", "/cache/events/..%2f..%2fetc%2fpasswd",
     "/monitor/assets/../../settings.py", "/monitor/assets/%2e%2e/%2e%2e/settings.py", "/monitor/assets/..%2fsettings.py",
