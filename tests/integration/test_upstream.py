@@ -182,3 +182,48 @@ def test_handling_a_large_frame_is_not_counted_as_the_upstreams_silence(fresh_up
     wait_until(lambda: relay.health()["last_seq"] >= 402_000, 60, "every element and frame numbered",
                describe=lambda: str(relay.health()["last_seq"]))
     assert relay.health()["last_seq"] == 402_000 and fresh_upstream.connection_count == 1
+
+
+def test_a_silent_upstream_is_left_when_the_silence_passes_interval_plus_timeout_not_at_the_next_ping(launch_relay):
+    """An upstream that completes the handshake, then neither sends nor answers a ping: the relay reconnects once
+    nothing arrived for UPSTREAM_PING_INTERVAL_S + UPSTREAM_PING_TIMEOUT_S (4 + 1 s here). Checked only when a
+    ping was due, it went at the second ping, 8 s (40 s for the documented 30 at the defaults: an outside
+    audit)."""
+    import base64
+    import hashlib
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[tuple[float, socket.socket]] = []
+
+    def serve() -> None:
+        while len(accepted) < 2:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            accepted.append((time.monotonic(), conn))  # then silence: nothing read, nothing sent
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        launch_relay(f"ws://127.0.0.1:{server.getsockname()[1]}/feed",
+                     {"UPSTREAM_PING_INTERVAL_S": "4", "UPSTREAM_PING_TIMEOUT_S": "1", "CLICKHOUSE_URL": "none"},
+                     wait_upstream=False)
+        wait_until(lambda: len(accepted) >= 2, 20, "the relay to leave the silent upstream and connect again")
+        silence = accepted[1][0] - accepted[0][0]
+        assert 5.0 <= silence < 7.0, f"reconnected {silence:.1f} s after the silent connection was made"
+    finally:
+        server.close()
+        for _, conn in accepted:
+            conn.close()
+        thread.join(5)
