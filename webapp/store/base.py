@@ -151,8 +151,14 @@ def topic_condition(patterns: tuple[str, ...], params: dict[str, Any]) -> str:
     if exact:
         params["topics_exact"] = exact
         parts.append("has(%(topics_exact)s, topic)")
-    for i, prefix in enumerate(p[:-1] for p in patterns if p.endswith("*")):
-        params[f"topic_prefix_{i}"] = prefix
-        # startsWith() is newer than 18.16
-        parts.append(f"substring(topic, 1, length(%(topic_prefix_{i})s)) = %(topic_prefix_{i})s")
+    # prefixes by their length in bytes: one has() per length, not an OR per prefix (ClickHouse 18.16 spent
+    # 6 s of CPU on 899 ORed prefixes over 12,000 rows, growing with their square: an outside audit);
+    # startsWith() is newer than 18.16, and its lambdas cannot name the row's topic
+    by_length: dict[int, list[str]] = {}
+    for p in patterns:
+        if p.endswith("*"):
+            by_length.setdefault(len(p[:-1].encode()), []).append(p[:-1])
+    for length, prefixes in sorted(by_length.items()):
+        params[f"topic_prefixes_{length}"] = prefixes
+        parts.append(f"has(%(topic_prefixes_{length})s, substring(topic, 1, {length}))")
     return "(" + " OR ".join(parts) + ")"
