@@ -94,9 +94,10 @@ def stream_params(args: Mapping[str, str], last_event_id: str | None,
     since = int_param(args, "since", None, 0, MAX_SEQ)
     epoch = args.get("epoch") or None
     if last_event_id and last_event_id.strip():
-        # `<epoch>:<seq>` as the relay sends it, or a bare seq
-        id_epoch, _, id_seq = last_event_id.strip().rpartition(":")
-        if not id_seq:
+        # a seq (the relay's id), or `<epoch>:<seq>` from a client that keeps the epoch: one colon at most,
+        # an epoch before it (':51605' read as a bare seq, 'E:51605:1' as seq 1 of an epoch 'E:51605')
+        id_epoch, colon, id_seq = last_event_id.strip().rpartition(":")
+        if not id_seq or (colon and (not id_epoch or ":" in id_epoch)):
             raise ParamError(f"'Last-Event-ID' must be <epoch>:<seq> or a seq, got {last_event_id[:40]!r}")
         since = int_param({"Last-Event-ID": id_seq}, "Last-Event-ID", None, 0, MAX_SEQ)
         epoch = id_epoch or epoch

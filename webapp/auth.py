@@ -3,6 +3,7 @@ TOKEN_TOPICS limits the topics a token may subscribe to and read."""
 
 import hmac
 import ipaddress
+import re
 import socket
 from dataclasses import replace
 from typing import Callable
@@ -59,17 +60,18 @@ def is_loopback(addr: str | None) -> bool:
 OWN_NAME = socket.gethostname().lower().rstrip(".")
 
 
+# host[:port] as a Host header or an Origin carries it, nothing else (no user info, path, %-escape or
+# port outside 0..65535: '127.0.0.1:80@evil.com' and 'localhost:evil' passed a looser reading)
+HOST_PORT = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9_.-]+))(?::([0-9]{1,5}))?")
+
+
 def is_loopback_host(host: str | None) -> bool:
     """A Host header (or an Origin's host) naming this machine: localhost, *.localhost, its own host name or a
     loopback address, with or without a port."""
-    if not host:
+    match = HOST_PORT.fullmatch(host.strip().lower()) if host else None
+    if match is None or (match.group(3) is not None and int(match.group(3)) > 65535):
         return False
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        name = host[1:host.find("]")] if "]" in host else ""
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.rstrip(".")
+    name = (match.group(1) or match.group(2)).rstrip(".")
     return name in ("localhost", OWN_NAME) or name.endswith(".localhost") or is_loopback(name)
 
 
@@ -78,7 +80,16 @@ def is_loopback_origin(origin: str | None) -> bool:
     if origin is None:
         return True
     scheme, sep, rest = origin.partition("://")
-    return bool(sep) and scheme in ("http", "https") and is_loopback_host(rest.split("/", 1)[0])
+    return bool(sep) and scheme in ("http", "https") and is_loopback_host(rest)  # an Origin has no path
+
+
+def request_authority(request: Request) -> str | None:
+    """The host the request names: an absolute-form target's authority (RFC 9112 §3.2.2: it wins over Host),
+    else the Host header."""
+    target = request.environ.get("RAW_URI") or ""
+    if target[:8].lower().startswith(("http://", "https://")):
+        return target.split("://", 1)[1].split("/", 1)[0]
+    return request.headers.get("Host")
 
 
 def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_token: str | None) -> tuple[int, str] | None:
@@ -96,7 +107,7 @@ def refusal(level: str, request: Request, api_tokens: tuple[str, ...], admin_tok
                 return 401, "the admin token is required (Authorization: Bearer <ADMIN_TOKEN>)"
         elif not is_loopback(request.remote_addr):
             return 403, "admin routes are only open to loopback peers when ADMIN_TOKEN is unset"
-        elif not is_loopback_host(request.headers.get("Host")) or not is_loopback_origin(request.headers.get("Origin")):
+        elif not is_loopback_host(request_authority(request)) or not is_loopback_origin(request.headers.get("Origin")):
             # a loopback peer is also any web page open in a browser on this machine: through a DNS name
             # rebound to 127.0.0.1 (its Host) or by CORS (its Origin) it cleared the cache and published
             # (an outside audit); without ADMIN_TOKEN the request must name this machine on both

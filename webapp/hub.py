@@ -228,7 +228,8 @@ class Hub:
         for the next release. What its old rate held (the topics it keeps) is not lost by a change, nor
         an event delivered live sent again by the rate it moves to. Moving to every event, it goes out
         now with its count. Moving to a rate (or keeping one), the rate holds across the change: the
-        next release waits an interval from the client's last one, and carries what the old rate held.
+        next release waits an interval from the client's last one, and carries what the old rate held (from
+        every event, there was no release: the first goes out with the next events, as on a connect).
         The group it would share takes it when that group's next release is no earlier and the old rate
         held nothing; else it is a stray, in a group of its own seeded with both, until it holds nothing
         and the shared group's phase allows it (`_merge_strays`). Released at once, a client that

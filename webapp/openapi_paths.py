@@ -214,7 +214,7 @@ def paths(s: Settings) -> dict[str, Any]:
                                            "epoch, and wins over both query parameters when given (an "
                                            "EventSource reconnects to the same URL with it); anything else is "
                                            "a 400 naming Last-Event-ID",
-                            "schema": {"type": "string", "pattern": r"^(.{0,128}:)?[0-9]{1,19}$",
+                            "schema": {"type": "string", "pattern": r"^([^:]{1,128}:)?[0-9]{1,19}$",
                                        "example": "1042"}}],
             "responses": {"200": {
                 "description": "the stream: `retry: 1000`, then `event: gap` when a resume is partial, then "

@@ -542,9 +542,21 @@ def test_without_admin_token_admin_routes_refuse_a_page_of_another_origin_or_a_r
         publish = {"ev": "T", "sym": "FORGED", "p": 0.01}
         for headers in ({"Host": f"rebind.evil.example:{relay.port}"},
                         {"Host": f"rebind.evil.example:{relay.port}", "Origin": f"http://rebind.evil.example:{relay.port}"},
-                        {"Origin": FOREIGN}, {"Origin": "null"}):
+                        {"Origin": FOREIGN}, {"Origin": "null"},
+                        # forms no browser sends, read loosely before (a second audit): user info, a port
+                        # that is not one, a %-escape
+                        {"Host": "127.0.0.1:80@evil.example"}, {"Host": "localhost:evil"},
+                        {"Host": "127.0.0.1%2eevil.example"}, {"Origin": f"http://127.0.0.1:{relay.port}@evil.example"},
+                        {"Origin": "http://127.0.0.1/path"}):
             assert is_json_error(relay.request("DELETE", "/cache", headers=headers), 403), headers
             assert is_json_error(relay.request("POST", "/publish", json=publish, headers=headers), 403), headers
+        # an absolute-form target names the host, whatever Host says (RFC 9112 §3.2.2)
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as raw:
+            raw.sendall(b"DELETE http://evil.example/cache HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
         assert relay.get("/cache/recent?topics=T.FORGED").json()["events"] == []
         for headers in ({}, {"Origin": f"http://127.0.0.1:{relay.port}"}, {"Host": f"localhost:{relay.port}"},
                         {"Host": f"[::1]:{relay.port}", "Origin": "http://localhost:8000"}):

@@ -122,3 +122,12 @@ def test_a_flag_takes_its_documented_spellings(raw, value):
 def test_any_other_flag_value_is_refused_naming_it(raw):
     with pytest.raises(ParamError, match=r"'strict' must be 1, true, yes, 0, false or no"):
         bool_param({"strict": raw}, "strict")
+
+
+def test_a_last_event_id_is_a_seq_or_one_epoch_and_a_seq():
+    """':51605' was read as a bare seq and 'E:51605:1' as seq 1 of an epoch 'E:51605' (an outside audit)."""
+    for bad in (":51605", "E:51605:1", "::1", "E:"):
+        with pytest.raises(ParamError, match="Last-Event-ID"):
+            parse_id(last_event_id=bad)
+    assert (parse_id(last_event_id="51605").since, parse_id(last_event_id="51605").epoch) == (51605, None)
+    assert (parse_id(last_event_id="E-1:7").since, parse_id(last_event_id="E-1:7").epoch) == (7, "E-1")
