@@ -146,7 +146,7 @@ class Hub:
         self._rated: set[Group] = set()  # groups with a Conflator
         # rated clients in a group of their own for now: a subscription change put them out of phase with
         # the group they would share (its next release was due within their interval); see resubscribe
-        self._strays: dict[Subscriber, Subscriber] = {}
+        self._strays: set[Subscriber] = set()
         self._slow: dict[Subscriber, Latest] = {}  # on_slow=conflate clients past their bound
         # what the `conflated` counts of a slow client's dropped frames said (a rate's thinning, counted in
         # the metric when it happened): told to the client with its release
@@ -184,32 +184,31 @@ class Hub:
 
     def _key(self, client: Subscriber) -> tuple:
         """Its group's key: patterns, rate and, for a stray, the client itself."""
-        return client.matcher.patterns, getattr(client, "max_hz", None), self._strays.get(client)
+        return client.matcher.patterns, getattr(client, "max_hz", None), client if client in self._strays else None
 
     def _join(self, client: Subscriber, seed: tuple[float, Release | None] | None = None) -> None:
         """Into the group of its key. `seed` (a rate's group that does not exist yet, see resubscribe):
         the client's last release and what its old rate held for it, which the new group starts from."""
         key = self._key(client)
         group = self._groups.get(key)
+        seeded = False
         if group is None:
             group = self._groups[key] = Group(client.matcher, key[1], self.max_held)
             if group.conflator is not None:
                 if seed is not None:
                     group.conflator.start_after(*seed)
+                    seeded = True  # the group's counts are the client's own
                 self._rated.add(group)
                 self._wake.set()  # the flusher's wait may have to shorten
-            seed = seed if group.conflator is not None else None
-        else:
-            seed = None
         group.clients.add(client)
         group.changed()
-        if group.conflator is not None and seed is None:
+        if group.conflator is not None and not seeded:
             # events up to the base were delivered, covered or before it subscribed: never counted for it
             group.joiners[client] = [max(client.after_seq, self._last_seq), 0]
 
     def _leave(self, client: Subscriber) -> bool:
         key = self._key(client)
-        self._strays.pop(client, None)
+        self._strays.discard(client)
         group = self._groups.get(key)
         if group is None or client not in group.clients:
             return False
@@ -268,7 +267,7 @@ class Hub:
         its last release `last` and its old rate's `held` (see resubscribe)."""
         shared = self._groups.get((client.matcher.patterns, client.max_hz, None))
         if shared is not None and (held is not None or shared.conflator.last_release_s < last):
-            self._strays[client] = client
+            self._strays.add(client)
             shared = None
         if held is None:  # nothing of the old group's to carry: it starts after everything handed on
             client.after_seq = max(client.after_seq, self._last_seq)
@@ -286,7 +285,7 @@ class Hub:
             shared_key = key[:2] + (None,)
             shared = self._groups.get(shared_key)
             if shared is None:
-                del self._strays[client]
+                self._strays.discard(client)
                 self._groups[shared_key] = self._groups.pop(key)
             elif shared.conflator.last_release_s >= group.conflator.last_release_s:
                 self._leave(client)

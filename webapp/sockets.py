@@ -25,7 +25,7 @@ from handlers.protocol import SSE_KEEPALIVE, ws_frame
 from webapp import accesslog
 from webapp.conn import HeldStream, HeldWebSocket, Keeper
 from webapp.responses import json_error
-from webapp.wire import WireSocket, limit_send_buffer
+from webapp.wire import WireSocket, size_send_buffer
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,9 @@ def server_socket(environ):
     return None
 
 
-def take_socket(rt, environ):
+def take_socket(rt, environ, on_slow: str = "close"):
     """Before flask-sock's handshake: refuse what cannot be upgraded, refuse deflate, own the socket.
+    `on_slow` (/ws): its send buffer is sized for it (webapp/wire.py size_send_buffer).
 
     Returns an error response, or None with `g.wire` set to the WireSocket every
     write to this connection goes through (the library's pongs and closes too).
@@ -103,8 +104,7 @@ def take_socket(rt, environ):
     for key in ("gunicorn.socket", "werkzeug.socket"):
         if key in environ:
             environ[key] = g.wire = wire = WireSocket(environ[key])
-            if rt.send_buffer_cap is not None:
-                limit_send_buffer(wire.sock, rt.send_buffer_cap)  # the kernel's part of the bound
+            size_send_buffer(wire.sock, on_slow, rt.send_buffer_cap)
             wire.cork()  # the 101 and the route's first frames in one write (hold or finish uncorks)
             return None
     return json_error(500, "no socket in the WSGI environment (run under gunicorn)")

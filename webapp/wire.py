@@ -247,6 +247,15 @@ def send_buffer_cap(queue_max_bytes: int, wmem_max: int | None) -> int | None:
     return None if wmem_max is not None and cap * 2 >= wmem_max else cap
 
 
+def size_send_buffer(sock, on_slow: str, cap: int | None) -> None:
+    """A new client socket's send buffer: small for on_slow=conflate (see limit_send_buffer), else `cap`
+    (the runtime's send_buffer_cap), else the kernel's own."""
+    if on_slow == "conflate":
+        limit_send_buffer(sock)
+    elif cap is not None:
+        limit_send_buffer(sock, cap)  # the kernel's part of the bound
+
+
 def limit_send_buffer(sock, nbytes: int = CONFLATE_SEND_BUFFER_BYTES) -> None:
     """Cap the kernel's send buffer of a client on a slow link that asked for conflation.
 

@@ -13,7 +13,7 @@ from webapp.responses import json_error
 from webapp.routes import runtime
 from webapp.sockets import Conflating, StreamClient, StreamResponse, chunk_data, http_chunk, server_socket
 from webapp.streams import fill_from_store, open_stream
-from webapp.wire import WireSocket, limit_send_buffer
+from webapp.wire import WireSocket, size_send_buffer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sse", __name__)
@@ -97,10 +97,7 @@ def stream():
     sock = server_socket(request.environ)
     if sock is None:
         return json_error(500, "no socket in the WSGI environment (run under gunicorn)")
-    if params.on_slow == "conflate":
-        limit_send_buffer(sock)
-    elif rt.send_buffer_cap is not None:
-        limit_send_buffer(sock, rt.send_buffer_cap)  # the kernel's part of the bound
+    size_send_buffer(sock, params.on_slow, rt.send_buffer_cap)
     client = SseClient(WireSocket(sock), rt, compile_patterns(params.topics), params.max_hz, params.on_slow)
     if params.since is not None and not rt.snapshots.wait_for_room(client.wire.peer_gone):
         rt.metrics.bound_hits.labels("snapshot_queue").inc()

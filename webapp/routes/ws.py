@@ -34,7 +34,7 @@ from webapp.sockets import (
     take_socket,
 )
 from webapp.streams import fill_from_store, open_stream
-from webapp.wire import WireSocket, limit_send_buffer
+from webapp.wire import WireSocket
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ws", __name__)
@@ -132,7 +132,7 @@ def prepare_upgrade():
         return json_error(400, str(exc))
     g.scope = request_scope(request, rt.settings)  # TOKEN_TOPICS
     g.stream, g.refused_topics = scoped_stream(g.stream, request.args, g.scope)
-    return take_socket(rt, request.environ)
+    return take_socket(rt, request.environ, g.stream.on_slow)
 
 
 @sock.route("/ws", bp=bp)
@@ -141,8 +141,6 @@ def stream(ws):
     rt = runtime()
     params, wire = g.stream, g.wire
     client = WsClient(ws, wire, compile_patterns(params.topics), rt, params.max_hz, params.on_slow)
-    if params.on_slow == "conflate":
-        limit_send_buffer(wire.sock)
     # the 101 waits in the cork for the first frames (one write), but not through a wait: a client would time its
     # handshake out (an outside audit: no 101 for the 35 s a store read hung)
     if params.since is not None and not rt.snapshots.wait_for_room(wire.peer_gone, before_wait=wire.uncork):
